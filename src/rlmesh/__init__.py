@@ -1,0 +1,51 @@
+"""rlmesh: run Gymnasium environments out of process and step them as if they were local.
+
+Public names are imported lazily, so that the env server (which runs inside
+sandboxes with only numpy, orjson and gymnasium installed) can import
+``rlmesh.server`` without pulling in the client's dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.2.0.dev0"
+
+_EXPORTS = {
+    "AsyncRemoteEnv": "rlmesh.client.env",
+    "AsyncRemoteVectorEnv": "rlmesh.client.env",
+    "AsyncSandboxEnv": "rlmesh.sandbox.env",
+    "AsyncSandboxVectorEnv": "rlmesh.sandbox.env",
+    "EnvServer": "rlmesh.server.core",
+    "RemoteEnv": "rlmesh.sync",
+    "RemoteVectorEnv": "rlmesh.sync",
+    "SandboxEnv": "rlmesh.sandbox.sync",
+    "SandboxVectorEnv": "rlmesh.sandbox.sync",
+    "RLMeshError": "rlmesh.errors",
+    "RemoteEnvError": "rlmesh.errors",
+    "SandboxError": "rlmesh.errors",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+if TYPE_CHECKING:
+    from .client.env import AsyncRemoteEnv, AsyncRemoteVectorEnv
+    from .errors import RemoteEnvError, RLMeshError, SandboxError
+    from .sandbox.env import AsyncSandboxEnv, AsyncSandboxVectorEnv
+    from .sandbox.sync import SandboxEnv, SandboxVectorEnv
+    from .server.core import EnvServer
+    from .sync import RemoteEnv, RemoteVectorEnv
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rlmesh' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

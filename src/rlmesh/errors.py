@@ -1,0 +1,185 @@
+"""Exceptions raised by rlmesh.
+
+Every exception rlmesh raises derives from :class:`RLMeshError`. Where the
+meaning matches a builtin, the builtin is mixed in, so ``except ValueError`` and
+``except TimeoutError`` keep working in user code::
+
+    RLMeshError
+    ├── InvalidArgumentError (ValueError)     bad argument on our side of the call
+    │   ├── InvalidActionError                action not in the env's action space
+    │   ├── UnsupportedSpaceError             a space the protocol cannot describe
+    │   └── SourceError                       a malformed or disallowed env source
+    ├── TransportError (ConnectionError)      the byte stream failed
+    │   ├── ConnectError                      could not connect to the server
+    │   ├── ConnectionClosedError             the peer went away mid-session
+    │   └── ServerBusyError                   the server already serves a client
+    ├── ProtocolError                         bytes on the wire broke the protocol
+    ├── RLMeshTimeoutError (TimeoutError)     a deadline passed
+    ├── RemoteEnvError                        the env raised; carries its traceback
+    ├── EnvClosedError                        the env was used after close()
+    └── SandboxError                          container or image trouble
+        ├── DockerUnavailableError            no Docker engine is reachable
+        ├── ImageBuildError                   the image build failed
+        ├── BaseImageError                    no usable base image
+        └── SandboxStartError                 the container did not become ready
+
+Remote errors and sandbox errors carry structured fields (``remote_type``,
+``remote_traceback``, ``container_id``, ``exit_code``, ``logs``) so that a harness
+can report them without parsing messages.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BaseImageError",
+    "ConnectError",
+    "ConnectionClosedError",
+    "DockerUnavailableError",
+    "EnvClosedError",
+    "ImageBuildError",
+    "InvalidActionError",
+    "InvalidArgumentError",
+    "ProtocolError",
+    "RLMeshError",
+    "RLMeshTimeoutError",
+    "RemoteEnvError",
+    "SandboxError",
+    "SandboxStartError",
+    "ServerBusyError",
+    "SourceError",
+    "TransportError",
+    "UnsupportedSpaceError",
+]
+
+
+class RLMeshError(Exception):
+    """Root of every exception raised by rlmesh."""
+
+
+class InvalidArgumentError(RLMeshError, ValueError):
+    """An argument given to rlmesh is invalid."""
+
+
+class InvalidActionError(InvalidArgumentError):
+    """An action is not an element of the env's action space.
+
+    Attributes:
+        space: A description of the expected action space.
+    """
+
+    def __init__(self, message: str, *, space: str = "") -> None:
+        super().__init__(message)
+        self.space = space
+
+
+class UnsupportedSpaceError(InvalidArgumentError):
+    """A Gymnasium space that the protocol cannot describe."""
+
+
+class SourceError(InvalidArgumentError):
+    """An env source string is malformed or not allowed by the given flags."""
+
+
+class TransportError(RLMeshError, ConnectionError):
+    """The connection to an env server failed."""
+
+
+class ConnectError(TransportError):
+    """Could not connect to an env server."""
+
+
+class ConnectionClosedError(TransportError):
+    """The env server closed the connection, or it was lost."""
+
+
+class ServerBusyError(TransportError):
+    """The env server already serves another client."""
+
+
+class ProtocolError(RLMeshError):
+    """A peer sent bytes that do not follow the rlmesh protocol."""
+
+
+class RLMeshTimeoutError(RLMeshError, TimeoutError):
+    """A connect, request, build or start-up deadline passed."""
+
+
+class EnvClosedError(RLMeshError):
+    """The env was used after ``close()``."""
+
+
+class RemoteEnvError(RLMeshError):
+    """The env raised an exception while handling a request.
+
+    The connection stays usable afterwards; a ``reset()`` starts a new episode.
+
+    Attributes:
+        remote_type: Qualified name of the exception type raised by the env.
+        remote_message: ``str()`` of that exception.
+        remote_traceback: The formatted traceback from the server process.
+    """
+
+    def __init__(
+        self, remote_type: str, remote_message: str, remote_traceback: str = ""
+    ) -> None:
+        super().__init__(f"{remote_type}: {remote_message}")
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        text = f"{self.remote_type}: {self.remote_message}"
+        if self.remote_traceback:
+            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
+        return text
+
+
+class SandboxError(RLMeshError):
+    """A sandbox container or image failed.
+
+    Attributes:
+        container_id: The container involved, when there is one.
+        exit_code: The container's exit code, when it exited.
+        logs: The last lines of the container's (or build's) output.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        container_id: str | None = None,
+        exit_code: int | None = None,
+        logs: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.container_id = container_id
+        self.exit_code = exit_code
+        self.logs = logs
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.container_id:
+            text += f"\n  container: {self.container_id[:12]}"
+        if self.exit_code is not None:
+            text += f"\n  exit code: {self.exit_code}"
+        if self.logs:
+            tail = "\n".join("    " + line for line in self.logs.rstrip().splitlines())
+            text += f"\n  last output:\n{tail}"
+        return text
+
+
+class DockerUnavailableError(SandboxError):
+    """No Docker engine is reachable."""
+
+
+class ImageBuildError(SandboxError):
+    """Building a sandbox image failed; ``logs`` holds the failing step's output."""
+
+
+class BaseImageError(SandboxError):
+    """No usable base image exists and none can be pulled."""
+
+
+class SandboxStartError(SandboxError):
+    """The sandbox container exited or never became ready."""

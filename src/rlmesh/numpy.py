@@ -1,0 +1,22 @@
+"""The numpy flavour of the rlmesh API: observations and actions are numpy arrays.
+
+``from rlmesh.numpy import SandboxEnv`` is the documented entry point.
+"""
+
+from __future__ import annotations
+
+from .client.env import AsyncRemoteEnv, AsyncRemoteVectorEnv
+from .sandbox.env import AsyncSandboxEnv, AsyncSandboxVectorEnv
+from .sandbox.sync import SandboxEnv, SandboxVectorEnv
+from .sync import RemoteEnv, RemoteVectorEnv
+
+__all__ = [
+    "AsyncRemoteEnv",
+    "AsyncRemoteVectorEnv",
+    "AsyncSandboxEnv",
+    "AsyncSandboxVectorEnv",
+    "RemoteEnv",
+    "RemoteVectorEnv",
+    "SandboxEnv",
+    "SandboxVectorEnv",
+]

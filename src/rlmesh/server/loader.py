@@ -1,0 +1,163 @@
+"""Turn a source string into a Gymnasium env (server side; runs inside sandboxes).
+
+Sources:
+
+* a Gymnasium id (``CartPole-v1``), including the ``module:EnvName-v0`` form, whose
+  module is imported first, and the explicit ``gym://CartPole-v1`` form;
+* a ``module:callable`` factory, called with the make kwargs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+from gymnasium.vector import AutoresetMode
+
+from ..errors import InvalidArgumentError, SourceError
+
+__all__ = ["VECTORIZATION_MODES", "check_imports", "is_gym_id", "load_env", "parse_autoreset_mode"]
+
+VECTORIZATION_MODES = ("sync", "async", "vector")
+_GYM_ID = re.compile(r"^(?:[\w.]+:)?(?:[\w.-]+/)?[\w.:-]+-v\d+$|^(?:[\w.]+:)?(?:[\w.-]+/)?[\w.-]+$")
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_VERSIONED = re.compile(r"-v\d+$")
+
+EnvLike = gym.Env[Any, Any] | gym.vector.VectorEnv[Any, Any, Any]
+
+
+def is_gym_id(source: str) -> bool:
+    """Whether ``source`` names a Gymnasium id rather than a ``module:callable`` factory."""
+    if source.startswith("gym://"):
+        return True
+    if _FACTORY.match(source) and not _VERSIONED.search(source):
+        return False
+    return bool(_GYM_ID.match(source))
+
+
+def check_imports(modules: Sequence[str]) -> None:
+    """Import each module, so that a missing dependency fails early and by name.
+
+    Raises:
+        SourceError: A module cannot be imported.
+    """
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise SourceError(
+                f"required import {name!r} failed: {type(exc).__name__}: {exc}. "
+                f"Add the package that provides it to `packages`."
+            ) from exc
+
+
+def load_env(
+    source: str,
+    *,
+    num_envs: int | None = None,
+    vectorization_mode: str = "sync",
+    autoreset_mode: str | AutoresetMode = "next_step",
+    kwargs: Mapping[str, Any] | None = None,
+) -> EnvLike:
+    """Create the env that a server will serve.
+
+    Args:
+        source: A Gymnasium id or a ``module:callable`` factory.
+        num_envs: None for a single env; an int for a vector env with that many lanes.
+        vectorization_mode: ``sync``, ``async`` or ``vector`` (the env's own
+            vector entry point), as in ``gymnasium.make_vec``.
+        autoreset_mode: ``next_step``, ``same_step`` or ``disabled``.
+        kwargs: Keyword arguments for the env's constructor.
+
+    Returns:
+        A ``gymnasium.Env`` or ``gymnasium.vector.VectorEnv``.
+
+    Raises:
+        SourceError: The source is malformed or cannot be loaded.
+        InvalidArgumentError: An option is out of range.
+    """
+    kwargs = dict(kwargs or {})
+    if num_envs is not None and (isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1):
+        raise InvalidArgumentError(f"num_envs must be a positive int or None, got {num_envs!r}")
+    if vectorization_mode not in VECTORIZATION_MODES:
+        raise InvalidArgumentError(
+            f"vectorization_mode must be one of {VECTORIZATION_MODES}, got {vectorization_mode!r}"
+        )
+    mode = parse_autoreset_mode(autoreset_mode)
+
+    if is_gym_id(source):
+        env_id = source.removeprefix("gym://")
+        if num_envs is None:
+            return gym.make(env_id, **kwargs)
+        return gym.make_vec(
+            env_id,
+            num_envs=num_envs,
+            vectorization_mode=vectorization_mode,
+            vector_kwargs={"autoreset_mode": mode},
+            **kwargs,
+        )
+    factory = _import_factory(source)
+    if num_envs is None:
+        return _check_env(factory(**kwargs), source)
+    if vectorization_mode == "vector":
+        return _check_env(factory(num_envs=num_envs, **kwargs), source)
+
+    def make_one() -> gym.Env[Any, Any]:
+        env = factory(**kwargs)
+        if not isinstance(env, gym.Env):
+            raise SourceError(f"factory {source!r} returned {type(env).__name__}, not a gymnasium.Env")
+        return env
+
+    vec_cls = gym.vector.SyncVectorEnv if vectorization_mode == "sync" else gym.vector.AsyncVectorEnv
+    return vec_cls([make_one] * num_envs, autoreset_mode=mode)
+
+
+def parse_autoreset_mode(value: str | AutoresetMode) -> AutoresetMode:
+    """Accept an ``AutoresetMode``, its value (``"NextStep"``) or its name (``"next_step"``).
+
+    Raises:
+        InvalidArgumentError: Not an autoreset mode.
+    """
+    if isinstance(value, AutoresetMode):
+        return value
+    try:
+        return AutoresetMode(value)
+    except ValueError:
+        pass
+    try:
+        return AutoresetMode[str(value).upper()]
+    except KeyError:
+        names = [m.name.lower() for m in AutoresetMode]
+        raise InvalidArgumentError(f"autoreset_mode must be one of {names}, got {value!r}") from None
+
+
+def _import_factory(source: str) -> Callable[..., Any]:
+    if not _FACTORY.match(source):
+        raise SourceError(
+            f"cannot read the env source {source!r}: use a Gymnasium id such as 'CartPole-v1' "
+            "or 'my_module:MyEnv-v0', or a factory 'my_module:make_env'"
+        )
+    module_name, attr = source.split(":", 1)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SourceError(f"cannot import module {module_name!r} for source {source!r}: {exc}") from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise SourceError(f"module {module_name!r} has no attribute {attr!r}") from exc
+    if not callable(obj):
+        raise SourceError(f"{source!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def _check_env(env: Any, source: str) -> EnvLike:
+    if isinstance(env, (gym.Env, gym.vector.VectorEnv)):
+        return env
+    raise SourceError(
+        f"factory {source!r} returned {type(env).__name__}, not a gymnasium.Env or VectorEnv"
+    )
