@@ -40,8 +40,9 @@ _DOCKERFILE = (
     "ENV LANG=C.UTF-8 PYTHONUNBUFFERED=1\n"
     'CMD ["python3"]\n'
 )
-# Directories whose contents are deleted: docs, device nodes (Docker makes /dev), temp files.
-_PRUNED_DIRS = ("usr/share/doc", "usr/share/man", "usr/share/info", "dev", "tmp", "var/tmp")
+# Directories whose contents are deleted: docs, translations (as in debian:*-slim),
+# device nodes (Docker provides /dev) and temp files.
+_PRUNED_DIRS = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "dev", "tmp", "var/tmp")
 # Directories whose files (at any depth) are deleted, keeping the tree (e.g. apt's partial/).
 _CLEARED_DIRS = ("var/cache/apt", "var/lib/apt/lists", "var/log")
 # Host files debootstrap copies in; Docker provides its own at run time.
@@ -250,6 +251,7 @@ def build_rootfs_context(
     dest.mkdir(parents=True, exist_ok=True)
     root = pathlib.Path(tempfile.mkdtemp(prefix="rootfs-", dir=dest))
     try:
+        root.chmod(0o755)  # mkdtemp makes it 0700, and tar's "." entry becomes the image's /
         cmd = [debootstrap, "--variant=minbase", "--components=main",
                "--include=" + ",".join(_PACKAGES), suite, str(root)]
         log(f"debootstrap {suite} from {mirror or 'the default Debian mirror'} ...")
@@ -268,6 +270,8 @@ def build_rootfs_context(
             (root / name).unlink(missing_ok=True)
         for name in _PRUNED_DIRS:
             for entry in list((root / name).glob("*")):
+                if entry.name == "locale.alias":
+                    continue
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry)
                 else:

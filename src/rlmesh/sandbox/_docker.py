@@ -1,0 +1,234 @@
+"""The Docker boundary: the only module that imports aiodocker.
+
+Every engine call goes through :class:`DockerClient`, which translates aiodocker
+and aiohttp exceptions into rlmesh's at one place (:func:`_map_errors`). There
+is one client per event loop, shared by every sandbox on that loop and closed
+on that loop when the last user releases it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import IO, Any
+
+import aiodocker
+import aiohttp
+import anyio
+
+from ..errors import DockerUnavailableError, ImageBuildError, SandboxError
+
+__all__ = ["DockerClient", "acquire_docker", "release_docker", "docker_client"]
+
+_HOW_TO_START = (
+    "Start a Docker engine (on Debian: `apt-get install -y docker.io && dockerd &`, "
+    "or `systemctl start docker`), or point DOCKER_HOST at a running one."
+)
+
+
+@contextlib.contextmanager
+def _map_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except aiodocker.DockerError as exc:
+        raise SandboxError(f"Docker failed to {what}: {exc.message} (HTTP {exc.status})") from exc
+    except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionError) as exc:
+        host = os.environ.get("DOCKER_HOST", "the default socket")
+        raise DockerUnavailableError(
+            f"no Docker engine is reachable at {host} (while trying to {what}): {exc}. {_HOW_TO_START}"
+        ) from exc
+    except ValueError as exc:  # aiodocker raises it when no socket can be found at all
+        if "docker" in str(exc).lower() or "DOCKER_HOST" in str(exc):
+            raise DockerUnavailableError(f"no Docker engine found: {exc}. {_HOW_TO_START}") from exc
+        raise
+
+
+class DockerClient:
+    """A thin, typed facade over one ``aiodocker.Docker`` bound to one loop."""
+
+    def __init__(self) -> None:
+        with _map_errors("connect"):
+            self._docker = aiodocker.Docker()
+        self.users = 0
+
+    async def close(self) -> None:
+        """Close the underlying HTTP session."""
+        await self._docker.close()
+
+    async def ping(self) -> None:
+        """Check that the engine answers.
+
+        Raises:
+            DockerUnavailableError: It does not.
+        """
+        with _map_errors("reach the engine"):
+            await self._docker.system.info()
+
+    # -- images -------------------------------------------------------------
+    async def image_id(self, tag: str) -> str | None:
+        """The id of a local image, or None when it does not exist."""
+        try:
+            with _map_errors(f"inspect image {tag}"):
+                info = await self._docker.images.inspect(tag)
+        except SandboxError as exc:
+            if isinstance(exc.__cause__, aiodocker.DockerError) and exc.__cause__.status == 404:
+                return None
+            raise
+        return str(info["Id"])
+
+    async def pull(self, ref: str, timeout: float) -> None:
+        """Pull an image.
+
+        Raises:
+            SandboxError: The pull failed or took longer than ``timeout`` seconds.
+        """
+        with anyio.fail_after(timeout), _map_errors(f"pull {ref}"):
+            async for event in self._docker.images.pull(ref, stream=True):
+                if "error" in event:
+                    raise SandboxError(f"pulling {ref} failed: {event['error']}")
+
+    async def build(
+        self,
+        context: IO[bytes],
+        tag: str,
+        *,
+        labels: Mapping[str, str],
+        on_output: Callable[[str], None],
+    ) -> None:
+        """Build an image from a tar context (no pull: the base must exist locally).
+
+        Build failures arrive inside the 200 OK stream; they are raised with the
+        failing step's output.
+
+        Raises:
+            ImageBuildError: The build failed.
+        """
+        tail: list[str] = []
+        with _map_errors(f"build image {tag}"):
+            stream = self._docker.images.build(
+                fileobj=context, tag=tag, labels=dict(labels), rm=True, forcerm=True,
+                stream=True, encoding="identity",
+            )
+            async for event in stream:
+                text = event.get("stream") or event.get("status") or ""
+                if text:
+                    if text.startswith("Step "):
+                        tail.clear()
+                    for line in text.rstrip("\n").splitlines():
+                        tail.append(line)
+                        on_output(line)
+                    del tail[:-40]
+                if "error" in event or "errorDetail" in event:
+                    message = event.get("error") or event["errorDetail"].get("message", "")
+                    raise ImageBuildError(
+                        f"building sandbox image {tag} failed: {message}", logs="\n".join(tail)
+                    )
+
+    async def remove_image(self, tag: str) -> None:
+        """Remove a local image (force)."""
+        with _map_errors(f"remove image {tag}"):
+            await self._docker.images.delete(tag, force=True)
+
+    # -- containers ---------------------------------------------------------
+    async def run(self, config: dict[str, Any], name: str | None = None) -> str:
+        """Create and start a container; returns its id (never pulls).
+
+        Raises:
+            SandboxError: Creation or start failed (the container is removed).
+        """
+        with _map_errors("create the sandbox container"):
+            container = await self._docker.containers.create(config, name=name)
+        try:
+            with _map_errors("start the sandbox container"):
+                await container.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.remove(container.id)
+            raise
+        return str(container.id)
+
+    async def wait(self, container_id: str) -> int:
+        """Wait for a container to exit; returns its exit code."""
+        with _map_errors("wait for the sandbox container"):
+            result = await self._docker.containers.container(container_id).wait()
+        return int(result.get("StatusCode", -1))
+
+    async def logs(self, container_id: str, tail: int = 40) -> str:
+        """The last ``tail`` lines of a container's output ('' if unavailable)."""
+        try:
+            with _map_errors("read container logs"):
+                chunks = await self._docker.containers.container(container_id).log(
+                    stdout=True, stderr=True, tail=tail
+                )
+        except SandboxError:
+            return ""
+        return "".join(chunks)
+
+    async def follow_logs(self, container_id: str) -> AsyncIterator[str]:
+        """Yield a container's output as it comes, from the start."""
+        with _map_errors("follow container logs"):
+            async for chunk in self._docker.containers.container(container_id).log(
+                stdout=True, stderr=True, follow=True
+            ):
+                yield chunk
+
+    async def remove(self, container_id: str, *, grace: float = 2.0) -> None:
+        """Stop (SIGTERM, then SIGKILL after ``grace`` s) and remove a container; missing is fine."""
+        container = self._docker.containers.container(container_id)
+        try:
+            with _map_errors("stop the sandbox container"):
+                await container.stop(t=int(max(grace, 0)))
+        except SandboxError:
+            pass
+        try:
+            with _map_errors("remove the sandbox container"):
+                await container.delete(force=True)
+        except SandboxError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, aiodocker.DockerError) and cause.status in (404, 409):
+                return  # already gone, or removal already in progress
+            raise
+
+    async def list_containers(self, labels: Mapping[str, str | None]) -> list[dict[str, Any]]:
+        """Containers (running or not) carrying all ``labels`` (a None value matches any)."""
+        filters = [k if v is None else f"{k}={v}" for k, v in labels.items()]
+        with _map_errors("list containers"):
+            found = await self._docker.containers.list(all=True, filters={"label": filters})
+        return [dict(c._container) for c in found]
+
+
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DockerClient] = weakref.WeakKeyDictionary()
+
+
+async def acquire_docker() -> DockerClient:
+    """Return this loop's shared client (created on first use); pair with :func:`release_docker`."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        client = DockerClient()
+        _clients[loop] = client
+    client.users += 1
+    return client
+
+
+async def release_docker(client: DockerClient) -> None:
+    """Release a client from :func:`acquire_docker`; the last user closes it."""
+    client.users -= 1
+    if client.users <= 0:
+        loop = asyncio.get_running_loop()
+        if _clients.get(loop) is client:
+            del _clients[loop]
+        await client.close()
+
+
+@contextlib.asynccontextmanager
+async def docker_client() -> AsyncIterator[DockerClient]:
+    """``async with docker_client() as docker:`` — acquire and release this loop's client."""
+    client = await acquire_docker()
+    try:
+        yield client
+    finally:
+        await release_docker(client)

@@ -1,0 +1,357 @@
+"""Sandbox containers: start, readiness, and removal that leaves nothing behind.
+
+The server inside listens on a Unix socket in a private (0700) host directory
+that is bind-mounted into the container, so no port is published. Readiness is
+event-driven: the container's output is followed until the server's readiness
+line, raced against the container exiting. Every live sandbox is recorded so
+that ``close()``, interpreter exit, and the reaper of dead owners can remove it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from ..errors import InvalidArgumentError, RLMeshTimeoutError, SandboxError, SandboxStartError
+from ..server.core import READY_LINE_PREFIX
+from ._docker import DockerClient, acquire_docker, release_docker
+
+__all__ = ["ContainerOptions", "Sandbox", "cleanup_sandboxes", "list_sandboxes"]
+
+log = logging.getLogger("rlmesh.sandbox")
+
+LABEL = "rlmesh.sandbox"
+LABEL_OWNER = "rlmesh.owner"
+LABEL_SESSION = "rlmesh.session"
+LABEL_SOURCE = "rlmesh.source"
+LABEL_SOCKET_DIR = "rlmesh.socket-dir"
+SOCKET_DIR_IN_CONTAINER = "/rlmesh"
+SOCKET_NAME = "env.sock"
+UNPRIVILEGED_UID = 65534
+
+SESSION = uuid.uuid4().hex[:12]
+
+
+def _process_start_ticks(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+OWNER = f"{socket.gethostname()}:{os.getpid()}:{_process_start_ticks(os.getpid())}"
+
+
+@dataclass(frozen=True)
+class ContainerOptions:
+    """How a sandbox container runs.
+
+    Attributes:
+        network: Give the container a network (off by default).
+        memory: Memory limit, bytes or a string like ``"2g"``.
+        cpus: CPU limit, as a number of CPUs.
+        pids_limit: Maximum number of processes.
+        environment: Extra environment variables.
+    """
+
+    network: bool = False
+    memory: int | str | None = None
+    cpus: float | None = None
+    pids_limit: int | None = None
+    environment: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.network, bool):
+            raise InvalidArgumentError(f"network must be True or False, got {self.network!r}")
+        if self.memory is not None:
+            _memory_bytes(self.memory)
+        if self.cpus is not None and (isinstance(self.cpus, bool) or not isinstance(self.cpus, (int, float)) or self.cpus <= 0):
+            raise InvalidArgumentError(f"cpus must be a positive number, got {self.cpus!r}")
+        if self.pids_limit is not None and (isinstance(self.pids_limit, bool) or not isinstance(self.pids_limit, int) or self.pids_limit < 1):
+            raise InvalidArgumentError(f"pids_limit must be a positive int, got {self.pids_limit!r}")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in dict(self.environment).items()):
+            raise InvalidArgumentError("environment must map str to str")
+
+
+def _memory_bytes(value: int | str) -> int:
+    units = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower().removesuffix("ib").removesuffix("b") or "x"
+        unit = text[-1] if text[-1] in units else ""
+        number = text[: -1] if unit else text
+        with contextlib.suppress(ValueError):
+            if float(number) > 0:
+                return int(float(number) * units[unit])
+    raise InvalidArgumentError(f"memory must be a positive number of bytes or a string like '2g', got {value!r}")
+
+
+def _container_user() -> tuple[int, int]:
+    uid, gid = os.getuid(), os.getgid()
+    if uid == 0:
+        return UNPRIVILEGED_UID, UNPRIVILEGED_UID
+    return uid, gid
+
+
+# Live sandboxes of this process: container id -> socket dir (for exit-time cleanup).
+_live: dict[str, str] = {}
+_atexit_registered = False
+
+
+class Sandbox:
+    """One container serving one env over a Unix socket in a private host directory.
+
+    Args:
+        image: The image tag to run.
+        command: Arguments after ``python -m rlmesh.serve``, without ``--address``.
+        options: Container options.
+        source: The env source (recorded in a label, for ``rlmesh sandbox ls``).
+    """
+
+    def __init__(self, image: str, command: list[str], options: ContainerOptions, source: str) -> None:
+        self.image = image
+        self.command = command
+        self.options = options
+        self.source = source
+        self.container_id: str | None = None
+        self.socket_dir: str | None = None
+        self._docker: DockerClient | None = None
+
+    @property
+    def address(self) -> str:
+        """The host-side address of the server's socket."""
+        assert self.socket_dir is not None
+        return f"unix://{os.path.join(self.socket_dir, SOCKET_NAME)}"
+
+    def _config(self) -> dict[str, Any]:
+        uid, gid = _container_user()
+        opts = self.options
+        host: dict[str, Any] = {
+            "Binds": [f"{self.socket_dir}:{SOCKET_DIR_IN_CONTAINER}:rw"],
+            "CapDrop": ["ALL"],
+            "SecurityOpt": ["no-new-privileges"],
+            "ReadonlyRootfs": True,
+            "Tmpfs": {"/tmp": "rw,nosuid,nodev,mode=1777"},
+            "NetworkMode": "bridge" if opts.network else "none",
+        }
+        if opts.memory is not None:
+            host["Memory"] = _memory_bytes(opts.memory)
+        if opts.cpus is not None:
+            host["NanoCpus"] = int(opts.cpus * 1e9)
+        if opts.pids_limit is not None:
+            host["PidsLimit"] = opts.pids_limit
+        env = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "HOME": "/tmp", **opts.environment}
+        return {
+            "Image": self.image,
+            "Cmd": [
+                "python", "-m", "rlmesh.serve", *self.command,
+                "--address", f"unix://{SOCKET_DIR_IN_CONTAINER}/{SOCKET_NAME}",
+            ],
+            "User": f"{uid}:{gid}",
+            "Env": [f"{k}={v}" for k, v in env.items()],
+            "Labels": {
+                LABEL: "1", LABEL_OWNER: OWNER, LABEL_SESSION: SESSION,
+                LABEL_SOURCE: self.source[:200], LABEL_SOCKET_DIR: self.socket_dir or "",
+            },
+            "NetworkDisabled": not opts.network,
+            "HostConfig": host,
+        }
+
+    async def start(self, timeout: float | None) -> str:
+        """Start the container and wait until its server accepts connections.
+
+        Returns:
+            The address to connect to.
+
+        Raises:
+            SandboxStartError: The container exited before it was ready.
+            RLMeshTimeoutError: It was not ready within ``timeout`` seconds.
+        """
+        global _atexit_registered
+        self._docker = docker = await acquire_docker()
+        try:
+            await _reap_dead_owners_once(docker)
+            self.socket_dir = tempfile.mkdtemp(prefix="rlmesh-", dir=os.environ.get("RLMESH_RUNTIME_DIR"))
+            os.chmod(self.socket_dir, 0o700)
+            uid, gid = _container_user()
+            if os.getuid() == 0:
+                os.chown(self.socket_dir, uid, gid)
+            self.container_id = await docker.run(self._config())
+            _live[self.container_id] = self.socket_dir
+            if not _atexit_registered:
+                atexit.register(_remove_leftovers_at_exit)
+                _atexit_registered = True
+            log.info("sandbox %s started from %s for %s", self.container_id[:12], self.image, self.source)
+            await self._wait_ready(docker, self.container_id, timeout)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.close()
+            raise
+        return self.address
+
+    async def _wait_ready(self, docker: DockerClient, cid: str, timeout: float | None) -> None:
+        exit_code: int | None = None
+
+        async def watch_logs() -> bool:
+            seen = ""
+            async for chunk in docker.follow_logs(cid):
+                seen = (seen + chunk)[-4096:]
+                if READY_LINE_PREFIX in seen:
+                    return True
+            return False
+
+        async def watch_exit() -> None:
+            nonlocal exit_code
+            exit_code = await docker.wait(cid)
+
+        try:
+            with anyio.fail_after(timeout):
+                logs_task = asyncio.ensure_future(watch_logs())
+                exit_task = asyncio.ensure_future(watch_exit())
+                try:
+                    done, _ = await asyncio.wait({logs_task, exit_task}, return_when=asyncio.FIRST_COMPLETED)
+                    if logs_task in done and logs_task.result():
+                        return
+                    await exit_task  # the log stream ended: the container is exiting
+                finally:
+                    for t in (logs_task, exit_task):
+                        t.cancel()
+                    await asyncio.gather(logs_task, exit_task, return_exceptions=True)
+        except TimeoutError as exc:
+            raise RLMeshTimeoutError(
+                f"sandbox {cid[:12]} for {self.source} was not ready within connect_timeout={timeout}s; "
+                f"last output:\n{await docker.logs(cid)}"
+            ) from exc
+        raise SandboxStartError(
+            f"sandbox container for {self.source} exited before its server was ready",
+            container_id=cid, exit_code=exit_code, logs=await docker.logs(cid),
+        )
+
+    async def exit_details(self) -> tuple[int | None, str]:
+        """The container's exit code (None while running) and its last output."""
+        if self._docker is None or self.container_id is None:
+            return None, ""
+        return None, await self._docker.logs(self.container_id)
+
+    async def close(self) -> None:
+        """Stop and remove the container and the socket directory. Idempotent."""
+        docker, self._docker = self._docker, None
+        cid, self.container_id = self.container_id, None
+        try:
+            if cid is not None and docker is not None:
+                await docker.remove(cid)
+                _live.pop(cid, None)
+                log.info("sandbox %s removed", cid[:12])
+        finally:
+            if self.socket_dir is not None:
+                shutil.rmtree(self.socket_dir, ignore_errors=True)
+                self.socket_dir = None
+            if docker is not None:
+                await release_docker(docker)
+
+
+def _owner_alive(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid_text, _, ticks = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True  # not ours to judge
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _process_start_ticks(pid) == ticks
+
+
+_reaped = False
+
+
+async def _reap_dead_owners_once(docker: DockerClient) -> None:
+    global _reaped
+    if _reaped:
+        return
+    _reaped = True
+    removed = await _reap(docker, only_dead=True)
+    if removed:
+        log.warning("removed %d sandbox container(s) left behind by dead processes", len(removed))
+
+
+async def _reap(docker: DockerClient, *, only_dead: bool) -> list[str]:
+    removed = []
+    for info in await docker.list_containers({LABEL: "1"}):
+        labels = info.get("Labels") or {}
+        if only_dead and _owner_alive(labels.get(LABEL_OWNER, "")):
+            continue
+        await docker.remove(info["Id"], grace=0)
+        sock_dir = labels.get(LABEL_SOCKET_DIR)
+        if sock_dir and os.path.basename(sock_dir).startswith("rlmesh-"):
+            shutil.rmtree(sock_dir, ignore_errors=True)
+        removed.append(str(info["Id"]))
+    return removed
+
+
+async def list_sandboxes() -> list[dict[str, Any]]:
+    """Live sandbox containers on this engine: id, state, source, owner and whether the owner is alive."""
+    docker = await acquire_docker()
+    try:
+        rows = []
+        for info in await docker.list_containers({LABEL: "1"}):
+            labels = info.get("Labels") or {}
+            owner = labels.get(LABEL_OWNER, "")
+            rows.append({
+                "id": str(info["Id"])[:12], "image": info.get("Image", ""), "state": info.get("State", ""),
+                "status": info.get("Status", ""), "source": labels.get(LABEL_SOURCE, ""),
+                "owner": owner, "owner_alive": _owner_alive(owner), "created": info.get("Created", 0),
+            })
+        return rows
+    finally:
+        await release_docker(docker)
+
+
+async def cleanup_sandboxes(*, all_owners: bool = False) -> list[str]:
+    """Remove sandboxes whose owner process died (or every sandbox, with ``all_owners``)."""
+    docker = await acquire_docker()
+    try:
+        return await _reap(docker, only_dead=not all_owners)
+    finally:
+        await release_docker(docker)
+
+
+def _remove_leftovers_at_exit() -> None:
+    if not _live:
+        return
+    leftovers = dict(_live)
+
+    async def remove_all() -> None:
+        docker = await acquire_docker()
+        try:
+            await asyncio.gather(*(docker.remove(cid, grace=0) for cid in leftovers), return_exceptions=True)
+        finally:
+            await release_docker(docker)
+
+    started = time.monotonic()
+    try:
+        asyncio.run(remove_all())
+    except Exception as exc:  # noqa: BLE001  (exit-time cleanup reports, never raises)
+        log.warning("could not remove sandbox containers at exit: %s; run `rlmesh sandbox cleanup`", exc)
+    for sock_dir in leftovers.values():
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    _live.clear()
+    log.debug("removed %d sandbox(es) at exit in %.2fs", len(leftovers), time.monotonic() - started)

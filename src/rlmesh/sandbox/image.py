@@ -1,0 +1,321 @@
+"""Sandbox images: base resolution, host-side wheel resolution, cached offline builds.
+
+An image is tagged ``rlmesh-sandbox:<hash>`` where the hash covers everything
+that goes into it: the base image id, the packages (and the bytes of local
+wheel files and project directories), the imports, extra files, and rlmesh's
+own version and source. Make kwargs, ``num_envs`` and the task choice are run
+time arguments and stay out of the hash, so changing them reuses the image.
+
+Packages are resolved and downloaded on the host with pip (so a private index
+or proxy configured for pip on the host just works) into a wheel cache, then
+installed with ``--no-index`` during the build, which has no network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+from .. import __version__
+from ..errors import BaseImageError, ImageBuildError, InvalidArgumentError, SandboxError
+from ._docker import DockerClient
+
+__all__ = [
+    "SERVER_REQUIREMENTS",
+    "ImageSpec",
+    "bootstrap_tag",
+    "default_base_image",
+    "ensure_image",
+    "resolve_base_image",
+]
+
+log = logging.getLogger("rlmesh.sandbox.image")
+
+PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+# What the in-container server itself imports; pip merges these with the user's pins.
+SERVER_REQUIREMENTS = ("numpy", "orjson", "gymnasium>=1.1")
+IMAGE_REPO = "rlmesh-sandbox"
+_SKIP_DIRS = frozenset({"__pycache__", ".git", ".venv", ".mypy_cache", ".pytest_cache", "node_modules"})
+
+
+def default_base_image() -> str:
+    """``python:X.Y-slim`` for the host's Python."""
+    return f"python:{PY_VERSION}-slim"
+
+
+def bootstrap_tag() -> str:
+    """The tag ``rlmesh image bootstrap`` gives the base it builds from Debian packages."""
+    return f"rlmesh/base:py{PY_VERSION}"
+
+
+def cache_dir() -> Path:
+    """rlmesh's cache directory (``RLMESH_CACHE_DIR`` or ``$XDG_CACHE_HOME/rlmesh``)."""
+    root = os.environ.get("RLMESH_CACHE_DIR")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rlmesh"
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Everything that goes into a sandbox image.
+
+    Attributes:
+        packages: pip requirement specifiers, local wheel files or project directories.
+        imports: Modules that must import inside the image.
+        files: Extra files baked into the image: destination path -> host path.
+    """
+
+    packages: tuple[str, ...] = ()
+    imports: tuple[str, ...] = ()
+    files: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, seq in (("packages", self.packages), ("imports", self.imports)):
+            if isinstance(seq, str) or not all(isinstance(p, str) and p.strip() for p in seq):
+                raise InvalidArgumentError(f"{name} must be a list of non-empty strings, got {seq!r}")
+        for module in self.imports:
+            if not all(part.isidentifier() for part in module.split(".")):
+                raise InvalidArgumentError(f"imports: {module!r} is not a module name")
+
+    def content_hash(self, base_id: str) -> str:
+        """The hash that names the image built from this spec on ``base_id``."""
+        h = hashlib.sha256()
+        for part in (base_id, PY_VERSION, __version__, _rlmesh_source_hash()):
+            h.update(part.encode() + b"\0")
+        for pkg in self.packages:
+            h.update(b"pkg\0" + pkg.encode() + b"\0")
+            if os.path.exists(pkg):
+                h.update(_tree_hash(Path(pkg)).encode())
+        for module in self.imports:
+            h.update(b"imp\0" + module.encode() + b"\0")
+        for dest, src in sorted(self.files.items()):
+            h.update(b"file\0" + dest.encode() + b"\0" + _tree_hash(Path(src)).encode())
+        return h.hexdigest()[:20]
+
+
+def _tree_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    if path.is_file():
+        h.update(path.read_bytes())
+        return h.hexdigest()
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
+        for name in sorted(files):
+            p = Path(root, name)
+            h.update(str(p.relative_to(path)).encode() + b"\0")
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+_source_hash: str | None = None
+
+
+def _rlmesh_source_hash() -> str:
+    global _source_hash
+    if _source_hash is None:
+        _source_hash = _tree_hash(Path(__file__).resolve().parents[1])
+    return _source_hash
+
+
+_pull_failures: dict[str, str] = {}
+
+
+async def resolve_base_image(docker: DockerClient, base_image: str | None = None) -> tuple[str, str]:
+    """Choose the base image and return ``(reference, image id)``.
+
+    ``base_image`` (or ``RLMESH_BASE_IMAGE``) wins; otherwise ``python:X.Y-slim``,
+    pulled when missing; when it cannot be pulled, the base built by
+    ``rlmesh image bootstrap`` is used, and a warning says so.
+
+    Raises:
+        BaseImageError: No usable base image exists.
+    """
+    explicit = base_image or os.environ.get("RLMESH_BASE_IMAGE") or None
+    candidate = explicit or default_base_image()
+    image_id = await docker.image_id(candidate)
+    if image_id is not None:
+        return candidate, image_id
+    error = await _try_pull(docker, candidate)
+    if error is None:
+        image_id = await docker.image_id(candidate)
+        if image_id is not None:
+            return candidate, image_id
+        error = "the pull reported success but the image is not there"
+    boot = bootstrap_tag()
+    if explicit is None:
+        boot_id = await docker.image_id(boot)
+        if boot_id is not None:
+            log.warning(
+                "base image %s is not available (%s); using %s, built by `rlmesh image bootstrap`",
+                candidate, error, boot,
+            )
+            return boot, boot_id
+    raise BaseImageError(
+        f"base image {candidate} is not available locally and cannot be pulled ({error}). "
+        + (
+            f"Build {explicit} locally or pick another base_image."
+            if explicit
+            else f"Without a registry, build one from Debian packages with `rlmesh image bootstrap` "
+            f"(it creates {boot}), or pass base_image= / set RLMESH_BASE_IMAGE."
+        )
+    )
+
+
+async def _try_pull(docker: DockerClient, ref: str) -> str | None:
+    if ref in _pull_failures:
+        return _pull_failures[ref]
+    timeout = float(os.environ.get("RLMESH_PULL_TIMEOUT", "30"))
+    log.info("pulling base image %s", ref)
+    try:
+        await docker.pull(ref, timeout)
+    except TimeoutError:
+        _pull_failures[ref] = f"pull timed out after {timeout:g}s"
+        return _pull_failures[ref]
+    except SandboxError as exc:
+        _pull_failures[ref] = str(exc).split("\n")[0]
+        return _pull_failures[ref]
+    return None
+
+
+_inflight: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Task[None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def ensure_image(
+    docker: DockerClient, spec: ImageSpec, *, base_image: str | None = None, rebuild: bool = False
+) -> str:
+    """Return the tag of an image for ``spec``, building it when it does not exist.
+
+    Identical builds started at the same time on one loop build once.
+
+    Raises:
+        BaseImageError: No base image.
+        ImageBuildError: Resolving packages or building failed.
+    """
+    base_ref, base_id = await resolve_base_image(docker, base_image)
+    tag = f"{IMAGE_REPO}:{spec.content_hash(base_id)}"
+    if not rebuild and await docker.image_id(tag) is not None:
+        log.debug("reusing sandbox image %s", tag)
+        return tag
+    builds = _inflight.setdefault(asyncio.get_running_loop(), {})
+    task = builds.get(tag)
+    if task is None:
+        task = asyncio.ensure_future(_build(docker, spec, base_ref, tag))
+        builds[tag] = task
+        task.add_done_callback(lambda _t: builds.pop(tag, None))
+    await asyncio.shield(task)
+    return tag
+
+
+async def _build(docker: DockerClient, spec: ImageSpec, base_ref: str, tag: str) -> None:
+    log.info("building sandbox image %s from %s", tag, base_ref)
+    with tempfile.TemporaryDirectory(prefix="rlmesh-build-") as tmp:
+        ctx = Path(tmp)
+        wheels = ctx / "wheels"
+        wheels.mkdir()
+        await _resolve_wheels(list(spec.packages), wheels)
+        dockerfile = _dockerfile(base_ref, spec, tag)
+        tar_path = ctx / "context.tar"
+        await anyio.to_thread.run_sync(_write_context, tar_path, dockerfile, wheels, spec)
+        with open(tar_path, "rb") as fileobj:
+            await docker.build(
+                fileobj, tag, labels={"rlmesh.image": "1", "rlmesh.version": __version__},
+                on_output=_log_build_line,
+            )
+    log.info("built sandbox image %s", tag)
+
+
+def _log_build_line(line: str) -> None:
+    if line.startswith("Step "):
+        log.info("build %s", line)
+    else:
+        log.debug("build | %s", line)
+
+
+async def _resolve_wheels(packages: Sequence[str], dest: Path) -> None:
+    """Resolve ``packages`` with the host's pip into ``dest`` (through the wheel cache)."""
+    cache = cache_dir() / "wheels"
+    cache.mkdir(parents=True, exist_ok=True)
+    args = [
+        sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-input",
+        "--wheel-dir", str(dest), "--find-links", str(cache), *SERVER_REQUIREMENTS, *packages,
+    ]
+    log.info("resolving packages on the host: %s", " ".join([*SERVER_REQUIREMENTS, *packages]))
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    assert proc.stdout is not None
+    tail: list[str] = []
+    async for raw in proc.stdout:
+        line = raw.decode(errors="replace").rstrip()
+        tail.append(line)
+        del tail[:-40]
+        log.debug("pip | %s", line)
+    code = await proc.wait()
+    if code != 0:
+        raise ImageBuildError(
+            f"pip could not resolve the sandbox packages {list(packages)} on the host (exit {code}). "
+            "Check the package names and versions, and that pip on this host can reach its index.",
+            exit_code=code, logs="\n".join(tail),
+        )
+    for whl in dest.glob("*.whl"):
+        target = cache / whl.name
+        if not target.exists():
+            shutil.copy2(whl, target)
+
+
+def _dockerfile(base_ref: str, spec: ImageSpec, tag: str) -> str:
+    major, minor = sys.version_info[:2]
+    lines = [
+        f"FROM {base_ref}",
+        "ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/tmp PYTHONPATH=/opt/rlmesh/lib",
+        f"RUN python -c \"import sys; v = sys.version_info[:2]; sys.exit(0 if v == ({major}, {minor}) else "
+        f"'rlmesh: the base image has Python %d.%d but the host has {major}.{minor}; packages are resolved "
+        f"on the host, so pick a base_image with Python {major}.{minor}' % v)\"",
+        "COPY wheels /opt/rlmesh/wheels",
+        "RUN python -m pip install --no-index --no-cache-dir --disable-pip-version-check "
+        "--root-user-action=ignore --find-links /opt/rlmesh/wheels /opt/rlmesh/wheels/*.whl "
+        "&& rm -rf /opt/rlmesh/wheels",
+    ]
+    if spec.files:
+        lines.append("COPY files/ /")
+    lines.append("COPY rlmesh /opt/rlmesh/lib/rlmesh")
+    if spec.imports:
+        lines.append("RUN python -m rlmesh.server.check " + " ".join(spec.imports))
+    lines.append(f'LABEL rlmesh.sandbox.image="{tag}"')
+    return "\n".join(lines) + "\n"
+
+
+def _write_context(tar_path: Path, dockerfile: str, wheels: Path, spec: ImageSpec) -> None:
+    def clean(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        if any(part in _SKIP_DIRS for part in Path(info.name).parts):
+            return None
+        info.uid = info.gid = 0
+        info.uname = info.gname = "root"
+        info.mode |= 0o444 if info.isfile() else 0o555
+        return info
+
+    with tarfile.open(tar_path, "w") as tar:
+        data = dockerfile.encode()
+        ti = tarfile.TarInfo("Dockerfile")
+        ti.size = len(data)
+        tar.addfile(ti, io.BytesIO(data))
+        tar.add(wheels, arcname="wheels", filter=clean)
+        tar.add(Path(__file__).resolve().parents[1], arcname="rlmesh", filter=clean)
+        for dest, src in spec.files.items():
+            tar.add(src, arcname="files/" + dest.lstrip("/"), filter=clean)

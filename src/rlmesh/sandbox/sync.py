@@ -1,0 +1,56 @@
+"""SandboxEnv and SandboxVectorEnv: the sandbox core behind the sync shell.
+
+Construction builds (or reuses) the image, starts the container and connects,
+all on rlmesh's one shared event-loop thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..sync import SyncEnvShell, SyncVectorEnvShell
+from .env import AsyncSandboxEnv, AsyncSandboxVectorEnv
+
+__all__ = ["SandboxEnv", "SandboxVectorEnv"]
+
+
+class SandboxEnv(SyncEnvShell[AsyncSandboxEnv]):
+    """A ``gymnasium.Env`` running in a Docker container that rlmesh builds, starts, owns and removes.
+
+    Example::
+
+        env = SandboxEnv("CartPole-v1", packages=["gymnasium==1.3.0"], imports=["gymnasium"])
+        try:
+            obs, info = env.reset(seed=0)
+        finally:
+            env.close()
+
+    Takes the arguments of :class:`~rlmesh.sandbox.env.AsyncSandboxEnv`.
+    """
+
+    def __init__(self, source: str, **kwargs: Any) -> None:
+        super().__init__(AsyncSandboxEnv(source, **kwargs))
+
+    @property
+    def container_id(self) -> str | None:
+        """The running container's id, or None."""
+        return self._core.container_id
+
+
+class SandboxVectorEnv(SyncVectorEnvShell[AsyncSandboxVectorEnv]):
+    """A ``gymnasium.vector.VectorEnv`` running in a Docker container that rlmesh owns.
+
+    Example::
+
+        envs = SandboxVectorEnv("CartPole-v1", num_envs=2)
+
+    Takes the arguments of :class:`~rlmesh.sandbox.env.AsyncSandboxVectorEnv`.
+    """
+
+    def __init__(self, source: str, num_envs: int = 1, **kwargs: Any) -> None:
+        super().__init__(AsyncSandboxVectorEnv(source, num_envs, **kwargs))
+
+    @property
+    def container_id(self) -> str | None:
+        """The running container's id, or None."""
+        return self._core.container_id
