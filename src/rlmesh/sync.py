@@ -128,6 +128,9 @@ class SyncVectorEnvShell(VectorEnv[Any, Any, Any], Generic[CoreT]):
     def __enter__(self) -> SyncVectorEnvShell[CoreT]:
         return self
 
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         return repr(self._core).replace("Async", "", 1)
 

@@ -208,9 +208,17 @@ class ClientConnection:
             raise EnvClosedError("the connection to the env server is closed")
         rid = self._next_id
         self._next_id = (rid + 1) & _ID_MASK or 1
+        try:
+            chunks = encode_message(mtype, rid, body)
+        except (TypeError, ValueError, RecursionError) as exc:
+            # orjson refuses lone surrogates and very deep nesting; encode before
+            # registering the request, so that nothing is left pending.
+            raise InvalidArgumentError(
+                f"cannot encode the {mtype.name} request: {type(exc).__name__}: {exc}"
+            ) from exc
         fut: asyncio.Future[Message] = p.loop.create_future()
         p.pending[rid] = fut
-        transport.writelines(encode_message(mtype, rid, body))
+        transport.writelines(chunks)
         timer = None
         if timeout is not None:
             timer = p.loop.call_later(timeout, _expire, p, rid, fut, timeout)

@@ -42,7 +42,8 @@ _DOCKERFILE = (
 )
 # Directories whose contents are deleted: docs, translations (as in debian:*-slim),
 # device nodes (Docker provides /dev) and temp files.
-_PRUNED_DIRS = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "dev", "tmp", "var/tmp")
+_PRUNED_DIRS = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "dev", "tmp",
+                "var/tmp")
 # Directories whose files (at any depth) are deleted, keeping the tree (e.g. apt's partial/).
 _CLEARED_DIRS = ("var/cache/apt", "var/lib/apt/lists", "var/log")
 # Host files debootstrap copies in; Docker provides its own at run time.
@@ -212,6 +213,24 @@ def _run(cmd: Sequence[str], step: str, log: Callable[[str], None] | None, what:
     return output
 
 
+def _slim(root: pathlib.Path) -> None:
+    """Let pip install system-wide and drop what an image does not need."""
+    for marker in glob.glob(str(root / "usr/lib/python3*/EXTERNALLY-MANAGED")):
+        os.unlink(marker)
+    for name in _REMOVED_FILES:
+        (root / name).unlink(missing_ok=True)
+    for name in _PRUNED_DIRS:
+        for entry in list((root / name).glob("*")):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            elif entry.name != "locale.alias":
+                entry.unlink()
+    for name in _CLEARED_DIRS:
+        for entry in list((root / name).rglob("*")):
+            if entry.is_symlink() or not entry.is_dir():
+                entry.unlink()
+
+
 def build_rootfs_context(
     dest: pathlib.Path,
     *,
@@ -264,25 +283,12 @@ def build_rootfs_context(
         if version != short:
             raise BootstrapError(f"Debian {suite} ships Python {version}, not {short}; "
                                  "pass a suite that ships it with --suite", step="verify", output=version)
-        for marker in glob.glob(str(root / "usr/lib/python3*/EXTERNALLY-MANAGED")):
-            os.unlink(marker)
-        for name in _REMOVED_FILES:
-            (root / name).unlink(missing_ok=True)
-        for name in _PRUNED_DIRS:
-            for entry in list((root / name).glob("*")):
-                if entry.name == "locale.alias":
-                    continue
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
-        for name in _CLEARED_DIRS:
-            for entry in list((root / name).rglob("*")):
-                if entry.is_symlink() or not entry.is_dir():
-                    entry.unlink()
+        _slim(root)
         log("packing rootfs.tar ...")
-        _run(["tar", "--numeric-owner", "-C", str(root), "-cf", str(dest / "rootfs.tar"), "."],
-             "pack", None, "packing the root filesystem with tar failed")
+        part = dest / "rootfs.tar.part"
+        _run(["tar", "--numeric-owner", "-C", str(root), "-cf", str(part), "."],
+             "pack", None, "packing the root filesystem with tar failed; check free disk space")
+        part.replace(dest / "rootfs.tar")
     finally:
         _remove_rootfs(root, log)
     (dest / "Dockerfile").write_text(_DOCKERFILE)

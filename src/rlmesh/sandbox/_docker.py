@@ -108,24 +108,36 @@ class DockerClient:
         """
         tail: list[str] = []
         with _map_errors(f"build image {tag}"):
-            stream = self._docker.images.build(
-                fileobj=context, tag=tag, labels=dict(labels), rm=True, forcerm=True,
-                stream=True, encoding="identity",
-            )
-            async for event in stream:
-                text = event.get("stream") or event.get("status") or ""
-                if text:
-                    if text.startswith("Step "):
-                        tail.clear()
-                    for line in text.rstrip("\n").splitlines():
-                        tail.append(line)
-                        on_output(line)
-                    del tail[:-40]
-                if "error" in event or "errorDetail" in event:
-                    message = event.get("error") or event["errorDetail"].get("message", "")
-                    raise ImageBuildError(
-                        f"building sandbox image {tag} failed: {message}", logs="\n".join(tail)
-                    )
+            try:
+                await self._build_stream(context, tag, labels, on_output, tail)
+            except aiodocker.DockerError as exc:
+                if exc.status:  # an HTTP-level failure, not a failed step
+                    raise
+                # aiodocker raises failed steps (found in the 200 OK stream) with status 0.
+                raise ImageBuildError(
+                    f"building sandbox image {tag} failed: {exc.message}", logs="\n".join(tail)
+                ) from exc
+
+    async def _build_stream(
+        self, context: IO[bytes], tag: str, labels: Mapping[str, str],
+        on_output: Callable[[str], None], tail: list[str],
+    ) -> None:
+        stream = self._docker.images.build(
+            fileobj=context, tag=tag, labels=dict(labels), rm=True, forcerm=True,
+            stream=True, encoding="identity",
+        )
+        async for event in stream:
+            text = event.get("stream") or event.get("status") or ""
+            if text:
+                if text.startswith("Step "):
+                    tail.clear()
+                for line in text.rstrip("\n").splitlines():
+                    tail.append(line)
+                    on_output(line)
+                del tail[:-40]
+            if "error" in event or "errorDetail" in event:
+                message = event.get("error") or event["errorDetail"].get("message", "")
+                raise ImageBuildError(f"building sandbox image {tag} failed: {message}", logs="\n".join(tail))
 
     async def remove_image(self, tag: str) -> None:
         """Remove a local image (force)."""
@@ -169,11 +181,12 @@ class DockerClient:
 
     async def follow_logs(self, container_id: str) -> AsyncIterator[str]:
         """Yield a container's output as it comes, from the start."""
+        # aclosing: a cancelled reader must release the HTTP response at once, not at GC.
+        stream = self._docker.containers.container(container_id).log(stdout=True, stderr=True, follow=True)
         with _map_errors("follow container logs"):
-            async for chunk in self._docker.containers.container(container_id).log(
-                stdout=True, stderr=True, follow=True
-            ):
-                yield chunk
+            async with contextlib.aclosing(stream):
+                async for chunk in stream:
+                    yield chunk
 
     async def remove(self, container_id: str, *, grace: float = 2.0) -> None:
         """Stop (SIGTERM, then SIGKILL after ``grace`` s) and remove a container; missing is fine."""

@@ -40,6 +40,7 @@ LABEL_SOURCE = "rlmesh.source"
 LABEL_SOCKET_DIR = "rlmesh.socket-dir"
 SOCKET_DIR_IN_CONTAINER = "/rlmesh"
 SOCKET_NAME = "env.sock"
+SOCKET_DIR_PREFIX = "rlmesh-sbx-"
 UNPRIVILEGED_UID = 65534
 
 SESSION = uuid.uuid4().hex[:12]
@@ -186,7 +187,7 @@ class Sandbox:
         self._docker = docker = await acquire_docker()
         try:
             await _reap_dead_owners_once(docker)
-            self.socket_dir = tempfile.mkdtemp(prefix="rlmesh-", dir=os.environ.get("RLMESH_RUNTIME_DIR"))
+            self.socket_dir = tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX, dir=os.environ.get("RLMESH_RUNTIME_DIR"))
             os.chmod(self.socket_dir, 0o700)
             uid, gid = _container_user()
             if os.getuid() == 0:
@@ -209,10 +210,12 @@ class Sandbox:
 
         async def watch_logs() -> bool:
             seen = ""
-            async for chunk in docker.follow_logs(cid):
-                seen = (seen + chunk)[-4096:]
-                if READY_LINE_PREFIX in seen:
-                    return True
+            stream = docker.follow_logs(cid)
+            async with contextlib.aclosing(stream):
+                async for chunk in stream:
+                    seen = (seen + chunk)[-4096:]
+                    if READY_LINE_PREFIX in seen:
+                        return True
             return False
 
         async def watch_exit() -> None:
@@ -301,7 +304,7 @@ async def _reap(docker: DockerClient, *, only_dead: bool) -> list[str]:
             continue
         await docker.remove(info["Id"], grace=0)
         sock_dir = labels.get(LABEL_SOCKET_DIR)
-        if sock_dir and os.path.basename(sock_dir).startswith("rlmesh-"):
+        if sock_dir and os.path.basename(sock_dir).startswith(SOCKET_DIR_PREFIX):
             shutil.rmtree(sock_dir, ignore_errors=True)
         removed.append(str(info["Id"]))
     return removed

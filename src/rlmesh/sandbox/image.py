@@ -138,7 +138,7 @@ async def resolve_base_image(docker: DockerClient, base_image: str | None = None
     """Choose the base image and return ``(reference, image id)``.
 
     ``base_image`` (or ``RLMESH_BASE_IMAGE``) wins; otherwise ``python:X.Y-slim``,
-    pulled when missing; when it cannot be pulled, the base built by
+    pulled when missing (unless ``RLMESH_PULL_POLICY=never``); when it cannot be pulled, the base built by
     ``rlmesh image bootstrap`` is used, and a warning says so.
 
     Raises:
@@ -178,6 +178,11 @@ async def resolve_base_image(docker: DockerClient, base_image: str | None = None
 async def _try_pull(docker: DockerClient, ref: str) -> str | None:
     if ref in _pull_failures:
         return _pull_failures[ref]
+    policy = os.environ.get("RLMESH_PULL_POLICY", "missing")
+    if policy == "never":
+        return "RLMESH_PULL_POLICY=never forbids pulling"
+    if policy != "missing":
+        raise InvalidArgumentError(f"RLMESH_PULL_POLICY must be 'missing' or 'never', got {policy!r}")
     timeout = float(os.environ.get("RLMESH_PULL_TIMEOUT", "30"))
     log.info("pulling base image %s", ref)
     try:

@@ -219,6 +219,7 @@ class _ServerProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.conn = Connection(server._max_frame_size)
         self.greeted = False
+        self.rejected = False
         self.peer = "client"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -230,13 +231,22 @@ class _ServerProtocol(asyncio.Protocol):
                 error_reply(0, "busy", "ServerBusyError", f"the server at {self.server.address} "
                             "already serves a client; it serves one client at a time")
             )
-            transport.close()
+            # Half-close instead of close: closing with the client's HELLO unread
+            # resets the connection, and the client would see "connection closed"
+            # (or fail its write) instead of the busy reply. The client hangs up
+            # once it has read the reply; the timer bounds a client that does not.
+            self.rejected = True
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+                asyncio.get_running_loop().call_later(5.0, self.transport.abort)
+            else:
+                transport.close()
             return
         self.server._active = self
 
     def data_received(self, data: bytes) -> None:
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self.rejected:
             return
         try:
             messages = self.conn.receive_data(data)

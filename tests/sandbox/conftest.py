@@ -1,0 +1,65 @@
+"""Fixtures for the Docker-backed sandbox tests (layer 4).
+
+These run against the real engine. They never skip: without Docker they fail, so that CI
+cannot pass without exercising them. Every test proves that it left no container behind.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a registry: the default base resolves to the bootstrapped one.
+os.environ["RLMESH_PULL_POLICY"] = "never"
+
+PROBE_PKG = str(Path(__file__).parent / "probe_pkg")
+PY = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def sandbox_containers() -> set[str]:
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--no-trunc", "--filter", "label=rlmesh.sandbox"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return set(out.split())
+
+
+def socket_dirs() -> set[str]:
+    root = Path(os.environ.get("RLMESH_RUNTIME_DIR") or "/tmp")
+    return {str(p) for p in root.glob("rlmesh-sbx-*") if p.is_dir()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _docker_engine() -> None:
+    result = subprocess.run(["docker", "info"], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.fail("the sandbox tests need a running Docker engine: run ./scripts/dev setup\n" + result.stderr)
+    base = subprocess.run(["docker", "image", "inspect", f"python:{PY}-slim"], capture_output=True)
+    boot = subprocess.run(["docker", "image", "inspect", f"rlmesh/base:py{PY}"], capture_output=True)
+    if base.returncode and boot.returncode:
+        pytest.fail("no sandbox base image: run `rlmesh image bootstrap` (./scripts/dev setup does)")
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Assert that the test left no sandbox container and no socket directory behind."""
+    before_c, before_d = sandbox_containers(), socket_dirs()
+    yield
+    leaked_c = sandbox_containers() - before_c
+    leaked_d = socket_dirs() - before_d
+    for cid in leaked_c:  # clean up so one leak does not fail every later test
+        subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
+    assert not leaked_c, f"test leaked sandbox containers: {sorted(leaked_c)}"
+    assert not leaked_d, f"test leaked socket directories: {sorted(leaked_d)}"
+
+
+def inspect(container_id: str) -> dict:
+    import json
+
+    out = subprocess.run(["docker", "inspect", container_id], check=True, capture_output=True, text=True).stdout
+    return json.loads(out)[0]

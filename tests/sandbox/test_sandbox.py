@@ -1,0 +1,287 @@
+"""Sandboxes against the real Docker engine: parity, hardening, errors, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import rlmesh
+from rlmesh.errors import (
+    BaseImageError,
+    ConnectionClosedError,
+    ImageBuildError,
+    InvalidArgumentError,
+    RLMeshError,
+    SandboxStartError,
+)
+from rlmesh.numpy import AsyncSandboxEnv, AsyncSandboxVectorEnv, SandboxEnv, SandboxVectorEnv
+
+from .conftest import PROBE_PKG, inspect, sandbox_containers
+
+
+def _same(a: object, b: object) -> None:
+    assert type(a) is type(b), (type(a), type(b))
+    if isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape  # type: ignore[union-attr]
+        if a.dtype == object:
+            for x, y in zip(a.reshape(-1), b.reshape(-1)):  # type: ignore[union-attr]
+                _same(x, y)
+        else:
+            assert a.tobytes() == b.tobytes()  # type: ignore[union-attr]
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()  # type: ignore[attr-defined]
+        for k in a:
+            _same(a[k], b[k])  # type: ignore[index]
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)  # type: ignore[arg-type]
+        for x, y in zip(a, b):  # type: ignore[call-overload]
+            _same(x, y)
+    else:
+        assert a == b or (a != a and b != b)
+
+
+def test_readme_example_parity_and_cleanup() -> None:
+    """The headline API, verbatim, matches in-process gymnasium bit for bit."""
+    env = SandboxEnv("CartPole-v1", packages=["gymnasium==1.3.0"], imports=["gymnasium"])
+    ref = gym.make("CartPole-v1")
+    try:
+        cid = env.container_id
+        assert cid in sandbox_containers()
+        assert env.observation_space == ref.observation_space
+        assert env.action_space == ref.action_space
+        assert env.spec is not None and env.spec.id == "CartPole-v1"
+        _same(env.reset(seed=0), ref.reset(seed=0))
+        rng = np.random.default_rng(1)
+        for _ in range(120):
+            action = int(rng.integers(2))
+            got, want = env.step(action), ref.step(action)
+            _same(got, want)
+            if got[2] or got[3]:
+                _same(env.reset(), ref.reset())
+    finally:
+        env.close()
+        env.close()  # idempotent
+    assert cid not in sandbox_containers()
+
+
+def test_check_env_passes_on_sandbox() -> None:
+    import warnings
+
+    def checked(env: gym.Env) -> set[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            check_env(env, skip_render_check=True)
+        return {str(w.message) for w in caught}
+
+    # check_env warns about CartPole's infinite bounds in-process too; the sandbox must
+    # pass with exactly the warnings the in-process env gets, and no others.
+    with SandboxEnv("CartPole-v1") as env:
+        assert checked(env) == checked(gym.make("CartPole-v1").unwrapped)
+
+
+@pytest.mark.parametrize("mode", ["next_step", "same_step", "disabled"])
+async def test_async_vector_sandbox_matches_sync_vector_env(mode: str) -> None:
+    ref = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync",
+                       vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode[mode.upper()]})
+    async with AsyncSandboxVectorEnv("CartPole-v1", num_envs=4, autoreset_mode=mode) as envs:
+        assert envs.single_observation_space == ref.single_observation_space
+        assert envs.metadata["autoreset_mode"] == ref.metadata["autoreset_mode"]
+        _same(await envs.reset(seed=3), ref.reset(seed=3))
+        rng = np.random.default_rng(0)
+        for _ in range(150):
+            actions = rng.integers(0, 2, size=4)
+            got = await envs.step(actions)
+            _same(got, ref.step(actions))
+            if mode == "disabled" and (got[2] | got[3]).any():
+                mask = got[2] | got[3]
+                _same(await envs.reset(options={"reset_mask": mask}), ref.reset(options={"reset_mask": mask}))
+
+
+def test_sync_vector_sandbox_and_kwargs_reuse_image() -> None:
+    with SandboxVectorEnv("CartPole-v1", num_envs=2) as envs:
+        assert isinstance(envs, gym.vector.VectorEnv)
+        obs, _ = envs.reset(seed=[1, 2])
+        assert obs.shape == (2, 4) and obs.dtype == np.float32
+        image = envs._core.image
+    # Other num_envs, other env kwargs: the same image.
+    with SandboxEnv("CartPole-v1", max_episode_steps=5) as env:
+        assert env._core.image == image
+        env.reset(seed=0)
+        steps = 0
+        while True:
+            steps += 1
+            *_, terminated, truncated, _ = env.step(0 if steps % 2 else 1)
+            if terminated or truncated:
+                break
+        assert steps <= 5
+
+
+async def test_local_project_dir_package_and_container_hardening() -> None:
+    async with AsyncSandboxEnv("rlmesh_probe:make_probe", packages=[PROBE_PKG], imports=["rlmesh_probe"],
+                               environment={"RLMESH_PROBE": "yes"}, size=3, memory="256m", cpus=1,
+                               pids_limit=64, render_mode="rgb_array") as env:
+        obs, info = await env.reset(seed=0)
+        frame = await env.render()
+        assert frame.dtype == np.uint8 and frame.shape == (8, 8, 3) and env.render_mode == "rgb_array"
+        assert obs.shape == (3,) and info["size"] == 3
+        assert info["uid"] != 0 and info["root_writable"] is False
+        assert info["interfaces"] == ["lo"]  # no network by default
+        assert info["env_var"] == "yes"
+        cfg = inspect(env.container_id)
+        host = cfg["HostConfig"]
+        assert host["CapDrop"] == ["ALL"] and "no-new-privileges" in host["SecurityOpt"]
+        assert host["ReadonlyRootfs"] is True and host["NetworkMode"] == "none"
+        assert host["Memory"] == 256 << 20 and host["NanoCpus"] == 10**9 and host["PidsLimit"] == 64
+        assert not cfg["NetworkSettings"]["Ports"]
+        labels = cfg["Config"]["Labels"]
+        assert labels["rlmesh.sandbox"] == "1" and str(os.getpid()) in labels["rlmesh.owner"]
+        assert labels["rlmesh.session"]
+        sock_dir = host["Binds"][0].split(":")[0]
+        assert oct(os.stat(sock_dir).st_mode & 0o777) == "0o700"
+
+
+async def test_network_opt_in_only_adds_interfaces() -> None:
+    # Looks at interfaces only; nothing connects outward.
+    async with AsyncSandboxEnv("RlmeshProbe-v0", packages=[PROBE_PKG], imports=["rlmesh_probe"],
+                               network=True) as env:
+        _, info = await env.reset(seed=0)
+        assert "lo" in info["interfaces"] and len(info["interfaces"]) > 1
+
+
+async def test_missing_import_fails_the_build_naming_it() -> None:
+    with pytest.raises(ImageBuildError) as err:
+        async with AsyncSandboxEnv("CartPole-v1", imports=["surely_not_a_module_xyz"]):
+            pass
+    assert "surely_not_a_module_xyz" in err.value.logs
+    assert "surely_not_a_module_xyz" in str(err.value)
+
+
+async def test_unresolvable_package_fails_with_pip_output() -> None:
+    with pytest.raises(ImageBuildError) as err:
+        async with AsyncSandboxEnv("CartPole-v1", packages=["./no/such/project/dir"]):
+            pass
+    assert "no/such/project/dir" in err.value.logs or "no/such/project/dir" in str(err.value)
+
+
+def test_env_that_fails_to_start_reports_exit_code_and_logs() -> None:
+    with pytest.raises(SandboxStartError) as err:
+        SandboxEnv("rlmesh_probe:make_broken", packages=[PROBE_PKG])
+    assert err.value.exit_code not in (None, 0)
+    assert "probe env refuses to start" in err.value.logs
+    assert "exit code" in str(err.value)
+
+
+async def test_container_dying_mid_session_is_a_clear_error() -> None:
+    async with AsyncSandboxEnv("rlmesh_probe:RlmeshProbe-v0", packages=[PROBE_PKG],
+                               environment={"RLMESH_PROBE_CRASH": "1"}) as env:
+        await env.reset(seed=0)
+        with pytest.raises(ConnectionClosedError):
+            await env.step(1)
+        with pytest.raises(RLMeshError):
+            await env.step(0)
+
+
+async def test_interrupted_start_leaves_nothing_behind() -> None:
+    env = AsyncSandboxEnv("CartPole-v1")
+    task = asyncio.ensure_future(env.start())
+    # Cancel once the container exists, i.e. in the middle of start-up.
+    for _ in range(400):
+        await asyncio.sleep(0.005)
+        if env.container_id is not None:
+            break
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await env.close()
+
+
+async def test_many_sandboxes_at_once_share_one_build(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="rlmesh.sandbox.image")
+    # A spec no other test uses, so this run builds it: concurrent starts must build it once.
+    marker = f"rlmesh_gather_{os.getpid()}"
+    envs = [AsyncSandboxEnv("CartPole-v1", imports=["gymnasium", "json"], environment={"MARK": marker},
+                            rebuild=False) for _ in range(6)]
+    try:
+        await asyncio.gather(*(e.start() for e in envs))
+        results = await asyncio.gather(*(e.reset(seed=i) for i, e in enumerate(envs)))
+        ref = gym.make("CartPole-v1")
+        for i, (obs, _) in enumerate(results):
+            _same(obs, ref.reset(seed=i)[0])
+    finally:
+        await asyncio.gather(*(e.close() for e in envs))
+    builds = [r for r in caplog.records if r.getMessage().startswith("building sandbox image")]
+    assert len(builds) <= 1
+
+
+async def test_bad_arguments_are_value_errors() -> None:
+    with pytest.raises(InvalidArgumentError):
+        AsyncSandboxEnv("CartPole-v1", memory="lots")
+    with pytest.raises(ValueError):
+        AsyncSandboxEnv("CartPole-v1", cpus=-1)
+    with pytest.raises(ValueError):
+        AsyncSandboxVectorEnv("CartPole-v1", num_envs=0)
+    with pytest.raises(ValueError):
+        AsyncSandboxEnv("CartPole-v1", packages="gymnasium")  # a string, not a list
+    with pytest.raises(ValueError):
+        AsyncSandboxEnv("CartPole-v1", not_json=object())
+
+
+async def test_missing_base_image_names_what_to_do() -> None:
+    # A registry on a closed loopback port: the pull fails at once without leaving the machine.
+    with pytest.raises(BaseImageError) as err:
+        async with AsyncSandboxEnv("CartPole-v1", base_image="127.0.0.1:9/rlmesh/missing:none"):
+            pass
+    assert "127.0.0.1:9/rlmesh/missing:none" in str(err.value)
+
+
+def _run_py(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "RLMESH_PULL_POLICY": "never"})
+
+
+def test_interpreter_exit_without_close_removes_the_container() -> None:
+    result = _run_py("""
+        from rlmesh.numpy import SandboxEnv
+        env = SandboxEnv("CartPole-v1")
+        env.reset(seed=0)
+        print(env.container_id)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() not in sandbox_containers()
+
+
+def test_dead_owner_is_reaped_by_cleanup_and_listed_by_ls() -> None:
+    result = _run_py("""
+        import os
+        from rlmesh.numpy import SandboxEnv
+        env = SandboxEnv("CartPole-v1")
+        print(env.container_id, flush=True)
+        os._exit(0)  # no atexit, no close: the container is orphaned
+    """)
+    cid = result.stdout.strip()
+    assert cid in sandbox_containers(), result.stderr
+    listing = subprocess.run([sys.executable, "-m", "rlmesh", "sandbox", "ls"], capture_output=True, text=True)
+    assert cid[:12] in listing.stdout and "false" in listing.stdout
+    cleanup = subprocess.run([sys.executable, "-m", "rlmesh", "sandbox", "cleanup"], capture_output=True, text=True)
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert cid not in sandbox_containers()
+
+
+def test_public_exports() -> None:
+    names = {"AsyncSandboxEnv", "AsyncSandboxVectorEnv", "SandboxEnv", "SandboxVectorEnv",
+             "AsyncRemoteEnv", "AsyncRemoteVectorEnv", "RemoteEnv", "RemoteVectorEnv"}
+    import rlmesh.numpy
+
+    assert names <= set(rlmesh.__all__)
+    assert set(rlmesh.numpy.__all__) == names
+    for name in names:
+        assert getattr(rlmesh, name) is getattr(rlmesh.numpy, name)

@@ -1,0 +1,485 @@
+"""Layer 2: the async client core and the sync shell against a real server over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils import seeding
+
+from rlmesh import AsyncRemoteEnv, AsyncRemoteVectorEnv, RemoteEnv, RemoteVectorEnv, _portal
+from rlmesh.errors import (
+    ConnectError,
+    ConnectionClosedError,
+    EnvClosedError,
+    InvalidActionError,
+    InvalidArgumentError,
+    RemoteEnvError,
+    RLMeshError,
+    RLMeshTimeoutError,
+    ServerBusyError,
+)
+from rlmesh.protocol import PROTOCOL_VERSION, Connection, MessageType, encode_message
+
+from .envs import BIG_OBS_ID, FAULTY_ID, KITCHEN_SINK_ID
+from .helpers import ServerThread, assert_same, open_env, open_when_free
+
+REPO = Path(__file__).resolve().parents[1]
+Serve = Callable[..., str]
+
+
+def hello_frame() -> bytes:
+    return b"".join(bytes(c) for c in encode_message(MessageType.HELLO, 1, {"version": PROTOCOL_VERSION}))
+
+
+def raw_socket(address: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(address.removeprefix("unix://"))
+    return sock
+
+
+def read_until_eof(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def sample_actions(space: gym.spaces.Space[Any], seed: int, n: int) -> list[Any]:
+    space.seed(seed)
+    return [space.sample() for _ in range(n)]
+
+
+# --------------------------------------------------------------------------- handshake and calls
+
+async def test_handshake_mirrors_gym_make(serve: Serve, connect: Any) -> None:
+    local = gym.make(KITCHEN_SINK_ID, render_mode="rgb_array", max_steps=4)
+    env = await connect(serve(gym.make(KITCHEN_SINK_ID, render_mode="rgb_array", max_steps=4)))
+    assert env.observation_space == local.observation_space
+    assert env.action_space == local.action_space
+    assert list(env.observation_space.spaces) == list(local.observation_space.spaces)
+    assert env.metadata == local.metadata
+    assert env.render_mode == "rgb_array"
+    assert env.spec == local.spec and env.spec.id == KITCHEN_SINK_ID
+    assert env.spec.kwargs == {"render_mode": "rgb_array", "max_steps": 4}
+    await env.reset(seed=7)
+    assert env.np_random_seed == 7
+    assert env.np_random.bit_generator.state == seeding.np_random(7)[0].bit_generator.state
+
+
+async def test_reset_step_render_match_in_process(serve: Serve, connect: Any) -> None:
+    local = gym.make(KITCHEN_SINK_ID, render_mode="rgb_array")
+    env = await connect(serve(gym.make(KITCHEN_SINK_ID, render_mode="rgb_array")))
+    assert_same(await env.reset(seed=3, options={"k": (1, 2)}), local.reset(seed=3, options={"k": (1, 2)}))
+    for action in sample_actions(local.action_space, 0, 3):
+        assert_same(await env.step(action), local.step(action))
+        frame = await env.render()
+        assert frame.dtype == np.uint8 and frame.ndim == 3
+        assert_same(frame, local.render())
+
+
+async def test_close_is_idempotent_and_context_managers_close(serve: Serve, flavour: str) -> None:
+    address = serve(gym.make("CartPole-v1"))
+    if flavour == "async":
+        async with AsyncRemoteEnv(address) as env:
+            await env.reset(seed=0)
+        assert env.closed
+        await env.close()
+        with pytest.raises(EnvClosedError):
+            await env.step(0)
+        with pytest.raises(EnvClosedError):
+            await env.connect()
+        with pytest.raises(EnvClosedError, match="not connected"):
+            await AsyncRemoteEnv(address).step(0)
+    else:
+        with RemoteEnv(address) as env:
+            env.reset(seed=0)
+        assert env.closed
+        env.close()
+        with pytest.raises(EnvClosedError):
+            env.step(0)
+    # The closed client freed the server: a new one is served at once.
+    again = await open_env(flavour, address)
+    try:
+        assert again.observation_space == gym.make("CartPole-v1").observation_space
+    finally:
+        await again.close()
+
+
+async def test_vector_context_managers(serve: Serve, flavour: str) -> None:
+    address = serve(gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync"))
+    if flavour == "async":
+        async with AsyncRemoteVectorEnv(address) as venv:
+            obs, _ = await venv.reset(seed=0)
+        assert venv.closed
+        await venv.close()
+    else:
+        with RemoteVectorEnv(address) as venv:
+            obs, _ = venv.reset(seed=0)
+        assert venv.closed
+        venv.close()
+    assert obs.shape == (2, 4)
+
+
+async def test_single_and_vector_clients_refuse_the_other_kind(serve: Serve, flavour: str) -> None:
+    address = serve(gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync"))
+    with pytest.raises(InvalidArgumentError, match="RemoteVectorEnv"):
+        await open_env(flavour, address)
+    venv = await open_when_free(flavour, address, vector=True)
+    assert venv.num_envs == 2
+    await venv.close()
+
+
+# --------------------------------------------------------------------------- errors
+
+async def test_remote_env_error_carries_the_remote_traceback(serve: Serve, connect: Any) -> None:
+    env = await connect(serve(gym.make(FAULTY_ID)))
+    await env.reset(seed=0)
+    await env.step(0)
+    with pytest.raises(RemoteEnvError) as info:
+        await env.step(1)
+    err = info.value
+    assert err.remote_type == "builtins.RuntimeError"
+    assert err.remote_message == "boom: the action asked for it at t=1"
+    assert "Traceback" in err.remote_traceback and "envs.py" in err.remote_traceback
+    assert "raise RuntimeError" in err.remote_traceback
+    assert "Remote traceback" in str(err)
+    # The connection survives: a new episode starts.
+    obs, _ = await env.reset(seed=1)
+    assert obs.shape == (3,)
+    assert (await env.step(0))[4] == {"t": 1}
+
+
+INVALID_ACTIONS = {
+    "out_of_range": ("CartPole-v1", 2, 0),
+    "negative": ("CartPole-v1", -1, 0),
+    "float_for_discrete": ("CartPole-v1", 1.0, 0),
+    "numpy_float_for_discrete": ("CartPole-v1", np.float32(0), 0),
+    "array_for_discrete": ("CartPole-v1", np.array([0, 1]), 0),
+    "string": ("CartPole-v1", "left", 0),
+    "wrong_shape": ("Pendulum-v1", np.zeros(2, np.float32), np.zeros(1, np.float32)),
+    "box_out_of_bounds": ("Pendulum-v1", np.array([5.0], np.float32), np.zeros(1, np.float32)),
+    "int_dtype_for_float_box_out_of_range": ("Pendulum-v1", np.array([9]), np.zeros(1, np.float32)),
+    "missing_dict_key": (KITCHEN_SINK_ID, {"move": 0}, None),
+}
+
+
+@pytest.mark.parametrize(("env_id", "bad", "good"), INVALID_ACTIONS.values(), ids=INVALID_ACTIONS.keys())
+async def test_invalid_action_is_rejected_and_the_server_survives(
+    serve: Serve, connect: Any, env_id: str, bad: Any, good: Any
+) -> None:
+    space = gym.make(env_id).action_space
+    env = await connect(serve(gym.make(env_id)))
+    await env.reset(seed=0)
+    with pytest.raises(InvalidActionError) as info:
+        await env.step(bad)
+    assert isinstance(info.value, ValueError)
+    assert info.value.space == str(space)
+    assert "action space" in str(info.value) and str(space) in str(info.value)
+    if good is None:
+        good = sample_actions(space, 0, 1)[0]
+    assert len(await env.step(good)) == 5
+
+
+async def test_second_client_is_told_busy(serve: Serve, connect: Any, flavour: str) -> None:
+    address = serve(gym.make("CartPole-v1"))
+    first = await connect(address)
+    await first.reset(seed=0)
+    for _ in range(20):  # every time, not just usually
+        with pytest.raises(ServerBusyError, match="already serves a client") as info:
+            await open_env(flavour, address)
+        assert isinstance(info.value, ConnectionError)
+    await first.step(0)  # the first client is unaffected
+    await first.close()
+    second = await connect(address)  # a cleanly closed client frees the server at once
+    await second.reset(seed=0)
+
+
+@pytest.mark.parametrize("how", ["half_a_frame", "request_then_hang_up", "during_a_slow_step"])
+async def test_client_killed_mid_request_does_not_stop_the_server(serve: Serve, flavour: str, how: str) -> None:
+    address = serve(gym.make(FAULTY_ID, step_delay=0.2))
+    sock = raw_socket(address)
+    sock.sendall(hello_frame())
+    conn, msgs = Connection(), []
+    while not msgs:
+        msgs = conn.receive_data(sock.recv(65536))
+    assert msgs[0].type is MessageType.HELLO
+    step = b"".join(bytes(c) for c in encode_message(MessageType.STEP, 2, 2 if how == "during_a_slow_step" else 0))
+    sock.sendall(step[: len(step) // 2] if how == "half_a_frame" else step)
+    sock.close()
+    env = await open_when_free(flavour, address)
+    try:
+        await env.reset(seed=0)
+        assert (await env.step(0))[4] == {"t": 1}
+    finally:
+        await env.close()
+
+
+GARBAGE = {
+    "random_bytes": bytes(range(7, 200)) * 3,
+    "http": b"GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: curl\r\n\r\n",
+    "oversized_length": b"RL" + bytes([PROTOCOL_VERSION, MessageType.HELLO]) + (1).to_bytes(4, "little")
+    + (8).to_bytes(4, "little") + (2**31).to_bytes(4, "little"),
+    "wrong_version": b"RL" + bytes([PROTOCOL_VERSION + 1, MessageType.HELLO]) + bytes(12),
+    "step_before_hello": b"".join(bytes(c) for c in encode_message(MessageType.STEP, 1, 0)),
+    "hello_with_wrong_version": b"".join(bytes(c) for c in encode_message(MessageType.HELLO, 1, {"version": 99})),
+}
+
+
+@pytest.mark.parametrize("data", GARBAGE.values(), ids=GARBAGE.keys())
+async def test_garbage_is_dropped_and_the_server_keeps_serving(serve: Serve, flavour: str, data: bytes) -> None:
+    address = serve(gym.make("CartPole-v1"))
+    sock = raw_socket(address)
+    sock.sendall(data)
+    reply = read_until_eof(sock)  # the server hangs up (else recv times out)
+    sock.close()
+    msgs = Connection().receive_data(reply)
+    assert [(m.type, m.body["kind"]) for m in msgs] == [(MessageType.ERROR, "protocol")]
+    env = await open_when_free(flavour, address)
+    try:
+        obs, _ = await env.reset(seed=0)
+        assert obs.shape == (4,)
+    finally:
+        await env.close()
+
+
+async def test_connect_error_for_a_missing_socket(tmp_path: Path, flavour: str) -> None:
+    for address in (f"unix://{tmp_path}/missing.sock", f"tcp://127.0.0.1:{free_port()}"):
+        with pytest.raises(ConnectError, match="cannot connect") as info:
+            await open_env(flavour, address)
+        assert isinstance(info.value, ConnectionError)
+
+
+async def test_request_timeout_with_a_slow_env(serve: Serve, connect: Any) -> None:
+    env = await connect(serve(gym.make(FAULTY_ID, step_delay=0.5)), request_timeout=0.1)
+    await env.reset(seed=0)
+    with pytest.raises(RLMeshTimeoutError, match="request_timeout=0.1") as info:
+        await env.step(2)  # sleeps 0.5 s
+    assert isinstance(info.value, TimeoutError)
+    await asyncio.sleep(0.6)
+    # The late reply is dropped; the next reply is matched to its own request
+    # (and shows that the slow step did happen on the server).
+    assert (await env.step(0))[4] == {"t": 2}
+
+
+async def test_pipelined_requests_get_their_own_replies(serve: Serve) -> None:
+    # Only the async core can have several requests in flight.
+    async with AsyncRemoteEnv(serve(gym.make(FAULTY_ID))) as env:
+        await env.reset(seed=0)
+        results = await asyncio.gather(*(env.step(0) for _ in range(8)), env.reset(seed=0), env.step(0))
+        assert [r[4]["t"] for r in results[:8]] == list(range(1, 9))
+        assert results[9][4] == {"t": 1}
+
+
+async def test_unencodable_action_is_an_argument_error(serve: Serve, connect: Any) -> None:
+    env = await connect(serve(gym.make(KITCHEN_SINK_ID)))
+    await env.reset(seed=0)
+    nested: Any = 0
+    for _ in range(300):
+        nested = [nested]
+    for bad in ("\ud800", nested):
+        with pytest.raises(InvalidArgumentError, match="cannot encode"):
+            await env.step(bad)
+    action = sample_actions(gym.make(KITCHEN_SINK_ID).action_space, 0, 1)[0]
+    assert len(await env.step(action)) == 5
+
+
+async def test_frames_larger_than_a_socket_read(serve: Serve, connect: Any) -> None:
+    local = gym.make(BIG_OBS_ID)
+    env = await connect(serve(gym.make(BIG_OBS_ID)))
+    assert env.observation_space == local.observation_space
+    assert_same(env.observation_space.high, local.observation_space.high)
+    assert_same(await env.reset(seed=1), local.reset(seed=1))
+    obs = np.asarray(local.observation_space.high)  # a 400 KB action-sized payload the other way
+    with pytest.raises(InvalidActionError):
+        await env.step(obs)
+    for a in (0, 1, 1):
+        assert_same(await env.step(a), local.step(a))
+
+
+async def test_connect_timeout_when_nobody_answers(tmp_path: Path, flavour: str) -> None:
+    # A socket that listens but never accepts: connect() succeeds, the handshake never ends.
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.bind(str(tmp_path / "silent.sock"))
+    silent.listen(1)
+    try:
+        address = f"unix://{tmp_path}/silent.sock"
+        with pytest.raises(RLMeshTimeoutError, match="connect_timeout=0.2") as info:
+            if flavour == "async":
+                env = AsyncRemoteEnv(address, connect_timeout=0.2)
+                try:
+                    await env.connect()
+                finally:
+                    await env.close()
+            else:
+                RemoteEnv(address, connect_timeout=0.2)
+        assert isinstance(info.value, TimeoutError)
+    finally:
+        silent.close()
+
+
+async def test_client_sees_the_server_stop(tmp_path: Path, flavour: str) -> None:
+    st = ServerThread(gym.make("CartPole-v1"), f"unix://{tmp_path}/s.sock").start()
+    try:
+        env = await open_env(flavour, st.address)
+        await env.reset(seed=0)
+    finally:
+        st.stop()
+    assert not (tmp_path / "s.sock").exists()
+    with pytest.raises(ConnectionClosedError):
+        await env.step(0)
+    await env.close()
+
+
+def test_sync_shell_on_the_portal_loop_raises_instead_of_deadlocking(serve: Serve) -> None:
+    address = serve(gym.make("CartPole-v1"))
+    env = RemoteEnv(address)
+    try:
+        env.reset(seed=0)
+
+        async def step_inside() -> Any:
+            return env.step(0)
+
+        async def make_inside() -> Any:
+            return RemoteEnv(address)
+
+        portal = _portal.get_portal()
+        for func in (step_inside, make_inside):
+            with pytest.raises(RLMeshError, match="inside rlmesh's own event loop"):
+                portal.start_task_soon(func).result(timeout=10)
+        assert len(env.step(0)) == 5  # still usable from a normal thread
+    finally:
+        env.close()
+
+
+async def test_tcp_address_with_port_zero_and_an_env_factory(serve: Serve, connect: Any) -> None:
+    made: list[gym.Env[Any, Any]] = []
+    address = serve(lambda: made.append(gym.make("CartPole-v1")) or made[-1], "tcp://127.0.0.1:0")
+    assert len(made) == 1
+    assert address.startswith("tcp://127.0.0.1:") and not address.endswith(":0")
+    env = await connect(address)
+    local = gym.make("CartPole-v1")
+    assert_same(await env.reset(seed=5), local.reset(seed=5))
+    assert_same(await env.step(1), local.step(1))
+
+
+# --------------------------------------------------------------------------- `python -m rlmesh.serve`
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def run_serve(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[str], str]]]:
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> tuple[subprocess.Popen[str], str]:
+        log = open(tmp_path / f"serve-{len(procs)}.log", "w")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rlmesh.serve", *args], cwd=REPO, stdout=subprocess.PIPE,
+            stderr=log, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        log.close()
+        procs.append(proc)
+        watchdog = threading.Timer(60, proc.kill)  # a hung server cannot hang the test run
+        watchdog.start()
+        try:
+            line = proc.stdout.readline() if proc.stdout else ""
+        finally:
+            watchdog.cancel()
+        assert line, f"no readiness line; server log:\n{(tmp_path / f'serve-{len(procs) - 1}.log').read_text()}"
+        return proc, line.rstrip("\n")
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def stop_with_sigterm(proc: subprocess.Popen[str]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(20)
+
+
+def test_serve_subprocess_over_unix_socket(run_serve: Any, tmp_path: Path) -> None:
+    sock = tmp_path / "cartpole.sock"
+    proc, line = run_serve("CartPole-v1", "--address", f"unix://{sock}")
+    assert line == f"rlmesh-server ready on unix://{sock}"
+    local = gym.make("CartPole-v1")
+    with RemoteEnv(f"unix://{sock}") as env:
+        assert env.spec is not None and env.spec.id == "CartPole-v1"
+        assert_same(env.reset(seed=11), local.reset(seed=11))
+        for action in sample_actions(local.action_space, 1, 20):
+            assert_same(env.step(action), local.step(action))
+    assert stop_with_sigterm(proc) == 0
+    assert not sock.exists()
+
+
+def test_serve_subprocess_over_tcp_with_module_source_and_kwargs(run_serve: Any) -> None:
+    port = free_port()
+    proc, line = run_serve(
+        f"tests.envs:{KITCHEN_SINK_ID}", "--address", f"tcp://127.0.0.1:{port}",
+        "--kwargs-json", '{"render_mode": "rgb_array", "max_steps": 3}',
+    )
+    assert line == f"rlmesh-server ready on tcp://127.0.0.1:{port}"
+    local = gym.make(KITCHEN_SINK_ID, render_mode="rgb_array", max_steps=3)
+    with RemoteEnv(f"127.0.0.1:{port}") as env:
+        assert env.spec == local.spec
+        assert_same(env.reset(seed=2), local.reset(seed=2))
+        for action in sample_actions(local.action_space, 2, 3):
+            assert_same(env.step(action), local.step(action))
+            assert_same(env.render(), local.render())
+    assert stop_with_sigterm(proc) == 0
+
+
+def test_serve_subprocess_vector_env(run_serve: Any, tmp_path: Path) -> None:
+    sock = tmp_path / "vec.sock"
+    proc, _ = run_serve("CartPole-v1", "--address", f"unix://{sock}", "--num-envs", "3",
+                        "--autoreset-mode", "same_step")
+    with RemoteVectorEnv(f"unix://{sock}") as venv:
+        assert venv.num_envs == 3
+        assert venv.metadata["autoreset_mode"] is gym.vector.AutoresetMode.SAME_STEP
+        obs, _ = venv.reset(seed=[1, 2, 3])
+        assert obs.shape == (3, 4)
+    assert stop_with_sigterm(proc) == 0
+    assert not sock.exists()
+
+
+def test_serve_subprocess_reports_a_bad_source(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "rlmesh.serve", "no_such_module_xyz:make", "--address", f"unix://{tmp_path}/x.sock"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 3
+    assert "no_such_module_xyz" in result.stderr
+    assert result.stdout == ""
+
+
+async def test_a_hung_client_does_not_block_the_server_loop(serve: Serve, flavour: str) -> None:
+    # A client that connects and says nothing holds the slot but not the loop:
+    # once it goes away, the next client is served.
+    address = serve(gym.make("CartPole-v1"))
+    sock = raw_socket(address)
+    await asyncio.sleep(0.05)
+    with pytest.raises(ServerBusyError):
+        await open_env(flavour, address)
+    sock.close()
+    env = await open_when_free(flavour, address)
+    await env.close()
