@@ -21,6 +21,7 @@ meaning matches a builtin, the builtin is mixed in, so ``except ValueError`` and
         ├── DockerUnavailableError            no Docker engine is reachable
         ├── ImageBuildError                   the image build failed
         ├── BaseImageError                    no usable base image
+        ├── BootstrapError                    building the base from Debian packages failed
         └── SandboxStartError                 the container did not become ready
 
 Remote errors and sandbox errors carry structured fields (``remote_type``,
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 __all__ = [
     "BaseImageError",
+    "BootstrapError",
     "ConnectError",
     "ConnectionClosedError",
     "DockerUnavailableError",
@@ -179,6 +181,20 @@ class ImageBuildError(SandboxError):
 
 class BaseImageError(SandboxError):
     """No usable base image exists and none can be pulled."""
+
+
+class BootstrapError(SandboxError):
+    """``rlmesh image bootstrap`` failed.
+
+    Attributes:
+        step: The step that failed (``preflight``, ``debootstrap``, ``verify``, ``pack``, ``suite``).
+        output: The tail of the failing command's output (also in ``logs``).
+    """
+
+    def __init__(self, message: str, *, step: str, output: str = "") -> None:
+        super().__init__(message, logs=output)
+        self.step = step
+        self.output = output
 
 
 class SandboxStartError(SandboxError):

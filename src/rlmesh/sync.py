@@ -7,7 +7,7 @@ own beyond that hand-off, so the sync and async APIs behave identically.
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import gymnasium as gym
 import numpy as np
@@ -55,7 +55,8 @@ class SyncEnvShell(gym.Env[Any, Any], Generic[CoreT]):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """Reset the env, as ``gymnasium.Env.reset``."""
         super().reset(seed=seed)
-        return _portal.call(_reset_kw, self._core, seed, options)
+        result: tuple[Any, dict[str, Any]] = _portal.call(_reset_kw, self._core, seed, options)
+        return result
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
         """Step the env, as ``gymnasium.Env.step``."""
@@ -79,8 +80,9 @@ class SyncEnvShell(gym.Env[Any, Any], Generic[CoreT]):
     def __enter__(self) -> SyncEnvShell[CoreT]:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, *exc_info: object) -> Literal[False]:
         self.close()
+        return False
 
     def __repr__(self) -> str:
         return repr(self._core).replace("Async", "", 1)
@@ -109,7 +111,8 @@ class SyncVectorEnvShell(VectorEnv[Any, Any, Any], Generic[CoreT]):
         """Reset all lanes (or those in ``options["reset_mask"]``), as ``VectorEnv.reset``."""
         if isinstance(seed, int) and not isinstance(seed, bool):
             self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
-        return _portal.call(_reset_kw, self._core, seed, options)
+        result: tuple[Any, dict[str, Any]] = _portal.call(_reset_kw, self._core, seed, options)
+        return result
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any], dict[str, Any]]:
         """Step every lane, as ``VectorEnv.step``."""

@@ -149,6 +149,7 @@ class ClientConnection:
                 if addr.path is not None:
                     await loop.create_unix_connection(factory, addr.path)
                 else:
+                    assert addr.host is not None and addr.port is not None
                     transport, _ = await loop.create_connection(factory, addr.host, addr.port)
                     sock = transport.get_extra_info("socket")
                     if sock is not None:

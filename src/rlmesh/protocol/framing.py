@@ -216,7 +216,7 @@ class Connection:
                 for d in shape:
                     count *= d
                 if count:
-                    arr = np.frombuffer(payload, dtype=dtype, count=count, offset=offset)  # type: ignore[call-overload]
+                    arr = np.frombuffer(payload or b"", dtype=dtype, count=count, offset=offset)
                     arrays.append(arr.reshape(shape))
                 else:
                     arrays.append(np.empty(shape, dtype=dtype))

@@ -145,5 +145,5 @@ def decode_space(desc: dict[str, Any], arrays: list[np.ndarray[Any, Any]]) -> sp
         edge = desc["edge_space"]
         node_space = decode_space(desc["node_space"], arrays)
         edge_space = None if edge is None else decode_space(edge, arrays)
-        return spaces.Graph(node_space=node_space, edge_space=edge_space)  # type: ignore[arg-type]
+        return spaces.Graph(node_space=node_space, edge_space=edge_space)
     raise UnsupportedSpaceError(f"unknown space type {kind!r} in a space description")

@@ -19,6 +19,8 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
 
+from ..errors import BootstrapError
+
 __all__ = [
     "DEBIAN_SUITE_FOR_PYTHON",
     "BootstrapError",
@@ -48,21 +50,6 @@ _PRUNED_DIRS = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/l
 _CLEARED_DIRS = ("var/cache/apt", "var/lib/apt/lists", "var/log")
 # Host files debootstrap copies in; Docker provides its own at run time.
 _REMOVED_FILES = ("etc/resolv.conf", "etc/hostname")
-
-
-class BootstrapError(Exception):
-    """Building the Debian base image context failed.
-
-    Attributes:
-        step: The step that failed (``"preflight"``, ``"debootstrap"``,
-            ``"verify"``, ``"pack"`` or ``"suite"``).
-        output: The tail of the failing command's output (may be empty).
-    """
-
-    def __init__(self, message: str, *, step: str, output: str = "") -> None:
-        super().__init__(message)
-        self.step = step
-        self.output = output
 
 
 def _short_version(python_version: str) -> str:

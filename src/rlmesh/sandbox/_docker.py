@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import os
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from typing import IO, Any
 
 import aiodocker
@@ -179,10 +179,12 @@ class DockerClient:
             return ""
         return "".join(chunks)
 
-    async def follow_logs(self, container_id: str) -> AsyncIterator[str]:
+    async def follow_logs(self, container_id: str) -> AsyncGenerator[str, None]:
         """Yield a container's output as it comes, from the start."""
         # aclosing: a cancelled reader must release the HTTP response at once, not at GC.
-        stream = self._docker.containers.container(container_id).log(stdout=True, stderr=True, follow=True)
+        stream: AsyncGenerator[str, None] = self._docker.containers.container(container_id).log(
+            stdout=True, stderr=True, follow=True
+        )
         with _map_errors("follow container logs"):
             async with contextlib.aclosing(stream):
                 async for chunk in stream:

@@ -123,11 +123,12 @@ class EnvServer:
                 os.unlink(addr.path)
             server = await loop.create_unix_server(lambda: _ServerProtocol(self), addr.path)
         else:
+            assert addr.host is not None and addr.port is not None
             server = await loop.create_server(lambda: _ServerProtocol(self), addr.host, addr.port)
             if addr.port == 0:
                 port = server.sockets[0].getsockname()[1]
                 self._address = Address(host=addr.host, port=port)
-        handled: list[int] = []
+        handled: list[signal.Signals] = []
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -227,7 +228,7 @@ class _ServerProtocol(asyncio.Protocol):
         self.peer = str(transport.get_extra_info("peername") or "unix client")
         if self.server._active is not None:
             log.warning("rejecting %s: already serving a client", self.peer)
-            transport.writelines(
+            self.transport.writelines(
                 error_reply(0, "busy", "ServerBusyError", f"the server at {self.server.address} "
                             "already serves a client; it serves one client at a time")
             )
