@@ -13,7 +13,7 @@ import contextlib
 import os
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import aiodocker
 import aiohttp
@@ -182,8 +182,9 @@ class DockerClient:
     async def follow_logs(self, container_id: str) -> AsyncGenerator[str, None]:
         """Yield a container's output as it comes, from the start."""
         # aclosing: a cancelled reader must release the HTTP response at once, not at GC.
-        stream: AsyncGenerator[str, None] = self._docker.containers.container(container_id).log(
-            stdout=True, stderr=True, follow=True
+        stream = cast(
+            "AsyncGenerator[str, None]",
+            self._docker.containers.container(container_id).log(stdout=True, stderr=True, follow=True),
         )
         with _map_errors("follow container logs"):
             async with contextlib.aclosing(stream):
