@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gc
 import itertools
 import os
@@ -39,7 +40,7 @@ from typing import Any
 try:
     import uvloop
 except ImportError:  # the uvloop figures are skipped
-    uvloop = None
+    uvloop = None  # type: ignore[assignment]
 
 ENV_ID = "CartPole-v1"
 VEC_N = 64
@@ -222,6 +223,33 @@ async def echo_block(
             return out
 
 
+def blocking_echo_block(sock: socket.socket, seconds: float, warmup: int) -> list[float]:
+    """The echo round trip over a plain blocking socket (the floor's baseline)."""
+    payload = b"x" * ECHO_SIZE
+    clock = time.perf_counter
+
+    def once() -> None:
+        sock.sendall(payload)
+        got = 0
+        while got < ECHO_SIZE:
+            n = len(sock.recv(ECHO_SIZE - got))
+            if not n:
+                raise ConnectionError("the echo server closed the connection")
+            got += n
+
+    for _ in range(warmup):
+        once()
+    out = []
+    end = clock() + seconds
+    while True:
+        t0 = clock()
+        once()
+        t1 = clock()
+        out.append(t1 - t0)
+        if t1 >= end:
+            return out
+
+
 async def async_env_block(env: Any, seconds: float, warmup: int) -> list[float]:
     """Time ``await env.step`` (resets at episode ends are not timed)."""
     clock = time.perf_counter
@@ -316,10 +344,15 @@ def us(seconds: float) -> str:
     return f"{seconds * 1e6:,.1f} µs"
 
 
-def ratio_cols(a: list[float], b: list[float], overall: float) -> list[str]:
-    per = [x / y for x, y in zip(a, b)]
+def paired(a: list[float], b: list[float]) -> list[float]:
+    """The ratio a/b within each round."""
+    return [x / y for x, y in zip(a, b)]
+
+
+def ratio_cols(per: list[float]) -> list[str]:
+    """The median of the per-round ratios (robust to drift between rounds), and their range."""
     spread = f"{min(per):.2f}–{max(per):.2f}" if len(per) > 1 else "-"
-    return [f"{overall:.2f}x", spread]
+    return [f"{statistics.median(per):.2f}x", spread]
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:
@@ -336,8 +369,8 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer, shorter rounds (about 12 s in all)")
-    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 10; --quick 4)")
-    ap.add_argument("--block-seconds", type=float, help="seconds per figure per round (default 0.5; --quick 0.25)")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 9; --quick 4)")
+    ap.add_argument("--block-seconds", type=float, help="seconds per figure per round (default 0.5; --quick 0.22)")
     ap.add_argument("--echo-server", metavar="PATH", help=argparse.SUPPRESS)
     ap.add_argument("--uvloop", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -345,8 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         run_echo_server(args.echo_server, args.uvloop)
         return 0
 
-    rounds = max(args.rounds or (4 if args.quick else 10), 1)
-    block = args.block_seconds or (0.25 if args.quick else 0.5)
+    rounds = max(args.rounds or (4 if args.quick else 9), 1)
+    block = args.block_seconds or (0.22 if args.quick else 0.5)
     lat_warm, vec_warm = 200, 20  # first round; later rounds warm up a quarter of that
     t_start = time.perf_counter()
 
@@ -374,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         echo_cmd = [sys.executable, os.path.abspath(__file__), "--echo-server", "{sock}"]
         echo_socks = {n: servers.start(f"echo-{n}", echo_cmd + (["--uvloop"] if n == "uvloop" else []))
                       for n in loop_names}
+        echo_floor_sock = servers.start("echo-floor", echo_cmd + (["--uvloop"] if stack == "uvloop" else []))
         async_socks = {n: servers.start(f"env-async-{n}", serve_argv()) for n in loop_names}
         sync_sock = servers.start("env-sync", serve_argv())
         floor_sock = servers.start("env-floor", serve_argv())
@@ -392,16 +426,23 @@ def main(argv: list[str] | None = None) -> int:
             await writer.wait_closed()
             await env.close()
 
+        def close_on(runner: LoopRunner, writer: asyncio.StreamWriter, env: Any) -> None:
+            runner.run(close_async(writer, env))
+
         echo_conns: dict[str, Any] = {}
         async_envs: dict[str, Any] = {}
         for n in loop_names:
             runner = runners[n] = LoopRunner(uvloop.new_event_loop if n == "uvloop" else asyncio.new_event_loop)
             echo_conns[n] = runner.run(asyncio.open_unix_connection(echo_socks[n]))
             async_envs[n] = runner.run(open_async_env(async_socks[n]))
-            cleanup.append(lambda r=runner, c=echo_conns[n], e=async_envs[n]: r.run(close_async(c[1], e)))
+            cleanup.append(functools.partial(close_on, runner, echo_conns[n][1], async_envs[n]))
         remote = RemoteEnv(f"unix://{sync_sock}")
         cleanup.append(remote.close)
         remote.reset(seed=0)
+        echo_floor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        cleanup.append(echo_floor.close)
+        echo_floor.settimeout(30)
+        echo_floor.connect(echo_floor_sock)
         floor = BlockingProtocolClient(floor_sock)
         cleanup.append(floor.close)
         floor.reset(seed=0)
@@ -416,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         # -- interleaved rounds --------------------------------------------
         echo = {n: Series() for n in loop_names}
         aenv = {n: Series() for n in loop_names}
-        senv, fenv, vrem, vloc = Series(), Series(), Series(), Series()
+        senv, fenv, fecho, vrem, vloc = Series(), Series(), Series(), Series(), Series()
         for r in range(rounds):
             lw = lat_warm if r == 0 else lat_warm // 4
             vw = vec_warm if r == 0 else vec_warm // 4
@@ -427,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
                     aenv[n].add_latency(runner.run(async_env_block(async_envs[n], block, lw)))
             with collected():
                 senv.add_latency(sync_env_block(remote, block, lw))
+            with collected():
+                fecho.add_latency(blocking_echo_block(echo_floor, block, lw))
             with collected():
                 fenv.add_latency(sync_env_block(floor, block, lw))
             for env, series in ((rvec, vrem), (lvec, vloc)):
@@ -447,29 +490,34 @@ def main(argv: list[str] | None = None) -> int:
     base = echo[stack]
     header = ["figure", "value", "baseline", "ratio", "per-round", "target", "result"]
     rows = [[f"echo round trip p50, {n} client+server", us(echo[n].p50), "", "", "", "", ""] for n in loop_names]
-    ratio = senv.p50 / base.p50
+    per = paired(senv.per_round, base.per_round)
+    ratio = statistics.median(per)
     rows.append([f"RemoteEnv.step p50 (sync; portal on {stack})", us(senv.p50), f"echo {stack} {us(base.p50)}",
-                 *ratio_cols(senv.per_round, base.per_round, ratio), f"<= {LATENCY_TARGET:g}x",
+                 *ratio_cols(per), f"<= {LATENCY_TARGET:g}x",
                  "PASS" if ratio <= LATENCY_TARGET else "FAIL"])
     for n in loop_names:
         rows.append([f"AsyncRemoteEnv.step p50 ({n} loop, no portal)", us(aenv[n].p50), f"echo {n} {us(echo[n].p50)}",
-                     *ratio_cols(aenv[n].per_round, echo[n].per_round, aenv[n].p50 / echo[n].p50), "info", ""])
-    rows.append(["floor: blocking-socket protocol client p50", us(fenv.p50), f"echo {stack} {us(base.p50)}",
-                 *ratio_cols(fenv.per_round, base.per_round, fenv.p50 / base.p50), "info", ""])
+                     *ratio_cols(paired(aenv[n].per_round, echo[n].per_round)), "info", ""])
+    rows.append([f"echo round trip p50, blocking client, {stack} server", us(fecho.p50), "", "", "", "info", ""])
+    rows.append(["floor: blocking-socket rlmesh client p50", us(fenv.p50), f"blocking echo {us(fecho.p50)}",
+                 *ratio_cols(paired(fenv.per_round, fecho.per_round)), "info", ""])
     a = aenv[stack]
-    rows.append([f"  portal hand-off = sync - async ({stack})", us(senv.p50 - a.p50), "", "", "", "info", ""])
-    rows.append([f"  async core = async ({stack}) - floor", us(a.p50 - fenv.p50), "", "", "", "info", ""])
-    rows.append([f"  server + codec = floor - echo {stack}", us(fenv.p50 - base.p50), "", "", "", "info", ""])
+    rows.append(["RemoteEnv.step p50 split into:", "", "", "", "", "", ""])
+    rows.append(["  socket round trip (blocking echo)", us(fecho.p50), "", "", "", "info", ""])
+    rows.append(["  server + codec (floor - blocking echo)", us(fenv.p50 - fecho.p50), "", "", "", "info", ""])
+    rows.append([f"  async core + {stack} client loop (async - floor)", us(a.p50 - fenv.p50), "", "", "", "info", ""])
+    rows.append(["  portal hand-off (sync - async)", us(senv.p50 - a.p50), "", "", "", "info", ""])
     rem, loc = statistics.median(vrem.per_round), statistics.median(vloc.per_round)
-    vratio = rem / loc
+    vper = paired(vrem.per_round, vloc.per_round)
+    vratio = statistics.median(vper)
     rows.append([f"RemoteVectorEnv N={VEC_N} env-steps/s", f"{rem:,.0f}/s", f"SyncVectorEnv {loc:,.0f}/s",
-                 *ratio_cols(vrem.per_round, vloc.per_round, vratio), f">= {THROUGHPUT_TARGET:g}x",
+                 *ratio_cols(vper), f">= {THROUGHPUT_TARGET:g}x",
                  "PASS" if vratio >= THROUGHPUT_TARGET else "FAIL"])
     rows.append([f"  vector step p50, remote vs in-process", us(vrem.p50), us(vloc.p50), f"{vrem.p50 / vloc.p50:.2f}x",
                  "", "info", ""])
     print()
     print_table(header, rows)
-    print(f"\nper-round: the lowest and highest ratio computed within one round (a noise gauge). "
+    print(f"\nratio: the median over rounds of the ratio within each round; per-round: its range (a noise gauge). "
           f"Total {time.perf_counter() - t_start:.0f} s.")
     return 0
 

@@ -29,6 +29,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--vectorization-mode", default="sync", choices=["sync", "async", "vector"])
     p.add_argument("--autoreset-mode", default="next_step", choices=["next_step", "same_step", "disabled"])
     p.add_argument("--kwargs-json", default="{}", help="JSON object of env constructor kwargs")
+    p.add_argument("--selector", default=None, help="suite or suite/task, for envhub: sources")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE before loading (repeatable); a failure names it")
     p.add_argument("--log-level", default="INFO")
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
             vectorization_mode=args.vectorization_mode,
             autoreset_mode=args.autoreset_mode,
             kwargs=kwargs,
+            selector=args.selector,
         )
         EnvServer(env, args.address).serve()
     except RLMeshError as exc:

@@ -206,35 +206,18 @@ class Sandbox:
         return self.address
 
     async def _wait_ready(self, docker: DockerClient, cid: str, timeout: float | None) -> None:
-        exit_code: int | None = None
-
-        async def watch_logs() -> bool:
-            seen = ""
-            stream = docker.follow_logs(cid)
-            async with contextlib.aclosing(stream):
-                async for chunk in stream:
-                    seen = (seen + chunk)[-4096:]
-                    if READY_LINE_PREFIX in seen:
-                        return True
-            return False
-
-        async def watch_exit() -> None:
-            nonlocal exit_code
-            exit_code = await docker.wait(cid)
-
+        # The followed output ends when the container exits, so one stream tells both
+        # "ready" and "exited"; no request is left in flight to cancel.
         try:
             with anyio.fail_after(timeout):
-                logs_task = asyncio.ensure_future(watch_logs())
-                exit_task = asyncio.ensure_future(watch_exit())
-                try:
-                    done, _ = await asyncio.wait({logs_task, exit_task}, return_when=asyncio.FIRST_COMPLETED)
-                    if logs_task in done and logs_task.result():
-                        return
-                    await exit_task  # the log stream ended: the container is exiting
-                finally:
-                    for t in (logs_task, exit_task):
-                        t.cancel()
-                    await asyncio.gather(logs_task, exit_task, return_exceptions=True)
+                seen = ""
+                stream = docker.follow_logs(cid)
+                async with contextlib.aclosing(stream):
+                    async for chunk in stream:
+                        seen = (seen + chunk)[-4096:]
+                        if READY_LINE_PREFIX in seen:
+                            return
+                exit_code = await docker.wait(cid)
         except TimeoutError as exc:
             raise RLMeshTimeoutError(
                 f"sandbox {cid[:12]} for {self.source} was not ready within connect_timeout={timeout}s; "
@@ -244,12 +227,6 @@ class Sandbox:
             f"sandbox container for {self.source} exited before its server was ready",
             container_id=cid, exit_code=exit_code, logs=await docker.logs(cid),
         )
-
-    async def exit_details(self) -> tuple[int | None, str]:
-        """The container's exit code (None while running) and its last output."""
-        if self._docker is None or self.container_id is None:
-            return None, ""
-        return None, await self._docker.logs(self.container_id)
 
     async def close(self) -> None:
         """Stop and remove the container and the socket directory. Idempotent."""

@@ -57,6 +57,9 @@ class _SandboxMixin(_AsyncRemoteBase):
             raise InvalidArgumentError(
                 f"vectorization_mode must be one of {VECTORIZATION_MODES}, got {vectorization_mode!r}"
             )
+        for name, seq in (("packages", packages), ("imports", imports)):
+            if isinstance(seq, (str, bytes)):
+                raise InvalidArgumentError(f"{name} must be a list of strings, e.g. {name}=[{seq!r}]")
         self.source = source
         self.image_spec = ImageSpec(packages=tuple(packages), imports=tuple(imports))
         self.base_image = base_image

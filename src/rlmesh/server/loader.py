@@ -4,7 +4,9 @@ Sources:
 
 * a Gymnasium id (``CartPole-v1``), including the ``module:EnvName-v0`` form, whose
   module is imported first, and the explicit ``gym://CartPole-v1`` form;
-* a ``module:callable`` factory, called with the make kwargs.
+* a ``module:callable`` factory, called with the make kwargs;
+* ``envhub:/abs/dir``, a Hugging Face EnvHub checkout baked into a sandbox image
+  (see :mod:`rlmesh.server.envhub`), with ``selector`` choosing ``suite/task``.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def load_env(
     vectorization_mode: str = "sync",
     autoreset_mode: str | AutoresetMode = "next_step",
     kwargs: Mapping[str, Any] | None = None,
+    selector: str | None = None,
 ) -> EnvLike:
     """Create the env that a server will serve.
 
@@ -71,6 +74,7 @@ def load_env(
             vector entry point), as in ``gymnasium.make_vec``.
         autoreset_mode: ``next_step``, ``same_step`` or ``disabled``.
         kwargs: Keyword arguments for the env's constructor.
+        selector: ``suite`` or ``suite/task`` for ``envhub:`` sources.
 
     Returns:
         A ``gymnasium.Env`` or ``gymnasium.vector.VectorEnv``.
@@ -88,6 +92,16 @@ def load_env(
         )
     mode = parse_autoreset_mode(autoreset_mode)
 
+    if source.startswith("envhub:"):
+        from .envhub import load_envhub  # noqa: PLC0415
+
+        suite, _, task = (selector or "").partition("/")
+        return load_envhub(
+            source.removeprefix("envhub:"), suite=suite or None, task=task or None,
+            num_envs=num_envs, vectorization_mode=vectorization_mode, kwargs=kwargs,
+        )
+    if selector is not None:
+        raise InvalidArgumentError("a selector applies to envhub: sources only")
     if is_gym_id(source):
         env_id = source.removeprefix("gym://")
         if num_envs is None:
