@@ -127,7 +127,7 @@ def test_sync_vector_sandbox_and_kwargs_reuse_image() -> None:
 
 async def test_local_project_dir_package_and_container_hardening() -> None:
     async with AsyncSandboxEnv("rlmesh_probe:make_probe", packages=[PROBE_PKG], imports=["rlmesh_probe"],
-                               environment={"RLMESH_PROBE": "yes"}, size=3, memory="256m", cpus=1,
+                               env={"RLMESH_PROBE": "yes"}, size=3, memory="256m", cpus=1,
                                pids_limit=64, render_mode="rgb_array") as env:
         obs, info = await env.reset(seed=0)
         frame = await env.render()
@@ -182,7 +182,7 @@ def test_env_that_fails_to_start_reports_exit_code_and_logs() -> None:
 
 async def test_container_dying_mid_session_is_a_clear_error() -> None:
     async with AsyncSandboxEnv("rlmesh_probe:RlmeshProbe-v0", packages=[PROBE_PKG],
-                               environment={"RLMESH_PROBE_CRASH": "1"}) as env:
+                               env={"RLMESH_PROBE_CRASH": "1"}) as env:
         await env.reset(seed=0)
         with pytest.raises(ConnectionClosedError):
             await env.step(1)
@@ -208,7 +208,7 @@ async def test_many_sandboxes_at_once_share_one_build(caplog: pytest.LogCaptureF
     caplog.set_level(logging.INFO, logger="rlmesh.sandbox.image")
     # A spec no other test uses, so this run builds it: concurrent starts must build it once.
     marker = f"rlmesh_gather_{os.getpid()}"
-    envs = [AsyncSandboxEnv("CartPole-v1", imports=["gymnasium", "json"], environment={"MARK": marker},
+    envs = [AsyncSandboxEnv("CartPole-v1", imports=["gymnasium", "json"], env={"MARK": marker},
                             rebuild=False) for _ in range(6)]
     try:
         await asyncio.gather(*(e.start() for e in envs))

@@ -13,10 +13,11 @@ import contextlib
 import os
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
-from typing import IO, Any, cast
+from typing import IO, Any
 
 import aiodocker
 import aiohttp
+from aiodocker.multiplexed import multiplexed_result_stream
 import anyio
 
 from ..errors import DockerUnavailableError, ImageBuildError, SandboxError
@@ -180,16 +181,24 @@ class DockerClient:
         return "".join(chunks)
 
     async def follow_logs(self, container_id: str) -> AsyncGenerator[str, None]:
-        """Yield a container's output as it comes, from the start."""
-        # aclosing: a cancelled reader must release the HTTP response at once, not at GC.
-        stream = cast(
-            "AsyncGenerator[str, None]",
-            self._docker.containers.container(container_id).log(stdout=True, stderr=True, follow=True),
-        )
+        """Yield a container's output as it comes, from the start (non-TTY containers).
+
+        ``DockerContainer.log(follow=True)`` never releases its HTTP response when the
+        reader stops early (aiodocker's ``_query`` leaves that to the caller), which leaks
+        a connection. So the same query and aiodocker's own demultiplexer are used here,
+        and the response is closed however the reader stops.
+        """
         with _map_errors("follow container logs"):
-            async with contextlib.aclosing(stream):
-                async for chunk in stream:
-                    yield chunk
+            async with self._docker._query(
+                f"containers/{container_id}/logs",
+                params={"stdout": True, "stderr": True, "follow": True},
+                timeout=aiohttp.ClientTimeout(),
+            ) as response:
+                try:
+                    async for chunk in multiplexed_result_stream(response, is_tty=False):  # type: ignore[no-untyped-call]
+                        yield chunk
+                finally:
+                    response.close()
 
     async def remove(self, container_id: str, *, grace: float = 2.0) -> None:
         """Stop (SIGTERM, then SIGKILL after ``grace`` s) and remove a container; missing is fine."""

@@ -19,7 +19,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,21 +59,29 @@ OWNER = f"{socket.gethostname()}:{os.getpid()}:{_process_start_ticks(os.getpid()
 
 @dataclass(frozen=True)
 class ContainerOptions:
-    """How a sandbox container runs.
+    """How a sandbox container runs. Every field is validated on construction.
 
     Attributes:
         network: Give the container a network (off by default).
         memory: Memory limit, bytes or a string like ``"2g"``.
         cpus: CPU limit, as a number of CPUs.
         pids_limit: Maximum number of processes.
-        environment: Extra environment variables.
+        env: Extra environment variables.
+        gpus: ``"all"``, a GPU count, or a list of GPU ids/UUIDs (needs the NVIDIA runtime).
+        devices: Host devices, ``"/dev/x"`` or ``"/dev/x:/dev/y[:rwm]"``.
+        volumes: Extra bind mounts, ``{host_path: container_path}`` or ``"host:container[:ro|rw]"``.
+        user: ``"uid[:gid]"`` to run as; never root. Default: the host user, or 65534 for root.
     """
 
     network: bool = False
     memory: int | str | None = None
     cpus: float | None = None
     pids_limit: int | None = None
-    environment: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    gpus: str | int | Sequence[str] | None = None
+    devices: Sequence[str] = ()
+    volumes: Mapping[str, str] | Sequence[str] = ()
+    user: str | int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.network, bool):
@@ -84,8 +92,80 @@ class ContainerOptions:
             raise InvalidArgumentError(f"cpus must be a positive number, got {self.cpus!r}")
         if self.pids_limit is not None and (isinstance(self.pids_limit, bool) or not isinstance(self.pids_limit, int) or self.pids_limit < 1):
             raise InvalidArgumentError(f"pids_limit must be a positive int, got {self.pids_limit!r}")
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in dict(self.environment).items()):
-            raise InvalidArgumentError("environment must map str to str")
+        if not isinstance(self.env, Mapping) or not all(
+            isinstance(k, str) and k and "=" not in k and isinstance(v, str) for k, v in self.env.items()
+        ):
+            raise InvalidArgumentError(f"env must map variable names to str values, got {self.env!r}")
+        self.device_requests()
+        self.device_mappings()
+        self.binds()
+        self.run_as()
+
+    def device_requests(self) -> list[dict[str, Any]]:
+        """Docker ``DeviceRequests`` for ``gpus``."""
+        gpus = self.gpus
+        if gpus is None:
+            return []
+        if gpus == "all":
+            return [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]
+        if isinstance(gpus, int) and not isinstance(gpus, bool) and gpus > 0:
+            return [{"Driver": "", "Count": gpus, "Capabilities": [["gpu"]]}]
+        if not isinstance(gpus, (str, bytes)) and isinstance(gpus, Sequence) and gpus and all(
+            isinstance(g, str) and g.strip() for g in gpus
+        ):
+            return [{"Driver": "", "DeviceIDs": list(gpus), "Capabilities": [["gpu"]]}]
+        raise InvalidArgumentError(f"gpus must be 'all', a positive count or a list of GPU ids, got {gpus!r}")
+
+    def device_mappings(self) -> list[dict[str, str]]:
+        """Docker ``Devices`` for ``devices``."""
+        if isinstance(self.devices, str):
+            raise InvalidArgumentError(f"devices must be a list, e.g. devices=[{self.devices!r}]")
+        out = []
+        for spec in self.devices:
+            parts = spec.split(":") if isinstance(spec, str) else []
+            if not 1 <= len(parts) <= 3 or not all(p.startswith("/") for p in parts[:2]):
+                raise InvalidArgumentError(f"device {spec!r} must be '/dev/x' or '/dev/x:/dev/y[:rwm]'")
+            if not os.path.exists(parts[0]):
+                raise InvalidArgumentError(f"device {parts[0]} does not exist on this host")
+            perms = parts[2] if len(parts) == 3 else "rwm"
+            if not perms or set(perms) - set("rwm"):
+                raise InvalidArgumentError(f"device permissions in {spec!r} must be made of r, w, m")
+            out.append({"PathOnHost": parts[0], "PathInContainer": parts[1] if len(parts) > 1 else parts[0],
+                        "CgroupPermissions": perms})
+        return out
+
+    def binds(self) -> list[str]:
+        """Docker ``Binds`` for ``volumes`` (the socket directory is added separately)."""
+        vols = self.volumes
+        if isinstance(vols, str):
+            raise InvalidArgumentError(f"volumes must be a list or a mapping, e.g. volumes=[{vols!r}]")
+        items = [f"{h}:{c}" for h, c in vols.items()] if isinstance(vols, Mapping) else list(vols)
+        out = []
+        for spec in items:
+            parts = spec.split(":") if isinstance(spec, str) else []
+            if len(parts) not in (2, 3) or not all(p.startswith("/") for p in parts[:2]):
+                raise InvalidArgumentError(f"volume {spec!r} must be '/host/path:/container/path[:ro|rw]'")
+            if len(parts) == 3 and parts[2] not in ("ro", "rw"):
+                raise InvalidArgumentError(f"volume mode in {spec!r} must be ro or rw")
+            if not os.path.exists(parts[0]):
+                raise InvalidArgumentError(f"volume source {parts[0]} does not exist on this host")
+            if parts[1].rstrip("/") in ("", SOCKET_DIR_IN_CONTAINER):
+                raise InvalidArgumentError(f"volume target {parts[1]} is reserved")
+            out.append(spec)
+        return out
+
+    def run_as(self) -> str:
+        """The ``uid:gid`` the container runs as (never root)."""
+        if self.user is None:
+            uid, gid = _container_user()
+            return f"{uid}:{gid}"
+        text = str(self.user)
+        uid_text, _, gid_text = text.partition(":")
+        if not uid_text.isdigit() or (gid_text and not gid_text.isdigit()):
+            raise InvalidArgumentError(f"user must be 'uid' or 'uid:gid' (numbers), got {self.user!r}")
+        if int(uid_text) == 0:
+            raise InvalidArgumentError("rlmesh never runs a sandbox as root (uid 0); pick another user")
+        return text if gid_text else f"{uid_text}:{uid_text}"
 
 
 def _memory_bytes(value: int | str) -> int:
@@ -119,7 +199,8 @@ class Sandbox:
 
     Args:
         image: The image tag to run.
-        command: Arguments after ``python -m rlmesh.serve``, without ``--address``.
+        command: The container command without ``--address`` (for a prebuilt image, the
+            arguments appended to its ENTRYPOINT).
         options: Container options.
         source: The env source (recorded in a label, for ``rlmesh sandbox ls``).
     """
@@ -140,10 +221,9 @@ class Sandbox:
         return f"unix://{os.path.join(self.socket_dir, SOCKET_NAME)}"
 
     def _config(self) -> dict[str, Any]:
-        uid, gid = _container_user()
         opts = self.options
         host: dict[str, Any] = {
-            "Binds": [f"{self.socket_dir}:{SOCKET_DIR_IN_CONTAINER}:rw"],
+            "Binds": [f"{self.socket_dir}:{SOCKET_DIR_IN_CONTAINER}:rw", *opts.binds()],
             "CapDrop": ["ALL"],
             "SecurityOpt": ["no-new-privileges"],
             "ReadonlyRootfs": True,
@@ -156,14 +236,15 @@ class Sandbox:
             host["NanoCpus"] = int(opts.cpus * 1e9)
         if opts.pids_limit is not None:
             host["PidsLimit"] = opts.pids_limit
-        env = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "HOME": "/tmp", **opts.environment}
+        if opts.gpus is not None:
+            host["DeviceRequests"] = opts.device_requests()
+        if opts.devices:
+            host["Devices"] = opts.device_mappings()
+        env = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "HOME": "/tmp", **opts.env}
         return {
             "Image": self.image,
-            "Cmd": [
-                "python", "-m", "rlmesh.serve", *self.command,
-                "--address", f"unix://{SOCKET_DIR_IN_CONTAINER}/{SOCKET_NAME}",
-            ],
-            "User": f"{uid}:{gid}",
+            "Cmd": [*self.command, "--address", f"unix://{SOCKET_DIR_IN_CONTAINER}/{SOCKET_NAME}"],
+            "User": opts.run_as(),
             "Env": [f"{k}={v}" for k, v in env.items()],
             "Labels": {
                 LABEL: "1", LABEL_OWNER: OWNER, LABEL_SESSION: SESSION,
@@ -189,9 +270,9 @@ class Sandbox:
             await _reap_dead_owners_once(docker)
             self.socket_dir = tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX, dir=os.environ.get("RLMESH_RUNTIME_DIR"))
             os.chmod(self.socket_dir, 0o700)
-            uid, gid = _container_user()
-            if os.getuid() == 0:
-                os.chown(self.socket_dir, uid, gid)
+            if os.getuid() == 0:  # the unprivileged container user must reach the socket dir
+                uid, _, gid = self.options.run_as().partition(":")
+                os.chown(self.socket_dir, int(uid), int(gid))
             self.container_id = await docker.run(self._config())
             _live[self.container_id] = self.socket_dir
             if not _atexit_registered:

@@ -9,7 +9,9 @@ container and the directory.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,17 +20,34 @@ import orjson
 from ..client.env import AsyncRemoteEnv, AsyncRemoteVectorEnv, _AsyncRemoteBase
 from ..errors import EnvClosedError, InvalidArgumentError
 from ..server.loader import VECTORIZATION_MODES, parse_autoreset_mode
-from ._docker import docker_client
+from ._docker import DockerClient, docker_client
 from .container import ContainerOptions, Sandbox
 from .image import ImageSpec, ensure_image
+from .sources import HubSource, ImageSource, Source, fetch_hub_repo, parse_source, resolve_source
 
 __all__ = ["AsyncSandboxEnv", "AsyncSandboxVectorEnv"]
 
 log = logging.getLogger("rlmesh.sandbox")
 
 
+# Options that belong to a class or a kind of source; passed elsewhere they are errors,
+# never silently forwarded to the env's constructor.
+_VECTOR_ONLY = ("num_envs", "vectorization_mode", "autoreset_mode")
+_BUILD_ONLY = ("packages", "base_image", "rebuild")
+_ELSEWHERE = {
+    "address": "address belongs to RemoteEnv / RemoteVectorEnv; a sandbox serves on its own socket",
+    "environment": "the container's environment variables are passed as env={...}",
+    "kwargs": "env kwargs are passed as keyword arguments directly, e.g. SandboxEnv(id, render_mode='rgb_array')",
+}
+ENVHUB_DIR = "/opt/rlmesh/envhub"
+
+
 class _SandboxMixin(_AsyncRemoteBase):
-    """Image, container and connection lifecycle shared by both sandbox kinds."""
+    """Source, image, container and connection lifecycle shared by both sandbox kinds."""
+
+    _num_envs: int | None = None
+    _vectorization_mode = "sync"
+    _autoreset_mode = "next_step"
 
     def __init__(
         self,
@@ -38,60 +57,106 @@ class _SandboxMixin(_AsyncRemoteBase):
         imports: Sequence[str] = (),
         base_image: str | None = None,
         rebuild: bool = False,
+        trust_remote_code: bool = False,
+        allow_unpinned_hf: bool = False,
         network: bool = False,
         memory: int | str | None = None,
         cpus: float | None = None,
         pids_limit: int | None = None,
-        environment: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+        gpus: str | int | Sequence[str] | None = None,
+        devices: Sequence[str] = (),
+        volumes: Mapping[str, str] | Sequence[str] = (),
+        user: str | int | None = None,
         connect_timeout: float | None = 60.0,
         request_timeout: float | None = None,
-        num_envs: int | None = None,
-        vectorization_mode: str = "sync",
-        autoreset_mode: str = "next_step",
-        env_kwargs: Mapping[str, Any] | None = None,
+        **env_kwargs: Any,
     ) -> None:
         super().__init__(None, connect_timeout=connect_timeout, request_timeout=request_timeout)
-        if not isinstance(source, str) or not source:
-            raise InvalidArgumentError(f"source must be a non-empty string, got {source!r}")
-        if vectorization_mode not in VECTORIZATION_MODES:
-            raise InvalidArgumentError(
-                f"vectorization_mode must be one of {VECTORIZATION_MODES}, got {vectorization_mode!r}"
-            )
+        for key in env_kwargs:
+            if key in _ELSEWHERE:
+                raise InvalidArgumentError(f"{key}= is not an env kwarg: {_ELSEWHERE[key]}")
+            if key in _VECTOR_ONLY and not self._vector:
+                raise InvalidArgumentError(
+                    f"{key}= belongs to SandboxVectorEnv / AsyncSandboxVectorEnv, not {type(self).__name__}"
+                )
         for name, seq in (("packages", packages), ("imports", imports)):
             if isinstance(seq, (str, bytes)):
                 raise InvalidArgumentError(f"{name} must be a list of strings, e.g. {name}=[{seq!r}]")
+        self.parsed_source: Source = parse_source(
+            source, trust_remote_code=trust_remote_code, allow_unpinned_hf=allow_unpinned_hf
+        )
         self.source = source
         self.image_spec = ImageSpec(packages=tuple(packages), imports=tuple(imports))
         self.base_image = base_image
         self.rebuild = rebuild
+        self._check_build_options(self.parsed_source)
         self.options = ContainerOptions(
-            network=network, memory=memory, cpus=cpus, pids_limit=pids_limit,
-            environment=dict(environment or {}),
+            network=network, memory=memory, cpus=cpus, pids_limit=pids_limit, env=dict(env or {}),
+            gpus=gpus, devices=tuple(devices), volumes=volumes, user=user,
         )
-        self.env_kwargs = dict(env_kwargs or {})
+        self.env_kwargs = dict(env_kwargs)
         try:
-            kwargs_json = orjson.dumps(self.env_kwargs).decode()
+            self._kwargs_json = orjson.dumps(self.env_kwargs).decode()
         except TypeError as exc:
-            raise InvalidArgumentError(
-                f"env kwargs must be JSON-serialisable to reach the sandbox: {exc}"
-            ) from exc
-        command = [source, "--kwargs-json", kwargs_json]
-        if num_envs is not None:
-            command += [
-                "--num-envs", str(num_envs), "--vectorization-mode", vectorization_mode,
-                "--autoreset-mode", parse_autoreset_mode(autoreset_mode).name.lower(),
-            ]
-        for module in self.image_spec.imports:
-            command += ["--import", module]
-        self._command = command
+            raise InvalidArgumentError(f"env kwargs must be JSON-serialisable to reach the sandbox: {exc}") from exc
         self.image: str | None = None
         self._sandbox: Sandbox | None = None
         self._start_task: asyncio.Task[Any] | None = None
+
+    def _check_build_options(self, source: Source) -> None:
+        if not isinstance(source, ImageSource):
+            return
+        given = [name for name in _BUILD_ONLY if getattr(self, name, None) or (name == "packages" and self.image_spec.packages)]
+        if given:
+            raise InvalidArgumentError(
+                f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to images rlmesh builds; "
+                f"the prebuilt image {source.ref!r} is run as it is. Bake dependencies into that image instead."
+            )
 
     @property
     def container_id(self) -> str | None:
         """The running container's id, or None."""
         return self._sandbox.container_id if self._sandbox is not None else None
+
+    def _serve_args(self) -> list[str]:
+        args = ["--kwargs-json", self._kwargs_json]
+        if self._num_envs is not None:
+            args += [
+                "--num-envs", str(self._num_envs), "--vectorization-mode", self._vectorization_mode,
+                "--autoreset-mode", parse_autoreset_mode(self._autoreset_mode).name.lower(),
+            ]
+        for module in self.image_spec.imports:
+            args += ["--import", module]
+        return args
+
+    async def _prepare(self, docker: DockerClient) -> tuple[str, list[str]]:
+        """Resolve the source and the image; returns ``(image, container command)``."""
+        source = await resolve_source(docker, self.parsed_source)
+        serve = ["python", "-m", "rlmesh.serve"]
+        if isinstance(source, ImageSource):
+            self._check_build_options(source)
+            if await docker.image_id(source.ref) is None:
+                if not source.explicit and ":" not in source.ref.rsplit("/", 1)[-1]:
+                    raise InvalidArgumentError(f"image {source.ref!r} does not exist locally; tagless names are never pulled")
+                await docker.pull(source.ref, float(os.environ.get("RLMESH_PULL_TIMEOUT", "30")))
+            return source.ref, self._serve_args()  # appended to the image's ENTRYPOINT
+        spec = self.image_spec
+        if isinstance(source, HubSource):
+            directory, commit = await fetch_hub_repo(source)
+            target = f"{ENVHUB_DIR}/{source.repo_id.replace('/', '--')}"
+            requirements = directory / "requirements.txt"
+            spec = dataclasses.replace(
+                spec, files={target: str(directory)},
+                requirement_files=(str(requirements),) if requirements.is_file() else (),
+            )
+            command = [*serve, f"envhub:{target}", *self._serve_args()]
+            if source.selector:
+                command += ["--selector", source.selector]
+        else:
+            command = [*serve, source.source, *self._serve_args()]
+        image = await ensure_image(docker, spec, base_image=self.base_image, rebuild=self.rebuild)
+        return image, command
 
     async def start(self) -> Any:
         """Build or reuse the image, start the container and connect; returns ``self``.
@@ -100,6 +165,7 @@ class _SandboxMixin(_AsyncRemoteBase):
             DockerUnavailableError: No Docker engine is reachable.
             BaseImageError: No base image; the message names ``rlmesh image bootstrap``.
             ImageBuildError: The image build failed (with the failing step's output).
+            SourceError: An hf:// repository cannot be fetched, or a source is malformed.
             SandboxStartError: The container exited before it was ready (exit code, logs).
             RLMeshTimeoutError: It was not ready within ``connect_timeout``.
         """
@@ -110,10 +176,8 @@ class _SandboxMixin(_AsyncRemoteBase):
         self._start_task = asyncio.current_task()
         try:
             async with docker_client() as docker:
-                self.image = await ensure_image(
-                    docker, self.image_spec, base_image=self.base_image, rebuild=self.rebuild
-                )
-                self._sandbox = Sandbox(self.image, self._command, self.options, self.source)
+                self.image, command = await self._prepare(docker)
+                self._sandbox = Sandbox(self.image, command, self.options, self.source)
                 self.address = await self._sandbox.start(self.connect_timeout)
             await self.connect()
         except BaseException:
@@ -153,6 +217,32 @@ class _SandboxMixin(_AsyncRemoteBase):
             raise
 
 
+_OPTION_DOCS = """
+    Args:
+        source: A Gymnasium id (``CartPole-v1``, ``module:Env-v0``, ``gym://id``), a
+            ``module:factory``, ``hf://owner/repo[@rev][:suite[/task]]``, or a prebuilt image
+            (``docker://image:tag``, ``image://...``, bare ``name:tag``).
+        packages: pip requirements, local wheels or project dirs installed in the image.
+        imports: Modules checked at build time and again at start.
+        base_image: The base image (default ``python:X.Y-slim``, or ``RLMESH_BASE_IMAGE``).
+        rebuild: Build the image even if it exists.
+        trust_remote_code: Required for ``hf://`` sources.
+        allow_unpinned_hf: Allow an ``hf://`` revision that is not a full commit SHA.
+        network: Give the container a network (off by default).
+        memory: Memory limit (bytes or ``"2g"``).
+        cpus: CPU limit.
+        pids_limit: Process limit.
+        env: Extra environment variables for the container.
+        gpus: ``"all"``, a count, or GPU ids (needs the NVIDIA container runtime).
+        devices: Host devices to expose (``"/dev/x[:/dev/y[:rwm]]"``).
+        volumes: Extra bind mounts (``{host: container}`` or ``"host:container[:ro]"``).
+        user: ``"uid[:gid]"`` to run as (never root).
+        connect_timeout: Seconds allowed from container start to a connected env.
+        request_timeout: Seconds allowed for each reply; None waits forever.
+        **env_kwargs: Passed to the env's constructor (must be JSON-serialisable).
+"""
+
+
 class AsyncSandboxEnv(_SandboxMixin, AsyncRemoteEnv):
     """A single env in a Docker container that rlmesh builds, starts, owns and removes.
 
@@ -160,33 +250,7 @@ class AsyncSandboxEnv(_SandboxMixin, AsyncRemoteEnv):
 
         async with AsyncSandboxEnv("CartPole-v1", packages=["gymnasium==1.3.0"]) as env:
             obs, info = await env.reset(seed=0)
-
-    Args:
-        source: A Gymnasium id (``CartPole-v1``, ``module:Env-v0``) or ``module:factory``.
-        packages: pip requirements, local wheels or project dirs installed in the image.
-        imports: Modules checked at build time and again at start.
-        base_image: The base image (default ``python:X.Y-slim``, or ``RLMESH_BASE_IMAGE``).
-        rebuild: Build the image even if it exists.
-        network: Give the container a network (off by default).
-        memory: Memory limit (bytes or ``"2g"``).
-        cpus: CPU limit.
-        pids_limit: Process limit.
-        environment: Extra environment variables for the container.
-        connect_timeout: Seconds allowed from container start to a connected env.
-        request_timeout: Seconds allowed for each reply; None waits forever.
-        **env_kwargs: Passed to the env's constructor (must be JSON-serialisable).
     """
-
-    def __init__(self, source: str, *, packages: Sequence[str] = (), imports: Sequence[str] = (),
-                 base_image: str | None = None, rebuild: bool = False, network: bool = False,
-                 memory: int | str | None = None, cpus: float | None = None, pids_limit: int | None = None,
-                 environment: Mapping[str, str] | None = None, connect_timeout: float | None = 60.0,
-                 request_timeout: float | None = None, **env_kwargs: Any) -> None:
-        super().__init__(
-            source, packages=packages, imports=imports, base_image=base_image, rebuild=rebuild,
-            network=network, memory=memory, cpus=cpus, pids_limit=pids_limit, environment=environment,
-            connect_timeout=connect_timeout, request_timeout=request_timeout, env_kwargs=env_kwargs,
-        )
 
 
 class AsyncSandboxVectorEnv(_SandboxMixin, AsyncRemoteVectorEnv):
@@ -198,28 +262,25 @@ class AsyncSandboxVectorEnv(_SandboxMixin, AsyncRemoteVectorEnv):
             obs, info = await envs.reset(seed=0)
             obs, rewards, terminations, truncations, infos = await envs.step(envs.action_space.sample())
 
-    Args:
-        source: A Gymnasium id or ``module:factory``.
-        num_envs: Number of lanes.
-        vectorization_mode: ``sync``, ``async`` or ``vector``, as in ``gymnasium.make_vec``.
-        autoreset_mode: ``next_step`` (default), ``same_step`` or ``disabled``.
-        packages, imports, base_image, rebuild, network, memory, cpus, pids_limit,
-        environment, connect_timeout, request_timeout: As for :class:`AsyncSandboxEnv`.
-        **env_kwargs: Passed to each env's constructor (must be JSON-serialisable).
+    Takes ``num_envs``, ``vectorization_mode`` (``sync``, ``async`` or ``vector``, as in
+    ``gymnasium.make_vec``) and ``autoreset_mode`` (``next_step``, ``same_step``, ``disabled``)
+    besides the options below.
     """
 
     def __init__(self, source: str, num_envs: int = 1, *, vectorization_mode: str = "sync",
-                 autoreset_mode: str = "next_step", packages: Sequence[str] = (),
-                 imports: Sequence[str] = (), base_image: str | None = None, rebuild: bool = False,
-                 network: bool = False, memory: int | str | None = None, cpus: float | None = None,
-                 pids_limit: int | None = None, environment: Mapping[str, str] | None = None,
-                 connect_timeout: float | None = 60.0, request_timeout: float | None = None,
-                 **env_kwargs: Any) -> None:
+                 autoreset_mode: str = "next_step", **kwargs: Any) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise InvalidArgumentError(f"num_envs must be a positive int, got {num_envs!r}")
-        super().__init__(
-            source, packages=packages, imports=imports, base_image=base_image, rebuild=rebuild,
-            network=network, memory=memory, cpus=cpus, pids_limit=pids_limit, environment=environment,
-            connect_timeout=connect_timeout, request_timeout=request_timeout, num_envs=num_envs,
-            vectorization_mode=vectorization_mode, autoreset_mode=autoreset_mode, env_kwargs=env_kwargs,
-        )
+        if vectorization_mode not in VECTORIZATION_MODES:
+            raise InvalidArgumentError(
+                f"vectorization_mode must be one of {VECTORIZATION_MODES}, got {vectorization_mode!r}"
+            )
+        parse_autoreset_mode(autoreset_mode)
+        self._num_envs = num_envs
+        self._vectorization_mode = vectorization_mode
+        self._autoreset_mode = autoreset_mode
+        super().__init__(source, **kwargs)
+
+
+AsyncSandboxEnv.__doc__ = (AsyncSandboxEnv.__doc__ or "") + _OPTION_DOCS
+AsyncSandboxVectorEnv.__doc__ = (AsyncSandboxVectorEnv.__doc__ or "") + _OPTION_DOCS

@@ -77,11 +77,13 @@ class ImageSpec:
         packages: pip requirement specifiers, local wheel files or project directories.
         imports: Modules that must import inside the image.
         files: Extra files baked into the image: destination path -> host path.
+        requirement_files: pip requirements files (``-r``) resolved with the packages.
     """
 
     packages: tuple[str, ...] = ()
     imports: tuple[str, ...] = ()
     files: Mapping[str, str] = field(default_factory=dict)
+    requirement_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name, seq in (("packages", self.packages), ("imports", self.imports)):
@@ -102,6 +104,8 @@ class ImageSpec:
                 h.update(_tree_hash(Path(pkg)).encode())
         for module in self.imports:
             h.update(b"imp\0" + module.encode() + b"\0")
+        for req in self.requirement_files:
+            h.update(b"req\0" + _tree_hash(Path(req)).encode())
         for dest, src in sorted(self.files.items()):
             h.update(b"file\0" + dest.encode() + b"\0" + _tree_hash(Path(src)).encode())
         return h.hexdigest()[:20]
@@ -233,7 +237,8 @@ async def _build(docker: DockerClient, spec: ImageSpec, base_ref: str, tag: str)
         ctx = Path(tmp)
         wheels = ctx / "wheels"
         wheels.mkdir()
-        await _resolve_wheels(list(spec.packages), wheels)
+        reqs = [arg for req in spec.requirement_files for arg in ("-r", req)]
+        await _resolve_wheels([*spec.packages, *reqs], wheels)
         dockerfile = _dockerfile(base_ref, spec, tag)
         tar_path = ctx / "context.tar"
         await anyio.to_thread.run_sync(_write_context, tar_path, dockerfile, wheels, spec)
@@ -315,7 +320,8 @@ def _write_context(tar_path: Path, dockerfile: str, wheels: Path, spec: ImageSpe
         info.mode |= 0o444 if info.isfile() else 0o555
         return info
 
-    with tarfile.open(tar_path, "w") as tar:
+    # dereference: a Hugging Face snapshot is a tree of symlinks into its blob store.
+    with tarfile.open(tar_path, "w", dereference=True) as tar:
         data = dockerfile.encode()
         ti = tarfile.TarInfo("Dockerfile")
         ti.size = len(data)

@@ -19,7 +19,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
+from gymnasium.vector.utils import concatenate, create_empty_array, iterate
 
 from ..errors import SourceError
 
@@ -143,8 +143,7 @@ class SingleLaneEnv(gym.Env[Any, Any]):
         self.metadata = {k: v for k, v in vec.metadata.items() if k != "autoreset_mode"}
         self.render_mode = vec.render_mode
         self.spec = vec.spec
-        self._action_buf = create_empty_array(self.action_space, 1)
-        self._batched_action_space = batch_space(self.action_space, 1)
+        self._action_buf: Any = create_empty_array(self.action_space, 1)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         obs, info = self.vec.reset(seed=seed, options=options)

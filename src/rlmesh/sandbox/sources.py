@@ -1,0 +1,206 @@
+"""Sandbox sources: what a source string names, the gates it must pass, and fetching.
+
+Forms:
+
+* a Gymnasium id (``CartPole-v1``, ``my_pkg:MyEnv-v0``, or explicitly ``gym://CartPole-v1``)
+  or a ``module:factory``: rlmesh builds an image and serves it;
+* ``hf://owner/repo[@revision][:suite[/task]]``: a Hugging Face EnvHub repository, fetched on
+  the host and baked into the image; needs ``trust_remote_code=True``, and a full 40-hex commit
+  unless ``allow_unpinned_hf=True``;
+* ``docker://image:tag``, ``image://image:tag``, or a bare ``name:tag``: a prebuilt image that
+  already serves rlmesh; it is run as it is, never built. A bare name without a tag is used only
+  if it exists locally.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from ..errors import SourceError
+from ..server.loader import is_gym_id
+from ._docker import DockerClient
+
+__all__ = ["GymSource", "HubSource", "ImageSource", "Source", "fetch_hub_repo", "parse_source", "resolve_source"]
+
+log = logging.getLogger("rlmesh.sandbox.sources")
+
+_HF = re.compile(r"^hf://(?P<repo>[^@:]*)(?:@(?P<rev>[^:]*))?(?::(?P<sel>.*))?$")
+_REPO_PART = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
+_REVISION = re.compile(r"^[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*$")
+_SELECTOR_PART = re.compile(r"^[A-Za-z0-9_.-]+$")
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+_IMAGE_REF = re.compile(
+    r"^(?:[a-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+@dataclass(frozen=True)
+class GymSource:
+    """A Gymnasium id or ``module:factory`` served from an image rlmesh builds."""
+
+    source: str
+
+    def describe(self) -> str:
+        """How the resolution is logged."""
+        kind = "Gymnasium id" if is_gym_id(self.source) else "module:factory"
+        return f"{kind} {self.source.removeprefix('gym://')!r} (rlmesh builds the image)"
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """A Hugging Face EnvHub repository."""
+
+    repo_id: str
+    revision: str | None
+    suite: str | None
+    task: str | None
+
+    @property
+    def selector(self) -> str | None:
+        """``suite`` or ``suite/task``, or None."""
+        if self.suite is None:
+            return None
+        return self.suite if self.task is None else f"{self.suite}/{self.task}"
+
+    def describe(self) -> str:
+        """How the resolution is logged."""
+        return f"Hugging Face EnvHub repository {self.repo_id}@{self.revision or 'main'}"
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """A prebuilt image that serves rlmesh itself (its ENTRYPOINT runs ``rlmesh serve``)."""
+
+    ref: str
+    explicit: bool
+
+    def describe(self) -> str:
+        """How the resolution is logged."""
+        return f"prebuilt image {self.ref!r} (run as it is, no build)"
+
+
+Source = GymSource | HubSource | ImageSource
+
+
+def parse_source(source: str, *, trust_remote_code: bool = False, allow_unpinned_hf: bool = False) -> Source:
+    """Parse a source string and apply the ``hf://`` gates, before anything is fetched or run.
+
+    Bare ``name:tag`` strings that could be either an image or a factory are returned as a
+    :class:`GymSource` here and settled by :func:`resolve_source`, which can ask Docker.
+
+    Raises:
+        SourceError: Malformed, or a flag that the source does not allow.
+    """
+    if not isinstance(source, str) or not source.strip():
+        raise SourceError(f"source must be a non-empty string, got {source!r}")
+    if source.startswith("hf://"):
+        hub = _parse_hf(source)
+        if not trust_remote_code:
+            raise SourceError(
+                f"{source} runs code from a Hugging Face repository: pass trust_remote_code=True once "
+                "you have reviewed it"
+            )
+        if (hub.revision is None or not _SHA.match(hub.revision)) and not allow_unpinned_hf:
+            raise SourceError(
+                f"{source} is not pinned to a full 40-hex commit SHA: pin it "
+                f"(hf://{hub.repo_id}@<sha>...) or pass allow_unpinned_hf=True"
+            )
+        return hub
+    for flag, value in (("trust_remote_code", trust_remote_code), ("allow_unpinned_hf", allow_unpinned_hf)):
+        if value:
+            raise SourceError(f"{flag} applies to hf:// sources only, not to {source!r}")
+    for scheme in ("docker://", "image://"):
+        if source.startswith(scheme):
+            ref = source.removeprefix(scheme)
+            if not _IMAGE_REF.match(ref):
+                raise SourceError(f"{ref!r} is not a valid image reference (in {source!r})")
+            return ImageSource(ref, explicit=True)
+    if source.startswith("gym://"):
+        if not is_gym_id(source):
+            raise SourceError(f"{source!r} is not a Gymnasium id")
+        return GymSource(source)
+    if "://" in source:
+        raise SourceError(
+            f"unknown source scheme in {source!r}: use a Gymnasium id, module:factory, gym://, hf://, "
+            "docker:// or image://"
+        )
+    return GymSource(source)
+
+
+def _parse_hf(source: str) -> HubSource:
+    m = _HF.match(source)
+    if m is None:
+        raise SourceError(f"malformed hf source {source!r}: use hf://owner/repo[@revision][:suite[/task]]")
+    repo, rev, sel = m.group("repo"), m.group("rev"), m.group("sel")
+    parts = repo.split("/")
+    if len(parts) != 2 or not all(_REPO_PART.match(p) and "--" not in p and ".." not in p for p in parts):
+        raise SourceError(
+            f"malformed repository {repo!r} in {source!r}: use owner/name (letters, digits, '-', '_', '.')"
+        )
+    if rev is not None and (not _REVISION.match(rev) or ".." in rev):
+        raise SourceError(f"malformed revision {rev!r} in {source!r}: a commit SHA, branch or tag")
+    suite = task = None
+    if sel is not None:
+        suite, slash, task_text = sel.partition("/")
+        task = task_text if slash else None
+        if not _SELECTOR_PART.match(suite) or (task is not None and not _SELECTOR_PART.match(task)):
+            raise SourceError(f"malformed selector {sel!r} in {source!r}: use :suite or :suite/task")
+    return HubSource(repo, rev, suite, task)
+
+
+async def resolve_source(docker: DockerClient, parsed: Source) -> Source:
+    """Settle bare strings that may name an image, and log what the source resolved to."""
+    resolved = parsed
+    if isinstance(parsed, GymSource) and not parsed.source.startswith("gym://"):
+        text = parsed.source
+        if _IMAGE_REF.match(text) and not re.search(r"-v\d+$", text):
+            if await docker.image_id(text) is not None:
+                resolved = ImageSource(text, explicit=False)
+            elif ":" in text.rsplit("/", 1)[-1] and not _FACTORY.match(text):
+                resolved = ImageSource(text, explicit=False)  # name:tag: an image, pulled if missing
+    log.info("source %s resolved as a %s", _name(parsed), resolved.describe())
+    return resolved
+
+
+def _name(source: Source) -> str:
+    if isinstance(source, GymSource):
+        return repr(source.source)
+    if isinstance(source, HubSource):
+        sel = f":{source.selector}" if source.selector else ""
+        rev = f"@{source.revision}" if source.revision else ""
+        return f"'hf://{source.repo_id}{rev}{sel}'"
+    return repr(source.ref)
+
+
+async def fetch_hub_repo(source: HubSource) -> tuple[Path, str]:
+    """Fetch the repository on the host with huggingface_hub; returns ``(directory, commit)``.
+
+    ``snapshot_download`` honours HF_TOKEN, HF_ENDPOINT, HF_HOME/HF_HUB_CACHE and HF_HUB_OFFLINE.
+
+    Raises:
+        SourceError: huggingface_hub is missing, or the repository or revision cannot be fetched.
+    """
+    try:
+        from huggingface_hub import snapshot_download  # noqa: PLC0415
+    except ImportError as exc:
+        raise SourceError("hf:// sources need huggingface_hub: pip install 'rlmesh[hf]'") from exc
+
+    def fetch() -> str:
+        return str(snapshot_download(source.repo_id, revision=source.revision))
+
+    try:
+        path = Path(await anyio.to_thread.run_sync(fetch))
+    except Exception as exc:  # huggingface_hub's errors are translated here, at one place
+        raise SourceError(
+            f"cannot fetch hf://{source.repo_id}@{source.revision or 'main'}: {type(exc).__name__}: {exc}"
+        ) from exc
+    commit = path.name
+    log.info("hf://%s@%s is commit %s", source.repo_id, source.revision or "main", commit)
+    return path, commit
