@@ -19,7 +19,7 @@ from anyio.from_thread import BlockingPortal
 
 from .errors import RLMeshError
 
-__all__ = ["call", "get_portal", "in_portal_thread", "register_exit_hook"]
+__all__ = ["call", "check_caller", "get_portal", "in_portal_thread", "register_exit_hook"]
 
 T = TypeVar("T")
 
@@ -79,12 +79,21 @@ def call(func: Callable[..., Awaitable[T]], *args: Any) -> T:
     Raises:
         RLMeshError: Called from the loop thread itself, where waiting would deadlock.
     """
+    check_caller()
+    return get_portal().call(func, *args)
+
+
+def check_caller() -> None:
+    """Raise if called on the loop thread, where a blocking wait would deadlock.
+
+    Raises:
+        RLMeshError: Called from the loop thread itself.
+    """
     if in_portal_thread():
         raise RLMeshError(
             "a sync rlmesh class was called from inside rlmesh's own event loop; "
             "in async code use the Async* classes (AsyncRemoteEnv, AsyncSandboxEnv, ...) instead"
         )
-    return get_portal().call(func, *args)
 
 
 def register_exit_hook(hook: Callable[[], Awaitable[None]]) -> None:

@@ -60,7 +60,8 @@ class SyncEnvShell(gym.Env[Any, Any], Generic[CoreT]):
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
         """Step the env, as ``gymnasium.Env.step``."""
-        return _portal.call(self._core.step, action)
+        _portal.check_caller()
+        return self._core.step_from_thread(action)
 
     def render(self) -> Any:
         """Render the env; rgb frames come back as arrays."""
@@ -116,7 +117,8 @@ class SyncVectorEnvShell(VectorEnv[Any, Any, Any], Generic[CoreT]):
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any], dict[str, Any]]:
         """Step every lane, as ``VectorEnv.step``."""
-        return _portal.call(self._core.step, actions)
+        _portal.check_caller()
+        return self._core.step_from_thread(actions)
 
     def render(self) -> Any:
         """Render every lane."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from typing import Any, cast
 
 from .._address import parse_address
@@ -103,6 +104,45 @@ class _Protocol(asyncio.Protocol):
         ))
         if not self.closed.done():
             self.closed.set_result(None)
+
+
+class _ThreadWaiter:
+    """The reply slot of a request made from another thread (the sync classes).
+
+    It stands in ``_Protocol.pending`` where an ``asyncio.Future`` would (it has
+    the ``done``/``set_result``/``set_exception`` that ``data_received`` and
+    ``_fail`` use), so the reply wakes the waiting thread straight from
+    ``data_received``: no task, no coroutine, one thread hop each way.
+    """
+
+    __slots__ = ("_done", "_exc", "_lock", "_value", "rid")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._done = False
+        self._value: Message | None = None
+        self._exc: BaseException | None = None
+        self.rid = 0
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, value: Message) -> None:
+        self._value, self._done = value, True
+        self._lock.release()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._exc, self._done = exc, True
+        self._lock.release()
+
+    def wait(self, timeout: float | None) -> Message:
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError
+        if self._exc is not None:
+            raise self._exc
+        assert self._value is not None
+        return self._value
 
 
 class ClientConnection:
@@ -234,6 +274,51 @@ class ClientConnection:
             raise error_from_reply(msg.body)
         return msg.body
 
+    def request_from_thread(self, mtype: MessageType, body: Any, timeout: float | None = None) -> Any:
+        """:meth:`request`, called from a thread other than the connection's loop.
+
+        Blocks the calling thread. Same errors as :meth:`request`.
+        """
+        p = self._p
+        waiter = _ThreadWaiter()
+        p.loop.call_soon_threadsafe(self._send_for_thread, mtype, body, waiter)
+        try:
+            msg = waiter.wait(timeout)
+        except TimeoutError:
+            p.loop.call_soon_threadsafe(_forget, p, waiter)
+            raise RLMeshTimeoutError(
+                f"no reply from the env server within request_timeout={timeout}s"
+            ) from None
+        if msg.type is MessageType.ERROR:
+            raise error_from_reply(msg.body)
+        return msg.body
+
+    def _send_for_thread(self, mtype: MessageType, body: Any, waiter: _ThreadWaiter) -> None:
+        # Runs on the loop. Any failure goes to the waiting thread.
+        try:
+            p = self._p
+            if p.lost is not None:
+                raise p.lost
+            transport = p.transport
+            if transport is None or transport.is_closing():
+                raise EnvClosedError("the connection to the env server is closed")
+            rid = self._next_id
+            self._next_id = (rid + 1) & _ID_MASK or 1
+            try:
+                chunks = encode_message(mtype, rid, body)
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise InvalidArgumentError(
+                    f"cannot encode the {mtype.name} request: {type(exc).__name__}: {exc}"
+                ) from exc
+            waiter.rid = rid
+            p.pending[rid] = waiter  # type: ignore[assignment]
+            transport.writelines(chunks)
+        except BaseException as exc:  # delivered to the caller's thread
+            if not waiter.done():
+                waiter.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+
     def abort(self) -> None:
         """Drop the connection at once."""
         if self._p.transport is not None:
@@ -252,6 +337,11 @@ class ClientConnection:
         if p.transport is not None:
             p.transport.close()
         await asyncio.shield(p.closed)
+
+
+def _forget(p: _Protocol, waiter: _ThreadWaiter) -> None:
+    if p.pending.get(waiter.rid) is waiter:  # type: ignore[comparison-overlap]
+        del p.pending[waiter.rid]
 
 
 def _expire(p: _Protocol, rid: int, fut: asyncio.Future[Message], timeout: float) -> None:

@@ -122,6 +122,18 @@ class _AsyncRemoteBase:
             raise EnvClosedError("not connected: use `async with ...` or `await env.connect()` first")
         return await conn.request(mtype, body, self.request_timeout)
 
+    def _request_from_thread(self, mtype: MessageType, body: Any) -> Any:
+        # The sync classes' hot path (see ClientConnection.request_from_thread).
+        conn = self._conn
+        if conn is None:
+            raise EnvClosedError("this env is closed" if self._closed else "not connected")
+        return conn.request_from_thread(mtype, body, self.request_timeout)
+
+    def step_from_thread(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """:meth:`step`, blocking, from a thread other than the connection's loop."""
+        obs, reward, terminated, truncated, info = self._request_from_thread(MessageType.STEP, action)
+        return obs, reward, terminated, truncated, info
+
     async def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """Reset the env, as ``gymnasium.Env.reset``."""
         if seed is not None and isinstance(seed, int) and not isinstance(seed, bool):
