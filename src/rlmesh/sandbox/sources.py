@@ -123,7 +123,7 @@ def parse_source(source: str, *, trust_remote_code: bool = False, allow_unpinned
                 raise SourceError(f"{ref!r} is not a valid image reference (in {source!r})")
             return ImageSource(ref, explicit=True)
     if source.startswith("gym://"):
-        if not is_gym_id(source):
+        if not is_gym_id(source.removeprefix("gym://")):
             raise SourceError(f"{source!r} is not a Gymnasium id")
         return GymSource(source)
     if "://" in source:
