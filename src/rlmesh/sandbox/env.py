@@ -93,7 +93,7 @@ class _SandboxMixin(_AsyncRemoteBase):
         self._check_build_options(self.parsed_source)
         self.options = ContainerOptions(
             network=network, memory=memory, cpus=cpus, pids_limit=pids_limit, env=dict(env or {}),
-            gpus=gpus, devices=tuple(devices), volumes=volumes, user=user,
+            gpus=gpus, devices=devices, volumes=volumes, user=user,
         )
         self.env_kwargs = dict(env_kwargs)
         try:
