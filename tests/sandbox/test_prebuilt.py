@@ -76,7 +76,8 @@ async def test_tagless_missing_image_is_never_pulled_or_built(caplog: pytest.Log
         async with AsyncSandboxEnv("rlmesh-test-no-such-image-xyz"):
             pass
     assert "rlmesh-test-no-such-image-xyz" in err.value.logs  # gymnasium's NameNotFound, from inside
-    assert not any("pull" in r.getMessage() for r in caplog.records)
+    assert not any(r.getMessage().startswith("pulling") for r in caplog.records)
+    assert any("resolved as a Gymnasium id" in r.getMessage() for r in caplog.records)
 
 
 def test_misplaced_options_are_errors_not_env_kwargs() -> None:
