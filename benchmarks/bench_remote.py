@@ -20,34 +20,31 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import gc
 import itertools
 import os
 import platform
-import selectors
-import shutil
 import signal
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from _common import (
+    ENV_ID, Series, Servers, collected, paired, print_table, ratio_cols, run_main, serve_argv,
+    sync_env_block, us, vector_block, verdict,
+)
 
 try:
     import uvloop
 except ImportError:  # the uvloop figures are skipped
     uvloop = None  # type: ignore[assignment]
 
-ENV_ID = "CartPole-v1"
 VEC_N = 64
 ECHO_SIZE = 64
 LATENCY_TARGET = 3.0  # RemoteEnv.step p50 <= 3x the echo round trip p50
 THROUGHPUT_TARGET = 0.7  # RemoteVectorEnv env-steps/s >= 0.7x in-process SyncVectorEnv
-READY_TIMEOUT = 60.0
 
 
 # ---------------------------------------------------------------------------
@@ -74,74 +71,6 @@ def run_echo_server(path: str, use_uvloop: bool) -> None:
         uvloop.run(_echo_main(path))
     else:
         asyncio.run(_echo_main(path))
-
-
-# ---------------------------------------------------------------------------
-# Subprocesses
-# ---------------------------------------------------------------------------
-class Servers:
-    """Server subprocesses in one temp dir; :meth:`close` stops them all and removes it."""
-
-    def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="rlmesh-bench-")
-        self.procs: list[tuple[str, subprocess.Popen[str], str]] = []
-
-    def start(self, name: str, argv: list[str]) -> str:
-        """Start ``argv`` (``{sock}`` is replaced by a socket path); return the path."""
-        sock = os.path.join(self.dir, f"{name}.sock")
-        log = os.path.join(self.dir, f"{name}.log")
-        with open(log, "w") as err:
-            proc = subprocess.Popen(
-                [a.replace("{sock}", sock) for a in argv],
-                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True,
-            )
-        self.procs.append((name, proc, log))
-        return sock
-
-    def wait_ready(self) -> None:
-        """Wait until every server printed its ready line (they start in parallel)."""
-        deadline = time.monotonic() + READY_TIMEOUT
-        with selectors.DefaultSelector() as sel:
-            for name, proc, log in self.procs:
-                assert proc.stdout is not None
-                sel.register(proc.stdout, selectors.EVENT_READ, (name, proc, log))
-            waiting = len(self.procs)
-            while waiting:
-                left = deadline - time.monotonic()
-                events = sel.select(timeout=left) if left > 0 else []
-                if not events:
-                    raise RuntimeError(f"servers not ready after {READY_TIMEOUT:g}s")
-                for key, _ in events:
-                    name, proc, log = key.data
-                    line = key.fileobj.readline()  # type: ignore[union-attr]
-                    if not line:
-                        with open(log) as f:
-                            tail = f.read()[-2000:]
-                        raise RuntimeError(f"server {name} exited (rc={proc.wait()}):\n{tail}")
-                    if "ready" in line:
-                        sel.unregister(key.fileobj)
-                        waiting -= 1
-
-    def close(self) -> None:
-        for _, proc, _ in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for _, proc, _ in self.procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def serve_argv(num_envs: int | None = None) -> list[str]:
-    argv = [sys.executable, "-m", "rlmesh.serve", ENV_ID, "--address", "unix://{sock}", "--log-level", "WARNING"]
-    if num_envs is not None:
-        argv += ["--num-envs", str(num_envs), "--vectorization-mode", "sync"]
-    return argv
 
 
 # ---------------------------------------------------------------------------
@@ -271,96 +200,6 @@ async def async_env_block(env: Any, seconds: float, warmup: int) -> list[float]:
             return out
         if term or trunc:
             await reset()
-
-
-def sync_env_block(env: Any, seconds: float, warmup: int) -> list[float]:
-    """Time ``env.step`` (resets at episode ends are not timed)."""
-    clock = time.perf_counter
-    step, reset = env.step, env.reset
-    for i in range(warmup):
-        _, _, term, trunc, _ = step(i & 1)
-        if term or trunc:
-            reset()
-    out = []
-    i = 0
-    end = clock() + seconds
-    while True:
-        t0 = clock()
-        _, _, term, trunc, _ = step(i & 1)
-        t1 = clock()
-        i += 1
-        out.append(t1 - t0)
-        if t1 >= end:
-            return out
-        if term or trunc:
-            reset()
-
-
-def vector_block(env: Any, actions: Any, seconds: float, warmup: int) -> tuple[list[float], float]:
-    """Step a vector env (autoreset included); return per-step times and env-steps/s."""
-    clock = time.perf_counter
-    step = env.step
-    for _ in range(warmup):
-        step(actions)
-    out = []
-    start = clock()
-    end = start + seconds
-    while True:
-        t0 = clock()
-        step(actions)
-        t1 = clock()
-        out.append(t1 - t0)
-        if t1 >= end:
-            return out, VEC_N * len(out) / (t1 - start)
-
-
-@contextlib.contextmanager
-def collected() -> Iterator[None]:
-    """Start a block on a freshly collected heap, so earlier garbage is not timed in it."""
-    gc.collect()
-    yield
-
-
-@dataclass
-class Series:
-    """One figure: every sample, and one value per round (for paired ratios)."""
-
-    samples: list[float] = field(default_factory=list)
-    per_round: list[float] = field(default_factory=list)
-
-    def add_latency(self, samples: list[float]) -> None:
-        self.samples += samples
-        self.per_round.append(statistics.median(samples))
-
-    @property
-    def p50(self) -> float:
-        return statistics.median(self.samples)
-
-
-# ---------------------------------------------------------------------------
-# Report
-# ---------------------------------------------------------------------------
-def us(seconds: float) -> str:
-    return f"{seconds * 1e6:,.1f} µs"
-
-
-def paired(a: list[float], b: list[float]) -> list[float]:
-    """The ratio a/b within each round."""
-    return [x / y for x, y in zip(a, b)]
-
-
-def ratio_cols(per: list[float]) -> list[str]:
-    """The median of the per-round ratios (robust to drift between rounds), and their range."""
-    spread = f"{min(per):.2f}–{max(per):.2f}" if len(per) > 1 else "-"
-    return [f"{statistics.median(per):.2f}x", spread]
-
-
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
 
 
 # ---------------------------------------------------------------------------
@@ -494,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = statistics.median(per)
     rows.append([f"RemoteEnv.step p50 (sync; portal on {stack})", us(senv.p50), f"echo {stack} {us(base.p50)}",
                  *ratio_cols(per), f"<= {LATENCY_TARGET:g}x",
-                 "PASS" if ratio <= LATENCY_TARGET else "FAIL"])
+                 verdict(ratio <= LATENCY_TARGET)])
     for n in loop_names:
         rows.append([f"AsyncRemoteEnv.step p50 ({n} loop, no portal)", us(aenv[n].p50), f"echo {n} {us(echo[n].p50)}",
                      *ratio_cols(paired(aenv[n].per_round, echo[n].per_round)), "info", ""])
@@ -512,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     vratio = statistics.median(vper)
     rows.append([f"RemoteVectorEnv N={VEC_N} env-steps/s", f"{rem:,.0f}/s", f"SyncVectorEnv {loc:,.0f}/s",
                  *ratio_cols(vper), f">= {THROUGHPUT_TARGET:g}x",
-                 "PASS" if vratio >= THROUGHPUT_TARGET else "FAIL"])
+                 verdict(vratio >= THROUGHPUT_TARGET)])
     rows.append([f"  vector step p50, remote vs in-process", us(vrem.p50), us(vloc.p50), f"{vrem.p50 / vloc.p50:.2f}x",
                  "", "info", ""])
     print()
@@ -523,10 +362,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-    except Exception as exc:  # a benchmark reports; it never fails a build
-        print(f"benchmark error: {type(exc).__name__}: {exc}", file=sys.stderr)
-    sys.exit(0)
+    run_main(main)

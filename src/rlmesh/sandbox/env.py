@@ -11,18 +11,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 
 from ..client.env import AsyncRemoteEnv, AsyncRemoteVectorEnv, _AsyncRemoteBase
-from ..errors import EnvClosedError, InvalidArgumentError
+from ..errors import EnvClosedError, InvalidArgumentError, SandboxError
 from ..server.loader import VECTORIZATION_MODES, parse_autoreset_mode
 from ._docker import DockerClient, docker_client
 from .container import ContainerOptions, Sandbox
-from .image import ImageSpec, ensure_image
+from .image import ImageSpec, ensure_image, try_pull
 from .sources import HubSource, ImageSource, Source, fetch_hub_repo, parse_source, resolve_source
 
 __all__ = ["AsyncSandboxEnv", "AsyncSandboxVectorEnv"]
@@ -137,9 +136,9 @@ class _SandboxMixin(_AsyncRemoteBase):
         if isinstance(source, ImageSource):
             self._check_build_options(source)
             if await docker.image_id(source.ref) is None:
-                if not source.explicit and ":" not in source.ref.rsplit("/", 1)[-1]:
-                    raise InvalidArgumentError(f"image {source.ref!r} does not exist locally; tagless names are never pulled")
-                await docker.pull(source.ref, float(os.environ.get("RLMESH_PULL_TIMEOUT", "30")))
+                error = await try_pull(docker, source.ref)
+                if error is not None:
+                    raise SandboxError(f"image {source.ref} is not available locally and cannot be pulled ({error})")
             return source.ref, self._serve_args()  # appended to the image's ENTRYPOINT
         spec = self.image_spec
         if isinstance(source, HubSource):

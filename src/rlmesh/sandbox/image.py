@@ -40,6 +40,7 @@ __all__ = [
     "default_base_image",
     "ensure_image",
     "resolve_base_image",
+    "try_pull",
 ]
 
 log = logging.getLogger("rlmesh.sandbox.image")
@@ -153,7 +154,7 @@ async def resolve_base_image(docker: DockerClient, base_image: str | None = None
     image_id = await docker.image_id(candidate)
     if image_id is not None:
         return candidate, image_id
-    error = await _try_pull(docker, candidate)
+    error = await try_pull(docker, candidate)
     if error is None:
         image_id = await docker.image_id(candidate)
         if image_id is not None:
@@ -179,7 +180,11 @@ async def resolve_base_image(docker: DockerClient, base_image: str | None = None
     )
 
 
-async def _try_pull(docker: DockerClient, ref: str) -> str | None:
+async def try_pull(docker: DockerClient, ref: str) -> str | None:
+    """Pull ``ref`` unless ``RLMESH_PULL_POLICY=never``; returns None, or why it is not available.
+
+    A failure is remembered for the rest of the process, so it costs one attempt.
+    """
     if ref in _pull_failures:
         return _pull_failures[ref]
     policy = os.environ.get("RLMESH_PULL_POLICY", "missing")

@@ -163,8 +163,14 @@ async def resolve_source(docker: DockerClient, parsed: Source) -> Source:
         if _IMAGE_REF.match(text) and not re.search(r"-v\d+$", text):
             if await docker.image_id(text) is not None:
                 resolved = ImageSource(text, explicit=False)
-            elif ":" in text.rsplit("/", 1)[-1] and not _FACTORY.match(text):
-                resolved = ImageSource(text, explicit=False)  # name:tag: an image, pulled if missing
+            elif ":" in text.rsplit("/", 1)[-1]:
+                if not _FACTORY.match(text):
+                    resolved = ImageSource(text, explicit=False)  # name:tag: an image, pulled if missing
+                else:
+                    log.warning(
+                        "%r is no local image, so it is read as a module:factory; "
+                        "for an image to pull, write docker://%s", text, text,
+                    )
     log.info("source %s resolved as a %s", _name(parsed), resolved.describe())
     return resolved
 
