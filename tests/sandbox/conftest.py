@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from rlmesh.sandbox.container import OWNER, _owner_alive
+
 # Tests never reach a registry: the default base resolves to the bootstrapped one.
 os.environ["RLMESH_PULL_POLICY"] = "never"
 
@@ -21,12 +23,22 @@ PROBE_PKG = str(Path(__file__).parent / "probe_pkg")
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
-def sandbox_containers() -> set[str]:
+def sandbox_containers(*, ours: bool = False) -> set[str]:
+    """Sandbox container ids; with ``ours``, only those of this process or of dead owners.
+
+    Another process's live sandboxes (a second test run, a benchmark) are not ours to judge.
+    """
     out = subprocess.run(
-        ["docker", "ps", "-aq", "--no-trunc", "--filter", "label=rlmesh.sandbox"],
+        ["docker", "ps", "-a", "--no-trunc", "--filter", "label=rlmesh.sandbox",
+         "--format", '{{.ID}} {{.Label "rlmesh.owner"}}'],
         check=True, capture_output=True, text=True,
     ).stdout
-    return set(out.split())
+    ids = set()
+    for line in out.splitlines():
+        cid, _, owner = line.partition(" ")
+        if not ours or owner == OWNER or not _owner_alive(owner):
+            ids.add(cid)
+    return ids
 
 
 def socket_dirs() -> set[str]:
@@ -48,9 +60,9 @@ def _docker_engine() -> None:
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     """Assert that the test left no sandbox container and no socket directory behind."""
-    before_c, before_d = sandbox_containers(), socket_dirs()
+    before_c, before_d = sandbox_containers(ours=True), socket_dirs()
     yield
-    leaked_c = sandbox_containers() - before_c
+    leaked_c = sandbox_containers(ours=True) - before_c
     leaked_d = socket_dirs() - before_d
     for cid in leaked_c:  # clean up so one leak does not fail every later test
         subprocess.run(["docker", "rm", "-f", cid], capture_output=True)

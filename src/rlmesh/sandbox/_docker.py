@@ -35,6 +35,10 @@ def _map_errors(what: str) -> Iterator[None]:
     try:
         yield
     except aiodocker.DockerError as exc:
+        if exc.status == 900:  # aiodocker's code for "cannot connect to the engine"
+            raise DockerUnavailableError(
+                f"no Docker engine is reachable (while trying to {what}): {exc.message}. {_HOW_TO_START}"
+            ) from exc
         raise SandboxError(f"Docker failed to {what}: {exc.message} (HTTP {exc.status})") from exc
     except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionError) as exc:
         host = os.environ.get("DOCKER_HOST", "the default socket")

@@ -25,7 +25,13 @@ from typing import Any
 
 import anyio
 
-from ..errors import InvalidArgumentError, RLMeshTimeoutError, SandboxError, SandboxStartError
+from ..errors import (
+    DockerUnavailableError,
+    InvalidArgumentError,
+    RLMeshTimeoutError,
+    SandboxError,
+    SandboxStartError,
+)
 from ..server.core import READY_LINE_PREFIX
 from ._docker import DockerClient, acquire_docker, release_docker
 
@@ -303,6 +309,14 @@ class Sandbox:
             raise RLMeshTimeoutError(
                 f"sandbox {cid[:12]} for {self.source} was not ready within connect_timeout={timeout}s; "
                 f"last output:\n{await docker.logs(cid)}"
+            ) from exc
+        except DockerUnavailableError:
+            raise
+        except SandboxError as exc:
+            raise SandboxStartError(
+                f"sandbox container for {self.source} could not be watched while starting ({exc}); "
+                "was it removed from outside, e.g. by `rlmesh sandbox cleanup --all`?",
+                container_id=cid, logs=await docker.logs(cid),
             ) from exc
         raise SandboxStartError(
             f"sandbox container for {self.source} exited before its server was ready",
