@@ -242,24 +242,8 @@ class ClientConnection:
             TransportError: The connection is closed or was lost.
         """
         p = self._p
-        if p.lost is not None:
-            raise p.lost
-        transport = p.transport
-        if transport is None or transport.is_closing():
-            raise EnvClosedError("the connection to the env server is closed")
-        rid = self._next_id
-        self._next_id = (rid + 1) & _ID_MASK or 1
-        try:
-            chunks = encode_message(mtype, rid, body)
-        except (TypeError, ValueError, RecursionError) as exc:
-            # orjson refuses lone surrogates and very deep nesting; encode before
-            # registering the request, so that nothing is left pending.
-            raise InvalidArgumentError(
-                f"cannot encode the {mtype.name} request: {type(exc).__name__}: {exc}"
-            ) from exc
         fut: asyncio.Future[Message] = p.loop.create_future()
-        p.pending[rid] = fut
-        transport.writelines(chunks)
+        rid = self._send(mtype, body, fut)
         timer = None
         if timeout is not None:
             timer = p.loop.call_later(timeout, _expire, p, rid, fut, timeout)
@@ -293,27 +277,33 @@ class ClientConnection:
             raise error_from_reply(msg.body)
         return msg.body
 
+    def _send(self, mtype: MessageType, body: Any, waiter: asyncio.Future[Message] | _ThreadWaiter) -> int:
+        # On the loop: check the connection, encode, register the waiter, write.
+        p = self._p
+        if p.lost is not None:
+            raise p.lost
+        transport = p.transport
+        if transport is None or transport.is_closing():
+            raise EnvClosedError("the connection to the env server is closed")
+        rid = self._next_id
+        self._next_id = (rid + 1) & _ID_MASK or 1
+        try:
+            chunks = encode_message(mtype, rid, body)
+        except (TypeError, ValueError, RecursionError) as exc:
+            # orjson refuses lone surrogates and very deep nesting; encode before
+            # registering the request, so that nothing is left pending.
+            raise InvalidArgumentError(
+                f"cannot encode the {mtype.name} request: {type(exc).__name__}: {exc}"
+            ) from exc
+        p.pending[rid] = waiter  # type: ignore[assignment]
+        transport.writelines(chunks)
+        return rid
+
     def _send_for_thread(self, mtype: MessageType, body: Any, waiter: _ThreadWaiter) -> None:
         # Runs on the loop. Any failure goes to the waiting thread.
         try:
-            p = self._p
-            if p.lost is not None:
-                raise p.lost
-            transport = p.transport
-            if transport is None or transport.is_closing():
-                raise EnvClosedError("the connection to the env server is closed")
-            rid = self._next_id
-            self._next_id = (rid + 1) & _ID_MASK or 1
-            try:
-                chunks = encode_message(mtype, rid, body)
-            except (TypeError, ValueError, RecursionError) as exc:
-                raise InvalidArgumentError(
-                    f"cannot encode the {mtype.name} request: {type(exc).__name__}: {exc}"
-                ) from exc
-            waiter.rid = rid
-            p.pending[rid] = waiter  # type: ignore[assignment]
-            transport.writelines(chunks)
-        except BaseException as exc:  # delivered to the caller's thread
+            waiter.rid = self._send(mtype, body, waiter)
+        except BaseException as exc:
             if not waiter.done():
                 waiter.set_exception(exc)
             if not isinstance(exc, Exception):
