@@ -188,12 +188,13 @@ def host_serve_start() -> float:
 
 
 def sweep_containers(owner: str) -> list[str]:
-    """Remove any container this run left behind (there should be none); return their ids."""
+    """Remove any container this run left behind (there should be none); return them, described."""
     left: list[str] = []
-    for label in (f"rlmesh.owner={owner}", f"{BENCH_LABEL}={TOKEN}"):
-        left += docker_cli("ps", "-aq", "--filter", f"label={label}").split()
-    if left:
-        docker_cli("rm", "-f", *left)
+    for kind, label in (("sandbox", f"rlmesh.owner={owner}"), ("docker run", f"{BENCH_LABEL}={TOKEN}")):
+        ids = docker_cli("ps", "-aq", "--filter", f"label={label}").split()
+        if ids:
+            docker_cli("rm", "-f", *ids)
+        left += [f"{kind} {cid[:12]}" for cid in ids]
     return left
 
 
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         servers.close()
         with contextlib.suppress(Exception):
             left = sweep_containers(OWNER)
-            print(f"containers left behind: {len(left)}{' (removed: ' + ', '.join(c[:12] for c in left) + ')' if left else ''}")
+            print(f"containers left behind: {len(left)}{' (removed: ' + ', '.join(left) + ')' if left else ''}")
 
     # -- report --------------------------------------------------------------
     header = ["figure", "value", "baseline", "ratio", "per-round", "target", "result"]

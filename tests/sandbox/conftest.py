@@ -42,8 +42,14 @@ def sandbox_containers(*, ours: bool = False) -> set[str]:
 
 
 def socket_dirs() -> set[str]:
+    """Sandbox socket dirs of this process or of dead processes (named rlmesh-sbx-PID-...)."""
     root = Path(os.environ.get("RLMESH_RUNTIME_DIR") or "/tmp")
-    return {str(p) for p in root.glob("rlmesh-sbx-*") if p.is_dir()}
+    out = set()
+    for p in root.glob("rlmesh-sbx-*"):
+        pid = p.name.split("-")[2]
+        if p.is_dir() and pid.isdigit() and (int(pid) == os.getpid() or not Path(f"/proc/{pid}").exists()):
+            out.add(str(p))
+    return out
 
 
 @pytest.fixture(scope="session", autouse=True)

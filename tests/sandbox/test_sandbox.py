@@ -302,3 +302,15 @@ async def test_local_wheel_file_package(tmp_path) -> None:  # type: ignore[no-un
 def _run_py_env(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "RLMESH_PULL_POLICY": "never", **env})
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.2, 0.4])
+async def test_cancelled_concurrent_starts_leave_nothing_behind(delay: float) -> None:
+    # Cancel while the engine is still creating containers: every one must still be removed.
+    envs = [AsyncSandboxEnv("CartPole-v1") for _ in range(6)]
+    tasks = [asyncio.ensure_future(e.start()) for e in envs]
+    await asyncio.sleep(delay)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.gather(*(e.close() for e in envs))

@@ -157,6 +157,7 @@ class ClientConnection:
     def __init__(self, protocol: _Protocol, hello: dict[str, Any], address: str) -> None:
         self._p = protocol
         self._next_id = 1
+        self._closed_here = False
         self.hello = hello
         self.address = address
 
@@ -284,7 +285,10 @@ class ClientConnection:
             raise p.lost
         transport = p.transport
         if transport is None or transport.is_closing():
-            raise EnvClosedError("the connection to the env server is closed")
+            if self._closed_here:
+                raise EnvClosedError("the connection to the env server is closed")
+            # The peer hung up and connection_lost has not run yet.
+            raise ConnectionClosedError("the env server closed the connection")
         rid = self._next_id
         self._next_id = (rid + 1) & _ID_MASK or 1
         try:
@@ -311,12 +315,14 @@ class ClientConnection:
 
     def abort(self) -> None:
         """Drop the connection at once."""
+        self._closed_here = True
         if self._p.transport is not None:
             self._p.transport.abort()
 
     async def aclose(self) -> None:
         """Say goodbye (when still connected) and close the connection."""
         p = self._p
+        self._closed_here = True
         if p.transport is None:
             return
         if p.lost is None and not p.transport.is_closing():

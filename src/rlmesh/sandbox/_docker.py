@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import os
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
-from typing import IO, Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import IO, Any, TypeVar
 
 import aiodocker
 import aiohttp
@@ -23,6 +23,8 @@ import anyio
 from ..errors import DockerUnavailableError, ImageBuildError, SandboxError
 
 __all__ = ["DockerClient", "acquire_docker", "release_docker", "docker_client"]
+
+T = TypeVar("T")
 
 _HOW_TO_START = (
     "Start a Docker engine (on Debian: `apt-get install -y docker.io && dockerd &`, "
@@ -51,6 +53,22 @@ def _map_errors(what: str) -> Iterator[None]:
         raise
 
 
+async def _complete(aw: Awaitable[T]) -> T:
+    """Run a short engine request to its end even when the caller is cancelled.
+
+    aiodocker never releases the HTTP response of a request cancelled in flight (its
+    ``_query`` leaves that to the caller), which leaks a connection; a request of a few
+    milliseconds is allowed to finish, then the cancellation goes on.
+    """
+    task = asyncio.ensure_future(aw)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await task
+        raise
+
+
 class DockerClient:
     """A thin, typed facade over one ``aiodocker.Docker`` bound to one loop."""
 
@@ -70,14 +88,14 @@ class DockerClient:
             DockerUnavailableError: It does not.
         """
         with _map_errors("reach the engine"):
-            await self._docker.system.info()
+            await _complete(self._docker.system.info())
 
     # -- images -------------------------------------------------------------
     async def image_id(self, tag: str) -> str | None:
         """The id of a local image, or None when it does not exist."""
         try:
             with _map_errors(f"inspect image {tag}"):
-                info = await self._docker.images.inspect(tag)
+                info = await _complete(self._docker.images.inspect(tag))
         except SandboxError as exc:
             if isinstance(exc.__cause__, aiodocker.DockerError) and exc.__cause__.status == 404:
                 return None
@@ -147,7 +165,7 @@ class DockerClient:
     async def remove_image(self, tag: str) -> None:
         """Remove a local image (force)."""
         with _map_errors(f"remove image {tag}"):
-            await self._docker.images.delete(tag, force=True)
+            await _complete(self._docker.images.delete(tag, force=True))
 
     # -- containers ---------------------------------------------------------
     async def run(self, config: dict[str, Any], name: str | None = None) -> str:
@@ -156,11 +174,20 @@ class DockerClient:
         Raises:
             SandboxError: Creation or start failed (the container is removed).
         """
-        with _map_errors("create the sandbox container"):
-            container = await self._docker.containers.create(config, name=name)
+        # A create cancelled in flight still creates the container and its id would be lost:
+        # the request finishes, and what it made is removed before the cancellation goes on.
+        create = asyncio.ensure_future(self._docker.containers.create(config, name=name))
+        try:
+            with _map_errors("create the sandbox container"):
+                container = await asyncio.shield(create)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                made = await create
+                await _complete(self.remove(made.id, grace=0))
+            raise
         try:
             with _map_errors("start the sandbox container"):
-                await container.start()
+                await _complete(container.start())
         except BaseException:
             with contextlib.suppress(Exception):
                 await self.remove(container.id)
@@ -170,15 +197,15 @@ class DockerClient:
     async def wait(self, container_id: str) -> int:
         """Wait for a container to exit; returns its exit code."""
         with _map_errors("wait for the sandbox container"):
-            result = await self._docker.containers.container(container_id).wait()
+            result = await _complete(self._docker.containers.container(container_id).wait())
         return int(result.get("StatusCode", -1))
 
     async def logs(self, container_id: str, tail: int = 40) -> str:
         """The last ``tail`` lines of a container's output ('' if unavailable)."""
         try:
             with _map_errors("read container logs"):
-                chunks = await self._docker.containers.container(container_id).log(
-                    stdout=True, stderr=True, tail=tail
+                chunks = await _complete(
+                    self._docker.containers.container(container_id).log(stdout=True, stderr=True, tail=tail)
                 )
         except SandboxError:
             return ""
@@ -209,12 +236,12 @@ class DockerClient:
         container = self._docker.containers.container(container_id)
         try:
             with _map_errors("stop the sandbox container"):
-                await container.stop(t=int(max(grace, 0)))
+                await _complete(container.stop(t=int(max(grace, 0))))
         except SandboxError:
             pass
         try:
             with _map_errors("remove the sandbox container"):
-                await container.delete(force=True)
+                await _complete(container.delete(force=True))
         except SandboxError as exc:
             cause = exc.__cause__
             if isinstance(cause, aiodocker.DockerError) and cause.status in (404, 409):
@@ -225,7 +252,7 @@ class DockerClient:
         """Containers (running or not) carrying all ``labels`` (a None value matches any)."""
         filters = [k if v is None else f"{k}={v}" for k, v in labels.items()]
         with _map_errors("list containers"):
-            found = await self._docker.containers.list(all=True, filters={"label": filters})
+            found = await _complete(self._docker.containers.list(all=True, filters={"label": filters}))
         return [dict(c._container) for c in found]
 
 

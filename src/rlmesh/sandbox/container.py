@@ -46,7 +46,7 @@ LABEL_SOURCE = "rlmesh.source"
 LABEL_SOCKET_DIR = "rlmesh.socket-dir"
 SOCKET_DIR_IN_CONTAINER = "/rlmesh"
 SOCKET_NAME = "env.sock"
-SOCKET_DIR_PREFIX = "rlmesh-sbx-"
+SOCKET_DIR_PREFIX = "rlmesh-sbx-"  # then the owner's pid, so a leak check can tell whose it is
 UNPRIVILEGED_UID = 65534
 
 SESSION = uuid.uuid4().hex[:12]
@@ -274,7 +274,7 @@ class Sandbox:
         self._docker = docker = await acquire_docker()
         try:
             await _reap_dead_owners_once(docker)
-            self.socket_dir = tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX, dir=os.environ.get("RLMESH_RUNTIME_DIR"))
+            self.socket_dir = tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}-", dir=os.environ.get("RLMESH_RUNTIME_DIR"))
             os.chmod(self.socket_dir, 0o700)
             if os.getuid() == 0:  # the unprivileged container user must reach the socket dir
                 uid, _, gid = self.options.run_as().partition(":")

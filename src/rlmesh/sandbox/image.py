@@ -137,6 +137,7 @@ def _rlmesh_source_hash() -> str:
 
 
 _pull_failures: dict[str, str] = {}
+_fallback_warned: set[str] = set()
 
 
 async def resolve_base_image(docker: DockerClient, base_image: str | None = None) -> tuple[str, str]:
@@ -164,10 +165,12 @@ async def resolve_base_image(docker: DockerClient, base_image: str | None = None
     if explicit is None:
         boot_id = await docker.image_id(boot)
         if boot_id is not None:
-            log.warning(
-                "base image %s is not available (%s); using %s, built by `rlmesh image bootstrap`",
-                candidate, error, boot,
-            )
+            if candidate not in _fallback_warned:
+                _fallback_warned.add(candidate)
+                log.warning(
+                    "base image %s is not available (%s); using %s, built by `rlmesh image bootstrap`",
+                    candidate, error, boot,
+                )
             return boot, boot_id
     raise BaseImageError(
         f"base image {candidate} is not available locally and cannot be pulled ({error}). "
