@@ -234,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rlmesh remote benchmark: python {platform.python_version()}, "
           f"uvloop {getattr(uvloop, '__version__', 'not installed')}, {os.cpu_count()} cpus, "
           f"{rounds} rounds x {block:g} s per figure{' (--quick)' if args.quick else ''}")
-    print(f"rlmesh's portal loop and `rlmesh serve` run on {stack}: "
-          f"the latency target is against the {stack} echo.", flush=True)
+    print(f"rlmesh's portal loop and `rlmesh serve` run on {stack}; the latency target is against the "
+          f"bare asyncio echo (the spec's baseline), and the {stack} echo is shown beside it.", flush=True)
 
     loop_names = ["asyncio"] + (["uvloop"] if uvloop is not None else [])
     servers = Servers()
@@ -329,11 +329,17 @@ def main(argv: list[str] | None = None) -> int:
     base = echo[stack]
     header = ["figure", "value", "baseline", "ratio", "per-round", "target", "result"]
     rows = [[f"echo round trip p50, {n} client+server", us(echo[n].p50), "", "", "", "", ""] for n in loop_names]
-    per = paired(senv.per_round, base.per_round)
+    # The spec's baseline is the bare asyncio echo (~105 us there); the echo on uvloop, the
+    # loop rlmesh itself uses, is the stricter like-for-like figure and is reported beside it.
+    spec_base = echo["asyncio"]
+    per = paired(senv.per_round, spec_base.per_round)
     ratio = statistics.median(per)
-    rows.append([f"RemoteEnv.step p50 (sync; portal on {stack})", us(senv.p50), f"echo {stack} {us(base.p50)}",
+    rows.append([f"RemoteEnv.step p50 (sync; portal on {stack})", us(senv.p50), f"echo asyncio {us(spec_base.p50)}",
                  *ratio_cols(per), f"<= {LATENCY_TARGET:g}x",
                  verdict(ratio <= LATENCY_TARGET)])
+    if stack != "asyncio":
+        rows.append([f"  same, vs the {stack} echo", "", f"echo {stack} {us(base.p50)}",
+                     *ratio_cols(paired(senv.per_round, base.per_round)), "info", ""])
     for n in loop_names:
         rows.append([f"AsyncRemoteEnv.step p50 ({n} loop, no portal)", us(aenv[n].p50), f"echo {n} {us(echo[n].p50)}",
                      *ratio_cols(paired(aenv[n].per_round, echo[n].per_round)), "info", ""])
