@@ -16,8 +16,13 @@ import pytest
 
 from rlmesh.sandbox.container import OWNER, _owner_alive
 
-# Tests never reach a registry: the default base resolves to the bootstrapped one.
+# Tests never reach a registry: the default base resolves to the bootstrapped one, and pip
+# (image builds, local wheels) runs offline against the wheelhouse that set-up fills.
+ROOT = Path(__file__).resolve().parents[2]
+WHEELHOUSE = ROOT / ".cache" / "test-wheels"
 os.environ["RLMESH_PULL_POLICY"] = "never"
+os.environ["PIP_NO_INDEX"] = "1"
+os.environ["PIP_FIND_LINKS"] = str(WHEELHOUSE)
 
 PROBE_PKG = str(Path(__file__).parent / "probe_pkg")
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -57,6 +62,8 @@ def _docker_engine() -> None:
     result = subprocess.run(["docker", "info"], capture_output=True, text=True)
     if result.returncode != 0:
         pytest.fail("the sandbox tests need a running Docker engine: run ./scripts/dev setup\n" + result.stderr)
+    if not (WHEELHOUSE / ".complete").is_file():
+        pytest.fail(f"no offline wheelhouse at {WHEELHOUSE}: run ./scripts/dev test (it fills it)")
     base = subprocess.run(["docker", "image", "inspect", f"python:{PY}-slim"], capture_output=True)
     boot = subprocess.run(["docker", "image", "inspect", f"rlmesh/base:py{PY}"], capture_output=True)
     if base.returncode and boot.returncode:
