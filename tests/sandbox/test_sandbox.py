@@ -314,3 +314,33 @@ async def test_cancelled_concurrent_starts_leave_nothing_behind(delay: float) ->
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await asyncio.gather(*(e.close() for e in envs))
+
+
+def test_ctrl_c_during_sync_start_leaves_nothing_behind() -> None:
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from rlmesh.numpy import SandboxEnv\nwhile True:\n    SandboxEnv('CartPole-v1').close()"],
+        env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        # Interrupt once one of its sandboxes exists, i.e. somewhere inside a start.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _owned_by(proc.pid):
+            time.sleep(0.02)
+        assert _owned_by(proc.pid), "the script never started a sandbox"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert "KeyboardInterrupt" in err
+    assert not _owned_by(proc.pid)
+
+
+def _owned_by(pid: int) -> set[str]:
+    out = subprocess.run(
+        ["docker", "ps", "-a", "--filter", "label=rlmesh.sandbox", "--format", '{{.ID}} {{.Label "rlmesh.owner"}}'],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return {line.split()[0] for line in out.splitlines() if f":{pid}:" in line}

@@ -283,7 +283,9 @@ async def _resolve_wheels(packages: Sequence[str], dest: Path) -> None:
         line = raw.decode(errors="replace").rstrip()
         tail.append(line)
         del tail[:-40]
-        log.debug("pip | %s", line)
+        # What pip fetches or builds is progress worth seeing on a long resolution.
+        progress = line.startswith(("Collecting ", "Downloading ", "Building wheel", "Saved "))
+        log.log(logging.INFO if progress else logging.DEBUG, "pip | %s", line)
     code = await proc.wait()
     if code != 0:
         raise ImageBuildError(
