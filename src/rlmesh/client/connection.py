@@ -214,14 +214,15 @@ class ClientConnection:
                 return await connect_and_greet()
             async with asyncio.timeout(connect_timeout):
                 return await connect_and_greet()
-        except TimeoutError as exc:
+        except BaseException as exc:
+            # Cancelled, interrupted or failed mid-handshake: free the server's one client slot.
             if proto is not None and proto.transport is not None:
                 proto.transport.abort()
-            if isinstance(exc, RLMeshError):
-                raise
-            raise RLMeshTimeoutError(
-                f"connecting to {address} took longer than connect_timeout={connect_timeout}s"
-            ) from exc
+            if isinstance(exc, TimeoutError) and not isinstance(exc, RLMeshError):
+                raise RLMeshTimeoutError(
+                    f"connecting to {address} took longer than connect_timeout={connect_timeout}s"
+                ) from exc
+            raise
 
     @property
     def is_closed(self) -> bool:
@@ -329,10 +330,15 @@ class ClientConnection:
             try:
                 await self.request(MessageType.CLOSE, None, timeout=5.0)
             except RLMeshError:
-                pass
+                p.transport.abort()  # a wedged server must not keep close() waiting
         if p.transport is not None:
             p.transport.close()
-        await asyncio.shield(p.closed)
+        try:
+            async with asyncio.timeout(5.0):
+                await asyncio.shield(p.closed)
+        except TimeoutError:
+            if p.transport is not None:
+                p.transport.abort()
 
 
 def _forget(p: _Protocol, waiter: _ThreadWaiter) -> None:

@@ -68,6 +68,8 @@ class _AsyncRemoteBase:
             self.address, connect_timeout=self.connect_timeout, max_frame_size=self._max_frame_size
         )
         try:
+            if self._closed:  # close() ran while the handshake was in flight
+                raise EnvClosedError("this env was closed while it connected")
             self._apply_hello(conn.hello)
         except BaseException:
             conn.abort()
@@ -86,7 +88,7 @@ class _AsyncRemoteBase:
             self.metadata = dict(hello["metadata"])
             self.render_mode = hello["render_mode"]
             self.spec = rebuild_spec(hello["spec"])
-        except (KeyError, TypeError) as exc:
+        except Exception as exc:
             raise ProtocolError(f"malformed handshake: {exc!r}") from exc
 
     @property
@@ -210,8 +212,8 @@ class AsyncRemoteVectorEnv(_AsyncRemoteBase):
             self.num_envs = int(hello["num_envs"])
             self.single_observation_space = decode_space(hello["single_observation_space"], [])
             self.single_action_space = decode_space(hello["single_action_space"], [])
-            self.metadata["autoreset_mode"] = AutoresetMode(hello["autoreset_mode"] or "next_step")
-        except (KeyError, TypeError, ValueError) as exc:
+            self.metadata["autoreset_mode"] = AutoresetMode(hello["autoreset_mode"] or "NextStep")
+        except Exception as exc:
             raise ProtocolError(f"malformed vector handshake: {exc!r}") from exc
 
     @property

@@ -16,6 +16,7 @@ returns the bytes to send.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -45,6 +46,8 @@ HEADER_SIZE = HEADER.size
 DEFAULT_MAX_FRAME_SIZE = 1 << 30
 _MAX_JSON = 64 << 20
 _PADS = [b" " * i for i in range(8)]
+_SHARE_FRAME_MIN = 1 << 16  # in frames larger than this ...
+_COPY_BELOW = 1 << 12  # ... arrays smaller than this are copied out
 _ZEROS = [b"\0" * i for i in range(8)]
 
 
@@ -208,21 +211,25 @@ class Connection:
             tree, meta = orjson.loads(js)
             arrays: list[np.ndarray[Any, Any]] = []
             offset = 0
+            size = len(payload) if payload is not None else 0
             for dtype_str, shape in meta:
                 dtype = np.dtype(dtype_str)
                 if dtype.kind == "O" or dtype.hasobject:
                     raise ValueError("object buffers are not allowed")
-                count = 1
-                for d in shape:
-                    count *= d
+                if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+                    raise ValueError(f"bad array shape {shape!r}")
+                count = math.prod(shape)
+                n = count * dtype.itemsize
+                if offset + n > size:
+                    raise ValueError("an array runs past the end of the payload")
                 if count:
-                    arr = np.frombuffer(payload or b"", dtype=dtype, count=count, offset=offset)
-                    arrays.append(arr.reshape(shape))
+                    arr = np.frombuffer(payload or b"", dtype=dtype, count=count, offset=offset).reshape(shape)
+                    # A small array must not keep a big frame alive (rewards kept beside big frames).
+                    arrays.append(arr.copy() if size > _SHARE_FRAME_MIN and n < _COPY_BELOW else arr)
                 else:
                     arrays.append(np.empty(shape, dtype=dtype))
-                n = count * dtype.itemsize
                 offset += n + (-n % 8)
-            if offset != (len(payload) if payload is not None else 0):
+            if offset != size:
                 raise ValueError("buffer sizes do not add up to the payload length")
             body = decode_value(tree, arrays)
         except ProtocolError:
