@@ -3,8 +3,9 @@
 A single anyio ``BlockingPortal`` is started on first use, on a daemon thread,
 and lives as long as the process: a sync call hands a coroutine to it and waits.
 There is never a loop or a thread per call. The thread is a daemon so that a
-forgotten env cannot hang interpreter exit; an ``atexit`` hook first runs the
-registered finalizers (sandbox cleanup) on the loop, then stops it.
+forgotten env cannot hang interpreter exit; an ``atexit`` hook stops the loop
+(sandboxes still running then are removed by their own ``atexit`` hook, in
+:mod:`rlmesh.sandbox.container`).
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ from anyio.from_thread import BlockingPortal
 
 from .errors import RLMeshError
 
-__all__ = ["call", "check_caller", "get_portal", "in_portal_thread", "register_exit_hook"]
+__all__ = ["call", "check_caller", "get_portal", "in_portal_thread"]
 
 T = TypeVar("T")
 
 _lock = threading.Lock()
 _portal: BlockingPortal | None = None
 _thread: threading.Thread | None = None
-_exit_hooks: list[Callable[[], Awaitable[None]]] = []
 
 
 def _backend() -> tuple[str, dict[str, Any]]:
@@ -49,6 +49,7 @@ def get_portal() -> BlockingPortal:
             return _portal
         ready = threading.Event()
         box: list[BlockingPortal] = []
+        failure: list[BaseException] = []
 
         async def main() -> None:
             async with BlockingPortal() as p:
@@ -56,13 +57,20 @@ def get_portal() -> BlockingPortal:
                 ready.set()
                 await p.sleep_until_stopped()
 
-        backend, options = _backend()
-        thread = threading.Thread(
-            target=anyio.run, args=(main,), kwargs={"backend": backend, "backend_options": options},
-            name="rlmesh-loop", daemon=True,
-        )
+        def run() -> None:
+            backend, options = _backend()
+            try:
+                anyio.run(main, backend=backend, backend_options=options)
+            except BaseException as exc:  # reported to the thread waiting below
+                failure.append(exc)
+            finally:
+                ready.set()
+
+        thread = threading.Thread(target=run, name="rlmesh-loop", daemon=True)
         thread.start()
         ready.wait()
+        if not box:
+            raise RLMeshError(f"rlmesh's event-loop thread failed to start: {failure[0]!r}") from failure[0]
         _portal, _thread = box[0], thread
         atexit.register(_shutdown)
         return _portal
@@ -96,20 +104,10 @@ def check_caller() -> None:
         )
 
 
-def register_exit_hook(hook: Callable[[], Awaitable[None]]) -> None:
-    """Run ``hook()`` on the loop at interpreter exit, before the loop stops."""
-    _exit_hooks.append(hook)
-
-
 def _shutdown() -> None:
     portal = _portal
     if portal is None:
         return
-    for hook in reversed(_exit_hooks):
-        try:
-            portal.call(hook)
-        except Exception:  # noqa: S112  (exit-time cleanup must try every hook)
-            continue
     try:
         portal.call(portal.stop)
     except Exception:  # noqa: S110

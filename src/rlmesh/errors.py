@@ -22,6 +22,7 @@ meaning matches a builtin, the builtin is mixed in, so ``except ValueError`` and
         ├── ImageBuildError                   the image build failed
         ├── BaseImageError                    no usable base image
         ├── BootstrapError                    building the base from Debian packages failed
+        ├── SandboxExitedError (ConnectionClosedError)  the container died while serving
         └── SandboxStartError                 the container did not become ready
 
 Remote errors and sandbox errors carry structured fields (``remote_type``,
@@ -46,6 +47,7 @@ __all__ = [
     "RLMeshTimeoutError",
     "RemoteEnvError",
     "SandboxError",
+    "SandboxExitedError",
     "SandboxStartError",
     "ServerBusyError",
     "SourceError",
@@ -199,3 +201,11 @@ class BootstrapError(SandboxError):
 
 class SandboxStartError(SandboxError):
     """The sandbox container exited or never became ready."""
+
+
+class SandboxExitedError(SandboxError, ConnectionClosedError):
+    """The sandbox container exited while serving (crash, ``os._exit``, out of memory).
+
+    It is also a :class:`ConnectionClosedError`, which is what the client saw; ``exit_code``
+    and ``logs`` say why.
+    """

@@ -20,6 +20,7 @@ from rlmesh.errors import (
     ImageBuildError,
     InvalidArgumentError,
     RLMeshError,
+    SandboxExitedError,
     SandboxStartError,
 )
 from rlmesh.numpy import AsyncSandboxEnv, AsyncSandboxVectorEnv, SandboxEnv, SandboxVectorEnv
@@ -183,10 +184,21 @@ async def test_container_dying_mid_session_is_a_clear_error() -> None:
     async with AsyncSandboxEnv("rlmesh_probe:RlmeshProbe-v0", packages=[PROBE_PKG],
                                env={"RLMESH_PROBE_CRASH": "1"}) as env:
         await env.reset(seed=0)
-        with pytest.raises(ConnectionClosedError):
+        with pytest.raises(SandboxExitedError) as err:
             await env.step(1)
+        assert isinstance(err.value, ConnectionClosedError)  # what the client saw
+        assert err.value.exit_code == 7 and err.value.container_id == env.container_id
+        assert "exit code: 7" in str(err.value)
         with pytest.raises(RLMeshError):
             await env.step(0)
+
+
+def test_container_dying_under_the_sync_fast_path_reports_its_exit_code() -> None:
+    with SandboxEnv("rlmesh_probe:RlmeshProbe-v0", packages=[PROBE_PKG], env={"RLMESH_PROBE_CRASH": "1"}) as env:
+        env.reset(seed=0)
+        with pytest.raises(SandboxExitedError) as err:
+            env.step(1)
+        assert err.value.exit_code == 7
 
 
 async def test_interrupted_start_leaves_nothing_behind() -> None:

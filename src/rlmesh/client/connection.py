@@ -225,6 +225,11 @@ class ClientConnection:
             raise
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the connection lives on."""
+        return self._p.loop
+
+    @property
     def is_closed(self) -> bool:
         """Whether the connection is closed or lost."""
         return self._p.lost is not None or self._p.transport is None or self._p.transport.is_closing()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ from gymnasium.envs.registration import EnvSpec
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode
 
-from ..errors import EnvClosedError, InvalidArgumentError, ProtocolError
+from ..errors import EnvClosedError, InvalidArgumentError, ProtocolError, TransportError
 from ..protocol import DEFAULT_MAX_FRAME_SIZE, MessageType, decode_space
 from ..protocol.messages import rebuild_spec
 from .connection import ClientConnection
@@ -122,14 +123,32 @@ class _AsyncRemoteBase:
             if self._closed:
                 raise EnvClosedError("this env is closed")
             raise EnvClosedError("not connected: use `async with ...` or `await env.connect()` first")
-        return await conn.request(mtype, body, self.request_timeout)
+        try:
+            return await conn.request(mtype, body, self.request_timeout)
+        except TransportError as exc:
+            explained = await self._explain(exc)
+            if explained is exc:
+                raise
+            raise explained from exc
 
     def _request_from_thread(self, mtype: MessageType, body: Any) -> Any:
         # The sync classes' hot path (see ClientConnection.request_from_thread).
         conn = self._conn
         if conn is None:
             raise EnvClosedError("this env is closed" if self._closed else "not connected")
-        return conn.request_from_thread(mtype, body, self.request_timeout)
+        try:
+            return conn.request_from_thread(mtype, body, self.request_timeout)
+        except TransportError as exc:
+            if type(self)._explain is _AsyncRemoteBase._explain:
+                raise
+            explained = asyncio.run_coroutine_threadsafe(self._explain(exc), conn.loop).result()
+            if explained is exc:
+                raise
+            raise explained from exc
+
+    async def _explain(self, exc: TransportError) -> Exception:
+        """Turn a lost connection into a more telling error (sandboxes add the exit code)."""
+        return exc
 
     def step_from_thread(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """:meth:`step`, blocking, from a thread other than the connection's loop."""

@@ -64,9 +64,15 @@ async def _complete(aw: Awaitable[T]) -> T:
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):
-            await task
+        await _finish(task)
         raise
+
+
+async def _finish(task: asyncio.Future[Any]) -> None:
+    # Wait for ``task`` however often this waiter is cancelled (anyio re-delivers cancellation).
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
 
 
 class DockerClient:
@@ -80,15 +86,6 @@ class DockerClient:
     async def close(self) -> None:
         """Close the underlying HTTP session."""
         await self._docker.close()
-
-    async def ping(self) -> None:
-        """Check that the engine answers.
-
-        Raises:
-            DockerUnavailableError: It does not.
-        """
-        with _map_errors("reach the engine"):
-            await _complete(self._docker.system.info())
 
     # -- images -------------------------------------------------------------
     async def image_id(self, tag: str) -> str | None:
@@ -162,11 +159,6 @@ class DockerClient:
                 message = event.get("error") or event["errorDetail"].get("message", "")
                 raise ImageBuildError(f"building sandbox image {tag} failed: {message}", logs="\n".join(tail))
 
-    async def remove_image(self, tag: str) -> None:
-        """Remove a local image (force)."""
-        with _map_errors(f"remove image {tag}"):
-            await _complete(self._docker.images.delete(tag, force=True))
-
     # -- containers ---------------------------------------------------------
     async def run(self, config: dict[str, Any], name: str | None = None) -> str:
         """Create and start a container; returns its id (never pulls).
@@ -181,9 +173,10 @@ class DockerClient:
             with _map_errors("create the sandbox container"):
                 container = await asyncio.shield(create)
         except asyncio.CancelledError:
-            with contextlib.suppress(BaseException):
-                made = await create
-                await _complete(self.remove(made.id, grace=0))
+            await _finish(create)
+            if not create.cancelled() and create.exception() is None:
+                removal = asyncio.ensure_future(self.remove(create.result().id, grace=0))
+                await _finish(removal)
             raise
         try:
             with _map_errors("start the sandbox container"):
@@ -199,6 +192,15 @@ class DockerClient:
         with _map_errors("wait for the sandbox container"):
             result = await _complete(self._docker.containers.container(container_id).wait())
         return int(result.get("StatusCode", -1))
+
+    async def state(self, container_id: str) -> dict[str, Any]:
+        """The container's ``State`` (``Running``, ``ExitCode``, ``OOMKilled`` ...); {} if it is gone."""
+        try:
+            with _map_errors("inspect the sandbox container"):
+                info = await _complete(self._docker.containers.container(container_id).show())
+        except SandboxError:
+            return {}
+        return dict(info.get("State") or {})
 
     async def logs(self, container_id: str, tail: int = 40) -> str:
         """The last ``tail`` lines of a container's output ('' if unavailable)."""

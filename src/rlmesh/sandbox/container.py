@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import time
 import uuid
@@ -33,7 +34,7 @@ from ..errors import (
     SandboxStartError,
 )
 from ..server.core import READY_LINE_PREFIX
-from ._docker import DockerClient, acquire_docker, release_docker
+from ._docker import DockerClient, acquire_docker, docker_client, release_docker
 
 __all__ = ["ContainerOptions", "Sandbox", "cleanup_sandboxes", "list_sandboxes"]
 
@@ -46,6 +47,7 @@ LABEL_SOURCE = "rlmesh.source"
 LABEL_SOCKET_DIR = "rlmesh.socket-dir"
 SOCKET_DIR_IN_CONTAINER = "/rlmesh"
 SOCKET_NAME = "env.sock"
+TMPFS_SIZE = "1g"  # /tmp in the container; bounded so a runaway env cannot eat host memory
 SOCKET_DIR_PREFIX = "rlmesh-sbx-"  # then the owner's pid, so a leak check can tell whose it is
 UNPRIVILEGED_UID = 65534
 
@@ -171,6 +173,12 @@ class ContainerOptions:
             raise InvalidArgumentError(f"user must be 'uid' or 'uid:gid' (numbers), got {self.user!r}")
         if int(uid_text) == 0:
             raise InvalidArgumentError("rlmesh never runs a sandbox as root (uid 0); pick another user")
+        if os.getuid() != 0 and int(uid_text) != os.getuid():
+            # The private socket directory is the host user's (0700); only root can hand it over.
+            raise InvalidArgumentError(
+                f"user={self.user!r}: as uid {os.getuid()}, rlmesh can run sandboxes only as that uid "
+                "(the socket directory is private to it); run as root to choose another user"
+            )
         return text if gid_text else f"{uid_text}:{uid_text}"
 
 
@@ -233,7 +241,7 @@ class Sandbox:
             "CapDrop": ["ALL"],
             "SecurityOpt": ["no-new-privileges"],
             "ReadonlyRootfs": True,
-            "Tmpfs": {"/tmp": "rw,nosuid,nodev,mode=1777"},
+            "Tmpfs": {"/tmp": f"rw,nosuid,nodev,mode=1777,size={TMPFS_SIZE}"},
             "NetworkMode": "bridge" if opts.network else "none",
         }
         if opts.memory is not None:
@@ -286,6 +294,13 @@ class Sandbox:
                 _atexit_registered = True
             log.info("sandbox %s started from %s for %s", self.container_id[:12], self.image, self.source)
             await self._wait_ready(docker, self.container_id, timeout)
+            sock = os.path.join(self.socket_dir, SOCKET_NAME)
+            if not stat.S_ISSOCK(os.lstat(sock).st_mode):
+                # The directory is writable from inside; never follow what the env put there.
+                raise SandboxStartError(
+                    f"{sock} is not a socket; the sandbox for {self.source} replaced it",
+                    container_id=self.container_id, logs=await docker.logs(self.container_id),
+                )
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self.close()
@@ -363,7 +378,11 @@ async def _reap_dead_owners_once(docker: DockerClient) -> None:
     if _reaped:
         return
     _reaped = True
-    removed = await _reap(docker, only_dead=True)
+    try:
+        removed = await _reap(docker, only_dead=True)
+    except SandboxError as exc:  # someone else's leftovers must not stop this start
+        log.warning("could not remove sandboxes left by dead processes: %s", exc)
+        return
     if removed:
         log.warning("removed %d sandbox container(s) left behind by dead processes", len(removed))
 
@@ -384,8 +403,7 @@ async def _reap(docker: DockerClient, *, only_dead: bool) -> list[str]:
 
 async def list_sandboxes() -> list[dict[str, Any]]:
     """Live sandbox containers on this engine: id, state, source, owner and whether the owner is alive."""
-    docker = await acquire_docker()
-    try:
+    async with docker_client() as docker:
         rows = []
         for info in await docker.list_containers({LABEL: "1"}):
             labels = info.get("Labels") or {}
@@ -396,17 +414,12 @@ async def list_sandboxes() -> list[dict[str, Any]]:
                 "owner": owner, "owner_alive": _owner_alive(owner), "created": info.get("Created", 0),
             })
         return rows
-    finally:
-        await release_docker(docker)
 
 
 async def cleanup_sandboxes(*, all_owners: bool = False) -> list[str]:
     """Remove sandboxes whose owner process died (or every sandbox, with ``all_owners``)."""
-    docker = await acquire_docker()
-    try:
+    async with docker_client() as docker:
         return await _reap(docker, only_dead=not all_owners)
-    finally:
-        await release_docker(docker)
 
 
 def _remove_leftovers_at_exit() -> None:
@@ -415,11 +428,8 @@ def _remove_leftovers_at_exit() -> None:
     leftovers = dict(_live)
 
     async def remove_all() -> None:
-        docker = await acquire_docker()
-        try:
+        async with docker_client() as docker:
             await asyncio.gather(*(docker.remove(cid, grace=0) for cid in leftovers), return_exceptions=True)
-        finally:
-            await release_docker(docker)
 
     started = time.monotonic()
     try:

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from ..client.env import AsyncRemoteEnv, AsyncRemoteVectorEnv, _AsyncRemoteBase
-from ..errors import EnvClosedError, InvalidArgumentError, SandboxError
+from ..errors import EnvClosedError, InvalidArgumentError, SandboxError, SandboxExitedError, TransportError
 from ..server.loader import VECTORIZATION_MODES, parse_autoreset_mode
 from ._docker import DockerClient, docker_client
 from .container import ContainerOptions, Sandbox
@@ -117,6 +117,27 @@ class _SandboxMixin(_AsyncRemoteBase):
     def container_id(self) -> str | None:
         """The running container's id, or None."""
         return self._sandbox.container_id if self._sandbox is not None else None
+
+    async def _explain(self, exc: TransportError) -> Exception:
+        # A lost connection usually means the container died: say how, before close() removes it.
+        cid = self.container_id
+        if cid is None:
+            return exc
+        async with docker_client() as docker:
+            state: dict[str, Any] = {}
+            for _ in range(40):  # the process may still be exiting: bounded, error path only
+                state = await docker.state(cid)
+                if not state.get("Running"):
+                    break
+                await asyncio.sleep(0.05)
+            logs = await docker.logs(cid)
+        if state.get("Running"):
+            return exc
+        oom = " (killed for lack of memory: raise memory=)" if state.get("OOMKilled") else ""
+        return SandboxExitedError(
+            f"the sandbox container for {self.source} exited while serving{oom}",
+            container_id=cid, exit_code=state.get("ExitCode"), logs=logs,
+        )
 
     def _serve_args(self) -> list[str]:
         args = ["--kwargs-json", self._kwargs_json]

@@ -31,7 +31,7 @@ import anyio
 
 from .. import __version__
 from ..errors import BaseImageError, ImageBuildError, InvalidArgumentError, SandboxError
-from ._docker import DockerClient
+from ._docker import DockerClient, docker_client
 
 __all__ = [
     "SERVER_REQUIREMENTS",
@@ -49,7 +49,9 @@ PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 # What the in-container server itself imports; pip merges these with the user's pins.
 SERVER_REQUIREMENTS = ("numpy", "orjson", "gymnasium>=1.1")
 IMAGE_REPO = "rlmesh-sandbox"
-_SKIP_DIRS = frozenset({"__pycache__", ".git", ".venv", ".mypy_cache", ".pytest_cache", "node_modules"})
+# Not content: caches, and what `pip wheel` itself writes into a local project (build/, *.egg-info),
+# which would otherwise change the hash after the first build.
+_SKIP_DIRS = frozenset({"__pycache__", ".git", ".venv", ".mypy_cache", ".pytest_cache", "node_modules", "build"})
 
 
 def default_base_image() -> str:
@@ -118,7 +120,7 @@ def _tree_hash(path: Path) -> str:
         h.update(path.read_bytes())
         return h.hexdigest()
     for root, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.endswith(".egg-info"))
         for name in sorted(files):
             p = Path(root, name)
             h.update(str(p.relative_to(path)).encode() + b"\0")
@@ -232,21 +234,33 @@ async def ensure_image(
     builds = _inflight.setdefault(asyncio.get_running_loop(), {})
     task = builds.get(tag)
     if task is None:
-        task = asyncio.ensure_future(_build(docker, spec, base_ref, tag))
+        task = asyncio.ensure_future(_build(spec, base_ref, tag))
         builds[tag] = task
         task.add_done_callback(lambda _t: builds.pop(tag, None))
     await asyncio.shield(task)
     return tag
 
 
-async def _build(docker: DockerClient, spec: ImageSpec, base_ref: str, tag: str) -> None:
+async def _build(spec: ImageSpec, base_ref: str, tag: str) -> None:
+    # Shared by every start waiting for this tag, and it outlives a cancelled one: it holds
+    # its own Docker client rather than borrowing the first caller's.
+    async with docker_client() as docker:
+        await _build_with(docker, spec, base_ref, tag)
+
+
+async def _build_with(docker: DockerClient, spec: ImageSpec, base_ref: str, tag: str) -> None:
     log.info("building sandbox image %s from %s", tag, base_ref)
     with tempfile.TemporaryDirectory(prefix="rlmesh-build-") as tmp:
         ctx = Path(tmp)
         wheels = ctx / "wheels"
         wheels.mkdir()
         reqs = [arg for req in spec.requirement_files for arg in ("-r", req)]
-        await _resolve_wheels([*spec.packages, *reqs], wheels)
+        # Requirements from a downloaded repository are not ours: binary wheels only (no build
+        # code runs on the host), and what they bring stays out of the shared wheel cache.
+        await _resolve_wheels(
+            [*spec.packages, *reqs], wheels,
+            extra=["--only-binary=:all:"] if reqs else [], share=not reqs,
+        )
         dockerfile = _dockerfile(base_ref, spec, tag)
         tar_path = ctx / "context.tar"
         await anyio.to_thread.run_sync(_write_context, tar_path, dockerfile, wheels, spec)
@@ -265,13 +279,18 @@ def _log_build_line(line: str) -> None:
         log.debug("build | %s", line)
 
 
-async def _resolve_wheels(packages: Sequence[str], dest: Path) -> None:
-    """Resolve ``packages`` with the host's pip into ``dest`` (through the wheel cache)."""
+async def _resolve_wheels(
+    packages: Sequence[str], dest: Path, *, extra: Sequence[str] = (), share: bool = True
+) -> None:
+    """Resolve ``packages`` with the host's pip into ``dest`` (through the wheel cache).
+
+    With ``share``, the resulting wheels are added to the cache for later builds.
+    """
     cache = cache_dir() / "wheels"
     cache.mkdir(parents=True, exist_ok=True)
     args = [
         sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-input",
-        "--wheel-dir", str(dest), "--find-links", str(cache), *SERVER_REQUIREMENTS, *packages,
+        "--wheel-dir", str(dest), "--find-links", str(cache), *extra, *SERVER_REQUIREMENTS, *packages,
     ]
     log.info("resolving packages on the host: %s", " ".join([*SERVER_REQUIREMENTS, *packages]))
     proc = await asyncio.create_subprocess_exec(
@@ -293,6 +312,8 @@ async def _resolve_wheels(packages: Sequence[str], dest: Path) -> None:
             "Check the package names and versions, and that pip on this host can reach its index.",
             exit_code=code, logs="\n".join(tail),
         )
+    if not share:
+        return
     for whl in dest.glob("*.whl"):
         target = cache / whl.name
         if not target.exists():

@@ -22,7 +22,7 @@ from pathlib import Path
 import anyio
 
 from ..errors import SourceError
-from ..server.loader import is_gym_id
+from ..server.loader import FACTORY_PATTERN, is_gym_id
 from ._docker import DockerClient
 
 __all__ = ["GymSource", "HubSource", "ImageSource", "Source", "fetch_hub_repo", "parse_source", "resolve_source"]
@@ -38,7 +38,6 @@ _IMAGE_REF = re.compile(
     r"^(?:[a-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
 )
-_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 @dataclass(frozen=True)
@@ -164,7 +163,7 @@ async def resolve_source(docker: DockerClient, parsed: Source) -> Source:
             if await docker.image_id(text) is not None:
                 resolved = ImageSource(text, explicit=False)
             elif ":" in text.rsplit("/", 1)[-1]:
-                if not _FACTORY.match(text):
+                if not FACTORY_PATTERN.match(text):
                     resolved = ImageSource(text, explicit=False)  # name:tag: an image, pulled if missing
                 else:
                     log.warning(
@@ -202,7 +201,7 @@ async def fetch_hub_repo(source: HubSource) -> tuple[Path, str]:
         return str(snapshot_download(source.repo_id, revision=source.revision))
 
     try:
-        path = Path(await anyio.to_thread.run_sync(fetch))
+        path = Path(await anyio.to_thread.run_sync(fetch, abandon_on_cancel=True))
     except Exception as exc:  # huggingface_hub's errors are translated here, at one place
         raise SourceError(
             f"cannot fetch hf://{source.repo_id}@{source.revision or 'main'}: {type(exc).__name__}: {exc}"

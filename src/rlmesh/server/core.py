@@ -34,6 +34,7 @@ from ..protocol import (
     encode_value,
 )
 from ..protocol.messages import describe_spec
+from ._types import EnvLike
 from .validate import check_action
 
 __all__ = ["READY_LINE_PREFIX", "EnvServer"]
@@ -42,7 +43,6 @@ log = logging.getLogger("rlmesh.server")
 
 READY_LINE_PREFIX = "rlmesh-server ready"
 
-EnvLike = gym.Env[Any, Any] | gym.vector.VectorEnv[Any, Any, Any]
 
 
 class EnvServer:

@@ -22,10 +22,10 @@ import numpy as np
 from gymnasium.vector.utils import concatenate, create_empty_array, iterate
 
 from ..errors import SourceError
+from ._types import EnvLike
 
 __all__ = ["SingleLaneEnv", "load_envhub"]
 
-EnvLike = gym.Env[Any, Any] | gym.vector.VectorEnv[Any, Any, Any]
 
 
 def load_envhub(

@@ -20,22 +20,22 @@ import gymnasium as gym
 from gymnasium.vector import AutoresetMode
 
 from ..errors import InvalidArgumentError, SourceError
+from ._types import EnvLike
 
-__all__ = ["VECTORIZATION_MODES", "check_imports", "is_gym_id", "load_env", "parse_autoreset_mode"]
+__all__ = ["FACTORY_PATTERN", "VECTORIZATION_MODES", "check_imports", "is_gym_id", "load_env", "parse_autoreset_mode"]
 
 VECTORIZATION_MODES = ("sync", "async", "vector")
 _GYM_ID = re.compile(r"^(?:[\w.]+:)?(?:[\w.-]+/)?[\w.:-]+-v\d+$|^(?:[\w.]+:)?(?:[\w.-]+/)?[\w.-]+$")
-_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _VERSIONED = re.compile(r"-v\d+$")
 
-EnvLike = gym.Env[Any, Any] | gym.vector.VectorEnv[Any, Any, Any]
 
 
 def is_gym_id(source: str) -> bool:
     """Whether ``source`` names a Gymnasium id rather than a ``module:callable`` factory."""
     if source.startswith("gym://"):
         return True
-    if _FACTORY.match(source) and not _VERSIONED.search(source):
+    if FACTORY_PATTERN.match(source) and not _VERSIONED.search(source):
         return False
     return bool(_GYM_ID.match(source))
 
@@ -96,10 +96,10 @@ def load_env(
         from .envhub import load_envhub  # noqa: PLC0415
 
         suite, _, task = (selector or "").partition("/")
-        return load_envhub(
+        return _check_mode(load_envhub(
             source.removeprefix("envhub:"), suite=suite or None, task=task or None,
             num_envs=num_envs, vectorization_mode=vectorization_mode, kwargs=kwargs,
-        )
+        ), mode, source)
     if selector is not None:
         raise InvalidArgumentError("a selector applies to envhub: sources only")
     if is_gym_id(source):
@@ -117,7 +117,7 @@ def load_env(
     if num_envs is None:
         return _check_env(factory(**kwargs), source)
     if vectorization_mode == "vector":
-        return _check_env(factory(num_envs=num_envs, **kwargs), source)
+        return _check_mode(_check_env(factory(num_envs=num_envs, **kwargs), source), mode, source)
 
     def make_one() -> gym.Env[Any, Any]:
         env = factory(**kwargs)
@@ -149,7 +149,7 @@ def parse_autoreset_mode(value: str | AutoresetMode) -> AutoresetMode:
 
 
 def _import_factory(source: str) -> Callable[..., Any]:
-    if not _FACTORY.match(source):
+    if not FACTORY_PATTERN.match(source):
         raise SourceError(
             f"cannot read the env source {source!r}: use a Gymnasium id such as 'CartPole-v1' "
             "or 'my_module:MyEnv-v0', or a factory 'my_module:make_env'"
@@ -167,6 +167,20 @@ def _import_factory(source: str) -> Callable[..., Any]:
     if not callable(obj):
         raise SourceError(f"{source!r} is not callable")
     return obj  # type: ignore[no-any-return]
+
+
+def _check_mode(env: EnvLike, mode: AutoresetMode, source: str) -> EnvLike:
+    # A vector env made by the source's own code has its own autoreset mode; a different
+    # requested one cannot be applied, and must not be silently ignored.
+    if isinstance(env, gym.vector.VectorEnv):
+        served = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+        if served != mode:
+            env.close()
+            raise SourceError(
+                f"{source} makes its own vector env, whose autoreset mode is {getattr(served, 'name', served)}, "
+                f"not the requested {mode.name}; request {getattr(served, 'name', served)} or change the env"
+            )
+    return env
 
 
 def _check_env(env: Any, source: str) -> EnvLike:
