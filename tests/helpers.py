@@ -32,8 +32,8 @@ class ServerThread:
     race with listen()). For ``tcp://host:0`` the port is known once bound.
     """
 
-    def __init__(self, env_or_factory: Any, address: str) -> None:
-        self.server = EnvServer(env_or_factory, address, ready_message=None)
+    def __init__(self, env_or_factory: Any, address: str, **server_kwargs: Any) -> None:
+        self.server = EnvServer(env_or_factory, address, ready_message=None, **server_kwargs)
         self.loop = asyncio.new_event_loop()
         self.error: BaseException | None = None
         self._ready = threading.Event()

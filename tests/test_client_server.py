@@ -483,3 +483,21 @@ async def test_a_hung_client_does_not_block_the_server_loop(serve: Serve, flavou
     sock.close()
     env = await open_when_free(flavour, address)
     await env.close()
+
+
+async def test_a_peer_that_never_says_hello_loses_the_slot(tmp_path: Path) -> None:
+    st = ServerThread(gym.make("CartPole-v1"), f"unix://{tmp_path}/s.sock", hello_timeout=0.3).start()
+    try:
+        mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        mute.connect(str(tmp_path / "s.sock"))
+        mute.settimeout(10)
+        received = b""
+        while chunk := mute.recv(4096):  # the server drops it: an error frame, then EOF
+            received += chunk
+        mute.close()
+        assert b"no HELLO within 0.3s" in received
+        env = AsyncRemoteEnv(st.address)
+        async with env:
+            await env.reset(seed=0)
+    finally:
+        st.stop()

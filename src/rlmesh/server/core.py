@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import traceback
 from collections.abc import Callable
 from typing import Any, cast
@@ -42,6 +43,7 @@ __all__ = ["READY_LINE_PREFIX", "EnvServer"]
 log = logging.getLogger("rlmesh.server")
 
 READY_LINE_PREFIX = "rlmesh-server ready"
+HELLO_TIMEOUT = 10.0  # seconds a new connection has to send its HELLO
 
 
 
@@ -55,6 +57,8 @@ class EnvServer:
         max_frame_size: The largest frame accepted from a client.
         ready_message: Printed (with the address) once connections are accepted;
             None prints nothing.
+        hello_timeout: Seconds a new connection has to send its HELLO before it is
+            dropped, so that a silent peer cannot hold the one client slot.
     """
 
     def __init__(
@@ -64,12 +68,14 @@ class EnvServer:
         *,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         ready_message: str | None = READY_LINE_PREFIX,
+        hello_timeout: float = HELLO_TIMEOUT,
     ) -> None:
         self._address: Address = parse_address(address)
         self._env_or_factory = env_or_factory
         self._env: EnvLike | None = None
         self._max_frame_size = max_frame_size
         self._ready_message = ready_message
+        self._hello_timeout = hello_timeout
         self._active: _ServerProtocol | None = None
         self._hello: list[bytes | memoryview] | None = None
         self._stop: asyncio.Event | None = None
@@ -221,6 +227,7 @@ class _ServerProtocol(asyncio.Protocol):
         self.conn = Connection(server._max_frame_size)
         self.greeted = False
         self.rejected = False
+        self._hello_timer: asyncio.TimerHandle | None = None
         self.peer = "client"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -244,6 +251,25 @@ class _ServerProtocol(asyncio.Protocol):
                 transport.close()
             return
         self.server._active = self
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # notice dead TCP peers
+        # A peer that never says HELLO (a port scanner, a stuck client) must not hold the slot.
+        timeout = self.server._hello_timeout
+        self._hello_timer = asyncio.get_running_loop().call_later(timeout, self._no_hello, timeout)
+
+    def _no_hello(self, timeout: float) -> None:
+        if not self.greeted and self.transport is not None:
+            self._drop(f"no HELLO within {timeout:g}s")
+
+    def pause_writing(self) -> None:
+        # Backpressure: a client that sends requests without reading replies stops being read.
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         transport = self.transport
@@ -264,6 +290,8 @@ class _ServerProtocol(asyncio.Protocol):
                     self._drop(f"client speaks protocol version {version!r}, server {PROTOCOL_VERSION}")
                     return
                 self.greeted = True
+                if self._hello_timer is not None:
+                    self._hello_timer.cancel()
                 assert self.server._hello is not None
                 transport.writelines(_with_request_id(self.server._hello, msg.request_id))
                 continue
@@ -279,6 +307,8 @@ class _ServerProtocol(asyncio.Protocol):
         self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
         if self.server._active is self:
             self.server._active = None
         self.transport = None
