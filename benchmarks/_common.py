@@ -138,6 +138,22 @@ def vector_block(env: Any, actions: Any, seconds: float, warmup: int) -> tuple[l
             return out, len(actions) * len(out) / (t1 - start)
 
 
+def vector_round(pairs: Any, actions: Any, seconds: float, warmup: int) -> None:
+    """One :func:`vector_block` per ``(env, series)``, each recorded as samples and a round rate."""
+    for env, series in pairs:
+        with collected():
+            samples, rate = vector_block(env, actions, seconds, warmup)
+        series.samples += samples
+        series.per_round.append(rate)
+
+
+def close_all(cleanup: list[Callable[[], Any]]) -> None:
+    """Call the closers in reverse order; one failing does not stop the rest."""
+    for close in reversed(cleanup):
+        with contextlib.suppress(Exception):
+            close()
+
+
 @contextlib.contextmanager
 def collected() -> Iterator[None]:
     """Start a block on a freshly collected heap, so earlier garbage is not timed in it."""

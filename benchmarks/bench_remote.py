@@ -33,7 +33,7 @@ from typing import Any
 
 from _common import (
     ENV_ID, Series, Servers, collected, paired, print_table, ratio_cols, run_main, serve_argv,
-    sync_env_block, us, vector_block, verdict,
+    close_all, sync_env_block, us, vector_round, verdict,
 )
 
 try:
@@ -311,16 +311,10 @@ def main(argv: list[str] | None = None) -> int:
                 fecho.add_latency(blocking_echo_block(echo_floor, block, lw))
             with collected():
                 fenv.add_latency(sync_env_block(floor, block, lw))
-            for env, series in ((rvec, vrem), (lvec, vloc)):
-                with collected():
-                    samples, rate = vector_block(env, actions, block, vw)
-                series.samples += samples
-                series.per_round.append(rate)
+            vector_round(((rvec, vrem), (lvec, vloc)), actions, block, vw)
             print(f"  round {r + 1}/{rounds} ({time.perf_counter() - t_start:.0f} s)", flush=True)
     finally:
-        for close in reversed(cleanup):
-            with contextlib.suppress(Exception):
-                close()
+        close_all(cleanup)
         for runner in runners.values():
             runner.close()
         servers.close()
@@ -358,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.append([f"RemoteVectorEnv N={VEC_N} env-steps/s", f"{rem:,.0f}/s", f"SyncVectorEnv {loc:,.0f}/s",
                  *ratio_cols(vper), f">= {THROUGHPUT_TARGET:g}x",
                  verdict(vratio >= THROUGHPUT_TARGET)])
-    rows.append([f"  vector step p50, remote vs in-process", us(vrem.p50), us(vloc.p50), f"{vrem.p50 / vloc.p50:.2f}x",
+    rows.append(["  vector step p50, remote vs in-process", us(vrem.p50), us(vloc.p50), f"{vrem.p50 / vloc.p50:.2f}x",
                  "", "info", ""])
     print()
     print_table(header, rows)

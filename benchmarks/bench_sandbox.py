@@ -34,7 +34,7 @@ from typing import Any
 
 from _common import (
     ENV_ID, Series, Servers, collected, ms, paired, print_table, ratio_cols, run_main, serve_argv,
-    sync_env_block, us, vector_block, verdict,
+    close_all, sync_env_block, us, vector_round, verdict,
 )
 
 os.environ.setdefault("RLMESH_PULL_POLICY", "never")  # a benchmark never reaches a registry
@@ -294,16 +294,10 @@ def main(argv: list[str] | None = None) -> int:
             for single, series in ((sbx, step_sbx), (remote, step_rem)):
                 with collected():
                     series.add_latency(sync_env_block(single, block, lw))
-            for vec, series in ((svec, vsbx), (lvec, vloc)):
-                with collected():
-                    samples, rate = vector_block(vec, actions, block, vw)
-                series.samples += samples
-                series.per_round.append(rate)
+            vector_round(((svec, vsbx), (lvec, vloc)), actions, block, vw)
             print(f"  round {r + 1}/{rounds} ({time.perf_counter() - t_start:.0f} s)", flush=True)
     finally:
-        for close in reversed(cleanup):
-            with contextlib.suppress(Exception):
-                close()
+        close_all(cleanup)
         servers.close()
         with contextlib.suppress(Exception):
             left = sweep_containers(OWNER)
@@ -319,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                      verdict(statistics.median(per) <= START_RATIO_TARGET)])
         rows.append(["  absolute (spec)", ms(st.p50), "", "", "", f"<= {START_ABS_TARGET:g} s",
                      verdict(st.p50 <= START_ABS_TARGET)])
-        rows.append([f"  close() p50", ms(cl.p50), "", "", "", "info", ""])
+        rows.append(["  close() p50", ms(cl.p50), "", "", "", "info", ""])
     rows.append(["SandboxEnv start split into (p50 of each):", "", "", "", "", "", ""])
     for name, values in phases.items():
         if values:

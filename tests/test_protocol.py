@@ -147,7 +147,7 @@ PLAIN = {
     "tuple_vs_list": (1, [2, (3,), []], (), [()]),
     "bytes": [b"", b"\x00\xffdata", b"x" * 1000],
     "empty_containers": [{}, [], ()],
-    "non_str_keys": {1: "a", 2.5: {None: [1]}, (1, "x"): {"s": True}, b"k": 3, True: "bool"},
+    "non_str_keys": {1: "a", 2.5: {None: [1]}, (1, "x"): {"s": True}, b"k": 3, (): "empty tuple key"},
     "tag_lookalikes": [
         {"__nd__": 0}, {"__t__": [1, 2]}, {"__d__": [[1, 2]]}, {"__f__": "nan"},
         {"__i__": "5"}, {"__by__": 0}, {"__no__": [[1], [2]]}, {"__g__": [1, 2, 3]}, {"__ns__": 0},
