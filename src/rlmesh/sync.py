@@ -21,7 +21,15 @@ __all__ = ["RemoteEnv", "RemoteVectorEnv", "SyncEnvShell", "SyncVectorEnvShell"]
 CoreT = TypeVar("CoreT", bound=_AsyncRemoteBase)
 
 
-def _adopt(shell: Any, core: _AsyncRemoteBase) -> None:
+def _start_and_adopt(shell: Any, core: _AsyncRemoteBase) -> None:
+    # Start the core on the shared loop (close it again if that fails or is interrupted),
+    # then take over its spaces and metadata.
+    shell._core = core
+    try:
+        _portal.call(_start, core)
+    except BaseException:
+        _portal.call(core.close)
+        raise
     shell.observation_space = core.observation_space
     shell.action_space = core.action_space
     shell.metadata = core.metadata
@@ -38,19 +46,19 @@ async def _start(core: _AsyncRemoteBase) -> None:
         await core.connect()
 
 
+def _close(shell: Any) -> None:
+    core = getattr(shell, "_core", None)
+    if core is not None and not core.closed:
+        _portal.call(core.close)
+
+
 class SyncEnvShell(gym.Env[Any, Any], Generic[CoreT]):
     """A ``gymnasium.Env`` that runs an async single-env core on the shared loop."""
 
     _core: CoreT
 
     def __init__(self, core: CoreT) -> None:
-        self._core = core
-        try:
-            _portal.call(_start, core)
-        except BaseException:
-            _portal.call(core.close)
-            raise
-        _adopt(self, core)
+        _start_and_adopt(self, core)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """Reset the env, as ``gymnasium.Env.reset``."""
@@ -69,9 +77,7 @@ class SyncEnvShell(gym.Env[Any, Any], Generic[CoreT]):
 
     def close(self) -> None:
         """Close the env (and its sandbox, if any). Idempotent."""
-        core = getattr(self, "_core", None)
-        if core is not None and not core.closed:
-            _portal.call(core.close)
+        _close(self)
 
     @property
     def closed(self) -> bool:
@@ -95,13 +101,7 @@ class SyncVectorEnvShell(VectorEnv[Any, Any, Any], Generic[CoreT]):
     _core: CoreT
 
     def __init__(self, core: CoreT) -> None:
-        self._core = core
-        try:
-            _portal.call(_start, core)
-        except BaseException:
-            _portal.call(core.close)
-            raise
-        _adopt(self, core)
+        _start_and_adopt(self, core)
         self.num_envs = core.num_envs  # type: ignore[attr-defined]
         self.single_observation_space = core.single_observation_space  # type: ignore[attr-defined]
         self.single_action_space = core.single_action_space  # type: ignore[attr-defined]
@@ -126,9 +126,7 @@ class SyncVectorEnvShell(VectorEnv[Any, Any, Any], Generic[CoreT]):
 
     def close_extras(self, **kwargs: Any) -> None:
         """Close the connection (and the sandbox, if any)."""
-        core = getattr(self, "_core", None)
-        if core is not None and not core.closed:
-            _portal.call(core.close)
+        _close(self)
 
     def __enter__(self) -> SyncVectorEnvShell[CoreT]:
         return self

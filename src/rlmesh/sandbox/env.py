@@ -229,13 +229,6 @@ class _SandboxMixin(_AsyncRemoteBase):
         finally:
             await asyncio.shield(self._teardown())
 
-    async def __aenter__(self) -> Any:
-        try:
-            return await self.start()
-        except BaseException:
-            await self.close()
-            raise
-
 
 _OPTION_DOCS = """
     Args:
