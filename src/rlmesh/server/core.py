@@ -90,9 +90,9 @@ class EnvServer:
     def env(self) -> EnvLike:
         """The served env (created on first use when a factory was given)."""
         if self._env is None:
-            made = self._env_or_factory() if callable(self._env_or_factory) and not isinstance(
-                self._env_or_factory, (gym.Env, gym.vector.VectorEnv)
-            ) else self._env_or_factory
+            made = self._env_or_factory
+            if not isinstance(made, (gym.Env, gym.vector.VectorEnv)) and callable(made):
+                made = made()
             if not isinstance(made, (gym.Env, gym.vector.VectorEnv)):
                 raise TypeError(f"env factory returned {type(made).__name__}, not a gymnasium env")
             self._env = made
