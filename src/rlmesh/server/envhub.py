@@ -103,28 +103,37 @@ def _select(made: Any, suite: str | None, task: str | None) -> EnvLike:
         raise SourceError(f"make_env returned {type(made).__name__}; expected an env or {{suite: {{task: env}}}}")
     suites = {str(k): v for k, v in made.items()}
     available = {s: sorted(str(t) for t in tasks) for s, tasks in suites.items() if isinstance(tasks, Mapping)}
-    if suite is None:
-        if len(suites) != 1:
-            raise SourceError(f"choose a suite with hf://owner/repo:SUITE/TASK; available: {available}")
-        suite = next(iter(suites))
-    if suite not in suites:
-        raise SourceError(f"suite {suite!r} not found; available: {available}")
+    suite = _pick(
+        suites, suite,
+        choose=f"choose a suite with hf://owner/repo:SUITE/TASK; available: {available}",
+        missing=f"suite {suite!r} not found; available: {available}",
+    )
     tasks = suites[suite]
     if isinstance(tasks, (gym.Env, gym.vector.VectorEnv)):
         if task is not None:
             raise SourceError(f"suite {suite!r} is a single env; it has no task {task!r}")
         return tasks
     by_name = {str(k): v for k, v in tasks.items()}
-    if task is None:
-        if len(by_name) != 1:
-            raise SourceError(f"choose a task of suite {suite!r} with :{suite}/TASK; available: {sorted(by_name)}")
-        task = next(iter(by_name))
-    if task not in by_name:
-        raise SourceError(f"task {task!r} not found in suite {suite!r}; available: {sorted(by_name)}")
+    task = _pick(
+        by_name, task,
+        choose=f"choose a task of suite {suite!r} with :{suite}/TASK; available: {sorted(by_name)}",
+        missing=f"task {task!r} not found in suite {suite!r}; available: {sorted(by_name)}",
+    )
     env = by_name[task]
     if not isinstance(env, (gym.Env, gym.vector.VectorEnv)):
         raise SourceError(f"{suite}/{task} is {type(env).__name__}, not a gymnasium env")
     return env
+
+
+def _pick(entries: Mapping[str, Any], key: str | None, *, choose: str, missing: str) -> str:
+    # The named entry; with no name, the only one. Anything else is an error listing the choices.
+    if key is None:
+        if len(entries) != 1:
+            raise SourceError(choose)
+        return next(iter(entries))
+    if key not in entries:
+        raise SourceError(missing)
+    return key
 
 
 class SingleLaneEnv(gym.Env[Any, Any]):
