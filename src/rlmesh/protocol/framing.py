@@ -16,7 +16,6 @@ returns the bytes to send.
 
 from __future__ import annotations
 
-import math
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -216,9 +215,13 @@ class Connection:
                 dtype = np.dtype(dtype_str)
                 if dtype.kind == "O" or dtype.hasobject:
                     raise ValueError("object buffers are not allowed")
-                if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+                if type(shape) is not list:
                     raise ValueError(f"bad array shape {shape!r}")
-                count = math.prod(shape)
+                count = 1
+                for d in shape:  # one pass: check each dimension and multiply
+                    if type(d) is not int or d < 0:
+                        raise ValueError(f"bad array shape {shape!r}")
+                    count *= d
                 n = count * dtype.itemsize
                 if offset + n > size:
                     raise ValueError("an array runs past the end of the payload")
