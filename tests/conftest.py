@@ -22,15 +22,15 @@ def sock_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def serve(sock_path: Path) -> Iterator[Callable[..., str]]:
-    """``serve(env_or_factory, address=None) -> address``: serve in-process until the test ends.
+    """``serve(env_or_factory, address=None, **server_kwargs) -> address``: serve in-process until the test ends.
 
     The default address is ``unix://<tmp_path>/s.sock``; several servers in one
     test need explicit addresses.
     """
     servers: list[ServerThread] = []
 
-    def start(env_or_factory: Any, address: str | None = None) -> str:
-        st = ServerThread(env_or_factory, address or f"unix://{sock_path}")
+    def start(env_or_factory: Any, address: str | None = None, **server_kwargs: Any) -> str:
+        st = ServerThread(env_or_factory, address or f"unix://{sock_path}", **server_kwargs)
         servers.append(st.start())
         return st.address
 

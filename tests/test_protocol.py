@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import struct
+import tracemalloc
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,7 @@ from rlmesh.errors import InvalidArgumentError, ProtocolError, UnsupportedSpaceE
 from rlmesh.protocol import (
     PROTOCOL_VERSION,
     Connection,
+    Decoder,
     MessageType,
     decode_space,
     encode_frame,
@@ -34,10 +37,10 @@ HEADER = struct.Struct("<2sBBIII")
 
 def roundtrip(value: Any, mtype: MessageType = MessageType.STEP, rid: int = 7) -> Any:
     conn = Connection()
-    msgs = conn.receive_data(b"".join(bytes(c) for c in encode_message(mtype, rid, value)))
+    msgs = conn.receive_data(encode_message(mtype, rid, value))
     assert len(msgs) == 1 and conn.buffered == 0
     assert msgs[0].type is mtype and msgs[0].request_id == rid
-    return msgs[0].body
+    return msgs[0].value()
 
 
 def raw_frame(
@@ -239,14 +242,14 @@ def test_decoded_arrays_share_the_frame_buffer_and_are_writable() -> None:
         assert_same(v.dtype, arr.dtype)
 
 
-def test_large_frames_are_not_copied_before_the_write() -> None:
+def test_a_frame_never_shares_memory_with_the_arrays_it_carries() -> None:
+    # The sender may overwrite its arrays (an env reusing its observation buffer) while the
+    # transport still holds unsent bytes: a frame is its own copy.
     arr = np.arange(100_000, dtype=np.float64)
-    chunks = encode_message(MessageType.STEP, 1, {"obs": arr})
-    assert len(chunks) > 1
-    assert any(
-        isinstance(c, memoryview) and np.shares_memory(np.frombuffer(c, np.uint8), arr) for c in chunks
-    )
-    assert_same(Connection().receive_data(b"".join(bytes(c) for c in chunks))[0].body, {"obs": arr})
+    frame = encode_message(MessageType.STEP, 1, {"obs": arr})
+    assert type(frame) is bytes
+    arr[:] = -1
+    assert_same(Connection().receive_data(frame)[0].value(), {"obs": np.arange(100_000, dtype=np.float64)})
 
 
 # --------------------------------------------------------------------------- spaces
@@ -298,9 +301,11 @@ ALL_SPACES = {
 def space_roundtrip(space: spaces.Space[Any]) -> spaces.Space[Any]:
     buffers: list[np.ndarray[Any, Any]] = []
     tree = encode_space(space, buffers)
-    chunks = encode_frame(MessageType.HELLO, 0, {"space": tree}, buffers)
-    body = Connection().receive_data(b"".join(bytes(c) for c in chunks))[0].body
-    return decode_space(body["space"], [])
+    frame = Connection().receive_data(encode_frame(MessageType.HELLO, 0, {"space": tree}, buffers))[0]
+    decoder = frame.decoder()
+    space = decode_space(frame.tree["space"], decoder)
+    decoder.finish()
+    return space
 
 
 def _same_structure(a: spaces.Space[Any], b: spaces.Space[Any]) -> None:
@@ -346,7 +351,7 @@ def test_unsupported_space_names_it(space: spaces.Space[Any]) -> None:
 
 def test_unknown_space_description() -> None:
     with pytest.raises(UnsupportedSpaceError, match="Nope"):
-        decode_space({"type": "Nope"}, [])
+        decode_space({"type": "Nope"}, Decoder([]))
 
 
 # --------------------------------------------------------------------------- framing
@@ -355,7 +360,7 @@ SAMPLE_BODY = {"obs": np.arange(5, dtype=np.float32), "r": 1.5, "t": (True, b"\x
 
 
 def sample_frame(rid: int = 3) -> bytes:
-    return b"".join(bytes(c) for c in encode_message(MessageType.STEP, rid, SAMPLE_BODY))
+    return encode_message(MessageType.STEP, rid, SAMPLE_BODY)
 
 
 def test_byte_by_byte_feeding() -> None:
@@ -367,7 +372,7 @@ def test_byte_by_byte_feeding() -> None:
         assert conn.buffered == (i + 1) - sum(len(sample_frame()) for _ in got)
     assert [m.request_id for m in got] == [3, 4]
     for m in got:
-        assert_same(m.body, SAMPLE_BODY)
+        assert_same(m.value(), SAMPLE_BODY)
 
 
 def test_several_frames_in_one_chunk_and_a_partial_tail() -> None:
@@ -375,10 +380,11 @@ def test_several_frames_in_one_chunk_and_a_partial_tail() -> None:
     conn = Connection()
     msgs = conn.receive_data(memoryview(frame * 3 + frame[:10]))
     assert len(msgs) == 3 and conn.buffered == 10
-    assert [m.body["s"] for m in conn.receive_data(frame[10:])] == ["x"]
+    assert [m.value()["s"] for m in conn.receive_data(frame[10:])] == ["x"]
     assert conn.buffered == 0
 
 
+# Frames the stream parser refuses: the stream is out of sync and the connection fails.
 BAD_FRAMES = {
     "bad_magic": raw_frame(b"[null,[]]", magic=b"XX"),
     "http": b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
@@ -387,21 +393,43 @@ BAD_FRAMES = {
     "oversized": raw_frame(b"", jlen=8, plen=2**31),
     "oversized_json": raw_frame(b"", jlen=128 << 20, plen=0),
     "misaligned_json_len": raw_frame(b"[null,[]]", pad=False),
+    "misaligned_payload_len": raw_frame(b"[null,[]]", b"\0" * 3),
+    "empty_json": raw_frame(b""),
     "truncated_json": raw_frame(b'[{"a": [1, 2'),
     "malformed_json": raw_frame(b"[nul,[]]"),
     "not_a_pair": raw_frame(b"[1,2,3]"),
+    "not_a_list": raw_frame(b'{"a":1}'),
+    "meta_not_a_list": raw_frame(b"[1,{}]"),
     "nan_token": raw_frame(b"[NaN,[]]"),
-    "missing_buffer": raw_frame(b'[{"__nd__":0},[]]'),
     "buffer_too_short": raw_frame(b'[{"__nd__":0},[["<f8",[4]]]]', b"\0" * 8),
     "payload_too_long": raw_frame(b'[{"__nd__":0},[["<f8",[1]]]]', b"\0" * 16),
     "payload_without_meta": raw_frame(b"[null,[]]", b"\0" * 8),
     "object_dtype": raw_frame(b'[{"__nd__":0},[["|O",[1]]]]', b"\0" * 8),
     "bad_dtype": raw_frame(b'[{"__nd__":0},[["<q9",[1]]]]', b"\0" * 8),
+    "structured_dtype": raw_frame(b'[{"__nd__":0},[["(2,)<f8",[1]]]]', b"\0" * 16),
+    "huge_void_dtype": raw_frame(b'[{"__nd__":0},[["|V999999999",[0]]]]'),
     "negative_shape": raw_frame(b'[{"__nd__":0},[["<f8",[-1,-1]]]]', b"\0" * 8),
+    "too_many_dims": raw_frame(b'[{"__nd__":0},[["<f8",[' + b",".join([b"1"] * 40) + b']]]]', b"\0" * 8),
+    "meta_item_not_a_pair": raw_frame(b'[null,[["<f8"]]]'),
+}
+
+# Frames well framed but whose body is malformed: the frame's value() raises, the stream is fine.
+BAD_BODIES = {
+    "missing_buffer": raw_frame(b'[{"__nd__":0},[]]'),
     "bad_float_tag": raw_frame(b'[{"__f__":"1.5"},[]]'),
     "unhashable_key": raw_frame(b'[{"__d__":[[[1],2]]},[]]'),
+    "bad_dict_tag": raw_frame(b'[{"__d__":[[1,2,3]]},[]]'),
     "bad_graph": raw_frame(b'[{"__g__":[1]},[]]'),
     "huge_int_tag": raw_frame(b'[{"__i__":"' + b"9" * 5000 + b'"},[]]'),
+    "int_tag_not_a_string": raw_frame(b'[{"__i__":5},[]]'),
+    "scalar_tag_on_an_array": raw_frame(b'[{"__ns__":0},[["<f8",[2]]]]', b"\0" * 16),
+    "buffer_used_twice": raw_frame(b'[[{"__nd__":0},{"__nd__":0}],[["<f8",[1]]]]', b"\0" * 8),
+    "bytes_buffer_used_twice": raw_frame(b'[[{"__by__":0},{"__by__":0}],[["|u1",[8]]]]', b"\0" * 8),
+    "buffer_never_used": raw_frame(b'[null,[["<f8",[1]]]]', b"\0" * 8),
+    "buffer_index_not_an_int": raw_frame(b'[{"__nd__":"0"},[["<f8",[1]]]]', b"\0" * 8),
+    "too_deep": raw_frame(b"[" + b"[" * 150 + b"]" * 150 + b",[]]"),
+    "object_array_bad_shape": raw_frame(b'[{"__no__":[[3],[1,2]]},[]]'),
+    "object_array_not_a_pair": raw_frame(b'[{"__no__":[1]},[]]'),
 }
 
 
@@ -416,6 +444,41 @@ def test_bad_frames_raise_protocol_error(data: bytes) -> None:
         conn.receive_data(sample_frame())
 
 
+@pytest.mark.parametrize("data", BAD_BODIES.values(), ids=BAD_BODIES.keys())
+def test_bad_bodies_raise_protocol_error(data: bytes) -> None:
+    conn = Connection(max_frame_size=1 << 20)
+    (frame,) = conn.receive_data(data)
+    with pytest.raises(ProtocolError, match="malformed STEP body"):
+        frame.value()
+    assert_same(conn.receive_data(sample_frame())[0].value(), SAMPLE_BODY)
+
+
+def test_amplification_by_reused_buffers_is_refused() -> None:
+    # One 1 MiB buffer referenced 1000 times would decode into 1 GB of bytes objects.
+    tree = [{"__by__": 0}] * 1000
+    frame = raw_frame(orjson.dumps([tree, [["|u1", [1 << 20]]]]), bytes(1 << 20))
+    (msg,) = Connection().receive_data(frame)
+    with pytest.raises(ProtocolError, match="referenced twice"):
+        msg.value()
+
+
+def test_receiving_a_frame_costs_its_size_once() -> None:
+    # A frame's bytes land in one buffer of exactly its declared size, which the arrays view.
+    arr = np.arange(1 << 20, dtype=np.float64)  # 8 MiB
+    frame = encode_message(MessageType.STEP, 1, arr)
+    conn = Connection()
+    tracemalloc.start()
+    try:
+        for i in range(0, len(frame), 1 << 18):
+            msgs = conn.receive_data(frame[i : i + (1 << 18)])
+        out = msgs[0].value()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert_same(out, arr)
+    assert peak < 1.2 * len(frame), f"peak {peak} for a frame of {len(frame)}"
+
+
 def test_bad_header_fails_before_the_body_arrives() -> None:
     # Only the 16 header bytes: a huge declared length is refused without buffering.
     with pytest.raises(ProtocolError, match="exceeds the maximum"):
@@ -426,9 +489,9 @@ def test_bad_header_fails_before_the_body_arrives() -> None:
 
 def test_frame_within_the_limit_is_accepted() -> None:
     frame = sample_frame()
-    assert len(Connection(max_frame_size=len(frame) - 16).receive_data(frame)) == 1
+    assert len(Connection(max_frame_size=len(frame)).receive_data(frame)) == 1  # the header counts
     with pytest.raises(ProtocolError):
-        Connection(max_frame_size=len(frame) - 17).receive_data(frame)
+        Connection(max_frame_size=len(frame) - 1).receive_data(frame)
 
 
 # --------------------------------------------------------------------------- fuzzing
@@ -443,7 +506,10 @@ def _feed(chunks: list[bytes]) -> None:
             msgs = conn.receive_data(chunk)
         except ProtocolError:
             return
-        assert all(m.type in MessageType for m in msgs)
+        for m in msgs:
+            assert m.type in MessageType
+            with contextlib.suppress(ProtocolError):
+                m.value()
 
 
 @FUZZ

@@ -1,52 +1,74 @@
-"""The one event-loop thread that runs the async core for the sync classes.
+"""The one event-loop thread that runs the async core for the sync classes, and the bridge to it.
 
 A single anyio ``BlockingPortal`` is started on first use, on a daemon thread,
 and lives as long as the process: a sync call hands a coroutine to it and waits.
 There is never a loop or a thread per call. The thread is a daemon so that a
 forgotten env cannot hang interpreter exit; an ``atexit`` hook stops the loop
-(sandboxes still running then are removed by their own ``atexit`` hook, in
+(sandboxes still running then are removed by their own exit hook, in
 :mod:`rlmesh.sandbox.container`).
+
+The hot path (:func:`request`) does not start a portal task at all: the request
+is written from the loop with one ``call_soon_threadsafe``, and the reply wakes
+the waiting thread straight from the connection's ``data_received``.
+
+After ``os.fork()`` the child has no loop thread (threads do not survive a
+fork), so the child's state is reset: its first sync call starts its own loop.
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
+import os
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from .errors import RLMeshError
+from .errors import RLMeshError, RLMeshTimeoutError, TransportError
 
-__all__ = ["call", "check_caller", "get_portal", "in_portal_thread"]
+if TYPE_CHECKING:
+    from .client.env import _AsyncRemoteBase
+    from .protocol import Frame, MessageType
+
+__all__ = ["call", "check_caller", "get_portal", "in_portal_thread", "request"]
 
 T = TypeVar("T")
+log = logging.getLogger("rlmesh")
 
 _lock = threading.Lock()
 _portal: BlockingPortal | None = None
 _thread: threading.Thread | None = None
+_shut_down = False
+_atexit_registered = False
 
 
 def _backend() -> tuple[str, dict[str, Any]]:
     try:
         import uvloop  # noqa: F401, PLC0415
-
-        return "asyncio", {"use_uvloop": True}
     except ImportError:
         return "asyncio", {}
+    return "asyncio", {"use_uvloop": True}
 
 
 def get_portal() -> BlockingPortal:
-    """Return the process-wide portal, starting its thread on first use."""
-    global _portal, _thread
+    """Return the process-wide portal, starting its thread on first use.
+
+    Raises:
+        RLMeshError: The loop thread cannot start, or it was shut down (interpreter exit).
+    """
+    global _portal, _thread, _atexit_registered
     portal = _portal
     if portal is not None:
         return portal
     with _lock:
         if _portal is not None:
             return _portal
+        if _shut_down:
+            raise RLMeshError("rlmesh's event loop has shut down (the interpreter is exiting); "
+                              "sync rlmesh classes cannot be used any more in this process")
         ready = threading.Event()
         box: list[BlockingPortal] = []
         failure: list[BaseException] = []
@@ -72,7 +94,9 @@ def get_portal() -> BlockingPortal:
         if not box:
             raise RLMeshError(f"rlmesh's event-loop thread failed to start: {failure[0]!r}") from failure[0]
         _portal, _thread = box[0], thread
-        atexit.register(_shutdown)
+        if not _atexit_registered:
+            atexit.register(_shutdown)
+            _atexit_registered = True
         return _portal
 
 
@@ -85,10 +109,17 @@ def call(func: Callable[..., Awaitable[T]], *args: Any) -> T:
     """Run ``func(*args)`` on the shared loop and wait for its result.
 
     Raises:
-        RLMeshError: Called from the loop thread itself, where waiting would deadlock.
+        RLMeshError: Called from the loop thread itself (where waiting would deadlock), or
+            the loop has shut down.
     """
     check_caller()
-    return get_portal().call(func, *args)
+    portal = get_portal()
+    try:
+        return portal.call(func, *args)
+    except RuntimeError as exc:
+        if _portal is not portal or "not running" in str(exc):
+            raise RLMeshError(f"rlmesh's event loop stopped while this call was made: {exc}") from exc
+        raise
 
 
 def check_caller() -> None:
@@ -104,11 +135,105 @@ def check_caller() -> None:
         )
 
 
+class _ThreadSlot:
+    """The reply slot of a request made from a thread other than the loop's.
+
+    It stands where an ``asyncio.Future`` would (it has the ``done``/``set_result``/
+    ``set_exception`` that the connection uses), so the reply wakes the waiting thread
+    straight from ``data_received``: no task, no coroutine, one thread hop each way.
+    """
+
+    __slots__ = ("_done", "_exc", "_lock", "_value", "rid")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._done = False
+        self._value: Frame | None = None
+        self._exc: BaseException | None = None
+        self.rid = 0
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, value: Frame, /) -> None:
+        self._value, self._done = value, True
+        self._lock.release()
+
+    def set_exception(self, exc: BaseException, /) -> None:
+        self._exc, self._done = exc, True
+        self._lock.release()
+
+    def wait(self, timeout: float | None) -> Frame:
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError
+        if self._exc is not None:
+            raise self._exc
+        assert self._value is not None
+        return self._value
+
+
+def request(core: _AsyncRemoteBase, mtype: MessageType, body: Any) -> Frame:
+    """Send a request on ``core``'s connection from this (non-loop) thread and wait for the reply.
+
+    Raises:
+        RLMeshTimeoutError: No reply within the core's ``request_timeout``.
+        TransportError: The connection failed (explained by the core, e.g. a sandbox's exit).
+    """
+    check_caller()
+    conn = core.connection
+    slot = _ThreadSlot()
+
+    def submit() -> None:  # on the loop; any failure goes to the waiting thread
+        try:
+            slot.rid = conn.submit(mtype, body, slot)
+        except BaseException as exc:
+            if not slot.done():
+                slot.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    loop = conn.loop
+    try:
+        loop.call_soon_threadsafe(submit)
+    except RuntimeError as exc:  # the loop is closed
+        raise RLMeshError(f"rlmesh's event loop is not running: {exc}") from exc
+    timeout = core.request_timeout
+    try:
+        return slot.wait(timeout)
+    except TimeoutError:
+        loop.call_soon_threadsafe(_forget, conn, slot)
+        raise RLMeshTimeoutError(f"no reply from the env server within request_timeout={timeout}s") from None
+    except TransportError as exc:
+        explained = call(core.explain, exc)
+        if explained is exc:
+            raise
+        raise explained from exc
+
+
+def _forget(conn: Any, slot: _ThreadSlot) -> None:
+    if slot.rid:
+        conn.abandon(slot.rid)
+
+
 def _shutdown() -> None:
-    portal = _portal
+    global _portal, _thread, _shut_down
+    with _lock:
+        portal, _portal, _thread, _shut_down = _portal, None, None, True
     if portal is None:
         return
     try:
         portal.call(portal.stop)
-    except Exception:  # noqa: S110
-        pass
+    except Exception as exc:  # noqa: BLE001  (exit-time: report, never raise)
+        log.debug("stopping rlmesh's event loop: %r", exc)
+
+
+def _after_fork_in_child() -> None:
+    # The loop thread did not survive the fork; its portal, lock and clients are unusable here.
+    global _lock, _portal, _thread
+    _lock = threading.Lock()
+    _portal = None
+    _thread = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -13,10 +13,12 @@ meaning matches a builtin, the builtin is mixed in, so ``except ValueError`` and
     │   ├── ConnectError                      could not connect to the server
     │   ├── ConnectionClosedError             the peer went away mid-session
     │   └── ServerBusyError                   the server already serves a client
+    ├── AuthenticationError (PermissionError) wrong or missing token, or a server that cannot prove it
     ├── ProtocolError                         bytes on the wire broke the protocol
     ├── RLMeshTimeoutError (TimeoutError)     a deadline passed
-    ├── RemoteEnvError                        the env raised; carries its traceback
-    ├── EnvClosedError                        the env was used after close()
+    ├── RemoteEnvError                        the env raised; carries its traceback (and is also an
+    │                                         instance of the remote builtin or gymnasium.error type)
+    ├── EnvClosedError (gymnasium.error.ClosedEnvironmentError)  the env was used after close()
     └── SandboxError                          container or image trouble
         ├── DockerUnavailableError            no Docker engine is reachable
         ├── ImageBuildError                   the image build failed
@@ -32,7 +34,10 @@ can report them without parsing messages.
 
 from __future__ import annotations
 
+from gymnasium.error import ClosedEnvironmentError
+
 __all__ = [
+    "AuthenticationError",
     "BaseImageError",
     "BootstrapError",
     "ConnectError",
@@ -100,16 +105,27 @@ class ServerBusyError(TransportError):
     """The env server already serves another client."""
 
 
+class AuthenticationError(RLMeshError, PermissionError):
+    """The token handshake failed: a wrong or missing token on either side.
+
+    The server logs it, drops that connection and keeps serving.
+    """
+
+
 class ProtocolError(RLMeshError):
-    """A peer sent bytes that do not follow the rlmesh protocol."""
+    """A peer sent bytes or a body that do not follow the rlmesh protocol.
+
+    On the client, the connection is closed when this is raised for a reply (its
+    state is unknown); the env must be reconnected or recreated.
+    """
 
 
 class RLMeshTimeoutError(RLMeshError, TimeoutError):
     """A connect, request, build or start-up deadline passed."""
 
 
-class EnvClosedError(RLMeshError):
-    """The env was used after ``close()``."""
+class EnvClosedError(RLMeshError, ClosedEnvironmentError):
+    """The env was used after ``close()`` (also Gymnasium's ``ClosedEnvironmentError``)."""
 
 
 class RemoteEnvError(RLMeshError):

@@ -6,18 +6,33 @@ Usage::
                  [--vectorization-mode sync|async|vector]
                  [--autoreset-mode next_step|same_step|disabled]
                  [--kwargs-json JSON] [--import MODULE ...]
+                 [--token-file PATH | --insecure] [--tls-cert PEM --tls-key PEM]
+                 [--idle-timeout S] [--max-frame-size BYTES]
+
+Over TCP a token is required: ``RLMESH_TOKEN`` or ``--token-file``. ``--insecure``
+serves without one, on loopback addresses only.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import ssl
 import sys
 from collections.abc import Sequence
 
 import orjson
 
 __all__ = ["build_parser", "main"]
+
+
+def _seconds_or_none(text: str) -> float | None:
+    if text.lower() in ("none", "0", "off"):
+        return None
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds, or none")
+    return value
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -32,6 +47,16 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--selector", default=None, help="suite or suite/task, for envhub: sources")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE before loading (repeatable); a failure names it")
+    p.add_argument("--token-file", default=None, metavar="PATH",
+                   help="file holding the shared token clients must prove (default: RLMESH_TOKEN); TCP needs one")
+    p.add_argument("--insecure", action="store_true",
+                   help="serve TCP without a token (loopback addresses only)")
+    p.add_argument("--tls-cert", default=None, metavar="PEM", help="TLS certificate chain (with --tls-key)")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="TLS private key")
+    p.add_argument("--idle-timeout", type=_seconds_or_none, default=argparse.SUPPRESS, metavar="SECONDS",
+                   help="drop a client silent this long (default 300 over TCP, none on Unix sockets; 'none' disables)")
+    p.add_argument("--max-frame-size", type=int, default=None, metavar="BYTES",
+                   help="largest frame accepted from a client (default 1 GiB)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -39,6 +64,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def run(args: argparse.Namespace) -> int:
     """Run the server for parsed arguments; returns the process exit code."""
     from .errors import RLMeshError
+    from .protocol import DEFAULT_MAX_FRAME_SIZE
+    from .protocol.auth import load_token
     from .server import EnvServer, check_imports, load_env
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
@@ -49,7 +76,21 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"rlmesh serve: --kwargs-json must be a JSON object: {exc}", file=sys.stderr)
         return 2
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("rlmesh serve: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
     try:
+        token = load_token(token_file=args.token_file) if args.token_file else None
+        tls = None
+        if args.tls_cert:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(args.tls_cert, args.tls_key)
+        # Check the address and the token before the env is made (it may take long).
+        server_options = {
+            "max_frame_size": args.max_frame_size or DEFAULT_MAX_FRAME_SIZE, "token": token,
+            "insecure": args.insecure, "tls": tls, "idle_timeout": getattr(args, "idle_timeout", "default"),
+        }
+        EnvServer(lambda: None, args.address, **server_options)  # type: ignore[arg-type, return-value]
         check_imports(args.imports)
         env = load_env(
             args.source,
@@ -59,7 +100,10 @@ def run(args: argparse.Namespace) -> int:
             kwargs=kwargs,
             selector=args.selector,
         )
-        EnvServer(env, args.address).serve()
+        EnvServer(env, args.address, **server_options).serve()
+    except (OSError, ssl.SSLError) as exc:
+        print(f"rlmesh serve: {exc}", file=sys.stderr, flush=True)
+        return 3
     except RLMeshError as exc:
         print(f"rlmesh serve: {exc}", file=sys.stderr, flush=True)
         return 3
@@ -67,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m rlmesh.serve``."""
+    """Entry point of the ``python -m rlmesh.serve``."""
     return run(build_parser().parse_args(argv))
 
 

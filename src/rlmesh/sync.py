@@ -1,12 +1,13 @@
 """The sync shell: gymnasium.Env / VectorEnv classes over the async core.
 
-Each method hands the async core's coroutine to the one shared event-loop
-thread (:mod:`rlmesh._portal`) and waits. The classes hold no logic of their
-own beyond that hand-off, so the sync and async APIs behave identically.
+Each method hands the async core's work to the one shared event-loop thread
+(:mod:`rlmesh._portal`) and waits. The classes hold no logic of their own beyond
+that hand-off, so the sync and async APIs behave identically.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Generic, Literal, TypeVar
 
 import gymnasium as gym
@@ -14,7 +15,10 @@ import numpy as np
 from gymnasium.vector import VectorEnv
 
 from . import _portal
+from .client.connection import TlsOption
 from .client.env import AsyncRemoteEnv, AsyncRemoteVectorEnv, _AsyncRemoteBase
+from .errors import RemoteEnvError
+from .protocol import DEFAULT_MAX_FRAME_SIZE, MessageType
 
 __all__ = ["RemoteEnv", "RemoteVectorEnv", "SyncEnvShell", "SyncVectorEnvShell"]
 
@@ -47,13 +51,26 @@ async def _start(core: _AsyncRemoteBase) -> None:
 
 
 def _close(shell: Any) -> None:
-    core = getattr(shell, "_core", None)
+    core = shell.__dict__.get("_core")
     if core is not None and not core.closed:
         _portal.call(core.close)
 
 
+def _reset(shell: Any, seed: Any, options: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+    core = shell._core
+    return core.reset_result(_portal.request(core, MessageType.RESET, core.reset_body(seed, options)))  # type: ignore[no-any-return]
+
+
+def _call(core: _AsyncRemoteBase, method: str, *args: Any, **kwargs: Any) -> Any:
+    return _portal.call(functools.partial(getattr(core, method), *args, **kwargs))
+
+
 class SyncEnvShell(gym.Env[Any, Any], Generic[CoreT]):
-    """A ``gymnasium.Env`` that runs an async single-env core on the shared loop."""
+    """A ``gymnasium.Env`` that runs an async single-env core on the shared loop.
+
+    Attributes that the shell does not have are read from the remote env
+    (``env.unwrapped.gravity``), as are :meth:`get_wrapper_attr` lookups.
+    """
 
     _core: CoreT
 
@@ -63,17 +80,17 @@ class SyncEnvShell(gym.Env[Any, Any], Generic[CoreT]):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """Reset the env, as ``gymnasium.Env.reset``."""
         super().reset(seed=seed)
-        result: tuple[Any, dict[str, Any]] = _portal.call(_reset_kw, self._core, seed, options)
-        return result
+        return _reset(self, seed, options)
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
         """Step the env, as ``gymnasium.Env.step``."""
-        _portal.check_caller()
-        return self._core.step_from_thread(action)
+        core = self._core
+        return core.step_result(_portal.request(core, MessageType.STEP, core.step_body(action)))
 
     def render(self) -> Any:
         """Render the env; rgb frames come back as arrays."""
-        return _portal.call(self._core.render)
+        core = self._core
+        return core.value_result(_portal.request(core, MessageType.RENDER, None), MessageType.RENDER)
 
     def close(self) -> None:
         """Close the env (and its sandbox, if any). Idempotent."""
@@ -83,6 +100,41 @@ class SyncEnvShell(gym.Env[Any, Any], Generic[CoreT]):
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._core.closed
+
+    @property
+    def remote_spec(self) -> Any:
+        """What the server says about its env's spec, as plain data (never used to make anything)."""
+        return self._core.remote_spec
+
+    def get_wrapper_attr(self, name: str) -> Any:
+        """The attribute ``name`` of this shell, or else of the remote env (through its wrappers)."""
+        try:
+            return object.__getattribute__(self, name)
+        except AttributeError:
+            return _call(self._core, "get_wrapper_attr", name)
+
+    def set_wrapper_attr(self, name: str, value: Any, *, force: bool = True) -> bool:
+        """Set the remote env's attribute ``name`` (the shell's own attributes are local)."""
+        if name in self.__dict__ or hasattr(type(self), name):
+            setattr(self, name, value)
+        else:
+            _call(self._core, "set_wrapper_attr", name, value)
+        return True
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the remote env's method ``name``."""
+        return _call(self._core, "call", name, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: public names are the remote env's.
+        if name.startswith("_") or "_core" not in self.__dict__ or self._core.closed:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        try:
+            return _call(self._core, "get_wrapper_attr", name)
+        except RemoteEnvError as exc:
+            if isinstance(exc, AttributeError):
+                raise AttributeError(f"neither {type(self).__name__} nor the remote env has an attribute {name!r}") from exc
+            raise
 
     def __enter__(self) -> SyncEnvShell[CoreT]:
         return self
@@ -102,7 +154,7 @@ class SyncVectorEnvShell(VectorEnv[Any, Any, Any], Generic[CoreT]):
 
     def __init__(self, core: CoreT) -> None:
         _start_and_adopt(self, core)
-        self.num_envs = core.num_envs  # type: ignore[attr-defined]
+        self.num_envs = core.num_envs  # type: ignore[assignment]
         self.single_observation_space = core.single_observation_space  # type: ignore[attr-defined]
         self.single_action_space = core.single_action_space  # type: ignore[attr-defined]
 
@@ -112,17 +164,34 @@ class SyncVectorEnvShell(VectorEnv[Any, Any, Any], Generic[CoreT]):
         """Reset all lanes (or those in ``options["reset_mask"]``), as ``VectorEnv.reset``."""
         if isinstance(seed, int) and not isinstance(seed, bool):
             self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
-        result: tuple[Any, dict[str, Any]] = _portal.call(_reset_kw, self._core, seed, options)
-        return result
+        return _reset(self, seed, options)
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any], dict[str, Any]]:
         """Step every lane, as ``VectorEnv.step``."""
-        _portal.check_caller()
-        return self._core.step_from_thread(actions)
+        core = self._core
+        return core.step_result(_portal.request(core, MessageType.STEP, core.step_body(actions)))
 
     def render(self) -> Any:
         """Render every lane."""
-        return _portal.call(self._core.render)
+        core = self._core
+        return core.value_result(_portal.request(core, MessageType.RENDER, None), MessageType.RENDER)
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """Call ``name`` on every lane, as ``VectorEnv.call``."""
+        return _call(self._core, "call", name, *args, **kwargs)  # type: ignore[no-any-return]
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        """Every lane's attribute ``name``, as ``VectorEnv.get_attr``."""
+        return _call(self._core, "get_attr", name)  # type: ignore[no-any-return]
+
+    def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
+        """Set ``name`` on every lane (one value, or one per lane), as ``VectorEnv.set_attr``."""
+        _call(self._core, "set_attr", name, values)
+
+    @property
+    def remote_spec(self) -> Any:
+        """What the server says about its env's spec, as plain data."""
+        return self._core.remote_spec
 
     def close_extras(self, **kwargs: Any) -> None:
         """Close the connection (and the sandbox, if any)."""
@@ -138,10 +207,6 @@ class SyncVectorEnvShell(VectorEnv[Any, Any, Any], Generic[CoreT]):
         return repr(self._core).replace("Async", "", 1)
 
 
-async def _reset_kw(core: _AsyncRemoteBase, seed: Any, options: Any) -> Any:
-    return await core.reset(seed=seed, options=options)
-
-
 class RemoteEnv(SyncEnvShell[AsyncRemoteEnv]):
     """An env served by ``rlmesh serve``, as a plain ``gymnasium.Env``.
 
@@ -150,24 +215,28 @@ class RemoteEnv(SyncEnvShell[AsyncRemoteEnv]):
         env = RemoteEnv("unix:///tmp/cartpole.sock")
         obs, info = env.reset(seed=0)
 
-    Args:
-        address: ``unix:///abs/path.sock``, ``tcp://host:port`` or ``host:port``.
-        connect_timeout: Seconds allowed for connecting and the handshake.
-        request_timeout: Seconds allowed for each reply; None waits forever.
+    Takes the arguments of :class:`~rlmesh.client.env.AsyncRemoteEnv`.
     """
 
-    def __init__(self, address: str, *, connect_timeout: float | None = 10.0, request_timeout: float | None = None) -> None:
-        super().__init__(AsyncRemoteEnv(address, connect_timeout=connect_timeout, request_timeout=request_timeout))
+    def __init__(self, address: str, *, connect_timeout: float | None = 10.0, request_timeout: float | None = None,
+                 max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, token: str | bytes | None = None,
+                 tls: TlsOption = None, strict_actions: bool = False) -> None:
+        super().__init__(AsyncRemoteEnv(
+            address, connect_timeout=connect_timeout, request_timeout=request_timeout, max_frame_size=max_frame_size,
+            token=token, tls=tls, strict_actions=strict_actions,
+        ))
 
 
 class RemoteVectorEnv(SyncVectorEnvShell[AsyncRemoteVectorEnv]):
     """A vector env served by ``rlmesh serve --num-envs N``, as a ``gymnasium.vector.VectorEnv``.
 
-    Args:
-        address: ``unix:///abs/path.sock``, ``tcp://host:port`` or ``host:port``.
-        connect_timeout: Seconds allowed for connecting and the handshake.
-        request_timeout: Seconds allowed for each reply; None waits forever.
+    Takes the arguments of :class:`~rlmesh.client.env.AsyncRemoteEnv`.
     """
 
-    def __init__(self, address: str, *, connect_timeout: float | None = 10.0, request_timeout: float | None = None) -> None:
-        super().__init__(AsyncRemoteVectorEnv(address, connect_timeout=connect_timeout, request_timeout=request_timeout))
+    def __init__(self, address: str, *, connect_timeout: float | None = 10.0, request_timeout: float | None = None,
+                 max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, token: str | bytes | None = None,
+                 tls: TlsOption = None, strict_actions: bool = False) -> None:
+        super().__init__(AsyncRemoteVectorEnv(
+            address, connect_timeout=connect_timeout, request_timeout=request_timeout, max_frame_size=max_frame_size,
+            token=token, tls=tls, strict_actions=strict_actions,
+        ))

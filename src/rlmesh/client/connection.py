@@ -1,65 +1,96 @@
-"""One client connection: frames out, replies matched to requests by id.
+"""One client connection: the handshake, then frames out and replies matched to requests by id.
 
-The transport is an ``asyncio.Protocol``: replies resolve their request's future
-straight from ``data_received``, so a request costs one write, one read callback
-and one future, and several requests may be in flight at once (pipelining).
+The transport is an ``asyncio.Protocol``: a reply resolves its request's slot
+straight from ``data_received``, so a request costs one write, one read
+callback and one future, and several requests may be in flight at once
+(pipelining). A slot is anything with ``done``/``set_result``/``set_exception``:
+an ``asyncio.Future`` for async callers, or the sync layer's thread slot
+(:mod:`rlmesh._portal`), which wakes a blocked thread without a task.
+
+The server is treated as hostile: replies are bounded by ``max_frame_size``,
+a reply to a request never sent, a reply of the wrong type, or a malformed body
+is a :class:`~rlmesh.errors.ProtocolError` that closes the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-import threading
-from typing import Any, cast
+import ssl
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar, cast
 
 from .._address import parse_address
 from ..errors import (
+    AuthenticationError,
     ConnectError,
     ConnectionClosedError,
     EnvClosedError,
-    InvalidActionError,
     InvalidArgumentError,
     ProtocolError,
-    RemoteEnvError,
     RLMeshError,
     RLMeshTimeoutError,
-    ServerBusyError,
 )
 from ..protocol import (
     DEFAULT_MAX_FRAME_SIZE,
+    MIN_FRAME_SIZE,
     PROTOCOL_VERSION,
+    AuthChallenge,
+    AuthProof,
+    CallRequest,
+    ClientHello,
     Connection,
-    Message,
+    ErrorBody,
+    Frame,
     MessageType,
+    ResetRequest,
+    ServerHello,
     encode_message,
+    exception_for_error,
 )
+from ..protocol import auth as _auth
 
-__all__ = ["ClientConnection", "error_from_reply"]
+__all__ = ["ClientConnection", "ReplySlot", "TlsOption", "make_client_tls"]
 
 _ID_MASK = 0xFFFFFFFF
+_MAX_ABANDONED = 4096
+T = TypeVar("T")
+TlsOption = bool | str | ssl.SSLContext | None
 
 
-def error_from_reply(body: Any) -> RLMeshError:
-    """Map an ERROR reply body to the matching exception."""
-    if not isinstance(body, dict):
-        return ProtocolError(f"malformed error reply: {body!r}")
-    kind = body.get("kind")
-    message = str(body.get("message", ""))
-    if kind == "env":
-        return RemoteEnvError(str(body.get("type")), message, str(body.get("traceback", "")))
-    if kind == "invalid_action":
-        return InvalidActionError(message, space=str(body.get("space", "")))
-    if kind == "busy":
-        return ServerBusyError(message)
-    if kind == "bad_request":
-        return InvalidArgumentError(message)
-    return ProtocolError(f"server reported a protocol error: {message}")
+class ReplySlot(Protocol):
+    """Where a reply goes: an ``asyncio.Future[Frame]`` or a thread slot."""
+
+    def done(self) -> bool: ...  # noqa: D102
+    def set_result(self, result: Frame, /) -> None: ...  # noqa: D102
+    def set_exception(self, exception: BaseException, /) -> None: ...  # noqa: D102
+
+
+def make_client_tls(tls: TlsOption) -> ssl.SSLContext | None:
+    """``tls=`` as an ``SSLContext``: True (system CAs), a CA file path, or a context.
+
+    Raises:
+        InvalidArgumentError: Anything else, or a CA file that cannot be loaded.
+    """
+    if tls is None or tls is False:
+        return None
+    if tls is True:
+        return ssl.create_default_context()
+    if isinstance(tls, ssl.SSLContext):
+        return tls
+    if isinstance(tls, str):
+        try:
+            return ssl.create_default_context(cafile=tls)
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidArgumentError(f"cannot load the TLS CA file {tls}: {exc}") from exc
+    raise InvalidArgumentError(f"tls must be True, a CA file path or an ssl.SSLContext, got {tls!r}")
 
 
 class _Protocol(asyncio.Protocol):
     def __init__(self, max_frame_size: int) -> None:
         self.conn = Connection(max_frame_size)
-        self.pending: dict[int, asyncio.Future[Message]] = {}
+        self.pending: dict[int, ReplySlot] = {}
+        self.abandoned: dict[int, None] = {}  # ids of requests given up on (a late reply is dropped)
         self.transport: asyncio.Transport | None = None
         self.lost: RLMeshError | None = None
         self.loop = asyncio.get_running_loop()
@@ -70,34 +101,48 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            messages = self.conn.receive_data(data)
+            frames = self.conn.receive_data(data)
         except ProtocolError as exc:
-            self._fail(exc)
+            self.fail(ProtocolError(f"{exc}; the connection was closed"))
             return
         pending = self.pending
-        for msg in messages:
-            fut = pending.pop(msg.request_id, None)
-            if fut is None:
-                if msg.type is MessageType.ERROR and msg.request_id == 0:
-                    # A connection-level error (busy, protocol): every request fails.
-                    self._fail(error_from_reply(msg.body))
+        for frame in frames:
+            rid = frame.request_id
+            slot = pending.pop(rid, None)
+            if slot is None:
+                if rid in self.abandoned:
+                    del self.abandoned[rid]  # a late reply to a request that timed out
+                    continue
+                if frame.type is MessageType.ERROR and rid == 0:
+                    # A connection-level error (busy, protocol, auth, idle): every request fails.
+                    self.fail(exception_for_error(ErrorBody.decode(frame)))
                     return
-                continue  # a late reply to a request that timed out: dropped
-            if not fut.done():
-                fut.set_result(msg)
+                self.fail(ProtocolError(
+                    f"the server sent a {frame.type.name} reply to request {rid}, which was never made; "
+                    "the connection was closed"
+                ))
+                return
+            if not slot.done():
+                slot.set_result(frame)
 
-    def _fail(self, exc: RLMeshError) -> None:
+    def abandon(self, rid: int) -> None:
+        if self.pending.pop(rid, None) is not None:
+            self.abandoned[rid] = None
+            if len(self.abandoned) > _MAX_ABANDONED:
+                del self.abandoned[next(iter(self.abandoned))]
+
+    def fail(self, exc: RLMeshError) -> None:
         if self.lost is None:
             self.lost = exc
-        for fut in self.pending.values():
-            if not fut.done():
-                fut.set_exception(exc)
+        for slot in self.pending.values():
+            if not slot.done():
+                slot.set_exception(exc)
         self.pending.clear()
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(ConnectionClosedError(
+        self.fail(ConnectionClosedError(
             "the env server closed the connection"
             + (f": {exc}" if exc else "")
             + "; the server process may have exited or been stopped"
@@ -106,59 +151,21 @@ class _Protocol(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-class _ThreadWaiter:
-    """The reply slot of a request made from another thread (the sync classes).
-
-    It stands in ``_Protocol.pending`` where an ``asyncio.Future`` would (it has
-    the ``done``/``set_result``/``set_exception`` that ``data_received`` and
-    ``_fail`` use), so the reply wakes the waiting thread straight from
-    ``data_received``: no task, no coroutine, one thread hop each way.
-    """
-
-    __slots__ = ("_done", "_exc", "_lock", "_value", "rid")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-        self._done = False
-        self._value: Message | None = None
-        self._exc: BaseException | None = None
-        self.rid = 0
-
-    def done(self) -> bool:
-        return self._done
-
-    def set_result(self, value: Message) -> None:
-        self._value, self._done = value, True
-        self._lock.release()
-
-    def set_exception(self, exc: BaseException) -> None:
-        self._exc, self._done = exc, True
-        self._lock.release()
-
-    def wait(self, timeout: float | None) -> Message:
-        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
-            raise TimeoutError
-        if self._exc is not None:
-            raise self._exc
-        assert self._value is not None
-        return self._value
-
-
 class ClientConnection:
-    """A connected, handshaken session with an env server.
+    """A connected, handshaken (and, when the server asks, authenticated) session.
 
     Use :meth:`open` to create one.
 
     Attributes:
-        hello: The server's handshake body.
+        hello: The server's handshake.
+        address: The server's address.
     """
 
-    def __init__(self, protocol: _Protocol, hello: dict[str, Any], address: str) -> None:
+    def __init__(self, protocol: _Protocol, address: str) -> None:
         self._p = protocol
         self._next_id = 1
         self._closed_here = False
-        self.hello = hello
+        self.hello: ServerHello | None = None
         self.address = address
 
     @classmethod
@@ -168,15 +175,32 @@ class ClientConnection:
         *,
         connect_timeout: float | None = 10.0,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        token: bytes | None = None,
+        require_auth: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> ClientConnection:
-        """Connect to ``address`` and complete the handshake.
+        """Connect to ``address``, authenticate if the server asks, and complete the handshake.
+
+        Args:
+            address: The server's address.
+            connect_timeout: Seconds for connecting and the handshake; None waits forever.
+            max_frame_size: The largest frame accepted from the server.
+            token: The shared token, for servers that require one.
+            require_auth: Refuse a server that does not prove it knows ``token``.
+            tls: Encrypt the TCP connection with this context.
 
         Raises:
             ConnectError: Nothing accepts connections there.
             ServerBusyError: The server already serves a client.
-            RLMeshTimeoutError: The connect or handshake took longer than ``connect_timeout``.
+            AuthenticationError: A wrong or missing token, or a server that cannot prove it.
+            ProtocolError: The server broke the protocol.
+            RLMeshTimeoutError: It took longer than ``connect_timeout``.
         """
+        if isinstance(max_frame_size, bool) or not isinstance(max_frame_size, int) or max_frame_size < MIN_FRAME_SIZE:
+            raise InvalidArgumentError(f"max_frame_size must be an int of at least {MIN_FRAME_SIZE}, got {max_frame_size!r}")
         addr = parse_address(address)
+        if tls is not None and addr.path is not None:
+            raise InvalidArgumentError("tls applies to TCP addresses, not Unix sockets")
         loop = asyncio.get_running_loop()
         proto: _Protocol | None = None
 
@@ -191,22 +215,22 @@ class ClientConnection:
                     await loop.create_unix_connection(factory, addr.path)
                 else:
                     assert addr.host is not None and addr.port is not None
-                    transport, _ = await loop.create_connection(factory, addr.host, addr.port)
+                    transport, _ = await loop.create_connection(
+                        factory, addr.host, addr.port, ssl=tls, server_hostname=addr.host if tls else None
+                    )
                     sock = transport.get_extra_info("socket")
                     if sock is not None:
                         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except ssl.SSLError as exc:
+                raise ConnectError(f"TLS with the server at {address} failed: {exc}") from exc
             except OSError as exc:
                 raise ConnectError(
                     f"cannot connect to an rlmesh server at {address}: {exc.strerror or exc}. "
                     "Start one with `rlmesh serve SOURCE --address ...`"
                 ) from exc
             assert proto is not None
-            conn = cls(proto, {}, address)
-            reply = await conn.request(MessageType.HELLO, {"version": PROTOCOL_VERSION})
-            if not isinstance(reply, dict) or reply.get("version") != PROTOCOL_VERSION:
-                conn.abort()
-                raise ProtocolError(f"unexpected handshake from {address}: {reply!r:.200}")
-            conn.hello = reply
+            conn = cls(proto, address)
+            conn.hello = await conn._handshake(max_frame_size, token, require_auth)
             return conn
 
         try:
@@ -215,7 +239,7 @@ class ClientConnection:
             async with asyncio.timeout(connect_timeout):
                 return await connect_and_greet()
         except BaseException as exc:
-            # Cancelled, interrupted or failed mid-handshake: free the server's one client slot.
+            # Cancelled, interrupted or failed mid-handshake: free the server's slot.
             if proto is not None and proto.transport is not None:
                 proto.transport.abort()
             if isinstance(exc, TimeoutError) and not isinstance(exc, RLMeshError):
@@ -223,6 +247,52 @@ class ClientConnection:
                     f"connecting to {address} took longer than connect_timeout={connect_timeout}s"
                 ) from exc
             raise
+
+    async def _handshake(self, max_frame_size: int, token: bytes | None, require_auth: bool) -> ServerHello:
+        nonce = _auth.new_nonce()
+        frame = await self._roundtrip(MessageType.HELLO, ClientHello(PROTOCOL_VERSION, nonce, max_frame_size))
+        expected_proof = None
+        if frame.type is MessageType.AUTH:
+            challenge = self._checked(frame, MessageType.AUTH, AuthChallenge.decode)
+            if token is None:
+                raise AuthenticationError(
+                    f"the server at {self.address} requires a token: pass token= or set RLMESH_TOKEN"
+                )
+            proof = _auth.proof(token, "client", nonce, challenge.nonce)
+            expected_proof = _auth.proof(token, "server", nonce, challenge.nonce)
+            frame = await self._roundtrip(MessageType.AUTH, AuthProof(proof))
+        hello = self._checked(frame, MessageType.HELLO, ServerHello.decode)
+        if expected_proof is not None:
+            if not _auth.verify(expected_proof, hello.proof):
+                self.abort()
+                raise AuthenticationError(
+                    f"the server at {self.address} could not prove it knows the token: the tokens differ, "
+                    "or it is not the server you meant"
+                )
+        elif require_auth:
+            self.abort()
+            raise AuthenticationError(
+                f"the server at {self.address} did not authenticate, but a token was given: it is not "
+                "the server you meant, or it runs without a token (--insecure)"
+            )
+        return hello
+
+    async def _roundtrip(self, mtype: MessageType, body: Any) -> Frame:
+        fut: asyncio.Future[Frame] = self._p.loop.create_future()
+        self.submit(mtype, body, fut)
+        return await fut
+
+    def _checked(self, frame: Frame, mtype: MessageType, decode: Callable[[Frame], T]) -> T:
+        if frame.type is MessageType.ERROR:
+            raise exception_for_error(ErrorBody.decode(frame))
+        if frame.type is not mtype:
+            self.abort()
+            raise ProtocolError(f"expected {mtype.name} from the server, got {frame.type.name}; the connection was closed")
+        try:
+            return decode(frame)
+        except ProtocolError as exc:
+            self.abort()
+            raise ProtocolError(f"{exc}; the connection was closed") from exc
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -234,58 +304,42 @@ class ClientConnection:
         """Whether the connection is closed or lost."""
         return self._p.lost is not None or self._p.transport is None or self._p.transport.is_closing()
 
-    async def request(self, mtype: MessageType, body: Any, timeout: float | None = None) -> Any:
-        """Send one request and return the reply body.
+    async def request(self, mtype: MessageType, body: Any, timeout: float | None = None) -> Frame:
+        """Send one request and return its reply frame (check it with :meth:`unwrap`).
 
         Args:
             mtype: The request kind.
-            body: The request body.
+            body: The request body (a value, or a typed request with ``encode``).
             timeout: Seconds to wait for the reply; None waits forever.
 
         Raises:
-            RemoteEnvError: The env raised.
-            InvalidActionError: The action is not in the action space.
             RLMeshTimeoutError: No reply within ``timeout``.
             TransportError: The connection is closed or was lost.
         """
         p = self._p
-        fut: asyncio.Future[Message] = p.loop.create_future()
-        rid = self._send(mtype, body, fut)
+        fut: asyncio.Future[Frame] = p.loop.create_future()
+        rid = self.submit(mtype, body, fut)
         timer = None
         if timeout is not None:
             timer = p.loop.call_later(timeout, _expire, p, rid, fut, timeout)
         try:
-            msg = await fut
+            return await fut
         finally:
             if timer is not None:
                 timer.cancel()
             if not fut.done() or fut.cancelled():
-                p.pending.pop(rid, None)
-        if msg.type is MessageType.ERROR:
-            raise error_from_reply(msg.body)
-        return msg.body
+                p.abandon(rid)
 
-    def request_from_thread(self, mtype: MessageType, body: Any, timeout: float | None = None) -> Any:
-        """:meth:`request`, called from a thread other than the connection's loop.
+    def submit(self, mtype: MessageType, body: Any, slot: ReplySlot) -> int:
+        """Encode and send a request whose reply goes to ``slot``; returns its request id.
 
-        Blocks the calling thread. Same errors as :meth:`request`.
+        Must run on the connection's loop. Failures are raised, never left in ``slot``.
+
+        Raises:
+            EnvClosedError: This side closed the connection.
+            TransportError: The connection was lost.
+            InvalidArgumentError: The body cannot be encoded.
         """
-        p = self._p
-        waiter = _ThreadWaiter()
-        p.loop.call_soon_threadsafe(self._send_for_thread, mtype, body, waiter)
-        try:
-            msg = waiter.wait(timeout)
-        except TimeoutError:
-            p.loop.call_soon_threadsafe(_forget, p, waiter)
-            raise RLMeshTimeoutError(
-                f"no reply from the env server within request_timeout={timeout}s"
-            ) from None
-        if msg.type is MessageType.ERROR:
-            raise error_from_reply(msg.body)
-        return msg.body
-
-    def _send(self, mtype: MessageType, body: Any, waiter: asyncio.Future[Message] | _ThreadWaiter) -> int:
-        # On the loop: check the connection, encode, register the waiter, write.
         p = self._p
         if p.lost is not None:
             raise p.lost
@@ -298,32 +352,61 @@ class ClientConnection:
         rid = self._next_id
         self._next_id = (rid + 1) & _ID_MASK or 1
         try:
-            chunks = encode_message(mtype, rid, body)
-        except (TypeError, ValueError, RecursionError) as exc:
+            if isinstance(body, (ResetRequest, CallRequest, ClientHello, AuthProof)):
+                data = body.encode(rid)
+            else:
+                data = encode_message(mtype, rid, body)
+        except (TypeError, ValueError, RecursionError, OverflowError) as exc:
             # orjson refuses lone surrogates and very deep nesting; encode before
             # registering the request, so that nothing is left pending.
             raise InvalidArgumentError(
                 f"cannot encode the {mtype.name} request: {type(exc).__name__}: {exc}"
             ) from exc
-        p.pending[rid] = waiter  # type: ignore[assignment]
-        transport.writelines(chunks)
+        p.pending[rid] = slot
+        transport.write(data)
         return rid
 
-    def _send_for_thread(self, mtype: MessageType, body: Any, waiter: _ThreadWaiter) -> None:
-        # Runs on the loop. Any failure goes to the waiting thread.
+    def abandon(self, rid: int) -> None:
+        """Forget a request whose caller stopped waiting (on the loop)."""
+        self._p.abandon(rid)
+
+    def unwrap(self, frame: Frame, mtype: MessageType, decode: Callable[[Frame], T]) -> T:
+        """The body of a reply to a ``mtype`` request, checked by ``decode``.
+
+        May be called from any thread.
+
+        Raises:
+            RLMeshError: The ERROR reply's exception (``RemoteEnvError`` for the env's own).
+            ProtocolError: A reply of the wrong type or a malformed body; the connection is closed.
+        """
+        ftype = frame.type
+        if ftype is MessageType.ERROR:
+            raise exception_for_error(ErrorBody.decode(frame))
         try:
-            waiter.rid = self._send(mtype, body, waiter)
-        except BaseException as exc:
-            if not waiter.done():
-                waiter.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
+            if ftype is not mtype:
+                raise ProtocolError(f"the server answered a {mtype.name} request with {ftype.name}")
+            return decode(frame)
+        except ProtocolError as exc:
+            self.abort_threadsafe()
+            raise ProtocolError(f"{exc}; the connection was closed") from exc
 
     def abort(self) -> None:
-        """Drop the connection at once."""
+        """Drop the connection at once (on the loop)."""
         self._closed_here = True
         if self._p.transport is not None:
             self._p.transport.abort()
+
+    def abort_threadsafe(self) -> None:
+        """:meth:`abort`, from any thread."""
+        loop = self._p.loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self.abort()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self.abort)
 
     async def aclose(self) -> None:
         """Say goodbye (when still connected) and close the connection."""
@@ -346,12 +429,7 @@ class ClientConnection:
                 p.transport.abort()
 
 
-def _forget(p: _Protocol, waiter: _ThreadWaiter) -> None:
-    if p.pending.get(waiter.rid) is waiter:  # type: ignore[comparison-overlap]
-        del p.pending[waiter.rid]
-
-
-def _expire(p: _Protocol, rid: int, fut: asyncio.Future[Message], timeout: float) -> None:
-    p.pending.pop(rid, None)
+def _expire(p: _Protocol, rid: int, fut: asyncio.Future[Frame], timeout: float) -> None:
+    p.abandon(rid)
     if not fut.done():
         fut.set_exception(RLMeshTimeoutError(f"no reply from the env server within request_timeout={timeout}s"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import re
 from typing import Any
 
 import numpy as np
@@ -12,23 +12,41 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode
 
 from ..errors import EnvClosedError, InvalidArgumentError, ProtocolError, TransportError
-from ..protocol import DEFAULT_MAX_FRAME_SIZE, MessageType, decode_space
-from ..protocol.messages import rebuild_spec
-from .connection import ClientConnection
+from ..protocol import (
+    DEFAULT_MAX_FRAME_SIZE,
+    CallRequest,
+    Frame,
+    MessageType,
+    ResetRequest,
+    ServerHello,
+    SpecData,
+    decode_reset_reply,
+    decode_step_reply,
+)
+from ..protocol import auth as _auth
+from ..protocol.messages import check_attribute_name
+from .actions import check_action
+from .connection import ClientConnection, TlsOption, make_client_tls
 
 __all__ = ["AsyncRemoteEnv", "AsyncRemoteVectorEnv"]
+
+_SAFE_ID = re.compile(r"^(?:[\w.-]+/)?[\w.:-]+$")
 
 
 class _AsyncRemoteBase:
     """Connection handling, handshake and the requests shared by both env kinds."""
 
     _vector: bool = False
+    _entry_point = "rlmesh:RemoteEnv"
+    _vector_entry_point: str | None = None
 
     observation_space: spaces.Space[Any]
     action_space: spaces.Space[Any]
     metadata: dict[str, Any]
     render_mode: str | None
     spec: EnvSpec | None
+    remote_spec: SpecData | None
+    num_envs: int | None = None
 
     def __init__(
         self,
@@ -37,18 +55,30 @@ class _AsyncRemoteBase:
         connect_timeout: float | None = 10.0,
         request_timeout: float | None = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        token: str | bytes | None = None,
+        tls: TlsOption = None,
+        strict_actions: bool = False,
     ) -> None:
         for name, value in (("connect_timeout", connect_timeout), ("request_timeout", request_timeout)):
-            if value is not None and not value > 0:
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
                 raise InvalidArgumentError(f"{name} must be a positive number of seconds or None, got {value!r}")
+        if not isinstance(strict_actions, bool):
+            raise InvalidArgumentError(f"strict_actions must be True or False, got {strict_actions!r}")
         self.address = address
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
-        self._max_frame_size = max_frame_size
+        self.max_frame_size = max_frame_size
+        self.strict_actions = strict_actions
+        self._require_auth = token is not None
+        self._token = _auth.load_token(token)
+        self._tls_option = tls
+        self._tls = make_client_tls(tls)
         self._conn: ClientConnection | None = None
         self._closed = False
         self._np_random: np.random.Generator | None = None
         self._np_random_seed: int | None = None
+        self.remote_spec = None
+        self.spec = None
 
     # -- lifecycle ---------------------------------------------------------
     async def connect(self) -> Any:
@@ -57,6 +87,7 @@ class _AsyncRemoteBase:
         Raises:
             ConnectError: Nothing accepts connections at the address.
             ServerBusyError: The server already serves a client.
+            AuthenticationError: A wrong or missing token.
             RLMeshTimeoutError: ``connect_timeout`` passed.
         """
         if self._closed:
@@ -66,11 +97,13 @@ class _AsyncRemoteBase:
         if self.address is None:
             raise InvalidArgumentError("no address to connect to")
         conn = await ClientConnection.open(
-            self.address, connect_timeout=self.connect_timeout, max_frame_size=self._max_frame_size
+            self.address, connect_timeout=self.connect_timeout, max_frame_size=self.max_frame_size,
+            token=self._token, require_auth=self._require_auth, tls=self._tls,
         )
         try:
             if self._closed:  # close() ran while the handshake was in flight
                 raise EnvClosedError("this env was closed while it connected")
+            assert conn.hello is not None
             self._apply_hello(conn.hello)
         except BaseException:
             conn.abort()
@@ -78,24 +111,67 @@ class _AsyncRemoteBase:
         self._conn = conn
         return self
 
-    def _apply_hello(self, hello: dict[str, Any]) -> None:
-        if bool(hello.get("vector")) != self._vector:
-            kind = f"a vector env with {hello.get('num_envs')} lanes" if hello.get("vector") else "a single env"
-            use = "AsyncRemoteVectorEnv / RemoteVectorEnv" if hello.get("vector") else "AsyncRemoteEnv / RemoteEnv"
+    def _apply_hello(self, hello: ServerHello) -> None:
+        if hello.vector != self._vector:
+            kind = f"a vector env with {hello.num_envs} lanes" if hello.vector else "a single env"
+            use = "AsyncRemoteVectorEnv / RemoteVectorEnv" if hello.vector else "AsyncRemoteEnv / RemoteEnv"
             raise InvalidArgumentError(f"the server at {self.address} serves {kind}; connect with {use}")
+        self.observation_space = hello.observation_space
+        self.action_space = hello.action_space
+        self.metadata = dict(hello.metadata)
+        self.render_mode = hello.render_mode
+        self.remote_spec = hello.spec
+        self.spec = self._host_spec(hello.spec)
+
+    def _spec_kwargs(self) -> dict[str, Any]:
+        """The constructor arguments that make an equivalent env (for ``gym.make(env.spec)``)."""
+        kwargs: dict[str, Any] = {"address": self.address}
+        for name, default in (("connect_timeout", 10.0), ("request_timeout", None),
+                              ("max_frame_size", DEFAULT_MAX_FRAME_SIZE), ("strict_actions", False)):
+            if getattr(self, name) != default:
+                kwargs[name] = getattr(self, name)
+        if self._tls_option is not None:
+            kwargs["tls"] = self._tls_option
+        return kwargs
+
+    def _host_spec(self, remote: SpecData | None) -> EnvSpec:
+        # Built here, from the host's own classes: nothing the server named is ever imported.
+        env_id = remote.id if remote is not None and _SAFE_ID.match(remote.id) else "rlmesh/Remote-v0"
         try:
-            self.observation_space = decode_space(hello["observation_space"], [])
-            self.action_space = decode_space(hello["action_space"], [])
-            self.metadata = dict(hello["metadata"])
-            self.render_mode = hello["render_mode"]
-            self.spec = rebuild_spec(hello["spec"])
-        except Exception as exc:
-            raise ProtocolError(f"malformed handshake: {exc!r}") from exc
+            return EnvSpec(
+                id=env_id,
+                entry_point=self._entry_point,
+                vector_entry_point=self._vector_entry_point,
+                reward_threshold=remote.reward_threshold if remote else None,
+                nondeterministic=remote.nondeterministic if remote else False,
+                max_episode_steps=None if self._vector or remote is None else remote.max_episode_steps,
+                order_enforce=remote.order_enforce if remote else True,
+                disable_env_checker=remote.disable_env_checker if remote else False,
+                kwargs=self._spec_kwargs(),
+            )
+        except Exception:  # noqa: BLE001  (an id gymnasium cannot parse)
+            return EnvSpec(id="rlmesh/Remote-v0", entry_point=self._entry_point,
+                           vector_entry_point=self._vector_entry_point, kwargs=self._spec_kwargs())
 
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._closed
+
+    @property
+    def connection(self) -> ClientConnection:
+        """The open connection.
+
+        Raises:
+            EnvClosedError: The env is closed or not connected yet.
+        """
+        conn = self._conn
+        if conn is None:
+            if self._closed:
+                raise EnvClosedError("this env is closed")
+            raise EnvClosedError("not connected: use `async with ...`, or `await env.connect()` "
+                                 "(`await env.start()` for sandboxes) first")
+        return conn
 
     async def close(self) -> None:
         """Close the connection. Idempotent."""
@@ -117,59 +193,76 @@ class _AsyncRemoteBase:
         await self.close()
 
     # -- requests ----------------------------------------------------------
-    async def _request(self, mtype: MessageType, body: Any) -> Any:
-        conn = self._conn
-        if conn is None:
-            if self._closed:
-                raise EnvClosedError("this env is closed")
-            raise EnvClosedError("not connected: use `async with ...` or `await env.connect()` first")
+    async def request(self, mtype: MessageType, body: Any) -> Frame:
+        """Send a request and return the raw reply frame (lost connections explained).
+
+        Raises:
+            TransportError: The connection failed (a sandbox says why its container exited).
+        """
+        conn = self.connection
         try:
             return await conn.request(mtype, body, self.request_timeout)
         except TransportError as exc:
-            explained = await self._explain(exc)
+            explained = await self.explain(exc)
             if explained is exc:
                 raise
             raise explained from exc
 
-    def _request_from_thread(self, mtype: MessageType, body: Any) -> Any:
-        # The sync classes' hot path (see ClientConnection.request_from_thread).
-        conn = self._conn
-        if conn is None:
-            raise EnvClosedError("this env is closed" if self._closed else "not connected")
-        try:
-            return conn.request_from_thread(mtype, body, self.request_timeout)
-        except TransportError as exc:
-            if type(self)._explain is _AsyncRemoteBase._explain:
-                raise
-            explained = asyncio.run_coroutine_threadsafe(self._explain(exc), conn.loop).result()
-            if explained is exc:
-                raise
-            raise explained from exc
-
-    async def _explain(self, exc: TransportError) -> Exception:
+    async def explain(self, exc: TransportError) -> Exception:
         """Turn a lost connection into a more telling error (sandboxes add the exit code)."""
         return exc
 
-    def step_from_thread(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        """:meth:`step`, blocking, from a thread other than the connection's loop."""
-        obs, reward, terminated, truncated, info = self._request_from_thread(MessageType.STEP, action)
-        return obs, reward, terminated, truncated, info
+    def step_body(self, action: Any) -> Any:
+        """The STEP request body for ``action`` (checked first with ``strict_actions``)."""
+        if self.strict_actions:
+            check_action(self.action_space, action)
+        return action
+
+    def step_result(self, frame: Frame) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """The checked result of a STEP reply."""
+        return self.connection.unwrap(frame, MessageType.STEP, self._decode_step)
+
+    def _decode_step(self, frame: Frame) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        return decode_step_reply(frame, self.num_envs)
+
+    def reset_body(self, seed: Any, options: dict[str, Any] | None) -> ResetRequest:
+        """The RESET request for ``seed`` and ``options`` (and the client-side ``np_random``)."""
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            self._np_random, self._np_random_seed = seeding.np_random(seed)
+        return ResetRequest(seed, options)
+
+    def reset_result(self, frame: Frame) -> tuple[Any, dict[str, Any]]:
+        """The checked result of a RESET reply."""
+        return self.connection.unwrap(frame, MessageType.RESET, self._decode_reset)
+
+    def _decode_reset(self, frame: Frame) -> tuple[Any, dict[str, Any]]:
+        return decode_reset_reply(frame, self.num_envs)
+
+    def value_result(self, frame: Frame, mtype: MessageType) -> Any:
+        """The value of a RENDER or CALL reply."""
+        return self.connection.unwrap(frame, mtype, Frame.value)
 
     async def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """Reset the env, as ``gymnasium.Env.reset``."""
-        if seed is not None and isinstance(seed, int) and not isinstance(seed, bool):
-            self._np_random, self._np_random_seed = seeding.np_random(seed)
-        obs, info = await self._request(MessageType.RESET, {"seed": seed, "options": options})
-        return obs, info
+        return self.reset_result(await self.request(MessageType.RESET, self.reset_body(seed, options)))
 
     async def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """Step the env, as ``gymnasium.Env.step``."""
-        obs, reward, terminated, truncated, info = await self._request(MessageType.STEP, action)
-        return obs, reward, terminated, truncated, info
+        return self.step_result(await self.request(MessageType.STEP, self.step_body(action)))
 
     async def render(self) -> Any:
         """Render the env, as ``gymnasium.Env.render`` (rgb arrays come back as arrays)."""
-        return await self._request(MessageType.RENDER, None)
+        return self.value_result(await self.request(MessageType.RENDER, None), MessageType.RENDER)
+
+    @staticmethod
+    def call_body(op: str, name: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> CallRequest:
+        """A CALL request (the name is checked here, before anything is sent)."""
+        check_attribute_name(name)
+        return CallRequest(op, name, args, kwargs or {})
+
+    async def _call(self, op: str, name: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        body = self.call_body(op, name, args, kwargs)
+        return self.value_result(await self.request(MessageType.CALL, body), MessageType.CALL)
 
     @property
     def np_random(self) -> np.random.Generator:
@@ -201,8 +294,30 @@ class AsyncRemoteEnv(_AsyncRemoteBase):
         address: ``unix:///abs/path.sock``, ``tcp://host:port`` or ``host:port``.
         connect_timeout: Seconds allowed for connecting and the handshake.
         request_timeout: Seconds allowed for each reply; None waits forever.
-        max_frame_size: The largest reply frame accepted.
+        max_frame_size: The largest reply frame accepted (bytes, at least 64 KiB).
+        token: The server's token (default ``RLMESH_TOKEN``); given explicitly, the server
+            must also prove it knows it.
+        tls: Encrypt TCP: True (system CAs), a CA file path, or an ``ssl.SSLContext``.
+        strict_actions: Check each action against the action space on the host before sending
+            it (``InvalidActionError``); by default the env judges its actions, as in process.
     """
+
+    async def get_wrapper_attr(self, name: str) -> Any:
+        """The remote env's attribute ``name`` (searched through its wrappers).
+
+        Raises:
+            RemoteEnvError: It has no such attribute (also an ``AttributeError``), or its value
+                cannot cross the wire (a ``TypeError``).
+        """
+        return await self._call("get_attr", name)
+
+    async def set_wrapper_attr(self, name: str, value: Any) -> None:
+        """Set the remote env's attribute ``name`` (on the wrapper that has it)."""
+        await self._call("set_attr", name, (value,))
+
+    async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the remote env's method ``name`` (or read the attribute, if not callable)."""
+        return await self._call("call", name, args, kwargs)
 
 
 class AsyncRemoteVectorEnv(_AsyncRemoteBase):
@@ -213,30 +328,52 @@ class AsyncRemoteVectorEnv(_AsyncRemoteBase):
     autoreset mode (``metadata["autoreset_mode"]``) decides what a step after
     an episode end returns.
 
-    Args:
-        address: ``unix:///abs/path.sock``, ``tcp://host:port`` or ``host:port``.
-        connect_timeout: Seconds allowed for connecting and the handshake.
-        request_timeout: Seconds allowed for each reply; None waits forever.
-        max_frame_size: The largest reply frame accepted.
+    Takes the arguments of :class:`AsyncRemoteEnv`.
     """
 
     _vector = True
+    _entry_point = "rlmesh:RemoteEnv"
+    _vector_entry_point = "rlmesh:RemoteVectorEnv"
     num_envs: int
     single_observation_space: spaces.Space[Any]
     single_action_space: spaces.Space[Any]
 
-    def _apply_hello(self, hello: dict[str, Any]) -> None:
+    def _apply_hello(self, hello: ServerHello) -> None:
         super()._apply_hello(hello)
+        assert hello.num_envs is not None and hello.single_observation_space is not None
+        assert hello.single_action_space is not None
+        self.num_envs = hello.num_envs
+        self.single_observation_space = hello.single_observation_space
+        self.single_action_space = hello.single_action_space
         try:
-            self.num_envs = int(hello["num_envs"])
-            self.single_observation_space = decode_space(hello["single_observation_space"], [])
-            self.single_action_space = decode_space(hello["single_action_space"], [])
-            self.metadata["autoreset_mode"] = AutoresetMode(hello["autoreset_mode"] or "NextStep")
-        except Exception as exc:
-            raise ProtocolError(f"malformed vector handshake: {exc!r}") from exc
+            self.metadata["autoreset_mode"] = AutoresetMode(hello.autoreset_mode or "NextStep")
+        except ValueError as exc:
+            raise ProtocolError(f"malformed handshake: unknown autoreset mode {hello.autoreset_mode!r:.40}") from exc
 
     @property
     def autoreset_mode(self) -> AutoresetMode:
         """The server's autoreset mode."""
         mode: AutoresetMode = self.metadata["autoreset_mode"]
         return mode
+
+    def lanes_result(self, frame: Frame) -> tuple[Any, ...]:
+        """The checked value of a CALL reply that has one item per lane."""
+        return self.connection.unwrap(frame, MessageType.CALL, self._decode_lanes)
+
+    def _decode_lanes(self, frame: Frame) -> tuple[Any, ...]:
+        value = frame.value()
+        if type(value) not in (tuple, list) or len(value) != self.num_envs:
+            raise ProtocolError(f"malformed CALL reply: expected {self.num_envs} per-lane values")
+        return tuple(value)
+
+    async def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """Call ``name`` on every lane, as ``VectorEnv.call``; one result per lane."""
+        return self.lanes_result(await self.request(MessageType.CALL, self.call_body("call", name, args, kwargs)))
+
+    async def get_attr(self, name: str) -> tuple[Any, ...]:
+        """Every lane's attribute ``name``, as ``VectorEnv.get_attr``."""
+        return self.lanes_result(await self.request(MessageType.CALL, self.call_body("get_attr", name)))
+
+    async def set_attr(self, name: str, values: Any) -> None:
+        """Set ``name`` on every lane, as ``VectorEnv.set_attr`` (one value, or one per lane)."""
+        await self._call("set_attr", name, (values,))

@@ -1,4 +1,4 @@
-"""Length-prefixed frames and the sans-I/O connection state machine.
+"""Length-prefixed frames and the sans-I/O stream parser.
 
 A frame is a fixed 16-byte header, an orjson header padded to 8 bytes, and the
 raw array buffers, each padded to 8 bytes so that decoded arrays are aligned::
@@ -7,15 +7,19 @@ raw array buffers, each padded to 8 bytes so that decoded arrays are aligned::
     json: [body, [[dtype, shape], ...]]   (padded with spaces)
     payload: buffer 0, pad, buffer 1, pad, ...
 
-The magic and a hard maximum frame size reject random bytes and other
-protocols (an HTTP request, say) on their first 16 bytes, before anything is
-buffered. Nothing here touches a socket: :meth:`Connection.receive_data` takes
-bytes and returns messages, :meth:`Connection.encode` takes a message and
-returns the bytes to send.
+The magic, the version, the type and the declared lengths are checked on the
+first 16 bytes, before anything else is buffered, so a peer cannot make this
+side hold more than it allowed. A frame's bytes are then received into one
+buffer of exactly the declared size, which the decoded arrays view: receiving a
+frame costs its size once, plus one read chunk.
+
+Nothing here touches a socket: :meth:`Connection.receive_data` takes bytes and
+returns frames; :func:`encode_frame` takes a body and returns the bytes to send.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -25,29 +29,36 @@ import numpy as np
 import orjson
 
 from ..errors import ProtocolError
-from .values import decode_value, encode_value
+from .values import Decoder, encode_value
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "HEADER_SIZE",
+    "MIN_FRAME_SIZE",
     "PROTOCOL_VERSION",
     "Connection",
-    "Message",
+    "Frame",
     "MessageType",
     "encode_frame",
     "encode_message",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAGIC = b"RL"
 HEADER = struct.Struct("<2sBBIII")
 HEADER_SIZE = HEADER.size
 DEFAULT_MAX_FRAME_SIZE = 1 << 30
-_MAX_JSON = 64 << 20
-_PADS = [b" " * i for i in range(8)]
+MIN_FRAME_SIZE = 1 << 16
+"""The smallest ``max_frame_size`` a side may set (the handshake must fit)."""
+MAX_BUFFERS = 1 << 16
+"""Most raw buffers one frame may carry."""
 _SHARE_FRAME_MIN = 1 << 16  # in frames larger than this ...
 _COPY_BELOW = 1 << 12  # ... arrays smaller than this are copied out
+_PADS = [b" " * i for i in range(8)]
 _ZEROS = [b"\0" * i for i in range(8)]
+# dtype strings a peer may send: byte order, a plain kind, a size, a datetime unit.
+_DTYPE = re.compile(r"^[<>|=][biufcSUMm]\d{1,6}(?:\[\w{1,6}\])?$")
+_MAX_NDIM = 32
 
 
 class MessageType(IntEnum):
@@ -59,31 +70,53 @@ class MessageType(IntEnum):
     RENDER = 4
     CLOSE = 5
     ERROR = 6
+    AUTH = 7
+    CALL = 8
 
 
 _TYPES = frozenset(int(t) for t in MessageType)
 
 
 @dataclass(slots=True)
-class Message:
-    """One decoded frame.
+class Frame:
+    """One received frame: its header fields, JSON tree and raw buffers.
+
+    The tree is not yet decoded into values; :meth:`value` does that, and the
+    typed decoders in :mod:`rlmesh.protocol.messages` build bodies from it.
 
     Attributes:
         type: The message kind.
         request_id: Matches a reply to its request.
-        body: The decoded body: values, with arrays in place.
+        tree: The JSON body, as parsed by orjson.
+        arrays: The frame's buffers, viewed as numpy arrays.
     """
 
     type: MessageType
     request_id: int
-    body: Any
+    tree: Any
+    arrays: list[np.ndarray[Any, Any]]
+
+    def decoder(self) -> Decoder:
+        """A decoder over this frame's buffers (each may be taken once)."""
+        return Decoder(self.arrays)
+
+    def value(self) -> Any:
+        """Decode the body as one value.
+
+        Raises:
+            ProtocolError: The body is malformed.
+        """
+        try:
+            decoder = Decoder(self.arrays)
+            value = decoder.value(self.tree)
+            decoder.finish()
+        except (ValueError, TypeError, KeyError, IndexError, RecursionError, OverflowError) as exc:
+            raise ProtocolError(f"malformed {self.type.name} body: {exc}") from exc
+        return value
 
 
-def encode_message(mtype: MessageType, request_id: int, body: Any) -> list[bytes | memoryview]:
-    """Encode one message into the chunks of a frame.
-
-    Small frames come back as a single chunk; large arrays are passed as
-    memoryviews so they are not copied before the socket write.
+def encode_message(mtype: MessageType, request_id: int, body: Any) -> bytes:
+    """Encode one message into the bytes of a frame.
 
     Args:
         mtype: The message kind.
@@ -91,7 +124,7 @@ def encode_message(mtype: MessageType, request_id: int, body: Any) -> list[bytes
         body: Any value encodable by :func:`~rlmesh.protocol.values.encode_value`.
 
     Returns:
-        Byte chunks to write in order.
+        The frame.
     """
     buffers: list[np.ndarray[Any, Any]] = []
     tree = encode_value(body, buffers)
@@ -100,8 +133,12 @@ def encode_message(mtype: MessageType, request_id: int, body: Any) -> list[bytes
 
 def encode_frame(
     mtype: MessageType, request_id: int, tree: Any, buffers: list[np.ndarray[Any, Any]]
-) -> list[bytes | memoryview]:
+) -> bytes:
     """Frame an already encoded tree and its buffers (see :func:`encode_message`).
+
+    The result is one ``bytes`` object holding copies of the buffers, so the
+    frame never shares memory with arrays the sender may overwrite before the
+    transport has written it all (an env reusing its observation buffer).
 
     Args:
         mtype: The message kind.
@@ -111,12 +148,12 @@ def encode_frame(
         buffers: The arrays the tree refers to.
 
     Returns:
-        Byte chunks to write in order.
+        The frame.
     """
     if not buffers:
         js = orjson.dumps([tree, ()])
         js += _PADS[-len(js) % 8]
-        return [HEADER.pack(MAGIC, PROTOCOL_VERSION, mtype, request_id, len(js), 0) + js]
+        return HEADER.pack(MAGIC, PROTOCOL_VERSION, mtype, request_id, len(js), 0) + js
     meta = []
     chunks: list[bytes | memoryview] = []
     payload_len = 0
@@ -125,123 +162,151 @@ def encode_frame(
             arr = np.ascontiguousarray(arr)
         meta.append((arr.dtype.str, arr.shape))
         n = arr.nbytes
-        chunks.append(arr.reshape(-1).view(np.uint8).data if n else b"")
+        if n:
+            chunks.append(arr.reshape(-1).view(np.uint8).data)
         pad = -n % 8
         if pad:
             chunks.append(_ZEROS[pad])
         payload_len += n + pad
     js = orjson.dumps([tree, meta])
     js += _PADS[-len(js) % 8]
-    head = HEADER.pack(MAGIC, PROTOCOL_VERSION, mtype, request_id, len(js), payload_len) + js
-    if payload_len <= 65536:
-        return [b"".join([head, *chunks])]
-    return [head, *chunks]
+    head = HEADER.pack(MAGIC, PROTOCOL_VERSION, mtype, request_id, len(js), payload_len)
+    return b"".join([head, js, *chunks])
 
 
 class Connection:
     """Sans-I/O framing state for one byte stream.
 
     Feed received bytes to :meth:`receive_data`; it returns every complete
-    message. Once it raised :class:`~rlmesh.errors.ProtocolError` the stream is
+    frame. Once it raised :class:`~rlmesh.errors.ProtocolError` the stream is
     out of sync and must be closed.
 
     Args:
-        max_frame_size: Frames larger than this are rejected.
+        max_frame_size: Frames larger than this (header included) are rejected.
+            It can be changed between frames (a server keeps it small until the
+            peer has authenticated).
     """
 
-    __slots__ = ("_buf", "_max", "failed")
+    __slots__ = ("_filled", "_frame", "_head", "_header", "failed", "max_frame_size")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
-        self._buf = bytearray()
-        self._max = max_frame_size
+        self._head = bytearray()
+        self._frame: bytearray | None = None
+        self._header: tuple[int, int, int, int] = (0, 0, 0, 0)
+        self._filled = 0
+        self.max_frame_size = max_frame_size
         self.failed = False
 
     @property
     def buffered(self) -> int:
         """Bytes received that do not yet form a whole frame."""
-        return len(self._buf)
+        return len(self._head) + (HEADER_SIZE + self._filled if self._frame is not None else 0)
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Message]:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Consume received bytes.
 
         Args:
             data: The next bytes of the stream.
 
         Returns:
-            The messages completed by ``data`` (possibly none).
+            The frames completed by ``data`` (possibly none).
 
         Raises:
             ProtocolError: The stream does not follow the protocol.
         """
         if self.failed:
             raise ProtocolError("connection already failed a protocol check")
-        buf = self._buf
-        buf += data
-        out: list[Message] = []
-        while len(buf) >= HEADER_SIZE:
-            magic, version, mtype, rid, jlen, plen = HEADER.unpack_from(buf)
-            if magic != MAGIC:
-                self._fail(f"bad frame magic {bytes(buf[:4])!r}: the peer does not speak rlmesh")
-            if version != PROTOCOL_VERSION:
-                self._fail(
-                    f"peer speaks rlmesh protocol version {version}, this side speaks "
-                    f"{PROTOCOL_VERSION}: install the same rlmesh version on both sides"
-                )
-            if mtype not in _TYPES:
-                self._fail(f"unknown message type {mtype}")
-            if jlen % 8 or jlen > _MAX_JSON or jlen + plen > self._max:
-                self._fail(
-                    f"frame of {jlen + plen} bytes (header {jlen}) exceeds the maximum of "
-                    f"{self._max} bytes or is misaligned"
-                )
-            end = HEADER_SIZE + jlen + plen
-            if len(buf) < end:
-                break
-            js = bytes(buf[HEADER_SIZE : HEADER_SIZE + jlen])
-            payload = buf[HEADER_SIZE + jlen : end] if plen else None
-            del buf[:end]
-            out.append(self._decode(MessageType(mtype), rid, js, payload))
+        out: list[Frame] = []
+        view = memoryview(data)
+        pos, end = 0, len(view)
+        while pos < end:
+            frame = self._frame
+            if frame is None:
+                head = self._head
+                take = min(HEADER_SIZE - len(head), end - pos)
+                head += view[pos : pos + take]
+                pos += take
+                if len(head) < HEADER_SIZE:
+                    break
+                frame = self._frame = self._start_frame(head)
+                head.clear()
+            take = min(len(frame) - self._filled, end - pos)
+            frame[self._filled : self._filled + take] = view[pos : pos + take]
+            self._filled += take
+            pos += take
+            if self._filled == len(frame):
+                self._frame, self._filled = None, 0
+                out.append(self._decode(frame))
         return out
 
-    def _decode(
-        self, mtype: MessageType, rid: int, js: bytes, payload: bytearray | None
-    ) -> Message:
+    def _start_frame(self, head: bytearray) -> bytearray:
+        magic, version, mtype, rid, jlen, plen = HEADER.unpack_from(head)
+        if magic != MAGIC:
+            self._fail(f"bad frame magic {bytes(head[:4])!r}: the peer does not speak rlmesh")
+        if version != PROTOCOL_VERSION:
+            self._fail(
+                f"peer speaks rlmesh protocol version {version}, this side speaks "
+                f"{PROTOCOL_VERSION}: install the same rlmesh version on both sides"
+            )
+        if mtype not in _TYPES:
+            self._fail(f"unknown message type {mtype}")
+        size = HEADER_SIZE + jlen + plen
+        if size > self.max_frame_size:
+            self._fail(
+                f"frame of {size} bytes exceeds the maximum of {self.max_frame_size} bytes "
+                "(max_frame_size on this side)"
+            )
+        if jlen % 8 or plen % 8 or jlen == 0:
+            self._fail(f"misaligned frame (header {jlen} bytes, payload {plen} bytes)")
+        self._header = (mtype, rid, jlen, plen)
+        return bytearray(jlen + plen)
+
+    def _decode(self, frame: bytearray) -> Frame:
+        mtype, rid, jlen, plen = self._header
         try:
-            tree, meta = orjson.loads(js)
+            view = memoryview(frame)
+            parsed = orjson.loads(view[:jlen])
+            if type(parsed) is not list or len(parsed) != 2 or type(parsed[1]) is not list:
+                raise ValueError("a frame's JSON must be [body, buffers]")
+            tree, meta = parsed
+            if len(meta) > MAX_BUFFERS:
+                raise ValueError(f"more than {MAX_BUFFERS} buffers")
             arrays: list[np.ndarray[Any, Any]] = []
+            payload = view[jlen:]
             offset = 0
-            size = len(payload) if payload is not None else 0
-            for dtype_str, shape in meta:
+            copy_small = plen > _SHARE_FRAME_MIN
+            for item in meta:
+                if type(item) is not list or len(item) != 2:
+                    raise ValueError("malformed buffer description")
+                dtype_str, shape = item
+                if type(dtype_str) is not str or not _DTYPE.match(dtype_str):
+                    raise ValueError(f"dtype {dtype_str!r:.40} is not allowed")
                 dtype = np.dtype(dtype_str)
-                if dtype.kind == "O" or dtype.hasobject:
-                    raise ValueError("object buffers are not allowed")
-                if type(shape) is not list:
-                    raise ValueError(f"bad array shape {shape!r}")
+                if type(shape) is not list or len(shape) > _MAX_NDIM:
+                    raise ValueError(f"bad array shape {shape!r:.60}")
                 count = 1
                 for d in shape:  # one pass: check each dimension and multiply
                     if type(d) is not int or d < 0:
-                        raise ValueError(f"bad array shape {shape!r}")
+                        raise ValueError(f"bad array shape {shape!r:.60}")
                     count *= d
                 n = count * dtype.itemsize
-                if offset + n > size:
+                if offset + n > plen:
                     raise ValueError("an array runs past the end of the payload")
                 if count:
-                    arr = np.frombuffer(payload or b"", dtype=dtype, count=count, offset=offset).reshape(shape)
+                    arr = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
                     # A small array must not keep a big frame alive (rewards kept beside big frames).
-                    arrays.append(arr.copy() if size > _SHARE_FRAME_MIN and n < _COPY_BELOW else arr)
+                    arrays.append(arr.copy() if copy_small and n < _COPY_BELOW else arr)
                 else:
                     arrays.append(np.empty(shape, dtype=dtype))
                 offset += n + (-n % 8)
-            if offset != size:
+            if offset != plen:
                 raise ValueError("buffer sizes do not add up to the payload length")
-            body = decode_value(tree, arrays)
-        except ProtocolError:
-            raise
         except Exception as exc:  # any malformed header is a protocol error
             self._fail(f"malformed frame: {type(exc).__name__}: {exc}", exc)
-        return Message(mtype, rid, body)
+        return Frame(MessageType(mtype), rid, tree, arrays)
 
     def _fail(self, message: str, cause: BaseException | None = None) -> Any:
         self.failed = True
-        self._buf.clear()
+        self._head.clear()
+        self._frame, self._filled = None, 0
         raise ProtocolError(message) from cause

@@ -16,7 +16,7 @@ import numpy as np
 from gymnasium import spaces
 
 from ..errors import UnsupportedSpaceError
-from .values import decode_value, encode_value
+from .values import MAX_DEPTH, Decoder, encode_value
 
 __all__ = ["decode_space", "encode_space"]
 
@@ -101,49 +101,93 @@ def encode_space(space: spaces.Space[Any], buffers: list[np.ndarray[Any, Any]]) 
     )
 
 
-def decode_space(desc: dict[str, Any], arrays: list[np.ndarray[Any, Any]]) -> spaces.Space[Any]:
+def decode_space(desc: Any, decoder: Decoder, _depth: int = 0) -> spaces.Space[Any]:
     """Rebuild a space described by :func:`encode_space`.
+
+    The description comes from the peer, so its shape is checked at every level.
 
     Args:
         desc: The description.
-        arrays: The frame's buffers.
+        decoder: The frame's decoder (it hands out the bound buffers).
 
     Returns:
         A space equal to the described one.
 
     Raises:
         UnsupportedSpaceError: The description names an unknown space type.
+        ValueError: The description is malformed.
     """
+    if type(desc) is not dict:
+        raise ValueError(f"a space description must be an object, got {type(desc).__name__}")
+    if _depth > MAX_DEPTH:
+        raise ValueError(f"space nested deeper than {MAX_DEPTH} levels")
     kind = desc.get("type")
-    dec = decode_value
+    depth = _depth + 1
+
+    def sub(name: str) -> spaces.Space[Any]:
+        return decode_space(desc[name], decoder, depth)
+
+    def subs(name: str) -> list[Any]:
+        items = desc[name]
+        if type(items) is not list:
+            raise ValueError(f"{kind}.{name} must be a list")
+        return items
+
     if kind == "Box":
-        low = np.array(dec(desc["low"], arrays))
-        high = np.array(dec(desc["high"], arrays))
+        low = np.asarray(decoder.value(desc["low"]))
+        high = np.asarray(decoder.value(desc["high"]))
+        if low.dtype.kind not in "biuf" or low.dtype != high.dtype:
+            raise ValueError("Box bounds must be numeric arrays of one dtype")
         return spaces.Box(low=low, high=high, dtype=low.dtype)
     if kind == "Discrete":
-        return spaces.Discrete(int(desc["n"]), start=int(desc["start"]), dtype=np.dtype(desc["dtype"]))
+        return spaces.Discrete(_int(desc["n"]), start=_int(desc["start"]), dtype=_dtype(desc["dtype"]))
     if kind == "MultiDiscrete":
-        nvec = np.array(dec(desc["nvec"], arrays))
-        start = np.array(dec(desc["start"], arrays))
+        nvec = np.asarray(decoder.value(desc["nvec"]))
+        start = np.asarray(decoder.value(desc["start"]))
+        if nvec.dtype.kind not in "iu" or start.dtype != nvec.dtype:
+            raise ValueError("MultiDiscrete nvec and start must be integer arrays of one dtype")
         return spaces.MultiDiscrete(nvec, dtype=nvec.dtype, start=start)
     if kind == "MultiBinary":
         n = desc["n"]
-        return spaces.MultiBinary(tuple(n) if isinstance(n, list) else int(n))
+        return spaces.MultiBinary(tuple(_int(d) for d in n) if type(n) is list else _int(n))
     if kind == "Text":
-        return spaces.Text(
-            desc["max_length"], min_length=desc["min_length"], charset=desc["charset"]
-        )
+        charset = desc["charset"]
+        if type(charset) is not str:
+            raise ValueError("Text charset must be a string")
+        return spaces.Text(_int(desc["max_length"]), min_length=_int(desc["min_length"]), charset=charset)
     if kind == "Dict":
-        return spaces.Dict({k: decode_space(s, arrays) for k, s in desc["spaces"]})
+        items = subs("spaces")
+        if not all(type(p) is list and len(p) == 2 and type(p[0]) is str for p in items):
+            raise ValueError("Dict spaces must be [name, space] pairs")
+        return spaces.Dict({k: decode_space(s, decoder, depth) for k, s in items})
     if kind == "Tuple":
-        return spaces.Tuple([decode_space(s, arrays) for s in desc["spaces"]])
+        return spaces.Tuple([decode_space(s, decoder, depth) for s in subs("spaces")])
     if kind == "Sequence":
-        return spaces.Sequence(decode_space(desc["space"], arrays), stack=bool(desc["stack"]))
+        return spaces.Sequence(sub("space"), stack=desc["stack"] is True)
     if kind == "OneOf":
-        return spaces.OneOf([decode_space(s, arrays) for s in desc["spaces"]])
+        return spaces.OneOf([decode_space(s, decoder, depth) for s in subs("spaces")])
     if kind == "Graph":
         edge = desc["edge_space"]
-        node_space = decode_space(desc["node_space"], arrays)
-        edge_space = None if edge is None else decode_space(edge, arrays)
+        node_space = sub("node_space")
+        edge_space = None if edge is None else sub("edge_space")
+        if not isinstance(node_space, (spaces.Box, spaces.Discrete)) or not (
+            edge_space is None or isinstance(edge_space, (spaces.Box, spaces.Discrete))
+        ):
+            raise ValueError("Graph node and edge spaces must be Box or Discrete")
         return spaces.Graph(node_space=node_space, edge_space=edge_space)
-    raise UnsupportedSpaceError(f"unknown space type {kind!r} in a space description")
+    raise UnsupportedSpaceError(f"unknown space type {kind!r:.60} in a space description")
+
+
+def _int(value: Any) -> int:
+    if type(value) is not int:
+        raise ValueError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _dtype(text: Any) -> np.dtype[Any]:
+    if type(text) is not str or len(text) > 8:
+        raise ValueError("malformed dtype")
+    dtype = np.dtype(text)
+    if dtype.kind not in "iu":
+        raise ValueError(f"Discrete dtype must be an integer type, got {dtype}")
+    return dtype

@@ -17,8 +17,15 @@ The encoding rules, in full:
 * ``list`` stays ``list``, ``tuple`` stays ``tuple``, ``dict`` stays ``dict``
   (keys of any encodable type; insertion order kept), ``bytes`` stays
   ``bytes``, and ``gymnasium.spaces.GraphInstance`` stays a ``GraphInstance``.
-* Anything else is replaced by its ``repr()`` string. This never raises, so
-  an exotic object in an info dict cannot break a step.
+* Anything else is replaced by its ``repr()`` string (cut to
+  :data:`MAX_REPR` characters). This never raises, so an exotic object in an
+  info dict cannot break a step.
+
+Decoding treats the tree as hostile (see ``docs/protocol.md``): every buffer is
+referenced exactly once, so a frame cannot make the decoder copy one buffer many
+times; nesting is limited to :data:`MAX_DEPTH` levels; tags are checked for
+their exact shape. A violation raises ``ValueError``, which the framing layer
+turns into :class:`~rlmesh.errors.ProtocolError`.
 """
 
 from __future__ import annotations
@@ -29,10 +36,15 @@ from typing import Any
 import numpy as np
 from gymnasium.spaces import GraphInstance
 
-__all__ = ["BufferMeta", "decode_value", "encode_value"]
+__all__ = ["MAX_DEPTH", "MAX_REPR", "BufferMeta", "Decoder", "decode_value", "encode_value", "unencodable"]
 
 # A buffer is described by (dtype.str, shape) in the header.
 BufferMeta = tuple[str, tuple[int, ...]]
+
+MAX_DEPTH = 100
+"""Deepest nesting of lists, dicts and tags a decoded value may have."""
+MAX_REPR = 4096
+"""Longest ``repr()`` string sent for an object the codec cannot encode."""
 
 _ARRAY_KINDS = frozenset("biufcSUMm")
 _INT64_MIN = -(2**63)
@@ -52,6 +64,7 @@ _T_GRAPH = "__g__"
 _TAGS = frozenset(
     (_T_ARRAY, _T_SCALAR, _T_OBJARRAY, _T_TUPLE, _T_FLOAT, _T_INT, _T_BYTES, _T_DICT, _T_GRAPH)
 )
+_FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
 def encode_value(value: Any, buffers: list[np.ndarray[Any, Any]]) -> Any:
@@ -87,7 +100,7 @@ def encode_value(value: Any, buffers: list[np.ndarray[Any, Any]]) -> Any:
         if value.dtype.kind in _ARRAY_KINDS:
             buffers.append(np.asarray(value))
             return {_T_SCALAR: len(buffers) - 1}
-        return repr(value)
+        return _repr(value)
     if t is GraphInstance:
         return {_T_GRAPH: [encode_value(v, buffers) for v in value]}
     # Subclasses of the builtins (OrderedDict, IntEnum, namedtuples ...).
@@ -110,7 +123,36 @@ def encode_value(value: Any, buffers: list[np.ndarray[Any, Any]]) -> Any:
         return encode_value(int(value), buffers)
     if isinstance(value, float):
         return encode_value(float(value), buffers)
-    return repr(value)
+    return _repr(value)
+
+
+def unencodable(value: Any, _depth: int = 0) -> str | None:
+    """The type name of the first part of ``value`` that would be sent as its ``repr()``, or None."""
+    if _depth > MAX_DEPTH:
+        return "structure nested too deep"
+    t = type(value)
+    if value is None or t in (str, bool, int, float, bytes, bytearray, memoryview):
+        return None
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind == "O":
+            return next((b for b in (unencodable(v, _depth + 1) for v in value.reshape(-1)) if b), None)
+        return None if value.dtype.kind in _ARRAY_KINDS else f"array of dtype {value.dtype}"
+    if isinstance(value, np.generic):
+        return None if value.dtype.kind in _ARRAY_KINDS else f"numpy {type(value).__name__}"
+    if isinstance(value, dict):
+        items: Any = [x for kv in value.items() for x in kv]
+    elif isinstance(value, (list, tuple, GraphInstance)):
+        items = value
+    elif isinstance(value, (str, int, float)):
+        return None
+    else:
+        return f"{t.__module__}.{t.__qualname__}"
+    return next((b for b in (unencodable(v, _depth + 1) for v in items) if b), None)
+
+
+def _repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= MAX_REPR else text[: MAX_REPR - 3] + "..."
 
 
 def _encode_array(arr: np.ndarray[Any, Any], buffers: list[np.ndarray[Any, Any]]) -> Any:
@@ -122,7 +164,7 @@ def _encode_array(arr: np.ndarray[Any, Any], buffers: list[np.ndarray[Any, Any]]
         flat = [encode_value(v, buffers) for v in arr.reshape(-1)]
         return {_T_OBJARRAY: [list(arr.shape), flat]}
     # Structured or void dtypes: documented repr fallback.
-    return repr(arr)
+    return _repr(arr)
 
 
 def _encode_dict(value: dict[Any, Any], buffers: list[np.ndarray[Any, Any]]) -> Any:
@@ -136,54 +178,132 @@ def _encode_dict(value: dict[Any, Any], buffers: list[np.ndarray[Any, Any]]) -> 
     return {_T_DICT: [[encode_value(k, buffers), encode_value(v, buffers)] for k, v in value.items()]}
 
 
+class Decoder:
+    """Decodes the trees of one frame, checking that each buffer is used exactly once.
+
+    Args:
+        arrays: The frame's buffers, already viewed as arrays.
+    """
+
+    __slots__ = ("_arrays", "_used")
+
+    def __init__(self, arrays: list[np.ndarray[Any, Any]]) -> None:
+        self._arrays = arrays
+        self._used = 0
+
+    def value(self, tree: Any) -> Any:
+        """Rebuild a value encoded by :func:`encode_value`.
+
+        Raises:
+            ValueError: Malformed: a bad tag, a missing or reused buffer, too deep.
+        """
+        return self._value(tree, 0)
+
+    def finish(self) -> None:
+        """Check that every buffer of the frame was used.
+
+        Raises:
+            ValueError: Some buffer was never referenced.
+        """
+        if self._used != len(self._arrays):
+            raise ValueError(f"{len(self._arrays) - self._used} buffer(s) of the frame are never used")
+
+    def buffer(self, index: Any) -> np.ndarray[Any, Any]:
+        """Take buffer ``index``; each one can be taken once.
+
+        Raises:
+            ValueError: No such buffer, or it was taken before.
+        """
+        arrays = self._arrays
+        if type(index) is not int or not 0 <= index < len(arrays):
+            raise ValueError(f"reference to a missing buffer {index!r}")
+        arr = arrays[index]
+        if arr is None:
+            raise ValueError(f"buffer {index} is referenced twice")
+        arrays[index] = None  # type: ignore[call-overload]
+        self._used += 1
+        return arr
+
+    def _value(self, tree: Any, depth: int) -> Any:
+        t = type(tree)
+        if t is dict:
+            if depth >= MAX_DEPTH:
+                raise ValueError(f"value nested deeper than {MAX_DEPTH} levels")
+            if len(tree) == 1:
+                key = next(iter(tree))
+                if key in _TAGS:
+                    return self._tagged(key, tree[key], depth + 1)
+            return {k: self._value(v, depth + 1) for k, v in tree.items()}
+        if t is list:
+            if depth >= MAX_DEPTH:
+                raise ValueError(f"value nested deeper than {MAX_DEPTH} levels")
+            return [self._value(v, depth + 1) for v in tree]
+        return tree
+
+    def _list(self, body: Any, depth: int) -> list[Any]:
+        if type(body) is not list:
+            raise ValueError(f"malformed tag body {type(body).__name__}")
+        return [self._value(v, depth) for v in body]
+
+    def _tagged(self, tag: str, body: Any, depth: int) -> Any:
+        if tag == _T_ARRAY:
+            return self.buffer(body)
+        if tag == _T_SCALAR:
+            arr = self.buffer(body)
+            if arr.ndim != 0:
+                raise ValueError("a numpy scalar must be a 0-d buffer")
+            return arr[()]
+        if tag == _T_TUPLE:
+            return tuple(self._list(body, depth))
+        if tag == _T_FLOAT:
+            if type(body) is not str or body not in _FLOATS:
+                raise ValueError(f"bad float tag {body!r:.40}")
+            return _FLOATS[body]
+        if tag == _T_INT:
+            if type(body) is not str:
+                raise ValueError("bad int tag")
+            return int(body)  # Python refuses more than 4300 digits
+        if tag == _T_BYTES:
+            return self.buffer(body).tobytes()
+        if tag == _T_DICT:
+            if type(body) is not list:
+                raise ValueError("malformed dict tag")
+            out = {}
+            for pair in body:
+                if type(pair) is not list or len(pair) != 2:
+                    raise ValueError("malformed dict tag")
+                out[self._value(pair[0], depth)] = self._value(pair[1], depth)
+            return out
+        if tag == _T_GRAPH:
+            parts = self._list(body, depth)
+            if len(parts) != 3:
+                raise ValueError("a graph instance has nodes, edges and edge links")
+            return GraphInstance(*parts)
+        # _T_OBJARRAY
+        if type(body) is not list or len(body) != 2 or type(body[0]) is not list:
+            raise ValueError("malformed object array tag")
+        shape, flat = body
+        items = self._list(flat, depth)
+        out_arr = np.empty(len(items), dtype=object)
+        for i, v in enumerate(items):
+            out_arr[i] = v
+        return out_arr.reshape(shape)
+
+
 def decode_value(tree: Any, arrays: list[np.ndarray[Any, Any]]) -> Any:
-    """Rebuild a value encoded by :func:`encode_value`.
+    """Rebuild one value encoded by :func:`encode_value` that uses all of ``arrays``.
 
     Args:
         tree: The decoded JSON tree.
-        arrays: The frame's buffers, already viewed as arrays.
+        arrays: The buffers, already viewed as arrays (the list is consumed).
 
     Returns:
         The original value.
 
     Raises:
-        ValueError: The tree refers to a missing buffer or has a malformed tag.
+        ValueError: The tree is malformed or does not use each buffer exactly once.
     """
-    t = type(tree)
-    if t is dict:
-        if len(tree) == 1:
-            key = next(iter(tree))
-            if key in _TAGS:
-                return _decode_tagged(key, tree[key], arrays)
-        return {k: decode_value(v, arrays) for k, v in tree.items()}
-    if t is list:
-        return [decode_value(v, arrays) for v in tree]
-    return tree
-
-
-def _decode_tagged(tag: str, body: Any, arrays: list[np.ndarray[Any, Any]]) -> Any:
-    if tag == _T_ARRAY:
-        return arrays[body]
-    if tag == _T_SCALAR:
-        return arrays[body][()]
-    if tag == _T_TUPLE:
-        return tuple(decode_value(v, arrays) for v in body)
-    if tag == _T_FLOAT:
-        if body not in ("nan", "inf", "-inf"):
-            raise ValueError(f"bad float tag {body!r}")
-        return float(body)
-    if tag == _T_INT:
-        return int(body)
-    if tag == _T_BYTES:
-        return arrays[body].tobytes()
-    if tag == _T_DICT:
-        return {decode_value(k, arrays): decode_value(v, arrays) for k, v in body}
-    if tag == _T_GRAPH:
-        nodes, edges, links = (decode_value(v, arrays) for v in body)
-        return GraphInstance(nodes, edges, links)
-    # _T_OBJARRAY
-    shape, flat = body
-    out = np.empty(len(flat), dtype=object)
-    for i, v in enumerate(flat):
-        out[i] = decode_value(v, arrays)
-    return out.reshape(shape)
+    decoder = Decoder(arrays)
+    value = decoder.value(tree)
+    decoder.finish()
+    return value

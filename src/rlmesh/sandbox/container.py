@@ -33,7 +33,7 @@ from ..errors import (
     SandboxError,
     SandboxStartError,
 )
-from ..server.core import READY_LINE_PREFIX
+from ..protocol import READY_LINE_PREFIX
 from ._docker import DockerClient, acquire_docker, docker_client, release_docker
 
 __all__ = ["ContainerOptions", "Sandbox", "cleanup_sandboxes", "list_sandboxes"]

@@ -18,7 +18,7 @@ import orjson
 
 from ..client.env import AsyncRemoteEnv, AsyncRemoteVectorEnv, _AsyncRemoteBase
 from ..errors import EnvClosedError, InvalidArgumentError, SandboxError, SandboxExitedError, TransportError
-from ..server.loader import VECTORIZATION_MODES, parse_autoreset_mode
+from ..protocol import DEFAULT_MAX_FRAME_SIZE, parse_autoreset_mode, parse_vectorization_mode
 from ._docker import DockerClient, docker_client
 from .container import ContainerOptions, Sandbox
 from .image import ImageSpec, ensure_image, try_pull
@@ -39,10 +39,18 @@ _ELSEWHERE = {
     "kwargs": "env kwargs are passed as keyword arguments directly, e.g. SandboxEnv(id, render_mode='rgb_array')",
 }
 ENVHUB_DIR = "/opt/rlmesh/envhub"
+_SPEC_OPTIONS: dict[str, Any] = {
+    "packages": (), "imports": (), "base_image": None, "rebuild": False, "trust_remote_code": False,
+    "allow_unpinned_hf": False, "network": False, "memory": None, "cpus": None, "pids_limit": None, "env": None,
+    "gpus": None, "devices": (), "volumes": (), "user": None, "connect_timeout": 60.0, "request_timeout": None,
+    "max_frame_size": DEFAULT_MAX_FRAME_SIZE, "strict_actions": False,
+}
 
 
 class _SandboxMixin(_AsyncRemoteBase):
     """Source, image, container and connection lifecycle shared by both sandbox kinds."""
+
+    _entry_point = "rlmesh:SandboxEnv"
 
     _num_envs: int | None = None
     _vectorization_mode = "sync"
@@ -69,9 +77,16 @@ class _SandboxMixin(_AsyncRemoteBase):
         user: str | int | None = None,
         connect_timeout: float | None = 60.0,
         request_timeout: float | None = None,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        strict_actions: bool = False,
         **env_kwargs: Any,
     ) -> None:
-        super().__init__(None, connect_timeout=connect_timeout, request_timeout=request_timeout)
+        given = {name: value for name, value in locals().items() if name in _SPEC_OPTIONS}
+        super().__init__(None, connect_timeout=connect_timeout, request_timeout=request_timeout,
+                         max_frame_size=max_frame_size, strict_actions=strict_actions)
+        # What gym.make(env.spec) needs to make an equivalent sandbox: options that differ
+        # from their defaults, and the env kwargs.
+        self._spec_options = {k: v for k, v in given.items() if v != _SPEC_OPTIONS[k]}
         for key in env_kwargs:
             if key in _ELSEWHERE:
                 raise InvalidArgumentError(f"{key}= is not an env kwarg: {_ELSEWHERE[key]}")
@@ -113,12 +128,21 @@ class _SandboxMixin(_AsyncRemoteBase):
                 f"the prebuilt image {source.ref!r} is run as it is. Bake dependencies into that image instead."
             )
 
+    def _spec_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"source": self.source, **self._spec_options, **self.env_kwargs}
+        if self._num_envs is not None:
+            if self._vectorization_mode != "sync":
+                kwargs["vectorization_mode"] = self._vectorization_mode
+            if self._autoreset_mode != "next_step":
+                kwargs["autoreset_mode"] = self._autoreset_mode
+        return kwargs
+
     @property
     def container_id(self) -> str | None:
         """The running container's id, or None."""
         return self._sandbox.container_id if self._sandbox is not None else None
 
-    async def _explain(self, exc: TransportError) -> Exception:
+    async def explain(self, exc: TransportError) -> Exception:
         # A lost connection usually means the container died: say how, before close() removes it.
         cid = self.container_id
         if cid is None:
@@ -141,6 +165,8 @@ class _SandboxMixin(_AsyncRemoteBase):
 
     def _serve_args(self) -> list[str]:
         args = ["--kwargs-json", self._kwargs_json]
+        if self.max_frame_size != DEFAULT_MAX_FRAME_SIZE:
+            args += ["--max-frame-size", str(self.max_frame_size)]
         if self._num_envs is not None:
             args += [
                 "--num-envs", str(self._num_envs), "--vectorization-mode", self._vectorization_mode,
@@ -252,12 +278,17 @@ _OPTION_DOCS = """
         user: ``"uid[:gid]"`` to run as (never root).
         connect_timeout: Seconds allowed from container start to a connected env.
         request_timeout: Seconds allowed for each reply; None waits forever.
+        max_frame_size: The largest frame either side accepts (bytes, at least 64 KiB).
+        strict_actions: Check actions against the action space on the host before sending them.
         **env_kwargs: Passed to the env's constructor (must be JSON-serialisable).
 """
 
 
 class AsyncSandboxEnv(_SandboxMixin, AsyncRemoteEnv):
     """A single env in a Docker container that rlmesh builds, starts, owns and removes.
+
+    ``env.spec`` makes an equivalent sandbox: ``gym.make(env.spec)`` works, and so does
+    ``gym.register("My-v0", entry_point="rlmesh:SandboxEnv", kwargs={"source": ...})``.
 
     Example::
 
@@ -280,14 +311,14 @@ class AsyncSandboxVectorEnv(_SandboxMixin, AsyncRemoteVectorEnv):
     besides the options below.
     """
 
+    _entry_point = "rlmesh:SandboxEnv"
+    _vector_entry_point = "rlmesh:SandboxVectorEnv"
+
     def __init__(self, source: str, num_envs: int = 1, *, vectorization_mode: str = "sync",
                  autoreset_mode: str = "next_step", **kwargs: Any) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise InvalidArgumentError(f"num_envs must be a positive int, got {num_envs!r}")
-        if vectorization_mode not in VECTORIZATION_MODES:
-            raise InvalidArgumentError(
-                f"vectorization_mode must be one of {VECTORIZATION_MODES}, got {vectorization_mode!r}"
-            )
+        vectorization_mode = parse_vectorization_mode(vectorization_mode)
         parse_autoreset_mode(autoreset_mode)
         self._num_envs = num_envs
         self._vectorization_mode = vectorization_mode

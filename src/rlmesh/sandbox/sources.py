@@ -22,7 +22,7 @@ from pathlib import Path
 import anyio
 
 from ..errors import SourceError
-from ..server.loader import FACTORY_PATTERN, is_gym_id
+from ..protocol.options import FACTORY_PATTERN, is_gym_id
 from ._docker import DockerClient
 
 __all__ = ["GymSource", "HubSource", "ImageSource", "Source", "fetch_hub_repo", "parse_source", "resolve_source"]

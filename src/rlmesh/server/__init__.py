@@ -5,7 +5,7 @@ It imports numpy, orjson and gymnasium only (plus the standard library).
 
 from __future__ import annotations
 
-from .core import READY_LINE_PREFIX, EnvServer
+from .core import EnvServer
 from .loader import check_imports, load_env
 
-__all__ = ["READY_LINE_PREFIX", "EnvServer", "check_imports", "load_env"]
+__all__ = ["EnvServer", "check_imports", "load_env"]

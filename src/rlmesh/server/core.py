@@ -3,48 +3,67 @@
 The server runs on asyncio with plain protocol callbacks: a request is decoded,
 applied to the env and answered inside ``data_received``, with no task or
 thread hop on the hot path. Env calls are synchronous, so one client at a time
-is the natural model; a second concurrent client is told the server is busy.
+is the natural model.
+
+A connection goes through three states. Until it is *active* it holds no slot
+and may send only small frames: it must say HELLO (and, when the server has a
+token, prove it knows the token) within ``hello_timeout``. Only then does it
+claim the one client slot; if another client holds it, the newcomer waits a
+moment (the other may be hanging up) and is then told the server is busy. An
+active client that sends nothing for ``idle_timeout`` is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
 import socket
-import traceback
+import ssl
 from collections.abc import Callable
 from typing import Any, cast
 
 import gymnasium as gym
-import numpy as np
 
 from .._address import Address, parse_address
-from ..errors import InvalidActionError, ProtocolError
+from ..errors import InvalidArgumentError, ProtocolError
 from ..protocol import (
     DEFAULT_MAX_FRAME_SIZE,
-    PROTOCOL_VERSION,
+    MIN_FRAME_SIZE,
+    READY_LINE_PREFIX,
+    AuthChallenge,
+    AuthProof,
+    CallRequest,
+    ClientHello,
     Connection,
-    Message,
+    ErrorBody,
+    Frame,
     MessageType,
-    encode_frame,
+    ResetRequest,
+    ServerHello,
+    SpecData,
     encode_message,
-    encode_space,
-    encode_value,
+    error_for_exception,
 )
-from ..protocol.messages import describe_spec
+from ..protocol.values import unencodable
+from ..protocol import auth as _auth
 from ._types import EnvLike
-from .validate import check_action
 
-__all__ = ["READY_LINE_PREFIX", "EnvServer"]
+__all__ = ["HELLO_TIMEOUT", "IDLE_TIMEOUT", "EnvServer"]
 
 log = logging.getLogger("rlmesh.server")
 
-READY_LINE_PREFIX = "rlmesh-server ready"
-HELLO_TIMEOUT = 10.0  # seconds a new connection has to send its HELLO
-
+HELLO_TIMEOUT = 10.0
+"""Seconds a new connection has to finish its HELLO (and authentication)."""
+IDLE_TIMEOUT = 300.0
+"""Default seconds of silence after which a TCP client is dropped (Unix sockets: none)."""
+MAX_PENDING = 64
+"""Connections that may be in their handshake at once; more are refused at once."""
+BUSY_GRACE = 0.25
+"""Seconds a newly authenticated client waits for the slot before it is told the server is busy."""
 
 
 class EnvServer:
@@ -54,11 +73,21 @@ class EnvServer:
         env_or_factory: The env, or a zero-argument callable that creates it
             (called once, when serving starts).
         address: ``unix:///abs/path.sock``, ``tcp://host:port`` or ``host:port``.
-        max_frame_size: The largest frame accepted from a client.
+        max_frame_size: The largest frame accepted from an active client (a client
+            still in its handshake may send at most 64 KiB).
         ready_message: Printed (with the address) once connections are accepted;
             None prints nothing.
-        hello_timeout: Seconds a new connection has to send its HELLO before it is
-            dropped, so that a silent peer cannot hold the one client slot.
+        hello_timeout: Seconds a new connection has to finish its handshake.
+        token: The shared token clients must prove they know. Over TCP it defaults to
+            ``RLMESH_TOKEN``, and serving TCP without one needs ``insecure=True``.
+        insecure: Serve TCP without a token; allowed on loopback addresses only.
+        tls: An ``ssl.SSLContext`` (server side) to encrypt TCP connections.
+        idle_timeout: Seconds of silence after which an active client is dropped;
+            default 300 over TCP, none on Unix sockets. None disables it.
+
+    Raises:
+        InvalidArgumentError: TCP without a token (and not ``insecure`` on loopback), or a
+            bad option.
     """
 
     def __init__(
@@ -69,15 +98,44 @@ class EnvServer:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         ready_message: str | None = READY_LINE_PREFIX,
         hello_timeout: float = HELLO_TIMEOUT,
+        token: str | bytes | None = None,
+        insecure: bool = False,
+        tls: ssl.SSLContext | None = None,
+        idle_timeout: float | None | str = "default",
     ) -> None:
         self._address: Address = parse_address(address)
+        tcp = self._address.path is None
+        if isinstance(max_frame_size, bool) or not isinstance(max_frame_size, int) or max_frame_size < MIN_FRAME_SIZE:
+            raise InvalidArgumentError(f"max_frame_size must be an int of at least {MIN_FRAME_SIZE}, got {max_frame_size!r}")
+        self._token = _auth.load_token(token, env=tcp)
+        if tcp and self._token is None:
+            if not insecure:
+                raise InvalidArgumentError(
+                    f"serving {self._address} over TCP needs a token: set RLMESH_TOKEN or pass --token-file PATH "
+                    "(clients pass the same token), or --insecure on a loopback address"
+                )
+            if not _is_loopback(self._address.host or ""):
+                raise InvalidArgumentError(
+                    f"--insecure is allowed on loopback addresses only, not {self._address.host}: anyone who can "
+                    "reach this port could step the env. Set a token (RLMESH_TOKEN or --token-file)"
+                )
+        if tls is not None and not tcp:
+            raise InvalidArgumentError("TLS applies to TCP addresses; a Unix socket is protected by its permissions")
+        if idle_timeout == "default":
+            idle_timeout = IDLE_TIMEOUT if tcp else None
+        if idle_timeout is not None and (isinstance(idle_timeout, (bool, str)) or not idle_timeout > 0):
+            raise InvalidArgumentError(f"idle_timeout must be a positive number of seconds or None, got {idle_timeout!r}")
         self._env_or_factory = env_or_factory
         self._env: EnvLike | None = None
         self._max_frame_size = max_frame_size
         self._ready_message = ready_message
         self._hello_timeout = hello_timeout
+        self._idle_timeout: float | None = idle_timeout
+        self._tls = tls
         self._active: _ServerProtocol | None = None
-        self._hello: list[bytes | memoryview] | None = None
+        self._waiting: list[_ServerProtocol] = []
+        self._pending = 0
+        self._hello: tuple[dict[str, Any], list[Any]] | None = None
         self._stop: asyncio.Event | None = None
         self.is_vector = False
 
@@ -103,10 +161,10 @@ class EnvServer:
         """Serve until SIGTERM or SIGINT, then close the env and remove the socket."""
         try:
             import uvloop  # noqa: PLC0415  (optional speed-up)
-
-            uvloop.run(self.serve_async())
         except ImportError:
             asyncio.run(self.serve_async())
+            return
+        uvloop.run(self.serve_async())  # outside the except block: no ImportError in env tracebacks
 
     def stop(self) -> None:
         """Ask a running :meth:`serve_async` to return (call on its loop)."""
@@ -122,7 +180,7 @@ class EnvServer:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         env = self.env
-        self._hello = self._build_hello(env)
+        self._hello = _describe(env).encode_parts()
         addr = self._address
         if addr.path is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -130,7 +188,7 @@ class EnvServer:
             server = await loop.create_unix_server(lambda: _ServerProtocol(self), addr.path)
         else:
             assert addr.host is not None and addr.port is not None
-            server = await loop.create_server(lambda: _ServerProtocol(self), addr.host, addr.port)
+            server = await loop.create_server(lambda: _ServerProtocol(self), addr.host, addr.port, ssl=self._tls)
             if addr.port == 0:
                 port = server.sockets[0].getsockname()[1]
                 self._address = Address(host=addr.host, port=port)
@@ -143,14 +201,17 @@ class EnvServer:
         try:
             if self._ready_message is not None:
                 print(f"{self._ready_message} on {self.address}", flush=True)
-            log.info("serving %s on %s", _env_name(env), self.address)
+            auth = "token" if self._token else "none"
+            log.info("serving %s on %s (authentication: %s%s)", _env_name(env), self.address, auth,
+                     ", TLS" if self._tls else "")
             await self._stop.wait()
         finally:
             for sig in handled:
                 loop.remove_signal_handler(sig)
             server.close()
-            if self._active is not None and self._active.transport is not None:
-                self._active.transport.abort()
+            for proto in [self._active, *self._waiting]:
+                if proto is not None and proto.transport is not None:
+                    proto.transport.abort()
             await server.wait_closed()
             try:
                 env.close()
@@ -160,107 +221,164 @@ class EnvServer:
                         os.unlink(addr.path)
                 log.info("server on %s stopped", self.address)
 
-    def _build_hello(self, env: EnvLike) -> list[bytes | memoryview]:
-        buffers: list[np.ndarray[Any, Any]] = []
-        vector = isinstance(env, gym.vector.VectorEnv)
-        metadata = dict(env.metadata)
-        autoreset = metadata.pop("autoreset_mode", None)
-        body: dict[str, Any] = {
-            "version": PROTOCOL_VERSION,
-            "vector": vector,
-            "num_envs": int(env.num_envs) if vector else None,  # type: ignore[union-attr]
-            "observation_space": encode_space(env.observation_space, buffers),
-            "action_space": encode_space(env.action_space, buffers),
-            "metadata": encode_value(metadata, buffers),
-            "render_mode": env.render_mode,
-            "spec": encode_value(describe_spec(env.spec), buffers),
-            "autoreset_mode": getattr(autoreset, "value", autoreset),
-        }
-        if vector:
-            body["single_observation_space"] = encode_space(env.single_observation_space, buffers)  # type: ignore[union-attr]
-            body["single_action_space"] = encode_space(env.single_action_space, buffers)  # type: ignore[union-attr]
-        return encode_frame(MessageType.HELLO, 0, body, buffers)
+    # -- the slot ----------------------------------------------------------
+    def _claim(self, proto: _ServerProtocol) -> bool:
+        """Give ``proto`` the slot if it is free (or held by a peer that hung up)."""
+        active = self._active
+        if active is not None and active is not proto and _peer_hung_up(active):
+            log.info("client %s hung up; freeing the slot", active.peer)
+            active.release()
+        if self._active is None:
+            self._active = proto
+            return True
+        return False
 
-    def handle(self, msg: Message) -> list[bytes | memoryview]:
-        """Apply one request to the env and return the encoded reply."""
+    def _release(self, proto: _ServerProtocol) -> None:
+        if self._active is proto:
+            self._active = None
+            while self._waiting and self._active is None:
+                self._waiting.pop(0).promote()
+
+    def handle(self, frame: Frame, reply_limit: int) -> bytes:
+        """Apply one request to the env and return the encoded reply (an ERROR if it failed)."""
         env = self.env
-        mtype = msg.type
-        rid = msg.request_id
+        mtype = frame.type
+        rid = frame.request_id
         try:
             if mtype is MessageType.STEP:
-                action = msg.body
-                check_action(env.action_space, action)
-                return encode_message(mtype, rid, env.step(action))
-            if mtype is MessageType.RESET:
-                body = msg.body
-                return encode_message(mtype, rid, env.reset(seed=body["seed"], options=body["options"]))
-            if mtype is MessageType.RENDER:
-                return encode_message(mtype, rid, env.render())
-            if mtype is MessageType.CLOSE:
+                reply = encode_message(mtype, rid, env.step(frame.value()))
+            elif mtype is MessageType.RESET:
+                req = ResetRequest.decode(frame)
+                reply = encode_message(mtype, rid, env.reset(seed=req.seed, options=req.options))
+            elif mtype is MessageType.RENDER:
+                reply = encode_message(mtype, rid, env.render())
+            elif mtype is MessageType.CALL:
+                reply = encode_message(mtype, rid, _call(env, CallRequest.decode(frame)))
+            elif mtype is MessageType.CLOSE:
                 return encode_message(mtype, rid, None)
-            return error_reply(rid, "bad_request", "ValueError", f"unexpected message {mtype.name}")
+            else:
+                raise ProtocolError(f"unexpected {mtype.name} from an active client")
+        except ProtocolError:
+            raise
         except Exception as exc:
-            if isinstance(exc, InvalidActionError):
-                return error_reply(rid, "invalid_action", "InvalidActionError", str(exc), space=exc.space)
-            log.debug("env raised on %s", mtype.name, exc_info=True)
-            return error_reply(
-                rid,
-                "env",
-                f"{type(exc).__module__}.{type(exc).__qualname__}",
-                str(exc),
-                tb="".join(traceback.format_exception(exc)),
-            )
+            log.debug("request %s failed", mtype.name, exc_info=True)
+            return error_for_exception(exc).encode(rid)
+        if len(reply) > reply_limit:
+            return ErrorBody("bad_request", "InvalidArgumentError", (
+                f"the {mtype.name} reply is {len(reply)} bytes, over the client's max_frame_size={reply_limit}; "
+                "raise max_frame_size on the client")).encode(rid)
+        return reply
 
 
-def error_reply(
-    request_id: int, kind: str, type_name: str, message: str, *, tb: str = "", space: str = ""
-) -> list[bytes | memoryview]:
-    """Encode an ERROR reply."""
-    body = {"kind": kind, "type": type_name, "message": message, "traceback": tb, "space": space}
-    return encode_message(MessageType.ERROR, request_id, body)
+def _call(env: EnvLike, req: CallRequest) -> Any:
+    if isinstance(env, gym.vector.VectorEnv):
+        method = getattr(env, req.op, None)  # Sync/AsyncVectorEnv have them; native vector envs may not
+        if method is None:
+            raise AttributeError(f"{type(env).__name__} has no {req.op}() (a native vector env)")
+        if req.op == "call":
+            return _checked(req.name, method(req.name, *req.args, **req.kwargs))
+        if req.op == "get_attr":
+            return _checked(req.name, method(req.name))
+        (values,) = req.args
+        method(req.name, values)
+        return None
+    if req.op == "call":
+        attr = env.get_wrapper_attr(req.name)
+        return _checked(req.name, attr(*req.args, **req.kwargs) if callable(attr) else attr)
+    if req.op == "get_attr":
+        return _checked(req.name, env.get_wrapper_attr(req.name))
+    (value,) = req.args
+    env.set_wrapper_attr(req.name, value)
+    return None
+
+
+def _checked(name: str, value: Any) -> Any:
+    # An attribute's value must arrive as it is: never as the repr() that info dicts fall back to.
+    bad = unencodable(value)
+    if bad is not None:
+        raise TypeError(f"the value of {name!r} holds a {bad}, which cannot cross the wire")
+    return value
+
+
+def _describe(env: EnvLike) -> ServerHello:
+    vector = isinstance(env, gym.vector.VectorEnv)
+    metadata = dict(env.metadata)
+    autoreset = metadata.pop("autoreset_mode", None)
+    spec: SpecData | None = None
+    if env.spec is not None:
+        try:
+            spec = SpecData.from_spec(env.spec)
+        except Exception:  # noqa: BLE001  (an odd spec is described as none, never a failed start)
+            log.warning("cannot describe the env's spec; clients see none", exc_info=True)
+    return ServerHello(
+        vector=vector,
+        num_envs=int(env.num_envs) if vector else None,  # type: ignore[union-attr]
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        single_observation_space=env.single_observation_space if vector else None,  # type: ignore[union-attr]
+        single_action_space=env.single_action_space if vector else None,  # type: ignore[union-attr]
+        metadata=metadata,
+        render_mode=env.render_mode,
+        spec=spec,
+        autoreset_mode=None if autoreset is None else str(getattr(autoreset, "value", autoreset)),
+    )
 
 
 class _ServerProtocol(asyncio.Protocol):
+    """One connection: handshake, then (once it holds the slot) requests."""
+
     def __init__(self, server: EnvServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.conn = Connection(server._max_frame_size)
-        self.greeted = False
-        self.rejected = False
-        self._hello_timer: asyncio.TimerHandle | None = None
+        self.conn = Connection(MIN_FRAME_SIZE)
+        self.state = "new"  # new -> auth -> waiting -> active -> closed
+        self.hello: ClientHello | None = None
+        self.hello_rid = 0
+        self.server_nonce = ""
+        self.reply_limit = DEFAULT_MAX_FRAME_SIZE
         self.peer = "client"
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_seen = 0.0
+        self._counted = False
 
+    # -- transport callbacks ----------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.peer = str(transport.get_extra_info("peername") or "unix client")
-        if self.server._active is not None:
-            log.warning("rejecting %s: already serving a client", self.peer)
-            self.transport.writelines(
-                error_reply(0, "busy", "ServerBusyError", f"the server at {self.server.address} "
-                            "already serves a client; it serves one client at a time")
-            )
-            # Half-close instead of close: closing with the client's HELLO unread
-            # resets the connection, and the client would see "connection closed"
-            # (or fail its write) instead of the busy reply. The client hangs up
-            # once it has read the reply; the timer bounds a client that does not.
-            self.rejected = True
-            if self.transport.can_write_eof():
-                self.transport.write_eof()
-                asyncio.get_running_loop().call_later(5.0, self.transport.abort)
-            else:
-                transport.close()
+        server = self.server
+        if server._pending >= MAX_PENDING:
+            log.warning("refusing %s: %d connections are already in their handshake", self.peer, MAX_PENDING)
+            self.transport.abort()
             return
-        self.server._active = self
+        server._pending += 1
+        self._counted = True
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # notice dead TCP peers
-        # A peer that never says HELLO (a port scanner, a stuck client) must not hold the slot.
-        timeout = self.server._hello_timeout
-        self._hello_timer = asyncio.get_running_loop().call_later(timeout, self._no_hello, timeout)
+        # A peer that never finishes its handshake (a port scanner, a stuck client) must go.
+        self._timer = asyncio.get_running_loop().call_later(server._hello_timeout, self._handshake_timeout)
 
-    def _no_hello(self, timeout: float) -> None:
-        if not self.greeted and self.transport is not None:
-            self._drop(f"no HELLO within {timeout:g}s")
+    def data_received(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.state == "closed":
+            return
+        try:
+            frames = self.conn.receive_data(data)
+            for frame in frames:
+                if self.state == "active":
+                    transport.write(self.server.handle(frame, self.reply_limit))
+                    if frame.type is MessageType.CLOSE:
+                        self.release()
+                        transport.close()
+                        return
+                else:
+                    self._handshake(frame)
+                if transport.is_closing() or self.state == "closed":
+                    return
+            if self.state == "active":
+                self._last_seen = self._loop_time()
+        except ProtocolError as exc:
+            self._drop("protocol", str(exc))
 
     def pause_writing(self) -> None:
         # Backpressure: a client that sends requests without reading replies stops being read.
@@ -271,54 +389,170 @@ class _ServerProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.resume_reading()
 
-    def data_received(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing() or self.rejected:
-            return
-        try:
-            messages = self.conn.receive_data(data)
-        except ProtocolError as exc:
-            self._drop(str(exc))
-            return
-        for msg in messages:
-            if not self.greeted:
-                if msg.type is not MessageType.HELLO:
-                    self._drop(f"first message was {msg.type.name}, expected HELLO")
-                    return
-                version = msg.body.get("version") if isinstance(msg.body, dict) else None
-                if version != PROTOCOL_VERSION:
-                    self._drop(f"client speaks protocol version {version!r}, server {PROTOCOL_VERSION}")
-                    return
-                self.greeted = True
-                if self._hello_timer is not None:
-                    self._hello_timer.cancel()
-                assert self.server._hello is not None
-                transport.writelines(_with_request_id(self.server._hello, msg.request_id))
-                continue
-            transport.writelines(self.server.handle(msg))
-            if msg.type is MessageType.CLOSE:
-                transport.close()
-                return
-
-    def _drop(self, reason: str) -> None:
-        log.warning("closing connection from %s: %s", self.peer, reason)
-        assert self.transport is not None
-        self.transport.writelines(error_reply(0, "protocol", "ProtocolError", reason))
-        self.transport.close()
-
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._hello_timer is not None:
-            self._hello_timer.cancel()
-        if self.server._active is self:
-            self.server._active = None
+        self._cancel_timer()
+        self._uncount()
+        if self in self.server._waiting:
+            self.server._waiting.remove(self)
+        self.release()
+        self.state = "closed"
         self.transport = None
 
+    # -- handshake ---------------------------------------------------------
+    def _handshake(self, frame: Frame) -> None:
+        server = self.server
+        if self.state == "new":
+            if frame.type is not MessageType.HELLO:
+                raise ProtocolError(f"first message was {frame.type.name}, expected HELLO")
+            self.hello = ClientHello.decode(frame)
+            self.hello_rid = frame.request_id
+            self.reply_limit = self.hello.max_frame_size
+            if server._token is None:
+                self._authenticated()
+                return
+            self.server_nonce = _auth.new_nonce()
+            self.state = "auth"
+            assert self.transport is not None
+            self.transport.write(AuthChallenge(self.server_nonce).encode(frame.request_id))
+            return
+        if self.state == "auth":
+            if frame.type is not MessageType.AUTH:
+                raise ProtocolError(f"expected AUTH, got {frame.type.name}")
+            assert self.hello is not None and server._token is not None
+            expected = _auth.proof(server._token, "client", self.hello.nonce, self.server_nonce)
+            if not _auth.verify(expected, AuthProof.decode(frame).proof):
+                log.warning("authentication failed for %s: wrong token", self.peer)
+                self._drop("auth", "authentication failed: the client's token does not match the server's")
+                return
+            self._authenticated()
+            return
+        raise ProtocolError(f"unexpected {frame.type.name} while waiting for the server to be free")
 
-def _with_request_id(chunks: list[bytes | memoryview], request_id: int) -> list[bytes | memoryview]:
-    # The HELLO reply is encoded once; only its request id changes per client.
-    first = bytearray(chunks[0])
-    first[4:8] = request_id.to_bytes(4, "little")
-    return [bytes(first), *chunks[1:]]
+    def _authenticated(self) -> None:
+        self._cancel_timer()
+        if self.server._claim(self):
+            self._activate()
+            return
+        self.state = "waiting"
+        self.server._waiting.append(self)
+        self._timer = asyncio.get_running_loop().call_later(BUSY_GRACE, self._busy)
+
+    def promote(self) -> None:
+        """Called by the server when the slot frees while this connection waits for it."""
+        self._cancel_timer()
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.server._active = self
+        self._activate()
+
+    def _activate(self) -> None:
+        server = self.server
+        self.state = "active"
+        self._uncount()
+        self.conn.max_frame_size = server._max_frame_size
+        proof = None
+        if server._token is not None:
+            assert self.hello is not None
+            proof = _auth.proof(server._token, "server", self.hello.nonce, self.server_nonce)
+        assert self.transport is not None and server._hello is not None
+        self.transport.write(ServerHello.frame(server._hello, self.hello_rid, proof))
+        log.info("serving client %s", self.peer)
+        if server._idle_timeout is not None:
+            self._last_seen = self._loop_time()
+            self._timer = asyncio.get_running_loop().call_later(server._idle_timeout / 4, self._check_idle)
+
+    def _busy(self) -> None:
+        if self in self.server._waiting:
+            self.server._waiting.remove(self)
+        log.warning("rejecting %s: already serving a client", self.peer)
+        assert self.transport is not None
+        self.transport.write(ErrorBody("busy", "ServerBusyError", (
+            f"the server at {self.server.address} already serves a client; it serves one client at a time")).encode(0))
+        self._close_after_write()
+
+    # -- timers and teardown -------------------------------------------------
+    def _handshake_timeout(self) -> None:
+        self._timer = None
+        if self.state in ("new", "auth") and self.transport is not None:
+            self._drop("protocol", f"no HELLO (and authentication) within {self.server._hello_timeout:g}s")
+
+    def _check_idle(self) -> None:
+        timeout = self.server._idle_timeout
+        if self.state != "active" or self.transport is None or timeout is None:
+            return
+        idle = self._loop_time() - self._last_seen
+        if idle >= timeout:
+            log.warning("dropping %s: idle for %.0fs (idle_timeout=%gs)", self.peer, idle, timeout)
+            self._drop("idle", f"the server dropped this client after {timeout:g}s without a request "
+                               "(its idle_timeout); reconnect to go on")
+            return
+        self._timer = asyncio.get_running_loop().call_later(min(timeout - idle, timeout / 4) + 0.01, self._check_idle)
+
+    def _drop(self, kind: str, reason: str) -> None:
+        log.warning("closing connection from %s: %s", self.peer, reason)
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.write(ErrorBody(kind, "ProtocolError" if kind == "protocol" else kind, reason).encode(0))
+        self.release()
+        self._close_after_write()
+
+    def _close_after_write(self) -> None:
+        # Half-close instead of close: closing with the peer's data unread resets the
+        # connection, and the peer would see "connection reset" instead of the reason.
+        # The peer hangs up once it has read it; the timer bounds one that does not.
+        assert self.transport is not None
+        self.state = "closed"
+        self._cancel_timer()
+        transport = self.transport
+        if transport.can_write_eof():
+            transport.write_eof()
+            asyncio.get_running_loop().call_later(5.0, transport.abort)
+        else:
+            transport.close()
+
+    def release(self) -> None:
+        """Give up the slot (if held); the next waiting client gets it."""
+        self.server._release(self)
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.server._pending -= 1
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    @staticmethod
+    def _loop_time() -> float:
+        return asyncio.get_running_loop().time()
+
+
+def _peer_hung_up(proto: _ServerProtocol) -> bool:
+    """Whether the active client's socket has reached end of stream (it hung up)."""
+    transport = proto.transport
+    if transport is None or transport.is_closing():
+        return True
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        with socket.socket(fileno=os.dup(sock.fileno())) as dup:  # uvloop hands out a pseudo-socket
+            return dup.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _env_name(env: EnvLike) -> str:

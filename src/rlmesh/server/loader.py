@@ -12,7 +12,6 @@ Sources:
 from __future__ import annotations
 
 import importlib
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,24 +19,10 @@ import gymnasium as gym
 from gymnasium.vector import AutoresetMode
 
 from ..errors import InvalidArgumentError, SourceError
+from ..protocol.options import FACTORY_PATTERN, is_gym_id, parse_autoreset_mode, parse_vectorization_mode
 from ._types import EnvLike
 
-__all__ = ["FACTORY_PATTERN", "VECTORIZATION_MODES", "check_imports", "is_gym_id", "load_env", "parse_autoreset_mode"]
-
-VECTORIZATION_MODES = ("sync", "async", "vector")
-_GYM_ID = re.compile(r"^(?:[\w.]+:)?(?:[\w.-]+/)?[\w.:-]+-v\d+$|^(?:[\w.]+:)?(?:[\w.-]+/)?[\w.-]+$")
-FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-_VERSIONED = re.compile(r"-v\d+$")
-
-
-
-def is_gym_id(source: str) -> bool:
-    """Whether ``source`` names a Gymnasium id rather than a ``module:callable`` factory."""
-    if source.startswith("gym://"):
-        return True
-    if FACTORY_PATTERN.match(source) and not _VERSIONED.search(source):
-        return False
-    return bool(_GYM_ID.match(source))
+__all__ = ["check_imports", "load_env"]
 
 
 def check_imports(modules: Sequence[str]) -> None:
@@ -86,10 +71,7 @@ def load_env(
     kwargs = dict(kwargs or {})
     if num_envs is not None and (isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1):
         raise InvalidArgumentError(f"num_envs must be a positive int or None, got {num_envs!r}")
-    if vectorization_mode not in VECTORIZATION_MODES:
-        raise InvalidArgumentError(
-            f"vectorization_mode must be one of {VECTORIZATION_MODES}, got {vectorization_mode!r}"
-        )
+    vectorization_mode = parse_vectorization_mode(vectorization_mode)
     mode = parse_autoreset_mode(autoreset_mode)
 
     if source.startswith("envhub:"):
@@ -106,6 +88,11 @@ def load_env(
         env_id = source.removeprefix("gym://")
         if num_envs is None:
             return gym.make(env_id, **kwargs)
+        if vectorization_mode == "vector":
+            # The env's own vector implementation (Gymnasium's vector_entry_point) has its own
+            # autoreset mode; a different requested one is an error, never silently ignored.
+            env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+            return _check_mode(env, mode, source)
         return gym.make_vec(
             env_id,
             num_envs=num_envs,
@@ -127,25 +114,6 @@ def load_env(
 
     vec_cls = gym.vector.SyncVectorEnv if vectorization_mode == "sync" else gym.vector.AsyncVectorEnv
     return vec_cls([make_one] * num_envs, autoreset_mode=mode)
-
-
-def parse_autoreset_mode(value: str | AutoresetMode) -> AutoresetMode:
-    """Accept an ``AutoresetMode``, its value (``"NextStep"``) or its name (``"next_step"``).
-
-    Raises:
-        InvalidArgumentError: Not an autoreset mode.
-    """
-    if isinstance(value, AutoresetMode):
-        return value
-    try:
-        return AutoresetMode(value)
-    except ValueError:
-        pass
-    try:
-        return AutoresetMode[str(value).upper()]
-    except KeyError:
-        names = [m.name.lower() for m in AutoresetMode]
-        raise InvalidArgumentError(f"autoreset_mode must be one of {names}, got {value!r}") from None
 
 
 def _import_factory(source: str) -> Callable[..., Any]:

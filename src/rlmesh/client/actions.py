@@ -1,7 +1,12 @@
-"""Action validation: reject what the action space does not contain, naming the space."""
+"""Strict actions: the host rejects what the action space does not contain, naming the space.
+
+Off by default: as in process, the env judges its actions (Pendulum clips, others raise).
+``strict_actions=True`` on a client checks each action here before it is sent.
+"""
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 import numpy as np
@@ -41,8 +46,14 @@ def check_action(space: spaces.Space[Any], action: Any) -> None:
     )
 
 
+_REPR = reprlib.Repr()  # keyword arguments to Repr() need Python 3.12
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 8, 8, 8, 60, 60
+
+
 def _short(action: Any) -> str:
-    text = repr(action)
+    # reprlib bounds the work: a hostile or huge action is never repr()'d whole.
     if isinstance(action, np.ndarray):
-        text += f" (dtype={action.dtype}, shape={action.shape})"
+        text = np.array2string(action.reshape(-1)[:8], threshold=8) + f" (dtype={action.dtype}, shape={action.shape})"
+    else:
+        text = _REPR.repr(action)
     return text if len(text) <= 200 else text[:197] + "..."
