@@ -99,33 +99,39 @@ class BlockingProtocolClient:
     """
 
     def __init__(self, path: str) -> None:
-        from rlmesh.protocol import PROTOCOL_VERSION, Connection, MessageType, encode_message
+        from rlmesh.protocol import (
+            DEFAULT_MAX_FRAME_SIZE, PROTOCOL_VERSION, ClientHello, Connection, MessageType, ResetRequest,
+            decode_reset_reply, decode_step_reply, encode_message,
+        )
+        from rlmesh.protocol.auth import new_nonce
 
         self._types, self._encode = MessageType, encode_message
+        self._decode_step, self._decode_reset, self._reset = decode_step_reply, decode_reset_reply, ResetRequest
         self._conn = Connection()
         self._ids = itertools.count(1)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(30)
         self._sock.connect(path)
-        self._request(MessageType.HELLO, {"version": PROTOCOL_VERSION})
+        self._roundtrip(ClientHello(PROTOCOL_VERSION, new_nonce(), DEFAULT_MAX_FRAME_SIZE).encode(next(self._ids)))
 
-    def _request(self, mtype: Any, body: Any) -> Any:
-        self._sock.sendall(b"".join(self._encode(mtype, next(self._ids), body)))
+    def _roundtrip(self, data: bytes) -> Any:
+        self._sock.sendall(data)
         while True:
-            data = self._sock.recv(1 << 16)
-            if not data:
+            chunk = self._sock.recv(1 << 16)
+            if not chunk:
                 raise ConnectionError("the server closed the connection")
-            msgs = self._conn.receive_data(data)
+            msgs = self._conn.receive_data(chunk)
             if msgs:
                 if msgs[0].type is self._types.ERROR:
-                    raise RuntimeError(f"server error: {msgs[0].body!r:.200}")
-                return msgs[0].body
+                    raise RuntimeError(f"server error: {msgs[0].value()!r:.200}")
+                return msgs[0]
 
     def step(self, action: Any) -> Any:
-        return self._request(self._types.STEP, action)
+        frame = self._roundtrip(self._encode(self._types.STEP, next(self._ids), action))
+        return self._decode_step(frame, None)
 
     def reset(self, seed: int | None = None) -> Any:
-        return self._request(self._types.RESET, {"seed": seed, "options": None})
+        return self._decode_reset(self._roundtrip(self._reset(seed, None).encode(next(self._ids))), None)
 
     def close(self) -> None:
         self._sock.close()

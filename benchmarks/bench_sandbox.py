@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rlmesh.numpy import AsyncSandboxEnv, RemoteEnv, SandboxEnv, SandboxVectorEnv
     from rlmesh.sandbox.container import OWNER
-    from rlmesh.server.core import READY_LINE_PREFIX
+    from rlmesh.protocol import READY_LINE_PREFIX
 
     records = Records()
     rl_log = logging.getLogger("rlmesh")

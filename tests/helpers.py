@@ -15,10 +15,9 @@ import numpy as np
 
 from rlmesh import AsyncRemoteEnv, AsyncRemoteVectorEnv, RemoteEnv, RemoteVectorEnv
 from rlmesh._address import parse_address
-from rlmesh.errors import ServerBusyError
 from rlmesh.server import EnvServer
 
-__all__ = ["FLAVOURS", "Flavoured", "ServerThread", "assert_same", "open_env", "open_when_free"]
+__all__ = ["FLAVOURS", "FakeServer", "Flavoured", "ServerThread", "assert_same", "cartpole_hello", "open_env"]
 
 FLAVOURS = ("async", "sync")
 
@@ -96,22 +95,6 @@ async def open_env(flavour: str, address: str, *, vector: bool = False, **kwargs
     return Flavoured(flavour, sync_cls(address, **kwargs))
 
 
-async def open_when_free(flavour: str, address: str, *, timeout: float = 10.0, **kwargs: Any) -> Flavoured:
-    """Connect, retrying while the server has not yet noticed a dropped client.
-
-    A server learns that a client vanished from its event loop, asynchronously:
-    a new client may arrive in the same loop iteration and be told "busy".
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return await open_env(flavour, address, **kwargs)
-        except ServerBusyError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.02)
-
-
 class Flavoured:
     """Calls an async core (awaited) or a sync shell through one awaitable interface."""
 
@@ -186,3 +169,82 @@ def _nan_equal(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> bool:
     if not np.array_equal(nan_a, nan_b):
         return False
     return bool(a[~nan_a].tobytes() == b[~nan_b].tobytes())
+
+
+class FakeServer:
+    """A hostile server written for a test, on a Unix socket, in a thread.
+
+    It accepts one client, answers its HELLO with ``hello(request_id)`` (by default a real
+    handshake for CartPole), then answers every later request frame with ``reply(frame)``:
+    bytes to send, a list of ``(bytes, delay_s)`` chunks to drip, or None for no answer.
+    """
+
+    def __init__(self, path: str, reply: Callable[[Any], Any], hello: Callable[[int], bytes] | None = None) -> None:
+        import socket
+
+        self.path = path
+        self.address = f"unix://{path}"
+        self._reply = reply
+        self._hello = hello or cartpole_hello
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(path)
+        self._listener.listen(4)
+        self._listener.settimeout(30)
+        self.requests: list[Any] = []
+        self._thread = threading.Thread(target=self._run, name="fake-server", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from rlmesh.errors import ProtocolError
+        from rlmesh.protocol import Connection, MessageType
+
+        try:
+            sock, _ = self._listener.accept()
+        except OSError:
+            return
+        with sock:
+            conn = Connection()
+            while True:
+                try:
+                    data = sock.recv(1 << 16)
+                    frames = conn.receive_data(data) if data else None
+                except (OSError, ProtocolError):
+                    return
+                if frames is None:
+                    return
+                for frame in frames:
+                    self.requests.append(frame)
+                    if frame.type is MessageType.HELLO:
+                        out: Any = self._hello(frame.request_id)
+                    elif frame.type is MessageType.CLOSE:
+                        return
+                    else:
+                        out = self._reply(frame)
+                    try:
+                        if isinstance(out, (bytes, bytearray)):
+                            sock.sendall(out)
+                        elif out is not None:
+                            for chunk, delay in out:
+                                sock.sendall(chunk)
+                                time.sleep(delay)
+                    except OSError:
+                        return
+
+    def close(self) -> None:
+        self._listener.close()
+        self._thread.join(10)
+
+
+def cartpole_hello(request_id: int, **overrides: Any) -> bytes:
+    """A genuine server handshake for CartPole-v1, with fields replaced by ``overrides``."""
+    import dataclasses
+
+    import gymnasium as gym
+
+    from rlmesh.protocol import ServerHello, SpecData
+
+    env = gym.make("CartPole-v1")
+    assert env.spec is not None
+    hello = ServerHello(False, None, env.observation_space, env.action_space, None, None, dict(env.metadata),
+                        None, SpecData.from_spec(env.spec), None)
+    return ServerHello.frame(dataclasses.replace(hello, **overrides).encode_parts(), request_id, None)

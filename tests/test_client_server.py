@@ -33,7 +33,7 @@ from rlmesh.errors import (
 from rlmesh.protocol import PROTOCOL_VERSION, ClientHello, Connection, MessageType, SpecData, encode_message
 
 from .envs import BIG_OBS_ID, FAULTY_ID, KITCHEN_SINK_ID
-from .helpers import ServerThread, assert_same, open_env, open_when_free
+from .helpers import ServerThread, assert_same, open_env
 
 REPO = Path(__file__).resolve().parents[1]
 Serve = Callable[..., str]
@@ -141,7 +141,7 @@ async def test_single_and_vector_clients_refuse_the_other_kind(serve: Serve, fla
     address = serve(gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync"))
     with pytest.raises(InvalidArgumentError, match="RemoteVectorEnv"):
         await open_env(flavour, address)
-    venv = await open_when_free(flavour, address, vector=True)
+    venv = await open_env(flavour, address, vector=True)
     assert venv.num_envs == 2
     await venv.close()
 
@@ -250,7 +250,7 @@ async def test_client_killed_mid_request_does_not_stop_the_server(serve: Serve, 
     step = b"".join(bytes(c) for c in encode_message(MessageType.STEP, 2, 2 if how == "during_a_slow_step" else 0))
     sock.sendall(step[: len(step) // 2] if how == "half_a_frame" else step)
     sock.close()
-    env = await open_when_free(flavour, address)
+    env = await open_env(flavour, address)
     try:
         await env.reset(seed=0)
         assert (await env.step(0))[4] == {"t": 1}
@@ -278,7 +278,7 @@ async def test_garbage_is_dropped_and_the_server_keeps_serving(serve: Serve, fla
     sock.close()
     msgs = Connection().receive_data(reply)
     assert [(m.type, m.value()["kind"]) for m in msgs] == [(MessageType.ERROR, "protocol")]
-    env = await open_when_free(flavour, address)
+    env = await open_env(flavour, address)
     try:
         obs, _ = await env.reset(seed=0)
         assert obs.shape == (4,)

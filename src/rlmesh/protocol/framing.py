@@ -61,6 +61,18 @@ _DTYPE = re.compile(r"^[<>|=][biufcSUMm]\d{1,6}(?:\[\w{1,6}\])?$")
 _MAX_NDIM = 32
 
 
+_DTYPES: dict[str, np.dtype[Any]] = {}
+
+
+def _parse_dtype(text: Any) -> np.dtype[Any]:
+    if type(text) is not str or not _DTYPE.match(text):
+        raise ValueError(f"dtype {text!r:.40} is not allowed")
+    dtype = np.dtype(text)
+    if len(_DTYPES) < 256:  # the strings come from the peer: bound the cache
+        _DTYPES[text] = dtype
+    return dtype
+
+
 class MessageType(IntEnum):
     """The message kinds. A reply carries its request's type, or ``ERROR``."""
 
@@ -223,13 +235,23 @@ class Connection:
             frame = self._frame
             if frame is None:
                 head = self._head
-                take = min(HEADER_SIZE - len(head), end - pos)
-                head += view[pos : pos + take]
-                pos += take
-                if len(head) < HEADER_SIZE:
-                    break
-                frame = self._frame = self._start_frame(head)
-                head.clear()
+                if not head and end - pos >= HEADER_SIZE:
+                    # The usual case: a whole header at hand, parsed in place.
+                    size = self._check_header(view[pos : pos + HEADER_SIZE])
+                    pos += HEADER_SIZE
+                else:
+                    take = min(HEADER_SIZE - len(head), end - pos)
+                    head += view[pos : pos + take]
+                    pos += take
+                    if len(head) < HEADER_SIZE:
+                        break
+                    size = self._check_header(head)
+                    head.clear()
+                if end - pos >= size:  # the whole frame is here: one copy, no bookkeeping
+                    out.append(self._decode(bytearray(view[pos : pos + size])))
+                    pos += size
+                    continue
+                frame = self._frame = bytearray(size)
             take = min(len(frame) - self._filled, end - pos)
             frame[self._filled : self._filled + take] = view[pos : pos + take]
             self._filled += take
@@ -239,7 +261,8 @@ class Connection:
                 out.append(self._decode(frame))
         return out
 
-    def _start_frame(self, head: bytearray) -> bytearray:
+    def _check_header(self, head: bytearray | memoryview) -> int:
+        """Check a frame header; returns the size of the rest of the frame."""
         magic, version, mtype, rid, jlen, plen = HEADER.unpack_from(head)
         if magic != MAGIC:
             self._fail(f"bad frame magic {bytes(head[:4])!r}: the peer does not speak rlmesh")
@@ -259,13 +282,13 @@ class Connection:
         if jlen % 8 or plen % 8 or jlen == 0:
             self._fail(f"misaligned frame (header {jlen} bytes, payload {plen} bytes)")
         self._header = (mtype, rid, jlen, plen)
-        return bytearray(jlen + plen)
+        return int(jlen + plen)
 
     def _decode(self, frame: bytearray) -> Frame:
         mtype, rid, jlen, plen = self._header
         try:
             view = memoryview(frame)
-            parsed = orjson.loads(view[:jlen])
+            parsed = orjson.loads(view[:jlen] if plen > _SHARE_FRAME_MIN else bytes(view[:jlen]))  # bytes parse faster
             if type(parsed) is not list or len(parsed) != 2 or type(parsed[1]) is not list:
                 raise ValueError("a frame's JSON must be [body, buffers]")
             tree, meta = parsed
@@ -279,9 +302,9 @@ class Connection:
                 if type(item) is not list or len(item) != 2:
                     raise ValueError("malformed buffer description")
                 dtype_str, shape = item
-                if type(dtype_str) is not str or not _DTYPE.match(dtype_str):
-                    raise ValueError(f"dtype {dtype_str!r:.40} is not allowed")
-                dtype = np.dtype(dtype_str)
+                dtype = _DTYPES.get(dtype_str) if type(dtype_str) is str else None
+                if dtype is None:
+                    dtype = _parse_dtype(dtype_str)
                 if type(shape) is not list or len(shape) > _MAX_NDIM:
                     raise ValueError(f"bad array shape {shape!r:.60}")
                 count = 1
@@ -293,7 +316,9 @@ class Connection:
                 if offset + n > plen:
                     raise ValueError("an array runs past the end of the payload")
                 if count:
-                    arr = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
+                    arr = np.frombuffer(payload, dtype=dtype, count=count, offset=offset)
+                    if len(shape) != 1:
+                        arr = arr.reshape(shape)
                     # A small array must not keep a big frame alive (rewards kept beside big frames).
                     arrays.append(arr.copy() if copy_small and n < _COPY_BELOW else arr)
                 else:

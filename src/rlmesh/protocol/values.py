@@ -65,6 +65,7 @@ _TAGS = frozenset(
     (_T_ARRAY, _T_SCALAR, _T_OBJARRAY, _T_TUPLE, _T_FLOAT, _T_INT, _T_BYTES, _T_DICT, _T_GRAPH)
 )
 _FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+_NODES = frozenset((dict, list))
 
 
 def encode_value(value: Any, buffers: list[np.ndarray[Any, Any]]) -> Any:
@@ -233,17 +234,20 @@ class Decoder:
                 key = next(iter(tree))
                 if key in _TAGS:
                     return self._tagged(key, tree[key], depth + 1)
-            return {k: self._value(v, depth + 1) for k, v in tree.items()}
+            depth += 1
+            return {k: v if type(v) not in _NODES else self._value(v, depth) for k, v in tree.items()}
         if t is list:
-            if depth >= MAX_DEPTH:
-                raise ValueError(f"value nested deeper than {MAX_DEPTH} levels")
-            return [self._value(v, depth + 1) for v in tree]
+            return self._list(tree, depth)
         return tree
 
     def _list(self, body: Any, depth: int) -> list[Any]:
         if type(body) is not list:
             raise ValueError(f"malformed tag body {type(body).__name__}")
-        return [self._value(v, depth) for v in body]
+        if depth >= MAX_DEPTH:
+            raise ValueError(f"value nested deeper than {MAX_DEPTH} levels")
+        depth += 1
+        # Leaves (numbers, strings, bools, null) are taken as they are, without a call.
+        return [v if type(v) not in _NODES else self._value(v, depth) for v in body]
 
     def _tagged(self, tag: str, body: Any, depth: int) -> Any:
         if tag == _T_ARRAY:

@@ -61,7 +61,7 @@ HELLO_TIMEOUT = 10.0
 IDLE_TIMEOUT = 300.0
 """Default seconds of silence after which a TCP client is dropped (Unix sockets: none)."""
 MAX_PENDING = 64
-"""Connections that may be in their handshake at once; more are refused at once."""
+"""Connections that may be in their handshake at once; a newer one evicts the oldest."""
 BUSY_GRACE = 0.25
 """Seconds a newly authenticated client waits for the slot before it is told the server is busy."""
 
@@ -134,7 +134,7 @@ class EnvServer:
         self._tls = tls
         self._active: _ServerProtocol | None = None
         self._waiting: list[_ServerProtocol] = []
-        self._pending = 0
+        self._pending: dict[_ServerProtocol, None] = {}  # in their handshake, oldest first
         self._hello: tuple[dict[str, Any], list[Any]] | None = None
         self._stop: asyncio.Event | None = None
         self.is_vector = False
@@ -339,19 +339,20 @@ class _ServerProtocol(asyncio.Protocol):
         self.peer = "client"
         self._timer: asyncio.TimerHandle | None = None
         self._last_seen = 0.0
-        self._counted = False
 
     # -- transport callbacks ----------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.peer = str(transport.get_extra_info("peername") or "unix client")
         server = self.server
-        if server._pending >= MAX_PENDING:
-            log.warning("refusing %s: %d connections are already in their handshake", self.peer, MAX_PENDING)
-            self.transport.abort()
-            return
-        server._pending += 1
-        self._counted = True
+        if len(server._pending) >= MAX_PENDING:
+            # Evict the oldest: a flood of silent connections cannot lock a real client out.
+            oldest = next(iter(server._pending))
+            log.warning("%d connections in their handshake: dropping the oldest, %s", MAX_PENDING, oldest.peer)
+            oldest._uncount()
+            if oldest.transport is not None:
+                oldest.transport.abort()
+        server._pending[self] = None
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # notice dead TCP peers
@@ -420,6 +421,7 @@ class _ServerProtocol(asyncio.Protocol):
                 raise ProtocolError(f"expected AUTH, got {frame.type.name}")
             assert self.hello is not None and server._token is not None
             expected = _auth.proof(server._token, "client", self.hello.nonce, self.server_nonce)
+            self.hello_rid = frame.request_id  # the HELLO answers the proof
             if not _auth.verify(expected, AuthProof.decode(frame).proof):
                 log.warning("authentication failed for %s: wrong token", self.peer)
                 self._drop("auth", "authentication failed: the client's token does not match the server's")
@@ -515,9 +517,7 @@ class _ServerProtocol(asyncio.Protocol):
         self.server._release(self)
 
     def _uncount(self) -> None:
-        if self._counted:
-            self._counted = False
-            self.server._pending -= 1
+        self.server._pending.pop(self, None)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
