@@ -86,9 +86,9 @@ class Servers:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def serve_argv(num_envs: int | None = None) -> list[str]:
+def serve_argv(num_envs: int | None = None, address: str = "unix://{sock}", extra: tuple[str, ...] = ()) -> list[str]:
     """``python -m rlmesh.serve`` for CartPole-v1 on ``{sock}`` (see :meth:`Servers.start`)."""
-    argv = [sys.executable, "-m", "rlmesh.serve", ENV_ID, "--address", "unix://{sock}", "--log-level", "WARNING"]
+    argv = [sys.executable, "-m", "rlmesh.serve", ENV_ID, "--address", address, "--log-level", "WARNING", *extra]
     if num_envs is not None:
         argv += ["--num-envs", str(num_envs), "--vectorization-mode", "sync"]
     return argv
@@ -145,6 +145,15 @@ def vector_round(pairs: Any, actions: Any, seconds: float, warmup: int) -> None:
             samples, rate = vector_block(env, actions, seconds, warmup)
         series.samples += samples
         series.per_round.append(rate)
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def close_all(cleanup: list[Callable[[], Any]]) -> None:

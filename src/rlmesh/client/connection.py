@@ -54,6 +54,7 @@ __all__ = ["ClientConnection", "ReplySlot", "TlsOption", "make_client_tls"]
 
 _ID_MASK = 0xFFFFFFFF
 _MAX_ABANDONED = 4096
+_CLOSE_TIMEOUT = 2.0  # seconds a server has to answer CLOSE before the connection is dropped
 T = TypeVar("T")
 TlsOption = bool | str | ssl.SSLContext | None
 
@@ -105,6 +106,13 @@ class _Protocol(asyncio.Protocol):
         except ProtocolError as exc:
             self.fail(ProtocolError(f"{exc}; the connection was closed"))
             return
+        try:
+            self._dispatch(frames)
+        except Exception as exc:  # noqa: BLE001  (a bug on this side must not wedge the caller)
+            self.fail(ProtocolError(f"could not handle a frame from the server ({type(exc).__name__}: {exc}); "
+                                    "the connection was closed"))
+
+    def _dispatch(self, frames: list[Frame]) -> None:
         pending = self.pending
         for frame in frames:
             rid = frame.request_id
@@ -414,9 +422,11 @@ class ClientConnection:
         self._closed_here = True
         if p.transport is None:
             return
-        if p.lost is None and not p.transport.is_closing():
+        # A goodbye only on a quiet connection: after a timed-out request the server may still be
+        # busy with it (or, if hostile, mid-frame), and a hang-up frees its slot just as well.
+        if p.lost is None and not p.transport.is_closing() and not p.pending and not p.abandoned:
             try:
-                await self.request(MessageType.CLOSE, None, timeout=5.0)
+                await self.request(MessageType.CLOSE, None, timeout=_CLOSE_TIMEOUT)
             except RLMeshError:
                 p.transport.abort()  # a wedged server must not keep close() waiting
         if p.transport is not None:

@@ -76,13 +76,14 @@ class ErrorBody:
         Long fields are cut, so a peer's error cannot flood logs or memory.
         """
         tree = frame.tree
-        if frame.arrays or type(tree) is not dict or tree.get("kind") not in KINDS:
+        kind = tree.get("kind") if type(tree) is dict else None
+        if frame.arrays or type(kind) is not str or kind not in KINDS:
             return cls("protocol", "ProtocolError", f"malformed ERROR body from the peer: {str(tree)[:200]}")
         fields = {}
         for name, limit in (("type", 200), ("message", _MAX_MESSAGE), ("traceback", _MAX_TRACEBACK), ("space", _MAX_MESSAGE)):
             value = tree.get(name, "")
             fields[name] = value[:limit] if type(value) is str else ""
-        return cls(tree["kind"], **fields)
+        return cls(kind, **fields)
 
 
 def error_for_exception(exc: BaseException) -> ErrorBody:
