@@ -219,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from rlmesh.numpy import AsyncSandboxEnv, RemoteEnv, SandboxEnv, SandboxVectorEnv
-    from rlmesh.sandbox.container import OWNER
+    from rlmesh.sandbox.ownership import owner
+
+    OWNER = owner().label
     from rlmesh.protocol import READY_LINE_PREFIX
 
     records = Records()

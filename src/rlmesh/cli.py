@@ -62,16 +62,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             tag = anyio.run(lambda: bootstrap_base_image(tag=args.tag, suite=args.suite, mirror=args.mirror, force=args.force))
             print(tag)
             return 0
-        from .sandbox.container import cleanup_sandboxes, list_sandboxes
+        from .sandbox.ownership import cleanup_sandboxes, list_sandboxes
 
         if args.sandbox_command == "ls":
             rows = anyio.run(list_sandboxes)
             if args.json:
                 print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
             else:
-                print(f"{'CONTAINER':<13} {'STATE':<9} {'OWNER ALIVE':<12} SOURCE")
+                print(f"{'CONTAINER':<13} {'STATE':<9} {'OWNER':<10} SOURCE")
                 for r in rows:
-                    print(f"{r['id']:<13} {r['state']:<9} {str(r['owner_alive']).lower():<12} {r['source']}")
+                    print(f"{r['id']:<13} {r['state']:<9} {r['owner_state']:<10} {r['source']}")
             return 0
         removed = anyio.run(lambda: cleanup_sandboxes(all_owners=args.all))
         print(f"removed {len(removed)} sandbox container(s)")

@@ -224,4 +224,13 @@ class SandboxExitedError(SandboxError, ConnectionClosedError):
 
     It is also a :class:`ConnectionClosedError`, which is what the client saw; ``exit_code``
     and ``logs`` say why.
+
+    Attributes:
+        oom_killed: Whether it was killed for lack of memory (by the engine's account, or a
+            SIGKILL under the memory limit once the engine removed it).
     """
+
+    def __init__(self, message: str, *, container_id: str | None = None, exit_code: int | None = None,
+                 logs: str = "", oom_killed: bool = False) -> None:
+        super().__init__(message, container_id=container_id, exit_code=exit_code, logs=logs)
+        self.oom_killed = oom_killed

@@ -7,7 +7,7 @@ Usage::
                  [--autoreset-mode next_step|same_step|disabled]
                  [--kwargs-json JSON] [--import MODULE ...]
                  [--token-file PATH | --insecure] [--tls-cert PEM --tls-key PEM]
-                 [--idle-timeout S] [--max-frame-size BYTES]
+                 [--idle-timeout S] [--max-frame-size BYTES] [--lease S] [--dial]
 
 Over TCP a token is required: ``RLMESH_TOKEN`` or ``--token-file``. ``--insecure``
 serves without one, on loopback addresses only.
@@ -57,6 +57,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="drop a client silent this long (default 300 over TCP, none on Unix sockets; 'none' disables)")
     p.add_argument("--max-frame-size", type=int, default=None, metavar="BYTES",
                    help="largest frame accepted from a client (default 1 GiB)")
+    p.add_argument("--lease", type=float, default=None, metavar="SECONDS",
+                   help="exit when no client has been served for SECONDS (from start, or since the last left)")
+    p.add_argument("--dial", action="store_true",
+                   help="connect to ADDRESS (a Unix socket the client listens on), serve that one connection, "
+                        "exit when it ends (how sandboxes run)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -89,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         server_options = {
             "max_frame_size": args.max_frame_size or DEFAULT_MAX_FRAME_SIZE, "token": token,
             "insecure": args.insecure, "tls": tls, "idle_timeout": getattr(args, "idle_timeout", "default"),
+            "lease": args.lease, "dial": args.dial,
         }
         EnvServer(lambda: None, args.address, **server_options)  # type: ignore[arg-type, return-value]
         check_imports(args.imports)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rlmesh.sandbox.container import OWNER, _owner_alive
+from rlmesh.sandbox.ownership import owner, owner_alive
 
 # Tests never reach a registry: the default base resolves to the bootstrapped one, and pip
 # (image builds, local wheels) runs offline against the wheelhouse that set-up fills.
@@ -26,6 +26,9 @@ os.environ["PIP_FIND_LINKS"] = str(WHEELHOUSE)
 
 PROBE_PKG = str(Path(__file__).parent / "probe_pkg")
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+OWNER_LABEL = owner().label
 
 
 def sandbox_containers(*, ours: bool = False) -> set[str]:
@@ -41,7 +44,7 @@ def sandbox_containers(*, ours: bool = False) -> set[str]:
     ids = set()
     for line in out.splitlines():
         cid, _, owner = line.partition(" ")
-        if not ours or owner == OWNER or not _owner_alive(owner):
+        if not ours or owner == OWNER_LABEL or not owner_alive(owner):
             ids.add(cid)
     return ids
 
@@ -88,3 +91,12 @@ def inspect(container_id: str) -> dict:
 
     out = subprocess.run(["docker", "inspect", container_id], check=True, capture_output=True, text=True).stdout
     return json.loads(out)[0]
+
+
+@pytest.fixture(scope="session")
+def sandbox_image() -> str:
+    """The base image the sandboxes build on (for containers a test makes by hand)."""
+    for tag in (f"python:{PY}-slim", f"rlmesh/base:py{PY}"):
+        if subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0:
+            return tag
+    pytest.fail("no sandbox base image")

@@ -13,7 +13,7 @@ import pytest
 
 from rlmesh.errors import InvalidArgumentError, SandboxStartError
 from rlmesh.numpy import AsyncSandboxEnv, AsyncSandboxVectorEnv, SandboxEnv, SandboxVectorEnv
-from rlmesh.sandbox.container import ContainerOptions
+from rlmesh.sandbox.options import ContainerOptions
 
 from .conftest import PY, inspect
 from .test_sandbox import _same

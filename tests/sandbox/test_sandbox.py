@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -145,8 +147,12 @@ async def test_local_project_dir_package_and_container_hardening() -> None:
         labels = cfg["Config"]["Labels"]
         assert labels["rlmesh.sandbox"] == "1" and str(os.getpid()) in labels["rlmesh.owner"]
         assert labels["rlmesh.session"]
-        sock_dir = host["Binds"][0].split(":")[0]
-        assert oct(os.stat(sock_dir).st_mode & 0o777) == "0o700"
+        # The only host path the container sees is the socket it dials, mounted read-only.
+        assert host["Binds"] == [f"{host['Binds'][0].split(':')[0]}:/rlmesh/env.sock:ro"]
+        sock = host["Binds"][0].split(":")[0]
+        assert oct(os.stat(sock).st_mode & 0o777) == "0o600"
+        assert oct(os.stat(os.path.dirname(sock)).st_mode & 0o777) == "0o700"
+        assert host["AutoRemove"] is True and host["MemorySwap"] == host["Memory"]
 
 
 async def test_network_opt_in_only_adds_interfaces() -> None:
@@ -269,21 +275,47 @@ def test_interpreter_exit_without_close_removes_the_container() -> None:
     assert result.stdout.strip() not in sandbox_containers()
 
 
-def test_dead_owner_is_reaped_by_cleanup_and_listed_by_ls() -> None:
+def test_a_killed_owner_s_sandboxes_end_by_themselves() -> None:
+    # SIGKILL: no atexit, no signal handler, no close. The servers see their owner's socket
+    # close and exit; the engine removes the containers. No rlmesh call is made after the kill.
     result = _run_py("""
-        import os
-        from rlmesh.numpy import SandboxEnv
+        import os, signal
+        from rlmesh.numpy import SandboxEnv, SandboxVectorEnv
         env = SandboxEnv("CartPole-v1")
-        print(env.container_id, flush=True)
-        os._exit(0)  # no atexit, no close: the container is orphaned
+        envs = SandboxVectorEnv("CartPole-v1", num_envs=2)
+        print(env.container_id, envs.container_id, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
     """)
-    cid = result.stdout.strip()
-    assert cid in sandbox_containers(), result.stderr
-    listing = subprocess.run([sys.executable, "-m", "rlmesh", "sandbox", "ls"], capture_output=True, text=True)
-    assert cid[:12] in listing.stdout and "false" in listing.stdout
-    cleanup = subprocess.run([sys.executable, "-m", "rlmesh", "sandbox", "cleanup"], capture_output=True, text=True)
-    assert cleanup.returncode == 0, cleanup.stderr
-    assert cid not in sandbox_containers()
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    cids = result.stdout.split()
+    assert len(cids) == 2
+    deadline = time.monotonic() + 10  # the lease: the server's exit, then the engine's removal
+    while set(cids) & sandbox_containers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not set(cids) & sandbox_containers()
+    assert subprocess.run([sys.executable, "-m", "rlmesh", "sandbox", "cleanup"], capture_output=True).returncode == 0
+
+
+def test_dead_owner_is_listed_by_ls_and_reaped_by_cleanup(sandbox_image: str) -> None:
+    # A container that outlived its owner (an rlmesh that crashed before it could dial, say),
+    # made by hand with the labels of an owner that is dead.
+    import socket as socket_module
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pidns = os.readlink("/proc/self/ns/pid").removeprefix("pid:[").removesuffix("]")
+    label = f"{socket_module.gethostname()}:{pidns}:{dead.stdout.strip()}:1:deadbeef"
+    cid = subprocess.run(
+        ["docker", "run", "-d", "--network", "none", "--label", "rlmesh.sandbox=1", "--label", f"rlmesh.owner={label}",
+         sandbox_image, "sleep", "300"], capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    try:
+        listing = subprocess.run([sys.executable, "-m", "rlmesh", "sandbox", "ls"], capture_output=True, text=True)
+        assert cid[:12] in listing.stdout and "dead" in listing.stdout
+        cleanup = subprocess.run([sys.executable, "-m", "rlmesh", "sandbox", "cleanup"], capture_output=True, text=True)
+        assert cleanup.returncode == 0, cleanup.stderr
+        assert cid not in sandbox_containers()
+    finally:
+        subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
 
 
 def test_no_engine_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -50,7 +50,7 @@ from ..protocol import (
 )
 from ..protocol import auth as _auth
 
-__all__ = ["ClientConnection", "ReplySlot", "TlsOption", "make_client_tls"]
+__all__ = ["ClientConnection", "Listener", "ReplySlot", "TlsOption", "make_client_tls"]
 
 _ID_MASK = 0xFFFFFFFF
 _MAX_ABANDONED = 4096
@@ -256,6 +256,17 @@ class ClientConnection:
                 ) from exc
             raise
 
+    @classmethod
+    async def listen(cls, path: str, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> Listener:
+        """Listen on a Unix socket for one server that dials in (``rlmesh serve --dial``).
+
+        Sandboxes use this: the container gets the socket file mounted read-only, and the
+        server's connection is accepted here, then handshaken by :meth:`Listener.accept`.
+        """
+        listener = Listener(path, max_frame_size)
+        await listener.start()
+        return listener
+
     async def _handshake(self, max_frame_size: int, token: bytes | None, require_auth: bool) -> ServerHello:
         nonce = _auth.new_nonce()
         frame = await self._roundtrip(MessageType.HELLO, ClientHello(PROTOCOL_VERSION, nonce, max_frame_size))
@@ -437,6 +448,69 @@ class ClientConnection:
         except TimeoutError:
             if p.transport is not None:
                 p.transport.abort()
+
+
+class Listener:
+    """A Unix socket that one server dials into; see :meth:`ClientConnection.listen`."""
+
+    def __init__(self, path: str, max_frame_size: int) -> None:
+        self.path = path
+        self.address = f"unix://{path}"
+        self._max_frame_size = max_frame_size
+        self._server: asyncio.AbstractServer | None = None
+        self._first: asyncio.Future[_Protocol] | None = None
+        self._adopted = False
+
+    async def start(self) -> None:
+        """Bind and listen (the socket file exists when this returns)."""
+        loop = asyncio.get_running_loop()
+        self._first = loop.create_future()
+
+        def factory() -> _Protocol:
+            proto = _Protocol(self._max_frame_size)
+            assert self._first is not None
+            if self._first.done():
+                proto.connection_made = _refuse  # type: ignore[method-assign]
+            else:
+                self._first.set_result(proto)
+            return proto
+
+        self._server = await loop.create_unix_server(factory, self.path)
+
+    async def accept(self, *, token: bytes | None = None) -> ClientConnection:
+        """Wait for the server to dial in, then handshake; only the first connection counts.
+
+        Raises:
+            ProtocolError: The server broke the protocol.
+            TransportError: The connection was lost during the handshake.
+        """
+        assert self._first is not None and self._server is not None
+        proto = await asyncio.shield(self._first)
+        self._server.close()  # one server per listener: nobody else gets in
+        while proto.transport is None:  # connection_made runs right after the factory
+            await asyncio.sleep(0)
+        conn = ClientConnection(proto, self.address)
+        self._adopted = True
+        try:
+            conn.hello = await conn._handshake(self._max_frame_size, token, False)
+        except BaseException:
+            conn.abort()
+            raise
+        return conn
+
+    def close(self) -> None:
+        """Stop listening, and drop a connection that was never handed to a ClientConnection."""
+        if self._server is not None:
+            self._server.close()
+        first = self._first
+        if first is not None and first.done() and not first.cancelled() and not self._adopted:
+            transport = first.result().transport
+            if transport is not None:
+                transport.abort()
+
+
+def _refuse(transport: asyncio.BaseTransport) -> None:
+    cast(asyncio.Transport, transport).abort()
 
 
 def _expire(p: _Protocol, rid: int, fut: asyncio.Future[Frame], timeout: float) -> None:

@@ -100,6 +100,11 @@ class _AsyncRemoteBase:
             self.address, connect_timeout=self.connect_timeout, max_frame_size=self.max_frame_size,
             token=self._token, require_auth=self._require_auth, tls=self._tls,
         )
+        self._adopt(conn)
+        return self
+
+    def _adopt(self, conn: ClientConnection) -> None:
+        """Take a handshaken connection (aborted if its handshake does not fit this class)."""
         try:
             if self._closed:  # close() ran while the handshake was in flight
                 raise EnvClosedError("this env was closed while it connected")
@@ -109,7 +114,6 @@ class _AsyncRemoteBase:
             conn.abort()
             raise
         self._conn = conn
-        return self
 
     def _apply_hello(self, hello: ServerHello) -> None:
         if hello.vector != self._vector:

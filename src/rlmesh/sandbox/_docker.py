@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import re
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import IO, Any, TypeVar
 
 import aiodocker
 import aiohttp
+from aiodocker.jsonstream import json_stream_stream
 from aiodocker.multiplexed import multiplexed_result_stream
 import anyio
 
@@ -26,6 +29,7 @@ __all__ = ["DockerClient", "acquire_docker", "release_docker", "docker_client"]
 
 T = TypeVar("T")
 
+_STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
 _HOW_TO_START = (
     "Start a Docker engine (on Debian: `apt-get install -y docker.io && dockerd &`, "
     "or `systemctl start docker`), or point DOCKER_HOST at a running one."
@@ -82,6 +86,7 @@ class DockerClient:
         with _map_errors("connect"):
             self._docker = aiodocker.Docker()
         self.users = 0
+        self._info: dict[str, Any] | None = None
 
     async def close(self) -> None:
         """Close the underlying HTTP session."""
@@ -142,29 +147,66 @@ class DockerClient:
         self, context: IO[bytes], tag: str, labels: Mapping[str, str],
         on_output: Callable[[str], None], tail: list[str],
     ) -> None:
-        stream = self._docker.images.build(
-            fileobj=context, tag=tag, labels=dict(labels), rm=True, forcerm=True,
-            stream=True, encoding="identity",
-        )
-        async for event in stream:
-            text = event.get("stream") or event.get("status") or ""
-            if text:
-                if text.startswith("Step "):
-                    tail.clear()
-                for line in text.rstrip("\n").splitlines():
-                    tail.append(line)
-                    on_output(line)
-                del tail[:-40]
-            if "error" in event or "errorDetail" in event:
-                message = event.get("error") or event["errorDetail"].get("message", "")
-                raise ImageBuildError(f"building sandbox image {tag} failed: {message}", logs="\n".join(tail))
+        # aiodocker's images.build cannot set the build's network mode; this is its query with
+        # `networkmode=none`: builds install from wheels resolved on the host and need no network.
+        params = {"t": tag, "rm": "1", "forcerm": "1", "networkmode": "none", "labels": json.dumps(dict(labels))}
+        created: list[str] = []
+        cached = False
+        try:
+            async with self._docker._query(
+                "build", "POST", params=params, data=context, timeout=aiohttp.ClientTimeout(),
+                headers={"content-type": "application/x-tar", "Content-Encoding": "identity"},
+            ) as response:
+                try:
+                    async for event in json_stream_stream(response, raise_on_error=False):
+                        text = event.get("stream") or event.get("status") or ""
+                        for line in text.rstrip("\n").splitlines():
+                            if line.startswith("Step "):
+                                tail.clear()
+                                cached = False
+                            elif line.strip() == "---> Using cache":
+                                cached = True
+                            else:
+                                m = _STEP_IMAGE.match(line)
+                                if m and not cached:
+                                    created.append(m.group(1))
+                            tail.append(line)
+                            on_output(line)
+                        del tail[:-40]
+                        if "error" in event or "errorDetail" in event:
+                            message = event.get("error") or (event.get("errorDetail") or {}).get("message", "")
+                            raise ImageBuildError(f"building sandbox image {tag} failed: {message}",
+                                                  logs="\n".join(tail))
+                finally:
+                    response.close()
+        except BaseException:
+            # A failed or interrupted build leaves no image: remove the layers it committed.
+            await asyncio.shield(self._remove_images(reversed(created)))
+            raise
+
+    async def _remove_images(self, image_ids: Iterable[str]) -> None:
+        for image_id in image_ids:
+            with contextlib.suppress(Exception):  # shared by another image, or gone: not ours to force
+                await _complete(self._docker.images.delete(image_id, noprune=False))
+
+    async def remove_image(self, ref: str) -> None:
+        """Remove an image (missing is fine)."""
+        with contextlib.suppress(aiodocker.DockerError), _map_errors(f"remove image {ref}"):
+            await _complete(self._docker.images.delete(ref))
+
+    async def list_images(self, labels: Mapping[str, str | None]) -> list[dict[str, Any]]:
+        """Images carrying all ``labels`` (a None value matches any), dangling ones included."""
+        filters = [k if v is None else f"{k}={v}" for k, v in labels.items()]
+        with _map_errors("list images"):
+            found = await _complete(self._docker.images.list(all=True, filters=json.dumps({"label": filters})))
+        return [dict(i) for i in found]
 
     # -- containers ---------------------------------------------------------
-    async def run(self, config: dict[str, Any], name: str | None = None) -> str:
-        """Create and start a container; returns its id (never pulls).
+    async def create(self, config: dict[str, Any], name: str | None = None) -> str:
+        """Create a container (never pulls); returns its id.
 
         Raises:
-            SandboxError: Creation or start failed (the container is removed).
+            SandboxError: Creation failed.
         """
         # A create cancelled in flight still creates the container and its id would be lost:
         # the request finishes, and what it made is removed before the cancellation goes on.
@@ -178,20 +220,61 @@ class DockerClient:
                 removal = asyncio.ensure_future(self.remove(create.result().id, grace=0))
                 await _finish(removal)
             raise
+        return str(container.id)
+
+    async def start(self, container_id: str) -> None:
+        """Start a created container (it is removed if that fails).
+
+        Raises:
+            SandboxError: The engine could not start it (a bad runtime, say).
+        """
         try:
             with _map_errors("start the sandbox container"):
-                await _complete(container.start())
+                await _complete(self._docker.containers.container(container_id).start())
         except BaseException:
             with contextlib.suppress(Exception):
-                await self.remove(container.id)
+                await self.remove(container_id)
             raise
-        return str(container.id)
+
+    async def run(self, config: dict[str, Any], name: str | None = None) -> str:
+        """Create and start a container; returns its id (never pulls).
+
+        Raises:
+            SandboxError: Creation or start failed (the container is removed).
+        """
+        container_id = await self.create(config, name)
+        await self.start(container_id)
+        return container_id
 
     async def wait(self, container_id: str) -> int:
         """Wait for a container to exit; returns its exit code."""
         with _map_errors("wait for the sandbox container"):
             result = await _complete(self._docker.containers.container(container_id).wait())
         return int(result.get("StatusCode", -1))
+
+    async def wait_exit(self, container_id: str) -> int:
+        """Wait for the next exit of a container (call it before the start); returns the exit code.
+
+        It may wait for the container's whole life, so a cancellation closes the response
+        (aiodocker's ``wait`` would leak it).
+        """
+        with _map_errors("wait for the sandbox container"):
+            async with self._docker._query(
+                f"containers/{container_id}/wait", method="POST", params={"condition": "next-exit"},
+                timeout=aiohttp.ClientTimeout(),
+            ) as response:
+                try:
+                    result = await response.json()
+                finally:
+                    response.close()
+        return int(result.get("StatusCode", -1)) if isinstance(result, dict) else -1
+
+    async def info(self) -> dict[str, Any]:
+        """The engine's ``/info`` (memory, runtimes ...), fetched once per client."""
+        if self._info is None:
+            with _map_errors("read the engine's info"):
+                self._info = dict(await _complete(self._docker.system.info()))
+        return self._info
 
     async def state(self, container_id: str) -> dict[str, Any]:
         """The container's ``State`` (``Running``, ``ExitCode``, ``OOMKilled`` ...); {} if it is gone."""

@@ -20,7 +20,9 @@ from ..client.env import AsyncRemoteEnv, AsyncRemoteVectorEnv, _AsyncRemoteBase
 from ..errors import EnvClosedError, InvalidArgumentError, SandboxError, SandboxExitedError, TransportError
 from ..protocol import DEFAULT_MAX_FRAME_SIZE, parse_autoreset_mode, parse_vectorization_mode
 from ._docker import DockerClient, docker_client
-from .container import ContainerOptions, Sandbox
+from .container import Sandbox
+from .options import DEFAULT_PIDS_LIMIT, DEFAULT_REQUEST_TIMEOUT, ContainerOptions
+from .ownership import install_signal_handlers
 from .image import ImageSpec, ensure_image, try_pull
 from .sources import HubSource, ImageSource, Source, fetch_hub_repo, parse_source, resolve_source
 
@@ -41,8 +43,9 @@ _ELSEWHERE = {
 ENVHUB_DIR = "/opt/rlmesh/envhub"
 _SPEC_OPTIONS: dict[str, Any] = {
     "packages": (), "imports": (), "base_image": None, "rebuild": False, "trust_remote_code": False,
-    "allow_unpinned_hf": False, "network": False, "memory": None, "cpus": None, "pids_limit": None, "env": None,
-    "gpus": None, "devices": (), "volumes": (), "user": None, "connect_timeout": 60.0, "request_timeout": None,
+    "allow_unpinned_hf": False, "network": False, "memory": None, "cpus": None, "pids_limit": DEFAULT_PIDS_LIMIT,
+    "env": None, "gpus": None, "devices": (), "volumes": (), "user": None, "allow_engine_socket": False,
+    "runtime": None, "connect_timeout": 60.0, "request_timeout": DEFAULT_REQUEST_TIMEOUT,
     "max_frame_size": DEFAULT_MAX_FRAME_SIZE, "strict_actions": False,
 }
 
@@ -69,14 +72,16 @@ class _SandboxMixin(_AsyncRemoteBase):
         network: bool = False,
         memory: int | str | None = None,
         cpus: float | None = None,
-        pids_limit: int | None = None,
+        pids_limit: int | None = DEFAULT_PIDS_LIMIT,
         env: Mapping[str, str] | None = None,
         gpus: str | int | Sequence[str] | None = None,
         devices: Sequence[str] = (),
         volumes: Mapping[str, str] | Sequence[str] = (),
         user: str | int | None = None,
+        allow_engine_socket: bool = False,
+        runtime: str | None = None,
         connect_timeout: float | None = 60.0,
-        request_timeout: float | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         strict_actions: bool = False,
         **env_kwargs: Any,
@@ -108,6 +113,7 @@ class _SandboxMixin(_AsyncRemoteBase):
         self.options = ContainerOptions(
             network=network, memory=memory, cpus=cpus, pids_limit=pids_limit, env=dict(env or {}),
             gpus=gpus, devices=devices, volumes=volumes, user=user,
+            allow_engine_socket=allow_engine_socket, runtime=runtime,
         )
         self.env_kwargs = dict(env_kwargs)
         try:
@@ -143,24 +149,20 @@ class _SandboxMixin(_AsyncRemoteBase):
         return self._sandbox.container_id if self._sandbox is not None else None
 
     async def explain(self, exc: TransportError) -> Exception:
-        # A lost connection usually means the container died: say how, before close() removes it.
-        cid = self.container_id
-        if cid is None:
+        # A lost connection usually means the container died: say how.
+        sandbox = self._sandbox
+        if sandbox is None or sandbox.container_id is None:
             return exc
-        async with docker_client() as docker:
-            state: dict[str, Any] = {}
-            for _ in range(40):  # the process may still be exiting: bounded, error path only
-                state = await docker.state(cid)
-                if not state.get("Running"):
-                    break
-                await asyncio.sleep(0.05)
-            logs = await docker.logs(cid)
-        if state.get("Running"):
+        code, oom = await sandbox.exit_status()
+        if code is None:
             return exc
-        oom = " (killed for lack of memory: raise memory=)" if state.get("OOMKilled") else ""
+        why = ""
+        if oom:
+            limit = f"{sandbox.memory / (1 << 20):.0f} MiB" if sandbox.memory else "its limit"
+            why = f" (killed for lack of memory at {limit}: raise memory=)"
         return SandboxExitedError(
-            f"the sandbox container for {self.source} exited while serving{oom}",
-            container_id=cid, exit_code=state.get("ExitCode"), logs=logs,
+            f"the sandbox container for {self.source} exited while serving{why}",
+            container_id=sandbox.container_id, exit_code=code, logs=sandbox.logs, oom_killed=bool(oom),
         )
 
     def _serve_args(self) -> list[str]:
@@ -219,13 +221,15 @@ class _SandboxMixin(_AsyncRemoteBase):
             raise EnvClosedError("this sandbox was closed; create a new one")
         if self._conn is not None:
             return self
+        install_signal_handlers()
         self._start_task = asyncio.current_task()
         try:
             async with docker_client() as docker:
                 self.image, command = await self._prepare(docker)
-                self._sandbox = Sandbox(self.image, command, self.options, self.source)
-                self.address = await self._sandbox.start(self.connect_timeout)
-            await self.connect()
+                self._sandbox = Sandbox(self.image, command, self.options, self.source, self.max_frame_size)
+                conn = await self._sandbox.start(self.connect_timeout)
+            self.address = conn.address
+            self._adopt(conn)
         except BaseException:
             await asyncio.shield(self._teardown())
             raise
@@ -239,10 +243,8 @@ class _SandboxMixin(_AsyncRemoteBase):
             await sandbox.close()
 
     async def connect(self) -> Any:
-        """Connect to the started sandbox (``start()`` calls this)."""
-        if self.address is None:
-            return await self.start()
-        return await super().connect()
+        """Start the sandbox (the same as :meth:`start`); returns ``self``."""
+        return await self.start()
 
     async def close(self) -> None:
         """Close the connection, stop and remove the container and its socket dir. Idempotent."""
@@ -268,16 +270,19 @@ _OPTION_DOCS = """
         trust_remote_code: Required for ``hf://`` sources.
         allow_unpinned_hf: Allow an ``hf://`` revision that is not a full commit SHA.
         network: Give the container a network (off by default).
-        memory: Memory limit (bytes or ``"2g"``).
+        memory: Memory limit (bytes or ``"2g"``; default a quarter of the engine's memory, at
+            least 1 GiB; no swap).
         cpus: CPU limit.
-        pids_limit: Process limit.
+        pids_limit: Process and thread limit (default 1024; None for none).
         env: Extra environment variables for the container.
         gpus: ``"all"``, a count, or GPU ids (needs the NVIDIA container runtime).
         devices: Host devices to expose (``"/dev/x[:/dev/y[:rwm]]"``).
         volumes: Extra bind mounts (``{host: container}`` or ``"host:container[:ro]"``).
-        user: ``"uid[:gid]"`` to run as (never root).
+        user: ``"uid[:gid]"`` to run as (never root, never group 0).
+        allow_engine_socket: Allow a volume that exposes the container engine's socket.
+        runtime: Container runtime: ``"runc"``, ``"runsc"`` (gVisor), or another the engine has.
         connect_timeout: Seconds allowed from container start to a connected env.
-        request_timeout: Seconds allowed for each reply; None waits forever.
+        request_timeout: Seconds allowed for each reply (default 300); None waits forever.
         max_frame_size: The largest frame either side accepts (bytes, at least 64 KiB).
         strict_actions: Check actions against the action space on the host before sending them.
         **env_kwargs: Passed to the env's constructor (must be JSON-serialisable).

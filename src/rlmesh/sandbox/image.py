@@ -32,6 +32,7 @@ import anyio
 from .. import __version__
 from ..errors import BaseImageError, ImageBuildError, InvalidArgumentError, SandboxError
 from ._docker import DockerClient, docker_client
+from .options import UNPRIVILEGED_UID
 
 __all__ = [
     "SERVER_REQUIREMENTS",
@@ -337,6 +338,8 @@ def _dockerfile(base_ref: str, spec: ImageSpec, tag: str) -> str:
         lines.append("COPY files/ /")
     lines.append("COPY rlmesh /opt/rlmesh/lib/rlmesh")
     if spec.imports:
+        # As the sandbox user, the way the env will import them (and with no network: the build has none).
+        lines.append(f"USER {UNPRIVILEGED_UID}:{UNPRIVILEGED_UID}")
         lines.append("RUN python -m rlmesh.server.check " + " ".join(spec.imports))
     lines.append(f'LABEL rlmesh.sandbox.image="{tag}"')
     return "\n".join(lines) + "\n"

@@ -29,7 +29,7 @@ from typing import Any, cast
 import gymnasium as gym
 
 from .._address import Address, parse_address
-from ..errors import InvalidArgumentError, ProtocolError
+from ..errors import ConnectError, InvalidArgumentError, ProtocolError
 from ..protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     MIN_FRAME_SIZE,
@@ -84,6 +84,12 @@ class EnvServer:
         tls: An ``ssl.SSLContext`` (server side) to encrypt TCP connections.
         idle_timeout: Seconds of silence after which an active client is dropped;
             default 300 over TCP, none on Unix sockets. None disables it.
+        lease: Stop when no client has been served for this many seconds (from the start, or
+            since the last client left); None serves forever. Dialling, the seconds allowed to
+            reach the client.
+        dial: Connect to ``address`` (a Unix socket the client listens on) instead of
+            listening there; serve that one connection and stop when it ends. Sandboxes use
+            this, so that the container needs no writable host directory and ends with its owner.
 
     Raises:
         InvalidArgumentError: TCP without a token (and not ``insecure`` on loopback), or a
@@ -102,6 +108,8 @@ class EnvServer:
         insecure: bool = False,
         tls: ssl.SSLContext | None = None,
         idle_timeout: float | None | str = "default",
+        lease: float | None = None,
+        dial: bool = False,
     ) -> None:
         self._address: Address = parse_address(address)
         tcp = self._address.path is None
@@ -125,6 +133,13 @@ class EnvServer:
             idle_timeout = IDLE_TIMEOUT if tcp else None
         if idle_timeout is not None and (isinstance(idle_timeout, (bool, str)) or not idle_timeout > 0):
             raise InvalidArgumentError(f"idle_timeout must be a positive number of seconds or None, got {idle_timeout!r}")
+        if lease is not None and (isinstance(lease, bool) or not isinstance(lease, (int, float)) or not lease > 0):
+            raise InvalidArgumentError(f"lease must be a positive number of seconds or None, got {lease!r}")
+        if dial and tcp:
+            raise InvalidArgumentError("dial applies to Unix socket addresses")
+        self._lease: float | None = lease
+        self._dial = dial
+        self._vacant_since = 0.0
         self._env_or_factory = env_or_factory
         self._env: EnvLike | None = None
         self._max_frame_size = max_frame_size
@@ -172,17 +187,23 @@ class EnvServer:
             self._stop.set()
 
     async def serve_async(self, *, install_signal_handlers: bool = True) -> None:
-        """Serve until :meth:`stop`, SIGTERM or SIGINT.
+        """Serve until :meth:`stop`, SIGTERM or SIGINT (or, dialling, until the connection ends).
 
         Args:
             install_signal_handlers: Stop on SIGTERM/SIGINT (main thread only).
+
+        Raises:
+            ConnectError: Dialling, the address did not accept a connection within ``lease``.
         """
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         env = self.env
         self._hello = _describe(env).encode_parts()
         addr = self._address
-        if addr.path is not None:
+        server: asyncio.AbstractServer | None = None
+        if self._dial:
+            await self._dial_once(loop)
+        elif addr.path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(addr.path)
             server = await loop.create_unix_server(lambda: _ServerProtocol(self), addr.path)
@@ -194,32 +215,69 @@ class EnvServer:
                 self._address = Address(host=addr.host, port=port)
         handled: list[signal.Signals] = []
         if install_signal_handlers:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.add_signal_handler(sig, self._stop.set)
                     handled.append(sig)
+        lease_timer = None
+        if self._lease is not None and not self._dial:
+            self._vacant_since = loop.time()
+            lease_timer = loop.call_later(self._lease, self._check_lease)
         try:
-            if self._ready_message is not None:
+            if self._ready_message is not None and server is not None:
                 print(f"{self._ready_message} on {self.address}", flush=True)
             auth = "token" if self._token else "none"
-            log.info("serving %s on %s (authentication: %s%s)", _env_name(env), self.address, auth,
-                     ", TLS" if self._tls else "")
+            log.info("serving %s %s %s (authentication: %s%s)", _env_name(env), "to" if self._dial else "on",
+                     self.address, auth, ", TLS" if self._tls else "")
             await self._stop.wait()
         finally:
+            if lease_timer is not None:
+                lease_timer.cancel()
             for sig in handled:
                 loop.remove_signal_handler(sig)
-            server.close()
-            for proto in [self._active, *self._waiting]:
+            if server is not None:
+                server.close()
+            for proto in [self._active, *self._waiting, *self._pending]:
                 if proto is not None and proto.transport is not None:
                     proto.transport.abort()
-            await server.wait_closed()
+            if server is not None:
+                await server.wait_closed()
             try:
                 env.close()
             finally:
-                if addr.path is not None:
+                if addr.path is not None and server is not None:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(addr.path)
-                log.info("server on %s stopped", self.address)
+                log.info("server %s %s stopped", "to" if self._dial else "on", self.address)
+
+    async def _dial_once(self, loop: asyncio.AbstractEventLoop) -> None:
+        # The client listens and the server connects: a sandbox reaches its owner through one
+        # socket file mounted read-only, and exits when that one connection ends.
+        path = self._address.path
+        assert path is not None
+        deadline = loop.time() + (self._lease or 60.0)
+        while True:
+            try:
+                await loop.create_unix_connection(lambda: _ServerProtocol(self), path)
+                return
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                if loop.time() > deadline:
+                    raise ConnectError(f"no client listens at {self.address}: {exc}") from exc
+                await asyncio.sleep(0.01)
+
+    def _check_lease(self) -> None:
+        # Listening with a lease: stop when no client has been served for `lease` seconds
+        # (after start, or since the last one left), so an owner that vanished leaves nothing.
+        assert self._lease is not None and self._stop is not None
+        loop = asyncio.get_running_loop()
+        if self._active is not None:
+            self._vacant_since = loop.time()
+        idle = loop.time() - self._vacant_since
+        if idle >= self._lease:
+            log.warning("no client for %.0fs (lease=%gs): stopping", idle, self._lease)
+            self._stop.set()
+            return
+        loop.call_later(min(self._lease - idle, self._lease / 4) + 0.01, self._check_lease)
 
     # -- the slot ----------------------------------------------------------
     def _claim(self, proto: _ServerProtocol) -> bool:
@@ -236,6 +294,9 @@ class EnvServer:
     def _release(self, proto: _ServerProtocol) -> None:
         if self._active is proto:
             self._active = None
+            self._vacant_since = asyncio.get_running_loop().time()
+            if self._dial and self._stop is not None:
+                self._stop.set()  # a dialled server has one client in its life
             while self._waiting and self._active is None:
                 self._waiting.pop(0).promote()
 
@@ -398,6 +459,8 @@ class _ServerProtocol(asyncio.Protocol):
         self.release()
         self.state = "closed"
         self.transport = None
+        if self.server._dial:
+            self.server.stop()  # the one connection of a dialled server ended
 
     # -- handshake ---------------------------------------------------------
     def _handshake(self, frame: Frame) -> None:

@@ -1,0 +1,332 @@
+"""Who owns a sandbox, and how sandboxes end with their owner.
+
+Each sandbox container is labelled with its owner: host name, PID namespace, pid, process
+start time and a random id per process, so owners are unique across PID namespaces and a
+reused pid is never mistaken for the owner. Liveness is judged only for owners on this host
+and in this PID namespace; any other owner is "not ours to judge".
+
+How a sandbox ends:
+
+* ``close()`` removes it (see :mod:`rlmesh.sandbox.container`);
+* a normal interpreter exit, SIGTERM and SIGHUP remove every sandbox of the process, then the
+  signal's previous handler (or its default action) runs, so the exit status is what a
+  scheduler expects;
+* SIGKILL or a lost host: the server inside dials its owner's socket, so it sees the owner's
+  end as end-of-stream and exits; the engine then removes the container (``AutoRemove``).
+  The lease is the time that takes: about a second.
+* After ``os.fork()`` the child owns none of its parent's sandboxes (it never closes or reaps
+  them) and lets go of their connections, so the parent's end still ends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import SandboxError
+from ._docker import DockerClient, docker_client
+
+__all__ = [
+    "LABEL",
+    "LABEL_OWNER",
+    "LABEL_SESSION",
+    "LABEL_SOCKET_DIR",
+    "LABEL_SOURCE",
+    "SOCKET_DIR_PREFIX",
+    "Owner",
+    "cleanup_sandboxes",
+    "install_signal_handlers",
+    "list_sandboxes",
+    "owner",
+    "owner_alive",
+    "register",
+    "unregister",
+]
+
+log = logging.getLogger("rlmesh.sandbox")
+
+LABEL = "rlmesh.sandbox"
+LABEL_OWNER = "rlmesh.owner"
+LABEL_SESSION = "rlmesh.session"
+LABEL_SOURCE = "rlmesh.source"
+LABEL_SOCKET_DIR = "rlmesh.socket-dir"
+SOCKET_DIR_PREFIX = "rlmesh-sbx-"  # then the owner's pid, so a leak check can tell whose it is
+
+
+def _start_ticks(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid").removeprefix("pid:[").removesuffix("]")
+    except OSError:
+        return "?"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """This process, as recorded in a sandbox's labels."""
+
+    host: str
+    pidns: str
+    pid: int
+    ticks: str
+    instance: str
+
+    @property
+    def label(self) -> str:
+        """The ``rlmesh.owner`` label value."""
+        return f"{self.host}:{self.pidns}:{self.pid}:{self.ticks}:{self.instance}"
+
+    @property
+    def session(self) -> str:
+        """The ``rlmesh.session`` label value (unique per process)."""
+        return self.instance
+
+
+def _me() -> Owner:
+    pid = os.getpid()
+    return Owner(socket.gethostname(), _pid_namespace(), pid, _start_ticks(pid), uuid.uuid4().hex[:16])
+
+
+_owner = _me()
+
+
+def owner() -> Owner:
+    """This process's owner record (a forked child gets its own)."""
+    return _owner
+
+
+def owner_alive(label: str) -> bool:
+    """Whether the owner named by a label is alive; True when it is not ours to judge.
+
+    Only owners on this host and in this PID namespace are judged, by pid and process
+    start time (a reused pid has another start time).
+    """
+    parts = label.split(":")
+    if len(parts) != 5:
+        return True  # an older or foreign label: not ours to judge
+    host, pidns, pid_text, ticks, _ = parts
+    me = _owner
+    if host != me.host or pidns != me.pidns or not pid_text.isdigit():
+        return True
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _start_ticks(pid) == ticks
+
+
+# -- this process's live sandboxes -------------------------------------------------
+@dataclass
+class _Live:
+    socket_dir: str
+    fd: int = -1  # the sandbox's connection, let go of in a forked child
+
+
+_live: dict[str, _Live] = {}
+_lock = threading.RLock()  # re-entrant: a signal handler may run while the main thread holds it
+_atexit_registered = False
+
+
+def register(container_id: str, socket_dir: str) -> None:
+    """Record a started sandbox (for exit-time and signal cleanup)."""
+    global _atexit_registered
+    with _lock:
+        _live[container_id] = _Live(socket_dir)
+        if not _atexit_registered:
+            atexit.register(remove_all_now, "exit")
+            _atexit_registered = True
+
+
+def set_connection_fd(container_id: str, fd: int) -> None:
+    """Record the sandbox's connection fd (a forked child lets go of it)."""
+    with _lock:
+        entry = _live.get(container_id)
+        if entry is not None:
+            entry.fd = fd
+
+
+def unregister(container_id: str) -> None:
+    """Forget a sandbox that was removed."""
+    with _lock:
+        _live.pop(container_id, None)
+
+
+def remove_all_now(reason: str) -> None:
+    """Remove every live sandbox of this process, synchronously, on a thread of its own.
+
+    It never raises: what it cannot remove is logged, with how to remove it by hand.
+    """
+    with _lock:
+        leftovers = dict(_live)
+        _live.clear()
+    if not leftovers:
+        return
+
+    async def remove_all() -> list[BaseException | None]:
+        async with docker_client() as docker:
+            return await asyncio.gather(*(docker.remove(cid, grace=0) for cid in leftovers), return_exceptions=True)
+
+    results: list[Any] = []
+
+    def run() -> None:  # a thread of its own: the caller may be inside a running event loop
+        try:
+            results.extend(asyncio.run(remove_all()))
+        except Exception as exc:  # noqa: BLE001  (reported below)
+            results.extend([exc] * len(leftovers))
+
+    thread = threading.Thread(target=run, name="rlmesh-cleanup", daemon=True)
+    thread.start()
+    thread.join(30)
+    for (cid, entry), result in zip(leftovers.items(), results or [None] * len(leftovers), strict=False):
+        if isinstance(result, BaseException):
+            log.warning("could not remove sandbox %s at %s: %s; remove it with `docker rm -f %s` "
+                        "or `rlmesh sandbox cleanup`", cid[:12], reason, result, cid[:12])
+        shutil.rmtree(entry.socket_dir, ignore_errors=True)
+    log.info("removed %d sandbox(es) at %s", len(leftovers), reason)
+
+
+# -- signals -------------------------------------------------------------------------
+_previous: dict[int, Any] = {}
+
+
+def install_signal_handlers() -> None:
+    """On SIGTERM and SIGHUP remove this process's sandboxes, then do what was done before.
+
+    Only from the main thread (Python's rule); a no-op elsewhere and when already installed.
+    A handler the program installs later replaces this one (sandboxes still end with the
+    process, by their lease).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if sig in _previous:
+            continue
+        with contextlib.suppress(ValueError, OSError):
+            _previous[sig] = signal.signal(sig, _on_signal)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    remove_all_now(signal.Signals(signum).name)
+    previous = _previous.pop(signum, signal.SIG_DFL)
+    signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_DFL:
+        os.kill(os.getpid(), signum)  # the default action: the exit status a scheduler expects
+
+
+# -- fork ----------------------------------------------------------------------------
+def _after_fork_in_child() -> None:
+    global _owner, _lock, _reaped
+    _owner = _me()
+    _lock = threading.RLock()
+    _reaped = False
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for entry in _live.values():
+            if entry.fd >= 0:
+                # Point the inherited connection at /dev/null rather than closing the number:
+                # the parent's end must end the sandbox, and a stale object closing it later
+                # must not close something else of the child's.
+                with contextlib.suppress(OSError):
+                    os.dup2(devnull, entry.fd)
+    finally:
+        os.close(devnull)
+    _live.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# -- dead owners -----------------------------------------------------------------------
+_reaped = False
+
+
+async def reap_dead_owners_once(docker: DockerClient) -> None:
+    """Once per process: remove sandboxes whose owner (on this host and PID namespace) died."""
+    global _reaped
+    if _reaped:
+        return
+    _reaped = True
+    try:
+        removed = await _reap(docker, only_dead=True)
+    except SandboxError as exc:  # someone else's leftovers must not stop this start
+        log.warning("could not remove sandboxes left by dead processes: %s", exc)
+        return
+    if removed:
+        log.warning("removed %d sandbox container(s) left behind by dead processes", len(removed))
+
+
+def sweep_socket_dirs() -> int:
+    """Remove socket directories left by processes of this host that died (SIGKILL); returns how many."""
+    root = os.environ.get("RLMESH_RUNTIME_DIR") or tempfile.gettempdir()
+    swept = 0
+    with contextlib.suppress(OSError):
+        for name in os.listdir(root):
+            if not name.startswith(SOCKET_DIR_PREFIX):
+                continue
+            pid_text = name[len(SOCKET_DIR_PREFIX):].split("-", 1)[0]
+            if pid_text.isdigit() and not os.path.exists(f"/proc/{pid_text}"):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+                swept += 1
+    return swept
+
+
+async def _reap(docker: DockerClient, *, only_dead: bool) -> list[str]:
+    sweep_socket_dirs()
+    removed = []
+    for info in await docker.list_containers({LABEL: "1"}):
+        labels = info.get("Labels") or {}
+        if only_dead and owner_alive(labels.get(LABEL_OWNER, "")):
+            continue
+        await docker.remove(info["Id"], grace=0)
+        sock_dir = labels.get(LABEL_SOCKET_DIR)
+        if sock_dir and os.path.basename(sock_dir).startswith(SOCKET_DIR_PREFIX):
+            shutil.rmtree(sock_dir, ignore_errors=True)
+        removed.append(str(info["Id"]))
+    return removed
+
+
+async def list_sandboxes() -> list[dict[str, Any]]:
+    """Sandbox containers on this engine: id, state, source, owner and the owner's state."""
+    async with docker_client() as docker:
+        rows = []
+        for info in await docker.list_containers({LABEL: "1"}):
+            labels = info.get("Labels") or {}
+            label = labels.get(LABEL_OWNER, "")
+            parts = label.split(":")
+            judged = len(parts) == 5 and parts[0] == _owner.host and parts[1] == _owner.pidns
+            rows.append({
+                "id": str(info["Id"])[:12], "image": info.get("Image", ""), "state": info.get("State", ""),
+                "status": info.get("Status", ""), "source": labels.get(LABEL_SOURCE, ""), "owner": label,
+                "owner_state": ("alive" if owner_alive(label) else "dead") if judged else "elsewhere",
+                "created": info.get("Created", 0),
+            })
+        return rows
+
+
+async def cleanup_sandboxes(*, all_owners: bool = False) -> list[str]:
+    """Remove sandboxes whose owner process died (or every sandbox, with ``all_owners``)."""
+    async with docker_client() as docker:
+        return await _reap(docker, only_dead=not all_owners)
