@@ -45,7 +45,7 @@ _ENGINE_SOCKETS = ("docker.sock", "containerd.sock", "podman.sock", "crio.sock",
 
 def default_memory(engine_memory: int) -> int:
     """The default memory limit for an engine with ``engine_memory`` bytes."""
-    return max(MIN_DEFAULT_MEMORY, int(engine_memory * DEFAULT_MEMORY_FRACTION))
+    return max(MIN_DEFAULT_MEMORY, int(engine_memory * DEFAULT_MEMORY_FRACTION) >> 20 << 20)  # whole MiB
 
 
 def memory_bytes(value: Any) -> int:

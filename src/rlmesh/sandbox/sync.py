@@ -10,6 +10,7 @@ from typing import Any
 
 from ..sync import SyncEnvShell, SyncVectorEnvShell
 from .env import AsyncSandboxEnv, AsyncSandboxVectorEnv
+from .ownership import install_signal_handlers
 
 __all__ = ["SandboxEnv", "SandboxVectorEnv"]
 
@@ -29,6 +30,7 @@ class SandboxEnv(SyncEnvShell[AsyncSandboxEnv]):
     """
 
     def __init__(self, source: str, **kwargs: Any) -> None:
+        install_signal_handlers()  # here: the start itself runs on rlmesh's loop thread
         super().__init__(AsyncSandboxEnv(source, **kwargs))
 
     @property
@@ -48,6 +50,7 @@ class SandboxVectorEnv(SyncVectorEnvShell[AsyncSandboxVectorEnv]):
     """
 
     def __init__(self, source: str, num_envs: int = 1, **kwargs: Any) -> None:
+        install_signal_handlers()
         super().__init__(AsyncSandboxVectorEnv(source, num_envs, **kwargs))
 
     @property

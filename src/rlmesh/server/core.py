@@ -177,9 +177,12 @@ class EnvServer:
         try:
             import uvloop  # noqa: PLC0415  (optional speed-up)
         except ImportError:
+            uvloop = None  # type: ignore[assignment]
+        # Outside the except block, so that env tracebacks do not carry the ImportError.
+        if uvloop is None:
             asyncio.run(self.serve_async())
-            return
-        uvloop.run(self.serve_async())  # outside the except block: no ImportError in env tracebacks
+        else:
+            uvloop.run(self.serve_async())
 
     def stop(self) -> None:
         """Ask a running :meth:`serve_async` to return (call on its loop)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -48,9 +50,54 @@ class ProbeEnv(gym.Env):
     def render(self):
         return np.full((8, 8, 3), 200, dtype=np.uint8)
 
+    # Reached with env.call(...): what an attacker's env code could try.
+    def read_file(self, path):
+        with open(path) as f:
+            return f.read(4096)
+
+    def writable_mounts(self):
+        """(mount point, type, options) of every mount this process could write to."""
+        out = []
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                _, point, fstype, options, *_ = line.split()
+                if "rw" in options.split(",") and os.access(point, os.W_OK):
+                    out.append([point, fstype, options])
+        return out
+
+    def fork_bomb(self):
+        """Fork until the kernel refuses; the children wait to be killed with the container."""
+        children = 0
+        while True:
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                return {"children": children, "error": type(exc).__name__}
+            if pid == 0:
+                while True:
+                    time.sleep(60)
+            children += 1
+
+    def memory_bomb(self):
+        """Allocate until something gives."""
+        hoard = []
+        while True:
+            hoard.append(bytearray(64 << 20))
+
+    def hang(self, seconds=3600):
+        time.sleep(seconds)
+
 
 def make_probe(**kwargs):
     """A module:factory source."""
+    return ProbeEnv(**kwargs)
+
+
+def make_spoofer(**kwargs):
+    """An env that prints the server's ready line long before the server is ready."""
+    print("rlmesh-server ready on unix:///rlmesh/env.sock", flush=True)
+    print("rlmesh-server ready on unix:///rlmesh/env.sock", file=sys.stderr, flush=True)
+    time.sleep(1.5)
     return ProbeEnv(**kwargs)
 
 
