@@ -520,3 +520,46 @@ async def test_vector_get_attr_call_set_attr(serve: Serve) -> None:
             await envs.get_attr("np_random")
         with pytest.raises(InvalidArgumentError, match="public attribute"):
             await envs.get_attr("__class__")
+
+
+# --------------------------------------------------------------------------- leases and dialling
+
+def test_a_server_with_a_lease_stops_when_nobody_comes(tmp_path: Path) -> None:
+    st = ServerThread(gym.make("CartPole-v1"), f"unix://{tmp_path}/s.sock", lease=0.3).start()
+    st._thread.join(10)
+    assert not st._thread.is_alive() and st.error is None
+    st.stop()
+
+
+async def test_a_leased_server_outlives_its_client_by_the_lease(tmp_path: Path) -> None:
+    st = ServerThread(gym.make("CartPole-v1"), f"unix://{tmp_path}/s.sock", lease=0.5).start()
+    try:
+        for _ in range(3):  # while clients keep coming, it keeps serving
+            async with AsyncRemoteEnv(st.address) as env:
+                await env.reset(seed=0)
+                await asyncio.sleep(0.3)
+        await asyncio.to_thread(st._thread.join, 10)
+        assert not st._thread.is_alive()
+    finally:
+        st.stop()
+
+
+async def test_a_dialling_server_serves_one_listener_and_ends_with_it(tmp_path: Path) -> None:
+    from rlmesh.client.connection import ClientConnection
+
+    listener = await ClientConnection.listen(str(tmp_path / "host.sock"))
+    st = ServerThread(gym.make("CartPole-v1"), f"unix://{tmp_path}/host.sock", dial=True)
+    st._thread.start()
+    try:
+        conn = await listener.accept()
+        listener.close()
+        env = AsyncRemoteEnv()
+        env._adopt(conn)
+        local = gym.make("CartPole-v1")
+        obs, _ = await env.reset(seed=4)
+        assert np.array_equal(obs, local.reset(seed=4)[0])
+        conn.abort()  # the owner vanishes: the server ends
+        await asyncio.to_thread(st._thread.join, 10)
+        assert not st._thread.is_alive() and st.error is None
+    finally:
+        st.stop()

@@ -21,7 +21,7 @@ from ..errors import EnvClosedError, InvalidArgumentError, SandboxError, Sandbox
 from ..protocol import DEFAULT_MAX_FRAME_SIZE, parse_autoreset_mode, parse_vectorization_mode
 from ._docker import DockerClient, docker_client
 from .container import Sandbox
-from .options import DEFAULT_PIDS_LIMIT, DEFAULT_REQUEST_TIMEOUT, ContainerOptions
+from .options import DEFAULT_LEASE, DEFAULT_PIDS_LIMIT, DEFAULT_REQUEST_TIMEOUT, ContainerOptions
 from .ownership import install_signal_handlers
 from .image import ImageSpec, ensure_image, try_pull
 from .sources import HubSource, ImageSource, Source, fetch_hub_repo, parse_source, resolve_source
@@ -45,7 +45,7 @@ _SPEC_OPTIONS: dict[str, Any] = {
     "packages": (), "imports": (), "base_image": None, "rebuild": False, "trust_remote_code": False,
     "allow_unpinned_hf": False, "network": False, "memory": None, "cpus": None, "pids_limit": DEFAULT_PIDS_LIMIT,
     "env": None, "gpus": None, "devices": (), "volumes": (), "user": None, "allow_engine_socket": False,
-    "runtime": None, "connect_timeout": 60.0, "request_timeout": DEFAULT_REQUEST_TIMEOUT,
+    "runtime": None, "lease": DEFAULT_LEASE, "connect_timeout": 60.0, "request_timeout": DEFAULT_REQUEST_TIMEOUT,
     "max_frame_size": DEFAULT_MAX_FRAME_SIZE, "strict_actions": False,
 }
 
@@ -80,6 +80,7 @@ class _SandboxMixin(_AsyncRemoteBase):
         user: str | int | None = None,
         allow_engine_socket: bool = False,
         runtime: str | None = None,
+        lease: float = DEFAULT_LEASE,
         connect_timeout: float | None = 60.0,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
@@ -115,6 +116,9 @@ class _SandboxMixin(_AsyncRemoteBase):
             gpus=gpus, devices=devices, volumes=volumes, user=user,
             allow_engine_socket=allow_engine_socket, runtime=runtime,
         )
+        if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not lease > 0:
+            raise InvalidArgumentError(f"lease must be a positive number of seconds, got {lease!r}")
+        self.lease = float(lease)
         self.env_kwargs = dict(env_kwargs)
         try:
             self._kwargs_json = orjson.dumps(self.env_kwargs).decode()
@@ -166,7 +170,7 @@ class _SandboxMixin(_AsyncRemoteBase):
         )
 
     def _serve_args(self) -> list[str]:
-        args = ["--kwargs-json", self._kwargs_json]
+        args = ["--kwargs-json", self._kwargs_json, "--lease", f"{self.lease:g}"]
         if self.max_frame_size != DEFAULT_MAX_FRAME_SIZE:
             args += ["--max-frame-size", str(self.max_frame_size)]
         if self._num_envs is not None:
@@ -281,6 +285,10 @@ _OPTION_DOCS = """
         user: ``"uid[:gid]"`` to run as (never root, never group 0).
         allow_engine_socket: Allow a volume that exposes the container engine's socket.
         runtime: Container runtime: ``"runc"``, ``"runsc"`` (gVisor), or another the engine has.
+        lease: Seconds the server inside may wait for its owner's connection (default 60). Once
+            connected, a sandbox ends with its owner: when the owner's process ends, however it
+            ends (SIGKILL included), the server sees its connection close and exits, and the
+            engine removes the container.
         connect_timeout: Seconds allowed from container start to a connected env.
         request_timeout: Seconds allowed for each reply (default 300); None waits forever.
         max_frame_size: The largest frame either side accepts (bytes, at least 64 KiB).

@@ -18,6 +18,7 @@ from typing import Any
 from ..errors import InvalidArgumentError
 
 __all__ = [
+    "DEFAULT_LEASE",
     "DEFAULT_PIDS_LIMIT",
     "DEFAULT_REQUEST_TIMEOUT",
     "MIN_MEMORY",
@@ -32,6 +33,8 @@ DEFAULT_PIDS_LIMIT = 1024
 """Processes (and threads) a sandbox may have: room for async vector envs, not for a fork bomb."""
 DEFAULT_REQUEST_TIMEOUT = 300.0
 """Seconds a sandbox reply may take by default: long enough for slow simulators' resets."""
+DEFAULT_LEASE = 60.0
+"""Seconds a sandbox's server waits to reach its owner before it gives up and exits."""
 DEFAULT_MEMORY_FRACTION = 0.25
 MIN_MEMORY = 6 << 20  # Docker refuses less
 MIN_DEFAULT_MEMORY = 1 << 30
