@@ -82,29 +82,28 @@ class Records(logging.Handler):
             self.warnings[f"{record.name}: {record.getMessage()}"] += 1
 
     def first(self, prefix: str) -> float:
-        """The time of the first kept record whose message starts with ``prefix``."""
-        return next(r.created for r in self.records if r.getMessage().startswith(prefix))
+        """The time of the first kept record whose message contains ``prefix``."""
+        return next(r.created for r in self.records if prefix in r.getMessage())
 
 
 # The phases of one SandboxEnv start, from host clocks (time.time()), rlmesh's log
 # records and the engine's own timestamps (the engine runs on this host's clock).
 PHASES = [
     ("host: source, base image, image lookup", "begin", "image"),
-    ("host: socket dir, aiodocker session, create request", "image", "created"),
+    ("host: socket dir and listener, engine info, create request", "image", "created"),
     ("engine: create + start until the process runs", "created", "running"),
-    ("container: python start, imports, env, bind (to ready line)", "running", "ready"),
-    ("host: ready line seen via logs, connect, HELLO", "ready", "constructed"),
+    ("container: python start, imports, env, dial, HELLO", "running", "ready"),
+    ("host: adopt the connection, return to the caller", "ready", "constructed"),
     ("reset(seed=0)", "constructed", "reset"),
 ]
 
 
-def start_phases(records: Records, cid: str, ready_prefix: str, marks: dict[str, float]) -> dict[str, float]:
+def start_phases(records: Records, cid: str, marks: dict[str, float]) -> dict[str, float]:
     """Fill ``marks`` (``begin``, ``constructed``, ``reset`` already in) with the other phase bounds."""
     created, running = docker_cli("inspect", "-f", "{{.Created}} {{.State.StartedAt}}", cid).split()
-    ready = next(line for line in docker_cli("logs", "-t", cid).splitlines() if ready_prefix in line)
     marks.update(
         image=records.first("reusing sandbox image"), created=docker_time(created),
-        running=docker_time(running), ready=docker_time(ready.split(" ", 1)[0]),
+        running=docker_time(running), ready=records.first("its server connected"),
     )
     return {name: marks[b] - marks[a] for name, a, b in PHASES}
 
@@ -119,7 +118,7 @@ def docker_true(image: str) -> float:
     return time.perf_counter() - t0
 
 
-def sandbox_start(sandbox_cls: Any, records: Records, ready_prefix: str) -> tuple[float, float, dict[str, float]]:
+def sandbox_start(sandbox_cls: Any, records: Records) -> tuple[float, float, dict[str, float]]:
     """``SandboxEnv(ENV_ID)`` + ``reset(seed=0)``, then ``close()``: (start s, close s, phases)."""
     records.records.clear()
     begin = time.time()
@@ -131,7 +130,7 @@ def sandbox_start(sandbox_cls: Any, records: Records, ready_prefix: str) -> tupl
         t1 = time.perf_counter()
         marks = {"begin": begin, "constructed": constructed, "reset": time.time()}
         try:  # untimed; a diagnostic, so a failure only leaves the split out
-            phases = start_phases(records, env.container_id, ready_prefix, marks)
+            phases = start_phases(records, env.container_id, marks)
         except Exception as exc:
             records.warnings[f"bench: the start split failed: {type(exc).__name__}: {exc}"] += 1
             phases = {}
@@ -222,7 +221,6 @@ def main(argv: list[str] | None = None) -> int:
     from rlmesh.sandbox.ownership import owner
 
     OWNER = owner().label
-    from rlmesh.protocol import READY_LINE_PREFIX
 
     records = Records()
     rl_log = logging.getLogger("rlmesh")
@@ -275,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                     if kind == "bare":
                         b.append(docker_true(image))
                     elif kind == "sync":
-                        start_s, close_s, split = sandbox_start(SandboxEnv, records, READY_LINE_PREFIX)
+                        start_s, close_s, split = sandbox_start(SandboxEnv, records)
                         s.append(start_s)
                         sc.append(close_s)
                         for name, value in split.items():

@@ -185,6 +185,7 @@ class Sandbox:
             failure = accept.exception()
             if failure is None:
                 conn: ClientConnection = accept.result()
+                log.debug("sandbox %s: its server connected and said HELLO", self.container_id[:12])
                 return conn
             if not self._exit.done():
                 raise failure
