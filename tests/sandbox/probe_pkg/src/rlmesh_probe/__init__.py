@@ -84,6 +84,10 @@ class ProbeEnv(gym.Env):
         while True:
             hoard.append(bytearray(64 << 20))
 
+    def kernel(self):
+        """The kernel release the env sees (gVisor reports its own)."""
+        return os.uname().release
+
     def hang(self, seconds=3600):
         time.sleep(seconds)
 
