@@ -140,6 +140,22 @@ def sandbox_start(sandbox_cls: Any, records: Records) -> tuple[float, float, dic
     return t1 - t0, time.perf_counter() - t2, phases
 
 
+def runsc_available() -> bool:
+    """Whether the engine has gVisor's runsc (``scripts/dev setup`` registers it)."""
+    return '"runsc"' in docker_cli("info", "--format", "{{json .Runtimes}}")
+
+
+def runtime_start(sandbox_cls: Any, runtime: str | None) -> float:
+    """``SandboxEnv(ENV_ID, runtime=...)`` + ``reset(seed=0)`` (close untimed)."""
+    t0 = time.perf_counter()
+    env = sandbox_cls(ENV_ID, runtime=runtime)
+    try:
+        env.reset(seed=0)
+        return time.perf_counter() - t0
+    finally:
+        env.close()
+
+
 def async_starts(async_cls: Any, n: int) -> tuple[float, float]:
     """Start ``n`` AsyncSandboxEnv at once (gather) on a fresh loop, reset each: (wall to all reset, close wall)."""
 
@@ -252,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         cleanup.append(remote.close)
         sbx = SandboxEnv(ENV_ID)
         cleanup.append(sbx.close)
+        gvisor = runsc_available()
+        if gvisor:
+            sbx_gv = SandboxEnv(ENV_ID, runtime="runsc")
+            cleanup.append(sbx_gv.close)
+            sbx_gv.reset(seed=0)
         svec = SandboxVectorEnv(ENV_ID, num_envs=VEC_N)
         cleanup.append(svec.close)
         lvec = gym.make_vec(ENV_ID, num_envs=VEC_N, vectorization_mode="sync")
@@ -265,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         host, many, many_close = Series(), Series(), Series()
         phases: dict[str, list[float]] = {name: [] for name, _, _ in PHASES}
         step_sbx, step_rem, vsbx, vloc = Series(), Series(), Series(), Series()
+        gv_start, gv_ref, step_gv = Series(), Series(), Series()
         for r in range(rounds):
             b, s, sc, a, ac = [], [], [], [], []
             for i in range(starts):
@@ -294,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
             for single, series in ((sbx, step_sbx), (remote, step_rem)):
                 with collected():
                     series.add_latency(sync_env_block(single, block, lw))
+            if gvisor:  # gVisor beside runc, in the same round
+                gv_ref.add_latency([runtime_start(SandboxEnv, None)])
+                gv_start.add_latency([runtime_start(SandboxEnv, "runsc")])
+                with collected():
+                    step_gv.add_latency(sync_env_block(sbx_gv, block, lw))
             vector_round(((svec, vsbx), (lvec, vloc)), actions, block, vw)
             print(f"  round {r + 1}/{rounds} ({time.perf_counter() - t_start:.0f} s)", flush=True)
     finally:
@@ -334,6 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     sper = paired(step_sbx.per_round, step_rem.per_round)
     rows.append(["SandboxEnv.step p50", us(step_sbx.p50), f"RemoteEnv (host serve) {us(step_rem.p50)}",
                  *ratio_cols(sper), f"<= {STEP_TARGET:g}x", verdict(statistics.median(sper) <= STEP_TARGET)])
+    if gv_start.per_round:
+        rows.append(["gVisor (runsc) start to first reset p50", ms(gv_start.p50), f"runc start {ms(gv_ref.p50)}",
+                     *ratio_cols(paired(gv_start.per_round, gv_ref.per_round)), "info", ""])
+        rows.append(["gVisor (runsc) SandboxEnv.step p50", us(step_gv.p50), f"runc step {us(step_sbx.p50)}",
+                     *ratio_cols(paired(step_gv.per_round, step_sbx.per_round)), "info", ""])
     print()
     print_table(header, rows)
     print(f"\nratio: the median over rounds of the ratio within each round; per-round: its range (a noise gauge). "
