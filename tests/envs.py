@@ -20,11 +20,13 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["BIG_OBS_ID", "FAULTY_ID", "KITCHEN_SINK_ID", "BigObsEnv", "FaultyEnv", "KitchenSinkEnv"]
+__all__ = ["BIG_OBS_ID", "FAULTY_ID", "KITCHEN_SINK_ID", "LENIENT_ID", "BigObsEnv", "FaultyEnv", "KitchenSinkEnv",
+           "LenientEnv"]
 
 KITCHEN_SINK_ID = "rlmesh-test/KitchenSink-v0"
 FAULTY_ID = "rlmesh-test/Faulty-v0"
 BIG_OBS_ID = "rlmesh-test/BigObs-v0"
+LENIENT_ID = "rlmesh-test/Lenient-v0"
 
 # An unusual charset order, so that a codec that sorts the charset is caught
 # (the order decides what Text.sample() draws).
@@ -190,6 +192,28 @@ class BigObsEnv(gym.Env[np.ndarray[Any, Any], int]):
         return self._obs(), float(action), self._t >= 4, False, {"mean": np.float32(self._t)}
 
 
+class LenientEnv(gym.Env[int, int]):
+    """Takes any action without checking it (as some envs do): an action of 4 in a Discrete(4)
+    space ends the episode; a ``gravity`` attribute for the attribute tests."""
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Discrete(4)
+        self.action_space = spaces.Discrete(4)
+        self.gravity = 9.8
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        super().reset(seed=seed)
+        return 0, {"reset": True}
+
+    def step(self, action: int) -> tuple[int, float, bool, bool, dict[str, Any]]:
+        action = int(action)
+        return (action if action < 3 else 0), 0.0, action >= 3, False, {"action": action}
+
+    def double_gravity(self, factor: float = 2.0) -> float:
+        return self.gravity * factor
+
+
 gym.register(id=KITCHEN_SINK_ID, entry_point="tests.envs:KitchenSinkEnv", max_episode_steps=50)
 gym.register(id=FAULTY_ID, entry_point="tests.envs:FaultyEnv")
 gym.register(id=BIG_OBS_ID, entry_point="tests.envs:BigObsEnv")
+gym.register(id=LENIENT_ID, entry_point="tests.envs:LenientEnv")

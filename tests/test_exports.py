@@ -13,6 +13,7 @@ PUBLIC = [
     "AsyncRemoteVectorEnv",
     "AsyncSandboxEnv",
     "AsyncSandboxVectorEnv",
+    "AuthenticationError",
     "EnvServer",
     "RLMeshError",
     "RemoteEnv",

@@ -22,6 +22,7 @@ _EXPORTS = {
     "RemoteVectorEnv": "rlmesh.sync",
     "SandboxEnv": "rlmesh.sandbox.sync",
     "SandboxVectorEnv": "rlmesh.sandbox.sync",
+    "AuthenticationError": "rlmesh.errors",
     "RLMeshError": "rlmesh.errors",
     "RemoteEnvError": "rlmesh.errors",
     "SandboxError": "rlmesh.errors",
@@ -31,7 +32,7 @@ __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:
     from .client.env import AsyncRemoteEnv, AsyncRemoteVectorEnv
-    from .errors import RemoteEnvError, RLMeshError, SandboxError
+    from .errors import AuthenticationError, RemoteEnvError, RLMeshError, SandboxError
     from .sandbox.env import AsyncSandboxEnv, AsyncSandboxVectorEnv
     from .sandbox.sync import SandboxEnv, SandboxVectorEnv
     from .server.core import EnvServer

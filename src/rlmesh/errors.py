@@ -7,6 +7,7 @@ meaning matches a builtin, the builtin is mixed in, so ``except ValueError`` and
     RLMeshError
     ├── InvalidArgumentError (ValueError)     bad argument on our side of the call
     │   ├── InvalidActionError                action not in the env's action space
+    │   ├── UnencodableError (TypeError)      a value that cannot cross the wire
     │   ├── UnsupportedSpaceError             a space the protocol cannot describe
     │   └── SourceError                       a malformed or disallowed env source
     ├── TransportError (ConnectionError)      the byte stream failed
@@ -57,6 +58,7 @@ __all__ = [
     "ServerBusyError",
     "SourceError",
     "TransportError",
+    "UnencodableError",
     "UnsupportedSpaceError",
 ]
 
@@ -79,6 +81,10 @@ class InvalidActionError(InvalidArgumentError):
     def __init__(self, message: str, *, space: str = "") -> None:
         super().__init__(message)
         self.space = space
+
+
+class UnencodableError(InvalidArgumentError, TypeError):
+    """A value (an action, a reset option) cannot be encoded for the wire; also a ``TypeError``."""
 
 
 class UnsupportedSpaceError(InvalidArgumentError):

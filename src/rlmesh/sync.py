@@ -193,6 +193,14 @@ class SyncVectorEnvShell(VectorEnv[Any, Any, Any], Generic[CoreT]):
         """What the server says about its env's spec, as plain data."""
         return self._core.remote_spec
 
+    @property
+    def np_random_seed(self) -> Any:
+        """Each lane's seed, as ``SyncVectorEnv.np_random_seed`` (a native vector env: its own)."""
+        try:
+            return self.get_attr("np_random_seed")
+        except AttributeError:  # the remote vector env has no get_attr
+            return self._np_random_seed
+
     def close_extras(self, **kwargs: Any) -> None:
         """Close the connection (and the sandbox, if any)."""
         _close(self)

@@ -30,6 +30,7 @@ from ..errors import (
     ProtocolError,
     RLMeshError,
     RLMeshTimeoutError,
+    UnencodableError,
 )
 from ..protocol import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -378,7 +379,7 @@ class ClientConnection:
         except (TypeError, ValueError, RecursionError, OverflowError) as exc:
             # orjson refuses lone surrogates and very deep nesting; encode before
             # registering the request, so that nothing is left pending.
-            raise InvalidArgumentError(
+            raise UnencodableError(
                 f"cannot encode the {mtype.name} request: {type(exc).__name__}: {exc}"
             ) from exc
         p.pending[rid] = slot

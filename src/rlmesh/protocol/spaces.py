@@ -22,6 +22,27 @@ __all__ = ["decode_space", "encode_space"]
 
 
 def encode_space(space: spaces.Space[Any], buffers: list[np.ndarray[Any, Any]]) -> dict[str, Any]:
+    """Describe ``space`` (and the state of its generator, once seeded) as a JSON tree.
+
+    Args:
+        space: A Gymnasium space.
+        buffers: Receives the bound arrays.
+
+    Returns:
+        The description.
+
+    Raises:
+        UnsupportedSpaceError: ``space`` is not a built-in Gymnasium space.
+    """
+    desc = _describe(space, buffers)
+    rng = getattr(space, "_np_random", None)
+    if isinstance(rng, np.random.Generator):
+        # Plain data (the bit generator's name and state), so seeded samples match in process.
+        desc["rng"] = encode_value(rng.bit_generator.state, buffers)
+    return desc
+
+
+def _describe(space: spaces.Space[Any], buffers: list[np.ndarray[Any, Any]]) -> dict[str, Any]:
     """Describe ``space`` as a JSON tree whose arrays are appended to ``buffers``.
 
     Args:
@@ -119,6 +140,26 @@ def decode_space(desc: Any, decoder: Decoder, _depth: int = 0) -> spaces.Space[A
     """
     if type(desc) is not dict:
         raise ValueError(f"a space description must be an object, got {type(desc).__name__}")
+    space = _rebuild(desc, decoder, _depth)
+    if "rng" in desc:
+        space._np_random = _generator(decoder.value(desc["rng"]))
+    return space
+
+
+# Bit generators a peer may name; nothing else is looked up (and nothing is imported).
+_BIT_GENERATORS = {"PCG64": np.random.PCG64, "PCG64DXSM": np.random.PCG64DXSM, "MT19937": np.random.MT19937,
+                   "Philox": np.random.Philox, "SFC64": np.random.SFC64}
+
+
+def _generator(state: Any) -> np.random.Generator:
+    if type(state) is not dict or state.get("bit_generator") not in _BIT_GENERATORS:
+        raise ValueError("a space's generator state must name a known bit generator")
+    bit_generator = _BIT_GENERATORS[state["bit_generator"]]()
+    bit_generator.state = state  # numpy checks the rest
+    return np.random.Generator(bit_generator)
+
+
+def _rebuild(desc: dict[str, Any], decoder: Decoder, _depth: int) -> spaces.Space[Any]:
     if _depth > MAX_DEPTH:
         raise ValueError(f"space nested deeper than {MAX_DEPTH} levels")
     kind = desc.get("type")

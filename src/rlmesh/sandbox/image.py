@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.metadata
 import io
 import logging
 import os
@@ -26,6 +27,9 @@ import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 import anyio
 
@@ -49,6 +53,36 @@ log = logging.getLogger("rlmesh.sandbox.image")
 PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 # What the in-container server itself imports; pip merges these with the user's pins.
 SERVER_REQUIREMENTS = ("numpy", "orjson", "gymnasium>=1.1")
+
+
+def server_requirements(packages: Sequence[str]) -> list[str]:
+    """What the in-container server needs, with Gymnasium pinned to the host's version.
+
+    Parity with the host needs the same Gymnasium on both sides; a ``packages`` entry that
+    names gymnasium wins, with a warning (once) when it is not the host's version.
+    """
+    host = importlib.metadata.version("gymnasium")
+    named = [req for req in (_requirement(p) for p in packages) if req is not None and canonicalize_name(req.name) == "gymnasium"]
+    if not named:
+        return ["numpy", "orjson", f"gymnasium=={host}"]
+    for req in named:
+        if req.specifier and not req.specifier.contains(host, prereleases=True) and str(req) not in _skew_warned:
+            _skew_warned.add(str(req))
+            log.warning("packages asks for %s but the host runs gymnasium %s: parity with in-process envs on the "
+                        "host is not guaranteed", req, host)
+    return list(SERVER_REQUIREMENTS)
+
+
+_skew_warned: set[str] = set()
+
+
+def _requirement(text: str) -> Requirement | None:
+    if os.path.exists(text):
+        return None  # a local wheel or project directory
+    try:
+        return Requirement(text)
+    except InvalidRequirement:
+        return None  # pip will say what is wrong with it
 IMAGE_REPO = "rlmesh-sandbox"
 # Not content: caches, and what `pip wheel` itself writes into a local project (build/, *.egg-info),
 # which would otherwise change the hash after the first build.
@@ -100,7 +134,7 @@ class ImageSpec:
     def content_hash(self, base_id: str) -> str:
         """The hash that names the image built from this spec on ``base_id``."""
         h = hashlib.sha256()
-        for part in (base_id, PY_VERSION, __version__, _rlmesh_source_hash()):
+        for part in (base_id, PY_VERSION, __version__, _rlmesh_source_hash(), *server_requirements(self.packages)):
             h.update(part.encode() + b"\0")
         for pkg in self.packages:
             h.update(b"pkg\0" + pkg.encode() + b"\0")
@@ -291,9 +325,9 @@ async def _resolve_wheels(
     cache.mkdir(parents=True, exist_ok=True)
     args = [
         sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-input",
-        "--wheel-dir", str(dest), "--find-links", str(cache), *extra, *SERVER_REQUIREMENTS, *packages,
+        "--wheel-dir", str(dest), "--find-links", str(cache), *extra, *server_requirements(packages), *packages,
     ]
-    log.info("resolving packages on the host: %s", " ".join([*SERVER_REQUIREMENTS, *packages]))
+    log.info("resolving packages on the host: %s", " ".join([*server_requirements(packages), *packages]))
     proc = await asyncio.create_subprocess_exec(
         *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
@@ -325,7 +359,7 @@ def _dockerfile(base_ref: str, spec: ImageSpec, tag: str) -> str:
     major, minor = sys.version_info[:2]
     lines = [
         f"FROM {base_ref}",
-        "ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/tmp PYTHONPATH=/opt/rlmesh/lib",
+        "ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/tmp",
         f"RUN python -c \"import sys; v = sys.version_info[:2]; sys.exit(0 if v == ({major}, {minor}) else "
         f"'rlmesh: the base image has Python %d.%d but the host has {major}.{minor}; packages are resolved "
         f"on the host, so pick a base_image with Python {major}.{minor}' % v)\"",
@@ -337,6 +371,9 @@ def _dockerfile(base_ref: str, spec: ImageSpec, tag: str) -> str:
     if spec.files:
         lines.append("COPY files/ /")
     lines.append("COPY rlmesh /opt/rlmesh/lib/rlmesh")
+    # A .pth file, not PYTHONPATH: rlmesh is found whatever environment the user gives the container.
+    lines.append("RUN python -c \"import site; open(site.getsitepackages()[0] + '/rlmesh-lib.pth', 'w')"
+                 ".write('/opt/rlmesh/lib\\n')\"")
     if spec.imports:
         # As the sandbox user, the way the env will import them (and with no network: the build has none).
         lines.append(f"USER {UNPRIVILEGED_UID}:{UNPRIVILEGED_UID}")
