@@ -280,3 +280,29 @@ def test_remote_errors_from_the_probe_keep_their_type() -> None:
             env.call("read_file", "/no/such/file")
         assert isinstance(info.value, FileNotFoundError)
         assert "uvloop" not in info.value.remote_traceback  # no unrelated ImportError chained in
+
+
+# --------------------------------------------------------------------------- versions and environment
+
+async def test_the_sandbox_gets_the_host_s_gymnasium_and_any_pythonpath(caplog: pytest.LogCaptureFixture) -> None:
+    import gymnasium
+
+    async with AsyncSandboxEnv(PROBE, packages=[PROBE_PKG], env={"PYTHONPATH": "/nowhere"}) as env:
+        assert await env.call("gymnasium_version") == gymnasium.__version__
+        obs, _ = await env.reset(seed=0)  # rlmesh is found whatever PYTHONPATH the user sets
+        assert obs.shape == (4,)
+
+
+def test_a_pinned_gymnasium_that_differs_from_the_host_s_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    import gymnasium
+
+    from rlmesh.sandbox.image import server_requirements
+
+    caplog.set_level(logging.WARNING, logger="rlmesh.sandbox.image")
+    other = "1.3.0" if gymnasium.__version__ != "1.3.0" else "1.2.0"
+    assert server_requirements([f"gymnasium=={other}"]) == ["numpy", "orjson", "gymnasium>=1.1"]
+    server_requirements([f"gymnasium=={other}"])
+    warnings = [r.getMessage() for r in caplog.records if "parity" in r.getMessage()]
+    assert len(warnings) == 1 and other in warnings[0] and gymnasium.__version__ in warnings[0]
+    assert server_requirements(["numpy"])[-1] == f"gymnasium=={gymnasium.__version__}"
+    assert server_requirements([f"gymnasium>={gymnasium.__version__}"]) == ["numpy", "orjson", "gymnasium>=1.1"]

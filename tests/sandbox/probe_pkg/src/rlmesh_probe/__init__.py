@@ -84,6 +84,9 @@ class ProbeEnv(gym.Env):
         while True:
             hoard.append(bytearray(64 << 20))
 
+    def gymnasium_version(self):
+        return gym.__version__
+
     def kernel(self):
         """The kernel release the env sees (gVisor reports its own)."""
         return os.uname().release
