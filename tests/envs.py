@@ -20,13 +20,14 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["BIG_OBS_ID", "FAULTY_ID", "KITCHEN_SINK_ID", "LENIENT_ID", "BigObsEnv", "FaultyEnv", "KitchenSinkEnv",
+__all__ = ["BIG_OBS_ID", "CUSTOM_SPACE_ID", "CustomSpaceEnv", "WordSpace", "FAULTY_ID", "KITCHEN_SINK_ID", "LENIENT_ID", "BigObsEnv", "FaultyEnv", "KitchenSinkEnv",
            "LenientEnv"]
 
 KITCHEN_SINK_ID = "rlmesh-test/KitchenSink-v0"
 FAULTY_ID = "rlmesh-test/Faulty-v0"
 BIG_OBS_ID = "rlmesh-test/BigObs-v0"
 LENIENT_ID = "rlmesh-test/Lenient-v0"
+CUSTOM_SPACE_ID = "rlmesh-test/CustomSpace-v0"
 
 # An unusual charset order, so that a codec that sorts the charset is caught
 # (the order decides what Text.sample() draws).
@@ -213,7 +214,42 @@ class LenientEnv(gym.Env[int, int]):
         return self.gravity * factor
 
 
+class WordSpace(spaces.Space[str]):
+    """A custom space (like MiniGrid's MissionSpace): one of a few words."""
+
+    WORDS = ("go to the red door", "pick up the key", "open the box")
+
+    def __init__(self, seed: int | None = None) -> None:
+        super().__init__(None, None, seed)
+
+    def sample(self, mask: Any = None, probability: Any = None) -> str:
+        return self.WORDS[int(self.np_random.integers(len(self.WORDS)))]
+
+    def contains(self, x: Any) -> bool:
+        return x in self.WORDS
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WordSpace)
+
+
+class CustomSpaceEnv(gym.Env[dict[str, Any], str]):
+    """Observations and actions in a custom space, which rlmesh cannot rebuild on the host."""
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Dict({"pos": spaces.Box(-1, 1, (2,), np.float32), "mission": WordSpace()})
+        self.action_space = WordSpace()
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        super().reset(seed=seed)
+        return {"pos": np.zeros(2, np.float32), "mission": WordSpace.WORDS[0]}, {}
+
+    def step(self, action: str) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        assert self.action_space.contains(action), action
+        return {"pos": np.ones(2, np.float32), "mission": action}, 1.0, False, False, {}
+
+
 gym.register(id=KITCHEN_SINK_ID, entry_point="tests.envs:KitchenSinkEnv", max_episode_steps=50)
 gym.register(id=FAULTY_ID, entry_point="tests.envs:FaultyEnv")
 gym.register(id=BIG_OBS_ID, entry_point="tests.envs:BigObsEnv")
 gym.register(id=LENIENT_ID, entry_point="tests.envs:LenientEnv")
+gym.register(id=CUSTOM_SPACE_ID, entry_point="tests.envs:CustomSpaceEnv")

@@ -146,3 +146,51 @@ def test_a_remote_error_is_also_the_remote_type(tmp_path: Any) -> None:
             assert "reset_mask" in info.value.remote_message
     finally:
         st.stop()
+
+
+# --------------------------------------------------------------------------- custom spaces
+
+def test_a_custom_space_crosses_as_an_opaque_space_the_server_answers(serve: Any) -> None:
+    from rlmesh import RemoteEnv
+    from rlmesh.protocol.spaces import OpaqueSpace
+
+    from .envs import CUSTOM_SPACE_ID, WordSpace
+
+    with RemoteEnv(serve(gym.make(CUSTOM_SPACE_ID, disable_env_checker=True))) as env:
+        mission = env.observation_space["mission"]
+        assert isinstance(mission, OpaqueSpace) and mission.type_name == "tests.envs.WordSpace"
+        assert isinstance(env.action_space, OpaqueSpace)
+        obs, _ = env.reset(seed=0)
+        assert obs["mission"] == WordSpace.WORDS[0] and mission.contains(obs["mission"])
+        assert not mission.contains("not a word")
+        env.action_space.seed(5)
+        action = env.action_space.sample()
+        local = WordSpace()
+        local.seed(5)
+        assert action == local.sample()  # drawn by the server's own space, seeded alike
+        obs, *_ = env.step(action)
+        assert obs["mission"] == action
+
+
+def test_custom_spaces_are_batched_as_gymnasium_batches_them(vec: Callable[..., Any]) -> None:
+    from .envs import CUSTOM_SPACE_ID, WordSpace
+
+    envs = vec([lambda: gym.make(CUSTOM_SPACE_ID, disable_env_checker=True) for _ in range(2)])
+    assert isinstance(envs.action_space, gym.spaces.Tuple) and len(envs.action_space.spaces) == 2
+    envs.reset(seed=0)
+    actions = envs.action_space.sample()
+    assert len(actions) == 2 and all(a in WordSpace.WORDS for a in actions)
+    obs, *_ = envs.step(actions)
+    assert tuple(obs["mission"]) == tuple(actions)
+
+
+async def test_an_opaque_space_in_async_code_says_to_await(serve: Any) -> None:
+    from rlmesh import AsyncRemoteEnv
+    from rlmesh.errors import UnsupportedSpaceError
+
+    from .envs import CUSTOM_SPACE_ID, WordSpace
+
+    async with AsyncRemoteEnv(serve(gym.make(CUSTOM_SPACE_ID, disable_env_checker=True))) as env:
+        with pytest.raises(UnsupportedSpaceError, match="space_call"):
+            env.action_space.sample()
+        assert await env.space_call("action_space", [], "sample") in WordSpace.WORDS

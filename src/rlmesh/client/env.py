@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import re
 from typing import Any
 
@@ -11,7 +13,7 @@ from gymnasium.envs.registration import EnvSpec
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode
 
-from ..errors import EnvClosedError, InvalidArgumentError, ProtocolError, TransportError
+from ..errors import EnvClosedError, InvalidArgumentError, ProtocolError, TransportError, UnsupportedSpaceError
 from ..protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     CallRequest,
@@ -25,6 +27,7 @@ from ..protocol import (
 )
 from ..protocol import auth as _auth
 from ..protocol.messages import check_attribute_name
+from ..protocol.spaces import opaque_spaces
 from .actions import check_action
 from .connection import ClientConnection, TlsOption, make_client_tls
 
@@ -126,6 +129,41 @@ class _AsyncRemoteBase:
         self.render_mode = hello.render_mode
         self.remote_spec = hello.spec
         self.spec = self._host_spec(hello.spec)
+        self._bind_opaque_spaces(hello)
+
+    def _bind_opaque_spaces(self, hello: ServerHello) -> None:
+        # Custom spaces arrive as OpaqueSpaces, whose sample/contains/seed the server answers.
+        for name in ("observation_space", "action_space", "single_observation_space", "single_action_space"):
+            space = getattr(hello, name)
+            if space is not None:
+                for opaque in opaque_spaces(space):
+                    opaque.ask = functools.partial(self._ask_space, name)
+
+    def _ask_space(self, name: str, path: tuple[Any, ...], method: str, *args: Any) -> Any:
+        # Called by OpaqueSpace's sync methods; blocking is fine on any thread but the loop's.
+        conn = self.connection
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is conn.loop:
+            raise UnsupportedSpaceError(
+                f"{name} holds a custom space whose {method}() the server answers; from async code use "
+                f"`await env.space_call({name!r}, {list(path)!r}, {method!r}, ...)`"
+            )
+        future = asyncio.run_coroutine_threadsafe(self.space_call(name, list(path), method, *args), conn.loop)
+        return future.result()
+
+    async def space_call(self, space: str, path: list[Any], method: str, *args: Any) -> Any:
+        """Ask the server to ``sample``, ``contains`` or ``seed`` one of its (custom) spaces.
+
+        Args:
+            space: ``observation_space``, ``action_space`` or their ``single_`` forms.
+            path: Keys and indices down to the sub-space (an OpaqueSpace's ``path``).
+            method: ``sample``, ``contains`` or ``seed``.
+            *args: The method's argument (the value for ``contains``, the seed for ``seed``).
+        """
+        return await self._call("space", space, (path, method, *args))
 
     def _spec_kwargs(self) -> dict[str, Any]:
         """The constructor arguments that make an equivalent env (for ``gym.make(env.spec)``)."""

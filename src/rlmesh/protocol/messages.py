@@ -322,7 +322,9 @@ class ResetRequest:
         return cls(seed, options)
 
 
-CALL_OPS = ("call", "get_attr", "set_attr")
+CALL_OPS = ("call", "get_attr", "set_attr", "space")
+SPACE_NAMES = ("observation_space", "action_space", "single_observation_space", "single_action_space")
+SPACE_METHODS = ("sample", "contains", "seed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,7 +332,9 @@ class CallRequest:
     """A CALL request: call a method, or get or set an attribute, of the served env.
 
     Attributes:
-        op: ``call``, ``get_attr`` or ``set_attr``.
+        op: ``call``, ``get_attr``, ``set_attr``, or ``space`` (an opaque space's ``sample``,
+            ``contains`` or ``seed``: ``name`` is the space, ``args`` its path, the method and
+            the method's argument).
         name: The method or attribute name (a public identifier).
         args: Positional arguments (``call``), or the value(s) to set (``set_attr``: one item).
         kwargs: Keyword arguments (``call``).
@@ -361,6 +365,9 @@ class CallRequest:
         if op not in CALL_OPS or type(args) is not list or type(kwargs) is not dict:
             raise ProtocolError("malformed CALL body")
         check_attribute_name(name)
+        if op == "space" and (name not in SPACE_NAMES or len(args) < 2 or type(args[0]) is not list
+                              or args[1] not in SPACE_METHODS):
+            raise InvalidArgumentError("a space request names a space, a path and sample, contains or seed")
         if not all(type(k) is str for k in kwargs):
             raise InvalidArgumentError("call keyword names must be strings")
         return cls(op, name, tuple(args), kwargs)

@@ -1,11 +1,11 @@
 """Space codec: Gymnasium spaces to a JSON description and back.
 
 Every built-in Gymnasium space is supported, nested arbitrarily: Box, Discrete,
-MultiDiscrete, MultiBinary, Text, Dict, Tuple, Sequence, Graph and OneOf.
+MultiDiscrete, MultiBinary, Text, Dict, Tuple, Sequence, Graph and OneOf. Any other space
+(a custom ``Space`` subclass) crosses as an :class:`OpaqueSpace`.
 Bounds and ``nvec`` travel as raw buffers, so extreme values (``inf``, the
 int64/uint64 limits, float16) survive exactly and the rebuilt space compares
-equal to the original. A custom ``Space`` subclass raises
-:class:`~rlmesh.errors.UnsupportedSpaceError` naming it.
+equal to the original.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from gymnasium import spaces
 from ..errors import UnsupportedSpaceError
 from .values import MAX_DEPTH, Decoder, encode_value
 
-__all__ = ["decode_space", "encode_space"]
+__all__ = ["OpaqueSpace", "decode_space", "encode_space", "opaque_spaces", "space_at"]
 
 
 def encode_space(space: spaces.Space[Any], buffers: list[np.ndarray[Any, Any]]) -> dict[str, Any]:
@@ -31,8 +31,6 @@ def encode_space(space: spaces.Space[Any], buffers: list[np.ndarray[Any, Any]]) 
     Returns:
         The description.
 
-    Raises:
-        UnsupportedSpaceError: ``space`` is not a built-in Gymnasium space.
     """
     desc = _describe(space, buffers)
     rng = getattr(space, "_np_random", None)
@@ -114,12 +112,105 @@ def _describe(space: spaces.Space[Any], buffers: list[np.ndarray[Any, Any]]) -> 
             "node_space": encode_space(space.node_space, buffers),
             "edge_space": None if edge is None else encode_space(edge, buffers),
         }
-    raise UnsupportedSpaceError(
-        f"rlmesh cannot describe the space {space!r} (type {t.__module__}.{t.__qualname__}): "
-        "only Gymnasium's built-in spaces (Box, Discrete, MultiDiscrete, MultiBinary, Text, "
-        "Dict, Tuple, Sequence, Graph, OneOf) can cross the wire. Wrap the env so that it "
-        "exposes one of those."
-    )
+    # A space rlmesh cannot rebuild (a custom Space subclass): described by its shape and
+    # dtype, and left to the server to sample and judge (see OpaqueSpace).
+    shape = getattr(space, "shape", None)
+    dtype = getattr(space, "dtype", None)
+    return {
+        "type": "Opaque",
+        "class": f"{t.__module__}.{t.__qualname__}"[:200],
+        "repr": repr(space)[:500],
+        "shape": list(shape) if isinstance(shape, tuple) and all(type(d) is int for d in shape) else None,
+        "dtype": np.dtype(dtype).str if dtype is not None and np.dtype(dtype).kind in "biufcSUMm" else None,
+    }
+
+
+class OpaqueSpace(spaces.Space[Any]):
+    """A space the host cannot rebuild (a custom ``Space`` subclass of the env's).
+
+    It has the original's ``shape`` and ``dtype`` (when they are plain), its class name and
+    ``repr`` as text, and its ``sample()``, ``contains()`` and ``seed()`` are answered by the
+    server (the sync classes ask it; an unconnected or async space raises, naming what to do).
+    Gymnasium batches it as it batches any custom space: a ``Tuple`` of one per lane.
+
+    Attributes:
+        type_name: The qualified name of the env's space class.
+        text: The env's ``repr()`` of its space.
+    """
+
+    def __init__(self, type_name: str, text: str, shape: tuple[int, ...] | None, dtype: Any) -> None:
+        super().__init__(shape, dtype)
+        self.type_name = type_name
+        self.text = text
+        self.ask: Any = None  # set by the client: (path, method, *args) -> result
+        self.path: tuple[Any, ...] = ()
+
+    def _remote(self, method: str, *args: Any) -> Any:
+        if self.ask is None:
+            raise UnsupportedSpaceError(
+                f"{self!r} is answered by the env's server, and this space is not bound to a connection"
+            )
+        return self.ask(self.path, method, *args)
+
+    def sample(self, mask: Any = None, probability: Any = None) -> Any:
+        """A sample drawn by the server's space."""
+        return self._remote("sample")
+
+    def contains(self, x: Any) -> bool:
+        """Whether the server's space contains ``x``."""
+        return bool(self._remote("contains", x))
+
+    def seed(self, seed: int | None = None) -> Any:
+        """Seed the server's space."""
+        return self._remote("seed", seed)
+
+    @property
+    def is_np_flattenable(self) -> bool:
+        """Never: the host does not know its structure."""
+        return False
+
+    def __repr__(self) -> str:
+        return f"OpaqueSpace({self.type_name}: {self.text})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OpaqueSpace) and (self.type_name, self.text) == (other.type_name, other.text)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def opaque_spaces(space: spaces.Space[Any], path: tuple[Any, ...] = ()) -> list[OpaqueSpace]:
+    """Every :class:`OpaqueSpace` in ``space``, with its ``path`` (keys and indices) filled in."""
+    if isinstance(space, OpaqueSpace):
+        space.path = path
+        return [space]
+    found: list[OpaqueSpace] = []
+    if isinstance(space, spaces.Dict):
+        for key, sub in space.spaces.items():
+            found += opaque_spaces(sub, (*path, key))
+    elif isinstance(space, (spaces.Tuple, spaces.OneOf)):
+        for i, sub in enumerate(space.spaces):
+            found += opaque_spaces(sub, (*path, i))
+    elif isinstance(space, spaces.Sequence):
+        found += opaque_spaces(space.feature_space, (*path, "feature_space"))
+    return found
+
+
+def space_at(space: spaces.Space[Any], path: list[Any]) -> spaces.Space[Any]:
+    """The sub-space of ``space`` at ``path`` (server side of :class:`OpaqueSpace`).
+
+    Raises:
+        ValueError: The path does not lead to a sub-space.
+    """
+    for step in path:
+        if isinstance(space, spaces.Dict) and type(step) is str and step in space.spaces:
+            space = space.spaces[step]
+        elif isinstance(space, (spaces.Tuple, spaces.OneOf)) and type(step) is int and 0 <= step < len(space.spaces):
+            space = space.spaces[step]
+        elif isinstance(space, spaces.Sequence) and step == "feature_space":
+            space = space.feature_space
+        else:
+            raise ValueError(f"no sub-space {step!r:.40} in {type(space).__name__}")
+    return space
 
 
 def decode_space(desc: Any, decoder: Decoder, _depth: int = 0) -> spaces.Space[Any]:
@@ -216,7 +307,22 @@ def _rebuild(desc: dict[str, Any], decoder: Decoder, _depth: int) -> spaces.Spac
         ):
             raise ValueError("Graph node and edge spaces must be Box or Discrete")
         return spaces.Graph(node_space=node_space, edge_space=edge_space)
+    if kind == "Opaque":
+        type_name, text, shape, dtype = desc.get("class"), desc.get("repr"), desc.get("shape"), desc.get("dtype")
+        if type(type_name) is not str or type(text) is not str or len(type_name) > 200 or len(text) > 500:
+            raise ValueError("malformed opaque space")
+        return OpaqueSpace(type_name, text, None if shape is None else tuple(_int(d) for d in shape),
+                           None if dtype is None else _any_dtype(dtype))
     raise UnsupportedSpaceError(f"unknown space type {kind!r:.60} in a space description")
+
+
+def _any_dtype(text: Any) -> np.dtype[Any]:
+    if type(text) is not str or len(text) > 12:
+        raise ValueError("malformed dtype")
+    dtype = np.dtype(text)
+    if dtype.kind not in "biufcSUMm":
+        raise ValueError(f"an opaque space's dtype must be plain, got {dtype}")
+    return dtype
 
 
 def _int(value: Any) -> int:

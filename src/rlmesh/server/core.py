@@ -48,6 +48,7 @@ from ..protocol import (
     encode_message,
     error_for_exception,
 )
+from ..protocol.spaces import space_at
 from ..protocol.values import unencodable
 from ..protocol import auth as _auth
 from ._types import EnvLike
@@ -335,6 +336,14 @@ class EnvServer:
 
 
 def _call(env: EnvLike, req: CallRequest) -> Any:
+    if req.op == "space":  # an opaque space's question, answered by the env's own space
+        path, method, *args = req.args
+        space = space_at(getattr(env, req.name), path)
+        if method == "sample":
+            return _checked(req.name, space.sample())
+        if method == "contains":
+            return bool(space.contains(*args[:1]))
+        return _checked(req.name, space.seed(*args[:1]))
     if isinstance(env, gym.vector.VectorEnv):
         method = getattr(env, req.op, None)  # Sync/AsyncVectorEnv have them; native vector envs may not
         if method is None:
