@@ -20,6 +20,7 @@ import logging
 import ssl
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
@@ -97,16 +98,20 @@ def run(args: argparse.Namespace) -> int:
             "lease": args.lease, "dial": args.dial,
         }
         EnvServer(lambda: None, args.address, **server_options)  # type: ignore[arg-type, return-value]
-        check_imports(args.imports)
-        env = load_env(
-            args.source,
-            num_envs=args.num_envs,
-            vectorization_mode=args.vectorization_mode,
-            autoreset_mode=args.autoreset_mode,
-            kwargs=kwargs,
-            selector=args.selector,
-        )
-        EnvServer(env, args.address, **server_options).serve()
+
+        def make() -> Any:
+            check_imports(args.imports)
+            return load_env(
+                args.source,
+                num_envs=args.num_envs,
+                vectorization_mode=args.vectorization_mode,
+                autoreset_mode=args.autoreset_mode,
+                kwargs=kwargs,
+                selector=args.selector,
+            )
+
+        # Dialling, the server connects before it makes the env, so the client hears a failure.
+        EnvServer(make if args.dial else make(), args.address, **server_options).serve()
     except (OSError, ssl.SSLError) as exc:
         print(f"rlmesh serve: {exc}", file=sys.stderr, flush=True)
         return 3

@@ -296,8 +296,10 @@ async def test_the_sandbox_gets_the_host_s_gymnasium_and_any_pythonpath(caplog: 
 def test_a_pinned_gymnasium_that_differs_from_the_host_s_warns_once(caplog: pytest.LogCaptureFixture) -> None:
     import gymnasium
 
+    from rlmesh.sandbox import image
     from rlmesh.sandbox.image import server_requirements
 
+    image._skew_warned.clear()  # other tests may have warned already (once per process)
     caplog.set_level(logging.WARNING, logger="rlmesh.sandbox.image")
     other = "1.3.0" if gymnasium.__version__ != "1.3.0" else "1.2.0"
     assert server_requirements([f"gymnasium=={other}"]) == ["numpy", "orjson", "gymnasium>=1.1"]
@@ -306,3 +308,27 @@ def test_a_pinned_gymnasium_that_differs_from_the_host_s_warns_once(caplog: pyte
     assert len(warnings) == 1 and other in warnings[0] and gymnasium.__version__ in warnings[0]
     assert server_requirements(["numpy"])[-1] == f"gymnasium=={gymnasium.__version__}"
     assert server_requirements([f"gymnasium>={gymnasium.__version__}"]) == ["numpy", "orjson", "gymnasium>=1.1"]
+
+
+# --------------------------------------------------------------------------- errors users can act on
+
+def test_a_misspelled_id_is_gymnasium_s_error_with_its_suggestion_first() -> None:
+    import gymnasium
+
+    with pytest.raises(gymnasium.error.NameNotFound) as info:
+        SandboxEnv("CartPol-v1")
+    err = info.value
+    first = str(err).splitlines()[0]
+    assert "CartPol" in first and "Did you mean" in first and "CartPole" in first
+    assert err.container_id and "Traceback" in err.logs
+
+
+def test_a_misspelled_option_is_caught_on_the_host() -> None:
+    with pytest.raises(InvalidArgumentError, match="did you mean packages="):
+        SandboxEnv("CartPole-v1", package=["gymnasium"])
+    with pytest.raises(InvalidArgumentError, match="did you mean num_envs="):
+        from rlmesh.numpy import SandboxVectorEnv
+
+        SandboxVectorEnv("CartPole-v1", num_env=2)
+    env = AsyncSandboxEnv("CartPole-v1", env_kwargs={"package": 1})  # deliberately: passed through
+    assert env.env_kwargs == {"package": 1}

@@ -460,6 +460,7 @@ class Listener:
         self._max_frame_size = max_frame_size
         self._server: asyncio.AbstractServer | None = None
         self._first: asyncio.Future[_Protocol] | None = None
+        self._sock: socket.socket | None = None
         self._adopted = False
 
     async def start(self) -> None:
@@ -476,7 +477,18 @@ class Listener:
                 self._first.set_result(proto)
             return proto
 
-        self._server = await loop.create_unix_server(factory, self.path)
+        # The socket is made here, so that a start cancelled inside create_unix_server (which
+        # yields once after binding) cannot leave it open.
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(self.path)
+            sock.listen(8)
+            sock.setblocking(False)
+            self._server = await loop.create_unix_server(factory, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
 
     async def accept(self, *, token: bytes | None = None) -> ClientConnection:
         """Wait for the server to dial in, then handshake; only the first connection counts.
@@ -503,6 +515,8 @@ class Listener:
         """Stop listening, and drop a connection that was never handed to a ClientConnection."""
         if self._server is not None:
             self._server.close()
+        if self._sock is not None:
+            self._sock.close()
         first = self._first
         if first is not None and first.done() and not first.cancelled() and not self._adopted:
             transport = first.result().transport

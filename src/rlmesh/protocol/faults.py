@@ -29,7 +29,7 @@ from ..errors import (
 )
 from .framing import Frame, MessageType, encode_message
 
-__all__ = ["KINDS", "ErrorBody", "error_for_exception", "exception_for_error", "remote_error_class"]
+__all__ = ["KINDS", "ErrorBody", "env_error", "error_for_exception", "exception_for_error", "remote_error_class"]
 
 KINDS: dict[str, tuple[str, bool]] = {
     "env": ("the env raised; the connection stays usable", True),
@@ -92,6 +92,11 @@ def error_for_exception(exc: BaseException) -> ErrorBody:
         return ErrorBody("invalid_action", "InvalidActionError", str(exc), space=exc.space)
     if isinstance(exc, InvalidArgumentError) and not isinstance(exc, RemoteEnvError):
         return ErrorBody("bad_request", type(exc).__name__, str(exc))
+    return env_error(exc)
+
+
+def env_error(exc: BaseException) -> ErrorBody:
+    """An ``env`` ERROR body for an exception the env (or the making of it) raised."""
     t = type(exc)
     return ErrorBody(
         "env", f"{t.__module__}.{t.__qualname__}", str(exc), "".join(traceback.format_exception(exc))
@@ -102,7 +107,8 @@ def exception_for_error(body: ErrorBody) -> RLMeshError:
     """The exception a client raises for an ERROR body."""
     kind = body.kind
     if kind == "env":
-        return remote_error_class(body.type)(body.type, body.message, body.traceback)
+        error: RemoteEnvError = remote_error_class(body.type)(body.type, body.message, body.traceback)
+        return error
     if kind == "invalid_action":
         return InvalidActionError(body.message, space=body.space)
     if kind == "bad_request":
@@ -116,18 +122,25 @@ def exception_for_error(body: ErrorBody) -> RLMeshError:
     return ProtocolError(f"the server reported a protocol error: {body.message}")
 
 
-_classes: dict[str, type[RemoteEnvError]] = {}
-
-
-def remote_error_class(type_name: str) -> type[RemoteEnvError]:
-    """The class raised for a remote exception type: :class:`RemoteEnvError`, also an instance
-    of the builtin or ``gymnasium.error`` class of that name when there is one.
+_classes: dict[tuple[type, str], type] = {}
+def remote_error_class(
+    type_name: str, root: type[RLMeshError] = RemoteEnvError, probe: tuple[Any, ...] = ("t", "m", "")
+) -> type[Any]:
+    """The class raised for a remote exception type: ``root`` (:class:`RemoteEnvError` by
+    default), also an instance of the builtin or ``gymnasium.error`` class of that name when
+    there is one.
 
     Nothing is imported: the name is looked up among the builtins and in the already imported
     ``gymnasium.error`` module only. Types whose constructors need more than a message fall
     back to their nearest base that takes one.
+
+    Args:
+        type_name: The remote exception's qualified type name.
+        root: The rlmesh class to mix the remote type into.
+        probe: Arguments ``root`` is constructed with (the made class must accept them).
     """
-    cls = _classes.get(type_name)
+    key = (root, type_name)
+    cls = _classes.get(key)
     if cls is not None:
         return cls
     module, _, name = type_name.rpartition(".")
@@ -136,20 +149,20 @@ def remote_error_class(type_name: str) -> type[RemoteEnvError]:
         base = vars(builtins).get(name)
     elif module == "gymnasium.error":
         base = vars(gymnasium.error).get(name)
-    cls = RemoteEnvError
+    cls = root
     if isinstance(base, type) and issubclass(base, Exception) and not issubclass(base, RLMeshError):
         for candidate in base.__mro__:
             if candidate is Exception or not issubclass(candidate, Exception):
                 break
             try:
-                made = type(f"RemoteEnvError[{candidate.__name__}]", (RemoteEnvError, candidate), {
-                    "__module__": RemoteEnvError.__module__, "__str__": RemoteEnvError.__str__,
+                made = type(f"{root.__name__}[{candidate.__name__}]", (root, candidate), {
+                    "__module__": root.__module__, "__str__": root.__str__,
                 })
-                made("t", "m", "")  # the constructor must take rlmesh's arguments
+                made(*probe)  # the constructor must take rlmesh's arguments
             except TypeError:
                 continue
             cls = made
             break
     if len(_classes) < 1000:  # type names come from the peer: bound the cache
-        _classes[type_name] = cls
+        _classes[key] = cls
     return cls

@@ -25,7 +25,8 @@ from typing import Any
 import anyio
 
 from ..client.connection import ClientConnection
-from ..errors import InvalidArgumentError, RLMeshTimeoutError, SandboxError, SandboxStartError
+from ..errors import InvalidArgumentError, RemoteEnvError, RLMeshTimeoutError, SandboxError, SandboxStartError
+from ..protocol.faults import remote_error_class
 from ._docker import DockerClient, acquire_docker, release_docker
 from . import ownership
 from .options import RUNTIME_DIR_IN_CONTAINER, ContainerOptions, default_memory, memory_bytes
@@ -187,6 +188,16 @@ class Sandbox:
                 conn: ClientConnection = accept.result()
                 log.debug("sandbox %s: its server connected and said HELLO", self.container_id[:12])
                 return conn
+            if isinstance(failure, RemoteEnvError):
+                # The server could not make the env, and said why: that line first, with the
+                # env's own exception type (gymnasium.error.NameNotFound, say) mixed in.
+                code, _ = await self.exit_status(wait=5.0)  # the server exits once it said it
+                cls = remote_error_class(failure.remote_type, SandboxStartError, ("m",))
+                raise cls(
+                    f"the env for {self.source} could not be made in its sandbox: "
+                    f"{failure.remote_type.rpartition('.')[2]}: {failure.remote_message}",
+                    container_id=self.container_id, exit_code=code, logs=self.logs,
+                ) from failure
             if not self._exit.done():
                 raise failure
         await self._drain_output()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import difflib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -41,6 +42,12 @@ _ELSEWHERE = {
     "kwargs": "env kwargs are passed as keyword arguments directly, e.g. SandboxEnv(id, render_mode='rgb_array')",
 }
 ENVHUB_DIR = "/opt/rlmesh/envhub"
+_OPTION_NAMES = (
+    "packages", "imports", "base_image", "rebuild", "trust_remote_code", "allow_unpinned_hf", "network", "memory",
+    "cpus", "pids_limit", "env", "gpus", "devices", "volumes", "user", "allow_engine_socket", "runtime", "lease",
+    "connect_timeout", "request_timeout", "max_frame_size", "strict_actions", "env_kwargs", "num_envs",
+    "vectorization_mode", "autoreset_mode", "system_packages", "wrappers",
+)
 _SPEC_OPTIONS: dict[str, Any] = {
     "packages": (), "imports": (), "base_image": None, "rebuild": False, "trust_remote_code": False,
     "allow_unpinned_hf": False, "network": False, "memory": None, "cpus": None, "pids_limit": DEFAULT_PIDS_LIMIT,
@@ -85,8 +92,10 @@ class _SandboxMixin(_AsyncRemoteBase):
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         strict_actions: bool = False,
-        **env_kwargs: Any,
+        env_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
+        env_kwargs_extra, env_kwargs = env_kwargs, kwargs
         given = {name: value for name, value in locals().items() if name in _SPEC_OPTIONS}
         super().__init__(None, connect_timeout=connect_timeout, request_timeout=request_timeout,
                          max_frame_size=max_frame_size, strict_actions=strict_actions)
@@ -100,6 +109,16 @@ class _SandboxMixin(_AsyncRemoteBase):
                 raise InvalidArgumentError(
                     f"{key}= belongs to SandboxVectorEnv / AsyncSandboxVectorEnv, not {type(self).__name__}"
                 )
+            close = difflib.get_close_matches(key, _OPTION_NAMES, n=1, cutoff=0.8)
+            if close:
+                raise InvalidArgumentError(
+                    f"{key}= is not an rlmesh option: did you mean {close[0]}=? (An env kwarg that happens "
+                    f"to look like one goes through env_kwargs={{{key!r}: ...}}.)"
+                )
+        if env_kwargs_extra is not None:
+            if not isinstance(env_kwargs_extra, Mapping) or not all(isinstance(k, str) for k in env_kwargs_extra):
+                raise InvalidArgumentError(f"env_kwargs must map names to values, got {env_kwargs_extra!r}")
+            env_kwargs = {**env_kwargs, **env_kwargs_extra}
         for name, seq in (("packages", packages), ("imports", imports)):
             if isinstance(seq, (str, bytes)):
                 raise InvalidArgumentError(f"{name} must be a list of strings, e.g. {name}=[{seq!r}]")
@@ -139,7 +158,9 @@ class _SandboxMixin(_AsyncRemoteBase):
             )
 
     def _spec_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"source": self.source, **self._spec_options, **self.env_kwargs}
+        kwargs: dict[str, Any] = {"source": self.source, **self._spec_options}
+        if self.env_kwargs:
+            kwargs["env_kwargs"] = dict(self.env_kwargs)
         if self._num_envs is not None:
             if self._vectorization_mode != "sync":
                 kwargs["vectorization_mode"] = self._vectorization_mode
@@ -293,7 +314,9 @@ _OPTION_DOCS = """
         request_timeout: Seconds allowed for each reply (default 300); None waits forever.
         max_frame_size: The largest frame either side accepts (bytes, at least 64 KiB).
         strict_actions: Check actions against the action space on the host before sending them.
-        **env_kwargs: Passed to the env's constructor (must be JSON-serialisable).
+        env_kwargs: Env kwargs given as a mapping, for one whose name looks like an rlmesh option
+            (a keyword close to an option's name, ``package=`` say, is an error naming the option).
+        **kwargs: Passed to the env's constructor (must be JSON-serialisable).
 """
 
 

@@ -48,6 +48,7 @@ from ..protocol import (
     encode_message,
     error_for_exception,
 )
+from ..protocol.faults import env_error
 from ..protocol.spaces import space_at
 from ..protocol.values import unencodable
 from ..protocol import auth as _auth
@@ -140,6 +141,7 @@ class EnvServer:
             raise InvalidArgumentError("dial applies to Unix socket addresses")
         self._lease: float | None = lease
         self._dial = dial
+        self._startup_error: Exception | None = None
         self._vacant_since = 0.0
         self._env_or_factory = env_or_factory
         self._env: EnvLike | None = None
@@ -201,12 +203,25 @@ class EnvServer:
         """
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        env = self.env
-        self._hello = _describe(env).encode_parts()
         addr = self._address
         server: asyncio.AbstractServer | None = None
         if self._dial:
+            # Dial first, then make the env: if making it fails, the client hears why (an ERROR
+            # answering its HELLO, with the exception's type) instead of reading a log.
             await self._dial_once(loop)
+            try:
+                env = self.env
+            except Exception as exc:
+                self._startup_error = exc
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._hello_timeout):
+                        await self._stop.wait()  # until the client has heard it (or is gone)
+                raise
+        else:
+            env = self.env
+        self._hello = _describe(env).encode_parts()
+        if self._dial:
+            pass  # connected above
         elif addr.path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(addr.path)
@@ -429,8 +444,10 @@ class _ServerProtocol(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # notice dead TCP peers
-        # A peer that never finishes its handshake (a port scanner, a stuck client) must go.
-        self._timer = asyncio.get_running_loop().call_later(server._hello_timeout, self._handshake_timeout)
+        # A peer that never finishes its handshake (a port scanner, a stuck client) must go. A
+        # dialled server's one peer is its owner, and the env may take long to make: no timer.
+        if not server._dial:
+            self._timer = asyncio.get_running_loop().call_later(server._hello_timeout, self._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
         transport = self.transport
@@ -483,6 +500,13 @@ class _ServerProtocol(asyncio.Protocol):
             self.hello = ClientHello.decode(frame)
             self.hello_rid = frame.request_id
             self.reply_limit = self.hello.max_frame_size
+            if server._startup_error is not None:  # the env could not be made: say why, then end
+                assert self.transport is not None
+                self.transport.write(env_error(server._startup_error).encode(frame.request_id))
+                self._close_after_write()
+                server.stop()
+                return
+
             if server._token is None:
                 self._authenticated()
                 return
