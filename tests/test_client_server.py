@@ -534,3 +534,26 @@ async def test_a_peer_that_never_says_hello_loses_the_slot(tmp_path: Path) -> No
             await env.reset(seed=0)
     finally:
         st.stop()
+
+
+def test_serve_applies_wrappers_in_order(run_serve: Any, tmp_path: Path) -> None:
+    sock = tmp_path / "w.sock"
+    wrappers = '[["gymnasium.wrappers:TimeLimit", {"max_episode_steps": 3}], ["gymnasium.wrappers:FlattenObservation", {}]]'
+    proc, _ = run_serve(f"tests.envs:{KITCHEN_SINK_ID}", "--address", f"unix://{sock}", "--wrappers-json", wrappers)
+    local = gym.wrappers.FlattenObservation(gym.wrappers.TimeLimit(gym.make(KITCHEN_SINK_ID), max_episode_steps=3))
+    with RemoteEnv(f"unix://{sock}") as env:
+        assert env.observation_space == local.observation_space  # described after wrapping
+        assert_same(env.reset(seed=1), local.reset(seed=1))
+        for action in sample_actions(local.action_space, 3, 3):
+            assert_same(env.step(action), local.step(action))
+    assert stop_with_sigterm(proc) == 0
+
+
+def test_wrappers_are_checked_for_form_on_the_host() -> None:
+    from rlmesh.numpy import AsyncSandboxEnv
+
+    for bad in ("gymnasium.wrappers:TimeLimit", ["not a path"], [("a:B", "kwargs")], [("a:B", {"x": object()})]):
+        with pytest.raises(InvalidArgumentError, match="wrapper"):
+            AsyncSandboxEnv("CartPole-v1", wrappers=bad)
+    env = AsyncSandboxEnv("CartPole-v1", wrappers=["a.b:C", ("d:E", {"k": 1})])
+    assert env.wrappers == [["a.b:C", {}], ["d:E", {"k": 1}]]

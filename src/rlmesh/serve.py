@@ -5,7 +5,7 @@ Usage::
     rlmesh serve SOURCE --address ADDR [--num-envs N]
                  [--vectorization-mode sync|async|vector]
                  [--autoreset-mode next_step|same_step|disabled]
-                 [--kwargs-json JSON] [--import MODULE ...]
+                 [--kwargs-json JSON] [--wrappers-json JSON] [--import MODULE ...]
                  [--token-file PATH | --insecure] [--tls-cert PEM --tls-key PEM]
                  [--idle-timeout S] [--max-frame-size BYTES] [--lease S] [--dial]
 
@@ -46,6 +46,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--autoreset-mode", default="next_step", choices=["next_step", "same_step", "disabled"])
     p.add_argument("--kwargs-json", default="{}", help="JSON object of env constructor kwargs")
     p.add_argument("--selector", default=None, help="suite or suite/task, for envhub: sources")
+    p.add_argument("--wrappers-json", default="[]", metavar="JSON",
+                   help='wrappers applied in order to each env: [["module:Class", {kwargs}], ...]')
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE before loading (repeatable); a failure names it")
     p.add_argument("--token-file", default=None, metavar="PATH",
@@ -82,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"rlmesh serve: --kwargs-json must be a JSON object: {exc}", file=sys.stderr)
         return 2
+    try:
+        wrappers = [(path, dict(kw)) for path, kw in orjson.loads(args.wrappers_json)]
+    except (ValueError, TypeError) as exc:
+        print(f'rlmesh serve: --wrappers-json must be [["module:Class", {{...}}], ...]: {exc}', file=sys.stderr)
+        return 2
     if (args.tls_cert is None) != (args.tls_key is None):
         print("rlmesh serve: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
@@ -108,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
                 autoreset_mode=args.autoreset_mode,
                 kwargs=kwargs,
                 selector=args.selector,
+                wrappers=wrappers,
             )
 
         # Dialling, the server connects before it makes the env, so the client hears a failure.

@@ -20,6 +20,7 @@ import orjson
 from ..client.env import AsyncRemoteEnv, AsyncRemoteVectorEnv, _AsyncRemoteBase
 from ..errors import EnvClosedError, InvalidArgumentError, SandboxError, SandboxExitedError, TransportError
 from ..protocol import DEFAULT_MAX_FRAME_SIZE, parse_autoreset_mode, parse_vectorization_mode
+from ..protocol.options import FACTORY_PATTERN
 from ._docker import DockerClient, docker_client
 from .container import Sandbox
 from .options import DEFAULT_LEASE, DEFAULT_PIDS_LIMIT, DEFAULT_REQUEST_TIMEOUT, ContainerOptions
@@ -52,9 +53,33 @@ _SPEC_OPTIONS: dict[str, Any] = {
     "packages": (), "imports": (), "base_image": None, "rebuild": False, "trust_remote_code": False,
     "allow_unpinned_hf": False, "network": False, "memory": None, "cpus": None, "pids_limit": DEFAULT_PIDS_LIMIT,
     "env": None, "gpus": None, "devices": (), "volumes": (), "user": None, "allow_engine_socket": False,
-    "runtime": None, "lease": DEFAULT_LEASE, "connect_timeout": 60.0, "request_timeout": DEFAULT_REQUEST_TIMEOUT,
+    "runtime": None, "lease": DEFAULT_LEASE, "wrappers": (), "connect_timeout": 60.0, "request_timeout": DEFAULT_REQUEST_TIMEOUT,
     "max_frame_size": DEFAULT_MAX_FRAME_SIZE, "strict_actions": False,
 }
+
+
+def _check_wrappers(wrappers: Any) -> list[list[Any]]:
+    """``wrappers=`` in its wire form, ``[["module:Class", {kwargs}], ...]``, checked for form only."""
+    if isinstance(wrappers, (str, bytes)) or not isinstance(wrappers, Sequence):
+        raise InvalidArgumentError(f"wrappers must be a list, e.g. wrappers=[{wrappers!r}]")
+    out: list[list[Any]] = []
+    for item in wrappers:
+        path: Any = None
+        kwargs: Any = {}
+        if isinstance(item, str):
+            path = item
+        elif isinstance(item, (tuple, list)) and len(item) in (1, 2):
+            path, kwargs = (item[0], item[1] if len(item) == 2 else {})
+        if not isinstance(path, str) or not FACTORY_PATTERN.match(path) or not isinstance(kwargs, Mapping):
+            raise InvalidArgumentError(
+                f"each wrapper is 'module:Class' or ('module:Class', {{kwargs}}), got {item!r}"
+            )
+        try:
+            orjson.dumps(dict(kwargs))
+        except TypeError as exc:
+            raise InvalidArgumentError(f"the kwargs of wrapper {path!r} must be JSON-serialisable: {exc}") from exc
+        out.append([path, dict(kwargs)])
+    return out
 
 
 class _SandboxMixin(_AsyncRemoteBase):
@@ -92,6 +117,7 @@ class _SandboxMixin(_AsyncRemoteBase):
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         strict_actions: bool = False,
+        wrappers: Sequence[str | tuple[str, Mapping[str, Any]] | list[Any]] = (),
         env_kwargs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -138,6 +164,7 @@ class _SandboxMixin(_AsyncRemoteBase):
         if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not lease > 0:
             raise InvalidArgumentError(f"lease must be a positive number of seconds, got {lease!r}")
         self.lease = float(lease)
+        self.wrappers = _check_wrappers(wrappers)
         self.env_kwargs = dict(env_kwargs)
         try:
             self._kwargs_json = orjson.dumps(self.env_kwargs).decode()
@@ -192,6 +219,8 @@ class _SandboxMixin(_AsyncRemoteBase):
 
     def _serve_args(self) -> list[str]:
         args = ["--kwargs-json", self._kwargs_json, "--lease", f"{self.lease:g}"]
+        if self.wrappers:
+            args += ["--wrappers-json", orjson.dumps(self.wrappers).decode()]
         if self.max_frame_size != DEFAULT_MAX_FRAME_SIZE:
             args += ["--max-frame-size", str(self.max_frame_size)]
         if self._num_envs is not None:
@@ -314,6 +343,8 @@ _OPTION_DOCS = """
         request_timeout: Seconds allowed for each reply (default 300); None waits forever.
         max_frame_size: The largest frame either side accepts (bytes, at least 64 KiB).
         strict_actions: Check actions against the action space on the host before sending them.
+        wrappers: Gymnasium wrappers applied inside the sandbox, in order, before the spaces are
+            described: ``"module:Class"`` or ``("module:Class", {kwargs})``. Not part of the image.
         env_kwargs: Env kwargs given as a mapping, for one whose name looks like an rlmesh option
             (a keyword close to an option's name, ``package=`` say, is an error naming the option).
         **kwargs: Passed to the env's constructor (must be JSON-serialisable).

@@ -49,6 +49,7 @@ def load_env(
     autoreset_mode: str | AutoresetMode = "next_step",
     kwargs: Mapping[str, Any] | None = None,
     selector: str | None = None,
+    wrappers: Sequence[tuple[str, Mapping[str, Any]]] = (),
 ) -> EnvLike:
     """Create the env that a server will serve.
 
@@ -60,6 +61,8 @@ def load_env(
         autoreset_mode: ``next_step``, ``same_step`` or ``disabled``.
         kwargs: Keyword arguments for the env's constructor.
         selector: ``suite`` or ``suite/task`` for ``envhub:`` sources.
+        wrappers: ``(module:Class, kwargs)`` pairs, applied in order to each env (each lane of a
+            vector env) before anything is described to clients.
 
     Returns:
         A ``gymnasium.Env`` or ``gymnasium.vector.VectorEnv``.
@@ -74,20 +77,27 @@ def load_env(
     vectorization_mode = parse_vectorization_mode(vectorization_mode)
     mode = parse_autoreset_mode(autoreset_mode)
 
+    wrap = _wrapping(wrappers)
+    if wrappers and num_envs is not None and vectorization_mode == "vector":
+        raise InvalidArgumentError("wrappers apply to single envs: use vectorization_mode 'sync' or 'async'")
     if source.startswith("envhub:"):
         from .envhub import load_envhub  # noqa: PLC0415
 
         suite, _, task = (selector or "").partition("/")
-        return _check_mode(load_envhub(
+        hub_env = _check_mode(load_envhub(
             source.removeprefix("envhub:"), suite=suite or None, task=task or None,
             num_envs=num_envs, vectorization_mode=vectorization_mode, kwargs=kwargs,
         ), mode, source)
+        if wrappers and num_envs is not None:
+            raise InvalidArgumentError("wrappers apply to single envs from an EnvHub repository")
+        return hub_env if not wrappers else wrap(hub_env)
     if selector is not None:
         raise InvalidArgumentError("a selector applies to envhub: sources only")
     if is_gym_id(source):
         env_id = source.removeprefix("gym://")
         if num_envs is None:
-            return gym.make(env_id, **kwargs)
+            single: EnvLike = wrap(gym.make(env_id, **kwargs))
+            return single
         if vectorization_mode == "vector":
             # The env's own vector implementation (Gymnasium's vector_entry_point) has its own
             # autoreset mode; a different requested one is an error, never silently ignored.
@@ -98,11 +108,13 @@ def load_env(
             num_envs=num_envs,
             vectorization_mode=vectorization_mode,
             vector_kwargs={"autoreset_mode": mode},
+            wrappers=[wrap] if wrappers else None,
             **kwargs,
         )
     factory = _import_factory(source)
     if num_envs is None:
-        return _check_env(factory(**kwargs), source)
+        made: EnvLike = wrap(_check_env(factory(**kwargs), source))
+        return made
     if vectorization_mode == "vector":
         return _check_mode(_check_env(factory(num_envs=num_envs, **kwargs), source), mode, source)
 
@@ -110,10 +122,30 @@ def load_env(
         env = factory(**kwargs)
         if not isinstance(env, gym.Env):
             raise SourceError(f"factory {source!r} returned {type(env).__name__}, not a gymnasium.Env")
-        return env
+        wrapped: gym.Env[Any, Any] = wrap(env)
+        return wrapped
 
     vec_cls = gym.vector.SyncVectorEnv if vectorization_mode == "sync" else gym.vector.AsyncVectorEnv
     return vec_cls([make_one] * num_envs, autoreset_mode=mode)
+
+
+def _wrapping(wrappers: Sequence[tuple[str, Mapping[str, Any]]]) -> Callable[[EnvLike], Any]:
+    """A function applying ``wrappers`` in order (the classes are imported now, so a bad one fails early)."""
+    classes = []
+    for path, wrapper_kwargs in wrappers:
+        cls = _import_factory(path)
+        if not (isinstance(cls, type) and issubclass(cls, gym.Wrapper)):
+            raise SourceError(f"wrapper {path!r} is not a gymnasium.Wrapper subclass")
+        classes.append((cls, dict(wrapper_kwargs)))
+
+    def wrap(env: Any) -> Any:
+        if classes and not isinstance(env, gym.Env):
+            raise SourceError("wrappers apply to single envs; this source makes a vector env")
+        for cls, wrapper_kwargs in classes:
+            env = cls(env, **wrapper_kwargs)
+        return env
+
+    return wrap
 
 
 def _import_factory(source: str) -> Callable[..., Any]:
