@@ -4,6 +4,10 @@
 
     rlmesh serve SOURCE --address ADDR [...]      serve an env (see rlmesh serve --help)
     rlmesh image bootstrap [--tag T] [--suite S]  build the base image from Debian packages
+    rlmesh image ls [--json]                      list sandbox images (size, packages, last use)
+    rlmesh image inspect REF                      one sandbox image's labels and use
+    rlmesh image prune [--unused-for AGE] [--other-versions] [--dry-run]
+                                                  remove images no container uses
     rlmesh sandbox ls [--json]                    list sandbox containers
     rlmesh sandbox cleanup [--all]                remove sandboxes whose owner died (or all)
 """
@@ -33,6 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("--suite", default=None, help="Debian suite (default: the one matching this Python)")
     boot.add_argument("--mirror", default=None, help="Debian mirror URL (default: this host's apt sources)")
     boot.add_argument("--force", action="store_true", help="rebuild even if the image exists")
+    img_ls = image.add_parser("ls", help="list sandbox images")
+    img_ls.add_argument("--json", action="store_true", help="print JSON")
+    img_inspect = image.add_parser("inspect", help="show one sandbox image")
+    img_inspect.add_argument("ref", help="tag or id prefix")
+    prune = image.add_parser("prune", help="remove sandbox images no container uses")
+    prune.add_argument("--unused-for", default=None, metavar="AGE", help="unused this long (90s, 30m, 12h, 7d)")
+    prune.add_argument("--other-versions", action="store_true", help="built by another rlmesh version")
+    prune.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
 
     sandbox = sub.add_parser("sandbox", help="sandbox containers").add_subparsers(dest="sandbox_command", required=True)
     ls = sandbox.add_parser("ls", help="list sandbox containers")
@@ -57,11 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "image":
-            from .sandbox.bootstrap import bootstrap_base_image
-
-            tag = anyio.run(lambda: bootstrap_base_image(tag=args.tag, suite=args.suite, mirror=args.mirror, force=args.force))
-            print(tag)
-            return 0
+            return _image(args)
         from .sandbox.ownership import cleanup_sandboxes, list_sandboxes
 
         if args.sandbox_command == "ls":
@@ -79,6 +87,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RLMeshError as exc:
         print(f"rlmesh: {exc}", file=sys.stderr)
         return 1
+
+
+def _image(args: argparse.Namespace) -> int:
+    import time
+
+    import anyio
+
+    from .sandbox import housekeeping
+
+    if args.image_command == "bootstrap":
+        from .sandbox.bootstrap import bootstrap_base_image
+
+        tag = anyio.run(lambda: bootstrap_base_image(tag=args.tag, suite=args.suite, mirror=args.mirror, force=args.force))
+        print(tag)
+        return 0
+    if args.image_command == "ls":
+        rows = anyio.run(housekeeping.list_images)
+        if args.json:
+            print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+            return 0
+        print(f"{'IMAGE':<36} {'SIZE':>9} {'VERSION':<12} {'LAST USED':<10} {'IN USE':<6} PACKAGES")
+        for r in rows:
+            age = _age(time.time() - r["last_used"])
+            print(f"{(r['tags'] or ['<untagged> ' + r['id']])[0]:<36} {r['size_mb']:>7.0f}MB {r['version']:<12} {age:<10} "
+                  f"{'yes' if r['in_use'] else 'no':<6} {' '.join(map(str, r['packages']))[:60]}")
+        return 0
+    if args.image_command == "inspect":
+        print(orjson.dumps(anyio.run(housekeeping.inspect_image, args.ref), option=orjson.OPT_INDENT_2).decode())
+        return 0
+    unused = housekeeping.parse_age(args.unused_for) if args.unused_for is not None else None
+    rows = anyio.run(lambda: housekeeping.prune_images(
+        unused_for=unused, other_versions=args.other_versions, dry_run=args.dry_run))
+    verb = "would remove" if args.dry_run else "removed"
+    for r in rows:
+        print(f"{verb} {(r['tags'] or [r['id']])[0]} ({r['size_mb']:.0f} MB, version {r['version']}, "
+              f"last used {_age(time.time() - r['last_used'])} ago)")
+    print(f"{verb} {len(rows)} image(s), {sum(r['size_mb'] for r in rows):.0f} MB")
+    return 0
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
 
 
 if __name__ == "__main__":

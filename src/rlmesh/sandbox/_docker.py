@@ -189,10 +189,21 @@ class DockerClient:
             with contextlib.suppress(Exception):  # shared by another image, or gone: not ours to force
                 await _complete(self._docker.images.delete(image_id, noprune=False))
 
-    async def remove_image(self, ref: str) -> None:
-        """Remove an image (missing is fine)."""
-        with contextlib.suppress(aiodocker.DockerError), _map_errors(f"remove image {ref}"):
-            await _complete(self._docker.images.delete(ref))
+    async def remove_image(self, ref: str) -> bool:
+        """Remove an image; returns False when it is gone already or still needed (by a child image).
+
+        Raises:
+            SandboxError: The engine failed otherwise.
+        """
+        try:
+            with _map_errors(f"remove image {ref}"):
+                await _complete(self._docker.images.delete(ref))
+        except SandboxError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, aiodocker.DockerError) and cause.status in (404, 409):
+                return False
+            raise
+        return True
 
     async def list_images(self, labels: Mapping[str, str | None]) -> list[dict[str, Any]]:
         """Images carrying all ``labels`` (a None value matches any), dangling ones included."""

@@ -152,7 +152,7 @@ class _SandboxMixin(_AsyncRemoteBase):
             source, trust_remote_code=trust_remote_code, allow_unpinned_hf=allow_unpinned_hf
         )
         self.source = source
-        self.image_spec = ImageSpec(packages=tuple(packages), imports=tuple(imports))
+        self.image_spec = ImageSpec(packages=tuple(packages), imports=tuple(imports), source=source)
         self.base_image = base_image
         self.rebuild = rebuild
         self._check_build_options(self.parsed_source)

@@ -14,15 +14,18 @@ installed with ``--no-index`` during the build, which has no network.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import importlib.metadata
 import io
+import json
 import logging
 import os
 import shutil
 import sys
 import tarfile
 import tempfile
+import time
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +39,7 @@ import anyio
 from .. import __version__
 from ..errors import BaseImageError, ImageBuildError, InvalidArgumentError, SandboxError
 from ._docker import DockerClient, docker_client
+from .housekeeping import image_labels, record_use
 from .options import UNPRIVILEGED_UID
 
 __all__ = [
@@ -122,6 +126,7 @@ class ImageSpec:
     imports: tuple[str, ...] = ()
     files: Mapping[str, str] = field(default_factory=dict)
     requirement_files: tuple[str, ...] = ()
+    source: str = field(default="", compare=False)  # a label only: not part of the hash
 
     def __post_init__(self) -> None:
         for name, seq in (("packages", self.packages), ("imports", self.imports)):
@@ -223,10 +228,18 @@ async def resolve_base_image(docker: DockerClient, base_image: str | None = None
 async def try_pull(docker: DockerClient, ref: str) -> str | None:
     """Pull ``ref`` unless ``RLMESH_PULL_POLICY=never``; returns None, or why it is not available.
 
-    A failure is remembered for the rest of the process, so it costs one attempt.
+    A failure is remembered for the rest of the process, and on this machine for
+    ``RLMESH_PULL_RETRY`` seconds (default 3600), so an air-gapped machine does not try (and
+    warn) on every start.
     """
     if ref in _pull_failures:
         return _pull_failures[ref]
+    remembered = _remembered_failure(ref)
+    if remembered is not None:
+        _pull_failures[ref] = remembered
+        _fallback_warned.add(ref)  # it was said when the pull failed
+        log.info("not pulling %s: it failed %s", ref, remembered)
+        return remembered
     policy = os.environ.get("RLMESH_PULL_POLICY", "missing")
     if policy == "never":
         return "RLMESH_PULL_POLICY=never forbids pulling"
@@ -238,11 +251,41 @@ async def try_pull(docker: DockerClient, ref: str) -> str | None:
         await docker.pull(ref, timeout)
     except TimeoutError:
         _pull_failures[ref] = f"pull timed out after {timeout:g}s"
-        return _pull_failures[ref]
     except SandboxError as exc:
         _pull_failures[ref] = str(exc).split("\n")[0]
-        return _pull_failures[ref]
+    else:
+        return None
+    _remember_failure(ref, _pull_failures[ref])
+    return _pull_failures[ref]
+
+
+def _failures_file() -> Path:
+    return cache_dir() / "pull-failures.json"
+
+
+def _remembered_failure(ref: str) -> str | None:
+    try:
+        entry = json.loads(_failures_file().read_text()).get(ref)
+        retry = float(os.environ.get("RLMESH_PULL_RETRY", "3600"))
+        if isinstance(entry, dict) and time.time() - float(entry["time"]) < retry:
+            return f"{time.time() - float(entry['time']):.0f}s ago ({str(entry['error'])[:300]})"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
     return None
+
+
+def _remember_failure(ref: str, error: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        path = _failures_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data[ref] = {"time": time.time(), "error": error}
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
 
 
 _inflight: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Task[None]]] = (
@@ -263,8 +306,10 @@ async def ensure_image(
     """
     base_ref, base_id = await resolve_base_image(docker, base_image)
     tag = f"{IMAGE_REPO}:{spec.content_hash(base_id)}"
-    if not rebuild and await docker.image_id(tag) is not None:
+    image_id = None if rebuild else await docker.image_id(tag)
+    if image_id is not None:
         log.debug("reusing sandbox image %s", tag)
+        record_use(image_id)
         return tag
     builds = _inflight.setdefault(asyncio.get_running_loop(), {})
     task = builds.get(tag)
@@ -273,6 +318,9 @@ async def ensure_image(
         builds[tag] = task
         task.add_done_callback(lambda _t: builds.pop(tag, None))
     await asyncio.shield(task)
+    built = await docker.image_id(tag)
+    if built is not None:
+        record_use(built)
     return tag
 
 
@@ -301,7 +349,7 @@ async def _build_with(docker: DockerClient, spec: ImageSpec, base_ref: str, tag:
         await anyio.to_thread.run_sync(_write_context, tar_path, dockerfile, wheels, spec)
         with open(tar_path, "rb") as fileobj:
             await docker.build(
-                fileobj, tag, labels={"rlmesh.image": "1", "rlmesh.version": __version__},
+                fileobj, tag, labels=image_labels(packages=spec.packages, imports=spec.imports, source=spec.source),
                 on_output=_log_build_line,
             )
     log.info("built sandbox image %s", tag)

@@ -1,0 +1,76 @@
+"""`rlmesh image ls | inspect | prune` against real images, and remembered pull failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlmesh.errors import InvalidArgumentError
+from rlmesh.numpy import SandboxEnv
+from rlmesh.sandbox import housekeeping
+
+from .conftest import PROBE_PKG
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rlmesh", *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def test_images_are_labelled_listed_and_inspected() -> None:
+    with SandboxEnv("rlmesh_probe:make_probe", packages=[PROBE_PKG], imports=["rlmesh_probe"]) as env:
+        image = env._core.image
+        assert image is not None
+        rows = json.loads(_cli("image", "ls", "--json").stdout)
+        row = next(r for r in rows if image in r["tags"])
+        assert row["in_use"] is True  # a container uses it right now
+        assert row["packages"] == [PROBE_PKG] and row["imports"] == ["rlmesh_probe"]
+        assert row["source"] == "rlmesh_probe:make_probe" and row["version"]
+        assert time.time() - row["last_used"] < 600
+        inspected = json.loads(_cli("image", "inspect", image).stdout)
+        assert inspected["image_id"] == row["image_id"]
+        # prune never removes an image a container uses
+        dry = _cli("image", "prune", "--unused-for", "0s", "--dry-run")
+        assert image not in dry.stdout, dry.stdout
+    assert image in _cli("image", "ls").stdout
+
+
+def test_prune_needs_a_criterion_and_an_age() -> None:
+    with pytest.raises(InvalidArgumentError):
+        housekeeping.parse_age("soon")
+    assert housekeeping.parse_age("7d") == 7 * 86400 and housekeeping.parse_age("90") == 90
+    result = _cli("image", "prune")
+    assert result.returncode != 0 and "say what to prune" in result.stderr
+
+
+def test_prune_dry_run_lists_old_versions_without_removing(tmp_path: Path) -> None:
+    before = _cli("image", "ls", "--json").stdout
+    result = _cli("image", "prune", "--other-versions", "--dry-run")
+    assert result.returncode == 0 and "would remove" in result.stdout
+    assert _cli("image", "ls", "--json").stdout == before
+
+
+def test_a_failed_pull_is_remembered_across_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    code = """
+import anyio, logging, sys
+logging.basicConfig(level=logging.INFO)
+from rlmesh.sandbox._docker import docker_client
+from rlmesh.sandbox.image import try_pull
+async def main():
+    async with docker_client() as docker:
+        print("RESULT", await try_pull(docker, "127.0.0.1:9/rlmesh/missing:none"))
+anyio.run(main)
+"""
+    env = {"RLMESH_CACHE_DIR": str(tmp_path), "RLMESH_PULL_POLICY": "missing", "PATH": "/usr/bin:/bin"}
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "RESULT" in first.stdout and "pulling base image" in first.stderr, first.stderr
+    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "RESULT" in second.stdout and "pulling base image" not in second.stderr
+    assert "not pulling 127.0.0.1:9/rlmesh/missing:none: it failed" in second.stderr
+    assert (tmp_path / "pull-failures.json").is_file()
