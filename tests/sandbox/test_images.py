@@ -74,3 +74,23 @@ anyio.run(main)
     assert "RESULT" in second.stdout and "pulling base image" not in second.stderr
     assert "not pulling 127.0.0.1:9/rlmesh/missing:none: it failed" in second.stderr
     assert (tmp_path / "pull-failures.json").is_file()
+
+
+def test_build_progress_reaches_a_callback_and_the_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    from rlmesh.sandbox.progress import BuildProgress
+
+    events: list[BuildProgress] = []
+    with SandboxEnv("rlmesh_probe:make_probe", packages=[PROBE_PKG], rebuild=True, progress=events.append):
+        pass
+    phases = [e.phase for e in events]
+    assert phases[0] == "resolve" and "build" in phases and phases[-1] == "done"
+    assert any(e.message.startswith("Step ") for e in events)
+    assert all(b.elapsed >= a.elapsed for a, b in zip(events, events[1:]))
+    with SandboxEnv("rlmesh_probe:make_probe", packages=[PROBE_PKG], rebuild=True, progress=True):
+        pass
+    assert "rlmesh build" in capsys.readouterr().err  # the status line (tqdm)
+
+
+def test_progress_is_checked() -> None:
+    with pytest.raises(InvalidArgumentError, match="progress"):
+        SandboxEnv("CartPole-v1", progress="yes")

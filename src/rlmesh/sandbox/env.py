@@ -25,6 +25,7 @@ from ._docker import DockerClient, docker_client
 from .container import Sandbox
 from .options import DEFAULT_LEASE, DEFAULT_PIDS_LIMIT, DEFAULT_REQUEST_TIMEOUT, ContainerOptions
 from .ownership import install_signal_handlers
+from .progress import ProgressOption, check_progress
 from .image import ImageSpec, ensure_image, try_pull
 from .sources import HubSource, ImageSource, Source, fetch_hub_repo, parse_source, resolve_source
 
@@ -46,7 +47,7 @@ ENVHUB_DIR = "/opt/rlmesh/envhub"
 _OPTION_NAMES = (
     "packages", "imports", "base_image", "rebuild", "trust_remote_code", "allow_unpinned_hf", "network", "memory",
     "cpus", "pids_limit", "env", "gpus", "devices", "volumes", "user", "allow_engine_socket", "runtime", "lease",
-    "connect_timeout", "request_timeout", "max_frame_size", "strict_actions", "env_kwargs", "num_envs",
+    "connect_timeout", "request_timeout", "max_frame_size", "strict_actions", "env_kwargs", "num_envs", "progress",
     "vectorization_mode", "autoreset_mode", "system_packages", "wrappers",
 )
 _SPEC_OPTIONS: dict[str, Any] = {
@@ -118,6 +119,7 @@ class _SandboxMixin(_AsyncRemoteBase):
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         strict_actions: bool = False,
         wrappers: Sequence[str | tuple[str, Mapping[str, Any]] | list[Any]] = (),
+        progress: ProgressOption = None,
         env_kwargs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -165,6 +167,7 @@ class _SandboxMixin(_AsyncRemoteBase):
             raise InvalidArgumentError(f"lease must be a positive number of seconds, got {lease!r}")
         self.lease = float(lease)
         self.wrappers = _check_wrappers(wrappers)
+        self.progress = check_progress(progress)
         self.env_kwargs = dict(env_kwargs)
         try:
             self._kwargs_json = orjson.dumps(self.env_kwargs).decode()
@@ -257,7 +260,8 @@ class _SandboxMixin(_AsyncRemoteBase):
                 command += ["--selector", source.selector]
         else:
             command = [*serve, source.source, *self._serve_args()]
-        image = await ensure_image(docker, spec, base_image=self.base_image, rebuild=self.rebuild)
+        image = await ensure_image(docker, spec, base_image=self.base_image, rebuild=self.rebuild,
+                                   progress=self.progress)
         return image, command
 
     async def start(self) -> Any:
@@ -343,6 +347,8 @@ _OPTION_DOCS = """
         request_timeout: Seconds allowed for each reply (default 300); None waits forever.
         max_frame_size: The largest frame either side accepts (bytes, at least 64 KiB).
         strict_actions: Check actions against the action space on the host before sending them.
+        progress: Image build progress: None (a status line when stderr is a terminal, else log
+            records), True, False (log records only), or a callable taking ``BuildProgress``.
         wrappers: Gymnasium wrappers applied inside the sandbox, in order, before the spaces are
             described: ``"module:Class"`` or ``("module:Class", {kwargs})``. Not part of the image.
         env_kwargs: Env kwargs given as a mapping, for one whose name looks like an rlmesh option

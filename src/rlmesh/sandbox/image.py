@@ -40,6 +40,7 @@ from .. import __version__
 from ..errors import BaseImageError, ImageBuildError, InvalidArgumentError, SandboxError
 from ._docker import DockerClient, docker_client
 from .housekeeping import image_labels, record_use
+from .progress import ProgressOption, Reporter
 from .options import UNPRIVILEGED_UID
 
 __all__ = [
@@ -294,7 +295,8 @@ _inflight: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asynci
 
 
 async def ensure_image(
-    docker: DockerClient, spec: ImageSpec, *, base_image: str | None = None, rebuild: bool = False
+    docker: DockerClient, spec: ImageSpec, *, base_image: str | None = None, rebuild: bool = False,
+    progress: ProgressOption = None,
 ) -> str:
     """Return the tag of an image for ``spec``, building it when it does not exist.
 
@@ -314,7 +316,7 @@ async def ensure_image(
     builds = _inflight.setdefault(asyncio.get_running_loop(), {})
     task = builds.get(tag)
     if task is None:
-        task = asyncio.ensure_future(_build(spec, base_ref, tag))
+        task = asyncio.ensure_future(_build(spec, base_ref, tag, progress))
         builds[tag] = task
         task.add_done_callback(lambda _t: builds.pop(tag, None))
     await asyncio.shield(task)
@@ -324,14 +326,19 @@ async def ensure_image(
     return tag
 
 
-async def _build(spec: ImageSpec, base_ref: str, tag: str) -> None:
+async def _build(spec: ImageSpec, base_ref: str, tag: str, progress: ProgressOption) -> None:
     # Shared by every start waiting for this tag, and it outlives a cancelled one: it holds
     # its own Docker client rather than borrowing the first caller's.
-    async with docker_client() as docker:
-        await _build_with(docker, spec, base_ref, tag)
+    report = Reporter(progress, tag)
+    try:
+        async with docker_client() as docker:
+            await _build_with(docker, spec, base_ref, tag, report)
+        report("done", f"built {tag} in {time.monotonic() - report.started:.0f}s")
+    finally:
+        report.close()
 
 
-async def _build_with(docker: DockerClient, spec: ImageSpec, base_ref: str, tag: str) -> None:
+async def _build_with(docker: DockerClient, spec: ImageSpec, base_ref: str, tag: str, report: Reporter) -> None:
     log.info("building sandbox image %s from %s", tag, base_ref)
     with tempfile.TemporaryDirectory(prefix="rlmesh-build-") as tmp:
         ctx = Path(tmp)
@@ -342,7 +349,7 @@ async def _build_with(docker: DockerClient, spec: ImageSpec, base_ref: str, tag:
         # code runs on the host), and what they bring stays out of the shared wheel cache.
         await _resolve_wheels(
             [*spec.packages, *reqs], wheels,
-            extra=["--only-binary=:all:"] if reqs else [], share=not reqs,
+            extra=["--only-binary=:all:"] if reqs else [], share=not reqs, report=report,
         )
         dockerfile = _dockerfile(base_ref, spec, tag)
         tar_path = ctx / "context.tar"
@@ -350,20 +357,15 @@ async def _build_with(docker: DockerClient, spec: ImageSpec, base_ref: str, tag:
         with open(tar_path, "rb") as fileobj:
             await docker.build(
                 fileobj, tag, labels=image_labels(packages=spec.packages, imports=spec.imports, source=spec.source),
-                on_output=_log_build_line,
+                on_output=lambda line: report("build", line, level=logging.INFO if line.startswith("Step ")
+                                              else logging.DEBUG),
             )
     log.info("built sandbox image %s", tag)
 
 
-def _log_build_line(line: str) -> None:
-    if line.startswith("Step "):
-        log.info("build %s", line)
-    else:
-        log.debug("build | %s", line)
-
-
 async def _resolve_wheels(
-    packages: Sequence[str], dest: Path, *, extra: Sequence[str] = (), share: bool = True
+    packages: Sequence[str], dest: Path, *, extra: Sequence[str] = (), share: bool = True,
+    report: Reporter | None = None,
 ) -> None:
     """Resolve ``packages`` with the host's pip into ``dest`` (through the wheel cache).
 
@@ -387,7 +389,11 @@ async def _resolve_wheels(
         del tail[:-40]
         # What pip fetches or builds is progress worth seeing on a long resolution.
         progress = line.startswith(("Collecting ", "Downloading ", "Building wheel", "Saved "))
-        log.log(logging.INFO if progress else logging.DEBUG, "pip | %s", line)
+        level = logging.INFO if progress else logging.DEBUG
+        if report is not None:
+            report("resolve", line, level=level)
+        else:
+            log.log(level, "pip | %s", line)
     code = await proc.wait()
     if code != 0:
         raise ImageBuildError(
