@@ -17,6 +17,7 @@ from gymnasium.vector import VectorEnv
 from . import _portal
 from .client.connection import TlsOption
 from .client.env import AsyncRemoteEnv, AsyncRemoteVectorEnv, _AsyncRemoteBase
+from .client.shards import AsyncShardedVectorEnv
 from .errors import RemoteEnvError
 from .protocol import DEFAULT_MAX_FRAME_SIZE, MessageType
 
@@ -58,10 +59,12 @@ def _close(shell: Any) -> None:
 
 def _reset(shell: Any, seed: Any, options: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
     core = shell._core
+    if isinstance(core, AsyncShardedVectorEnv):
+        return _call(core, "reset", seed=seed, options=options)  # type: ignore[no-any-return]
     return core.reset_result(_portal.request(core, MessageType.RESET, core.reset_body(seed, options)))  # type: ignore[no-any-return]
 
 
-def _call(core: _AsyncRemoteBase, method: str, *args: Any, **kwargs: Any) -> Any:
+def _call(core: Any, method: str, *args: Any, **kwargs: Any) -> Any:
     return _portal.call(functools.partial(getattr(core, method), *args, **kwargs))
 
 
@@ -169,11 +172,15 @@ class SyncVectorEnvShell(VectorEnv[Any, Any, Any], Generic[CoreT]):
     def step(self, actions: Any) -> tuple[Any, np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any], dict[str, Any]]:
         """Step every lane, as ``VectorEnv.step``."""
         core = self._core
+        if isinstance(core, AsyncShardedVectorEnv):  # several connections: the shards step at once
+            return _portal.call(core.step, actions)
         return core.step_result(_portal.request(core, MessageType.STEP, core.step_body(actions)))
 
     def render(self) -> Any:
         """Render every lane."""
         core = self._core
+        if isinstance(core, AsyncShardedVectorEnv):
+            return _portal.call(core.render)
         return core.value_result(_portal.request(core, MessageType.RENDER, None), MessageType.RENDER)
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
@@ -238,10 +245,11 @@ class RemoteEnv(SyncEnvShell[AsyncRemoteEnv]):
 class RemoteVectorEnv(SyncVectorEnvShell[AsyncRemoteVectorEnv]):
     """A vector env served by ``rlmesh serve --num-envs N``, as a ``gymnasium.vector.VectorEnv``.
 
-    Takes the arguments of :class:`~rlmesh.client.env.AsyncRemoteEnv`.
+    Takes the arguments of :class:`~rlmesh.client.env.AsyncRemoteEnv`. ``address`` may be a list:
+    one vector env over those servers, lanes in order, seeds offset per server.
     """
 
-    def __init__(self, address: str, *, connect_timeout: float | None = 10.0, request_timeout: float | None = None,
+    def __init__(self, address: str | list[str], *, connect_timeout: float | None = 10.0, request_timeout: float | None = None,
                  max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, token: str | bytes | None = None,
                  tls: TlsOption = None, strict_actions: bool = False) -> None:
         super().__init__(AsyncRemoteVectorEnv(

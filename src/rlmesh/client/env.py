@@ -370,12 +370,24 @@ class AsyncRemoteVectorEnv(_AsyncRemoteBase):
     autoreset mode (``metadata["autoreset_mode"]``) decides what a step after
     an episode end returns.
 
-    Takes the arguments of :class:`AsyncRemoteEnv`.
+    Takes the arguments of :class:`AsyncRemoteEnv`. Given a list of addresses, it is one vector
+    env over those servers' lanes in order (an
+    :class:`~rlmesh.client.shards.AsyncShardedVectorEnv`, seeds offset per server).
     """
 
     _vector = True
     _entry_point = "rlmesh:RemoteEnv"
     _vector_entry_point = "rlmesh:RemoteVectorEnv"
+
+    def __new__(cls, address: Any = None, *args: Any, **kwargs: Any) -> Any:
+        # A list of addresses: one vector env over those servers (an AsyncShardedVectorEnv).
+        if isinstance(address, (list, tuple)):
+            from .shards import AsyncShardedVectorEnv  # noqa: PLC0415  (shards imports this module)
+
+            if not address:
+                raise InvalidArgumentError("a list of server addresses must not be empty")
+            return AsyncShardedVectorEnv([cls(a, *args, **kwargs) for a in address])
+        return super().__new__(cls)
     num_envs: int
     single_observation_space: spaces.Space[Any]
     single_action_space: spaces.Space[Any]

@@ -22,6 +22,7 @@ from ..errors import EnvClosedError, InvalidArgumentError, SandboxError, Sandbox
 from ..protocol import DEFAULT_MAX_FRAME_SIZE, parse_autoreset_mode, parse_vectorization_mode
 from ..protocol.options import FACTORY_PATTERN
 from ._docker import DockerClient, docker_client
+from ..client.shards import AsyncShardedVectorEnv, resolve_shards, split_lanes
 from .container import Sandbox
 from .options import DEFAULT_LEASE, DEFAULT_PIDS_LIMIT, DEFAULT_REQUEST_TIMEOUT, ContainerOptions
 from .ownership import install_signal_handlers
@@ -380,23 +381,38 @@ class AsyncSandboxVectorEnv(_SandboxMixin, AsyncRemoteVectorEnv):
             obs, rewards, terminations, truncations, infos = await envs.step(envs.action_space.sample())
 
     Takes ``num_envs``, ``vectorization_mode`` (``sync``, ``async`` or ``vector``, as in
-    ``gymnasium.make_vec``) and ``autoreset_mode`` (``next_step``, ``same_step``, ``disabled``)
-    besides the options below.
+    ``gymnasium.make_vec``), ``autoreset_mode`` (``next_step``, ``same_step``, ``disabled``) and
+    ``shards`` (a count, or ``"auto"`` for one per available core, capped by ``num_envs``; with
+    more than one, the lanes run in that many sandboxes and the object made is an
+    :class:`~rlmesh.client.shards.AsyncShardedVectorEnv` with the same API) besides the options
+    below.
     """
 
     _entry_point = "rlmesh:SandboxEnv"
     _vector_entry_point = "rlmesh:SandboxVectorEnv"
 
+    def __new__(cls, source: str, num_envs: int = 1, *, shards: int | str = 1, **kwargs: Any) -> Any:
+        # shards > 1: N lanes over K sandboxes, presented as one vector env (AsyncShardedVectorEnv).
+        _check_num_envs(num_envs)
+        count = resolve_shards(shards, num_envs)
+        if count == 1:
+            return super().__new__(cls)
+        return AsyncShardedVectorEnv([cls(source, n, **kwargs) for n in split_lanes(num_envs, count)])
+
     def __init__(self, source: str, num_envs: int = 1, *, vectorization_mode: str = "sync",
-                 autoreset_mode: str = "next_step", **kwargs: Any) -> None:
-        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
-            raise InvalidArgumentError(f"num_envs must be a positive int, got {num_envs!r}")
+                 autoreset_mode: str = "next_step", shards: int | str = 1, **kwargs: Any) -> None:
+        _check_num_envs(num_envs)
         vectorization_mode = parse_vectorization_mode(vectorization_mode)
         parse_autoreset_mode(autoreset_mode)
         self._num_envs = num_envs
         self._vectorization_mode = vectorization_mode
         self._autoreset_mode = autoreset_mode
         super().__init__(source, **kwargs)
+
+
+def _check_num_envs(num_envs: Any) -> None:
+    if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+        raise InvalidArgumentError(f"num_envs must be a positive int, got {num_envs!r}")
 
 
 AsyncSandboxEnv.__doc__ = (AsyncSandboxEnv.__doc__ or "") + _OPTION_DOCS

@@ -55,5 +55,12 @@ class SandboxVectorEnv(SyncVectorEnvShell[AsyncSandboxVectorEnv]):
 
     @property
     def container_id(self) -> str | None:
-        """The running container's id, or None."""
-        return self._core.container_id
+        """The running container's id (the first shard's, with ``shards``), or None."""
+        ids = self.container_ids
+        return ids[0] if ids else None
+
+    @property
+    def container_ids(self) -> list[str | None]:
+        """Every shard's container id (one, without ``shards``)."""
+        core: Any = self._core
+        return list(core.container_ids) if hasattr(core, "container_ids") else [core.container_id]

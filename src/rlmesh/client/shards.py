@@ -1,0 +1,374 @@
+"""One vector env over several vector cores (shards), each with its own connection and process.
+
+``N`` lanes split over ``K`` shards as evenly as possible, lanes in order. The semantics are
+those of one in-process ``SyncVectorEnv`` of ``N`` lanes: ``reset(seed=s)`` seeds lane ``i``
+with ``s + i`` (shard ``j`` is reset with ``s`` plus its first lane), ``options["reset_mask"]``
+is split per shard, infos are merged with Gymnasium's ``_key`` masks, and each shard applies
+the same autoreset mode. Requests go to every shard at once and the replies are gathered: no
+shard waits for another's reply before its request is sent.
+
+A shard that fails raises its own error (its type is kept: ``SandboxExitedError``,
+``RemoteEnvError[...]``), with ``shard`` and ``lanes`` attributes and a note naming them.
+
+EnvPool-style stepping: ``await step_async(actions)`` / ``await step_wait()`` split a step in
+two, and ``send(actions, env_ids)`` / ``recv()`` step whole shards and return the first to
+finish (at least ``batch_size`` lanes), with ``info["env_id"]``. See ``docs/scale-out.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
+
+from ..errors import EnvClosedError, InvalidArgumentError, ProtocolError, RLMeshError
+from .env import AsyncRemoteVectorEnv
+
+__all__ = ["AsyncShardedVectorEnv", "resolve_shards", "split_lanes"]
+
+
+def resolve_shards(shards: int | str, num_envs: int) -> int:
+    """``shards`` as a count: ``"auto"`` is one per available core, capped by ``num_envs``.
+
+    Raises:
+        InvalidArgumentError: Not a positive int or ``"auto"``, or more shards than lanes.
+    """
+    if shards == "auto":
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+        return max(1, min(cores, num_envs))
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise InvalidArgumentError(f"shards must be a positive int or 'auto', got {shards!r}")
+    if shards > num_envs:
+        raise InvalidArgumentError(f"shards={shards} is more than num_envs={num_envs}: each shard needs a lane")
+    return shards
+
+
+def split_lanes(num_envs: int, shards: int) -> list[int]:
+    """Lanes per shard, as even as possible (the first shards take one more)."""
+    base, extra = divmod(num_envs, shards)
+    return [base + (1 if j < extra else 0) for j in range(shards)]
+
+
+class AsyncShardedVectorEnv:
+    """A vector env of ``N`` lanes over several vector cores, stepped concurrently.
+
+    Args:
+        shards: Vector cores (``AsyncSandboxVectorEnv`` or ``AsyncRemoteVectorEnv``), not yet
+            started; their lanes, in order, are this env's lanes.
+    """
+
+    def __init__(self, shards: Sequence[AsyncRemoteVectorEnv]) -> None:
+        if not shards:
+            raise InvalidArgumentError("a sharded vector env needs at least one shard")
+        self.shards = list(shards)
+        self._closed = False
+        self._pending: asyncio.Task[Any] | None = None
+        self._inflight: dict[asyncio.Task[Any], int] = {}
+        self.batch_size: int | None = None
+        self.num_envs = 0
+        self.bounds: list[tuple[int, int]] = []
+        self._last_obs: list[Any] = [None] * len(self.shards)
+
+    # -- lifecycle ---------------------------------------------------------
+    async def start(self) -> AsyncShardedVectorEnv:
+        """Start (or connect) every shard at once; returns ``self``. A failure closes them all."""
+        if self._closed:
+            raise EnvClosedError("this env was closed; create a new one")
+        try:
+            await self._each(lambda shard: shard.connect())
+        except BaseException:
+            await asyncio.shield(self.close())
+            raise
+        first = self.shards[0]
+        for j, shard in enumerate(self.shards[1:], 1):
+            if shard.single_observation_space != first.single_observation_space or (
+                shard.single_action_space != first.single_action_space
+            ):
+                await self.close()
+                raise ProtocolError(f"shard {j} serves other spaces than shard 0; shards must serve the same env")
+        sizes = [shard.num_envs for shard in self.shards]
+        self.num_envs = sum(sizes)
+        starts = np.cumsum([0, *sizes])
+        self.bounds = [(int(starts[j]), int(starts[j + 1])) for j in range(len(sizes))]
+        self.single_observation_space = first.single_observation_space
+        self.single_action_space = first.single_action_space
+        # As SyncVectorEnv does: batched from the first lane's spaces (their generator state too).
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.metadata = dict(first.metadata)
+        self.render_mode = first.render_mode
+        self.spec = first.spec
+        self.remote_spec = first.remote_spec
+        return self
+
+    connect = start
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    @property
+    def autoreset_mode(self) -> AutoresetMode:
+        """The shards' autoreset mode."""
+        mode: AutoresetMode = self.metadata["autoreset_mode"]
+        return mode
+
+    @property
+    def container_ids(self) -> list[str | None]:
+        """Each shard's container id (sandbox shards), else None."""
+        return [getattr(shard, "container_id", None) for shard in self.shards]
+
+    async def close(self) -> None:
+        """Close every shard. Idempotent."""
+        self._closed = True
+        for task in [*self._inflight, *([self._pending] if self._pending else [])]:
+            task.cancel()
+        await asyncio.gather(*(shard.close() for shard in self.shards), return_exceptions=True)
+
+    async def __aenter__(self) -> AsyncShardedVectorEnv:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- the vector API ------------------------------------------------------
+    async def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        """Reset every lane (or those in ``options["reset_mask"]``), as ``VectorEnv.reset``."""
+        self._check_open()
+        seeds = self._split_seed(seed)
+        mask = None if options is None else options.get("reset_mask")
+        calls = []
+        for j, (a, b) in enumerate(self.bounds):
+            shard_options = options
+            if mask is not None:
+                part = np.asarray(mask)[a:b]
+                if not part.any():
+                    continue  # a shard with no lane to reset is not asked (Gymnasium refuses an empty mask)
+                shard_options = {**options, "reset_mask": part}  # type: ignore[dict-item]
+            calls.append((j, self.shards[j].reset(seed=seeds[j], options=shard_options)))
+        if mask is not None and np.asarray(mask).shape != (self.num_envs,):
+            for _, call in calls:
+                call.close()
+            raise ValueError(f"`options['reset_mask']` must have shape `({self.num_envs},)`, got {np.shape(mask)}")
+        results = await self._gather(calls)
+        return self._merge_reset(results)
+
+    async def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """Step every lane, as ``VectorEnv.step``: every shard at once."""
+        self._check_open()
+        parts = self.split_actions(actions)
+        results = await self._gather([(j, shard.step(parts[j])) for j, shard in enumerate(self.shards)])
+        return self._merge_step(results)
+
+    async def step_async(self, actions: Any) -> None:
+        """Send a step to every shard and return at once (``step_wait`` gets the result)."""
+        if self._pending is not None and not self._pending.done():
+            raise InvalidArgumentError("step_async was called twice without step_wait")
+        self._pending = asyncio.ensure_future(self.step(actions))
+
+    async def step_wait(self) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """The result of the step sent by :meth:`step_async`."""
+        if self._pending is None:
+            raise InvalidArgumentError("step_wait without step_async")
+        task, self._pending = self._pending, None
+        return await task  # type: ignore[no-any-return]
+
+    async def render(self) -> tuple[Any, ...]:
+        """Every lane's frame."""
+        results = await self._gather([(j, shard.render()) for j, shard in enumerate(self.shards)])
+        return tuple(frame for _, frames in results for frame in frames)
+
+    async def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """Call ``name`` on every lane, as ``VectorEnv.call``."""
+        results = await self._gather([(j, s.call(name, *args, **kwargs)) for j, s in enumerate(self.shards)])
+        return tuple(v for _, values in results for v in values)
+
+    async def get_attr(self, name: str) -> tuple[Any, ...]:
+        """Every lane's attribute ``name``."""
+        results = await self._gather([(j, s.get_attr(name)) for j, s in enumerate(self.shards)])
+        return tuple(v for _, values in results for v in values)
+
+    async def set_attr(self, name: str, values: Any) -> None:
+        """Set ``name`` on every lane (one value, or one per lane)."""
+        if isinstance(values, (list, tuple)):
+            if len(values) != self.num_envs:
+                raise ValueError(f"values must have length num_envs={self.num_envs}, got {len(values)}")
+            parts = [list(values[a:b]) for a, b in self.bounds]
+        else:
+            parts = [values] * len(self.shards)
+        await self._gather([(j, s.set_attr(name, parts[j])) for j, s in enumerate(self.shards)])
+
+    # -- EnvPool-style: whole shards, whichever finish first --------------------
+    async def send(self, actions: Any, env_ids: Sequence[int] | None = None) -> None:
+        """Step the shards that hold ``env_ids`` (whole shards; all lanes when None).
+
+        ``actions`` has one action per lane of those shards, in lane order.
+        """
+        self._check_open()
+        shard_ids = self._shards_of(env_ids)
+        busy = set(self._inflight.values()) & set(shard_ids)
+        if busy:
+            raise InvalidArgumentError(f"shard(s) {sorted(busy)} were sent a step whose result was not received")
+        lanes = list(iterate(batch_space(self.single_action_space, sum(self._size(j) for j in shard_ids)), actions))
+        at = 0
+        for j in shard_ids:
+            n = self._size(j)
+            part = _concat_lanes(self.single_action_space, lanes[at:at + n])
+            at += n
+            self._inflight[asyncio.ensure_future(self._tagged_step(j, part))] = j
+
+    async def recv(self) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """Results of the first shards to finish, at least ``batch_size`` lanes (all in flight when
+        ``batch_size`` is None); ``info["env_id"]`` says which lanes, in the order returned."""
+        if not self._inflight:
+            raise InvalidArgumentError("recv without send")
+        want = self.batch_size or sum(self._size(j) for j in self._inflight.values())
+        done: list[tuple[int, Any]] = []
+        while sum(self._size(j) for j, _ in done) < want and self._inflight:
+            finished, _ = await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+            for task in sorted(finished, key=lambda t: self._inflight[t]):
+                j = self._inflight.pop(task)
+                done.append((j, task.result()))
+        obs, rewards, terms, truncs, info = self._merge_step(done, only=[j for j, _ in done])
+        info["env_id"] = np.concatenate([np.arange(*self.bounds[j]) for j, _ in done])
+        return obs, rewards, terms, truncs, info
+
+    async def _tagged_step(self, j: int, actions: Any) -> Any:
+        try:
+            return await self.shards[j].step(actions)
+        except RLMeshError as exc:
+            raise self._named(exc, j) from None
+
+    def _shards_of(self, env_ids: Sequence[int] | None) -> list[int]:
+        if env_ids is None:
+            return list(range(len(self.shards)))
+        wanted = sorted({int(i) for i in env_ids})
+        shard_ids = [j for j, (a, b) in enumerate(self.bounds) if any(a <= i < b for i in wanted)]
+        covered = [i for j in shard_ids for i in range(*self.bounds[j])]
+        if covered != wanted:
+            raise InvalidArgumentError(
+                f"send steps whole shards; env_ids must be the lanes of whole shards: {self.bounds}"
+            )
+        return shard_ids
+
+    def _size(self, j: int) -> int:
+        a, b = self.bounds[j]
+        return b - a
+
+    # -- splitting and merging -----------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EnvClosedError("this env is closed")
+
+    def _split_seed(self, seed: Any) -> list[Any]:
+        if seed is None or (isinstance(seed, int) and not isinstance(seed, bool)):
+            return [None if seed is None else seed + a for a, _ in self.bounds]
+        seeds = list(seed)
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"If seeds are passed as a list the length must match num_envs={self.num_envs} "
+                             f"but got length={len(seeds)}.")
+        return [seeds[a:b] for a, b in self.bounds]
+
+    def split_actions(self, actions: Any) -> list[Any]:
+        """One batch of actions per shard."""
+        if isinstance(actions, np.ndarray) and isinstance(
+            self.single_action_space, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+        ) and actions.shape[:1] == (self.num_envs,):
+            return [actions[a:b] for a, b in self.bounds]  # the fast path: views
+        lanes = list(iterate(self.action_space, actions))
+        if len(lanes) != self.num_envs:
+            raise ValueError(f"expected actions for {self.num_envs} lanes, got {len(lanes)}")
+        return [_concat_lanes(self.single_action_space, lanes[a:b]) for a, b in self.bounds]
+
+    async def _each(self, make: Any) -> list[Any]:
+        return await self._gather([(j, make(shard)) for j, shard in enumerate(self.shards)])
+
+    async def _gather(self, calls: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+        # Every shard's request is sent before any reply is awaited.
+        results = await asyncio.gather(*(c for _, c in calls), return_exceptions=True)
+        for (j, _), result in zip(calls, results, strict=True):
+            if isinstance(result, BaseException):
+                if isinstance(result, RLMeshError):
+                    raise self._named(result, j) from None
+                raise result
+        return [(j, result) for (j, _), result in zip(calls, results, strict=True)]
+
+    def _named(self, exc: RLMeshError, j: int) -> RLMeshError:
+        a, b = self.bounds[j] if j < len(self.bounds) else (0, self.shards[j].num_envs)
+        exc.shard, exc.lanes = j, (a, b)  # type: ignore[attr-defined]
+        note = f"(in shard {j}, lanes {a}..{b - 1})"
+        if note not in getattr(exc, "__notes__", ()):
+            exc.add_note(note)
+        return exc
+
+    def _merge_reset(self, results: list[tuple[int, Any]]) -> tuple[Any, dict[str, Any]]:
+        # A masked reset may skip whole shards: their lanes keep the observation they had (as in
+        # SyncVectorEnv), which the host kept; their infos add nothing.
+        reset = dict(results)
+        for j, (obs, _) in results:
+            self._last_obs[j] = obs
+        obs = self._concat_obs([(j, self._last_obs[j]) for j in range(len(self.shards))])
+        return obs, self._merge_infos([(j, info) for j, (_, info) in reset.items()])
+
+    def _merge_step(self, results: list[tuple[int, Any]], only: list[int] | None = None) -> tuple[Any, ...]:
+        for j, r in results:
+            self._last_obs[j] = r[0]
+        obs = self._concat_obs([(j, r[0]) for j, r in results])
+        rewards, terms, truncs = (np.concatenate([r[k] for _, r in results]) for k in (1, 2, 3))
+        return obs, rewards, terms, truncs, self._merge_infos([(j, r[4]) for j, r in results], only=only)
+
+    def _concat_obs(self, parts: list[tuple[int, Any]]) -> Any:
+        values = [v for _, v in parts]
+        if any(v is None for v in values):
+            raise InvalidArgumentError("reset every lane once before a masked reset")
+        if all(isinstance(v, np.ndarray) for v in values):
+            return np.concatenate(values, axis=0)
+        lanes = [x for j, v in parts for x in iterate(self.shards[j].observation_space, v)]
+        return _concat_lanes(self.single_observation_space, lanes)
+
+    def _merge_infos(self, parts: list[tuple[int, dict[str, Any]]], only: list[int] | None = None) -> dict[str, Any]:
+        n = self.num_envs if only is None else sum(self._size(j) for j in only)
+        offsets: dict[int, int] = {}
+        at = 0
+        for j in only if only is not None else range(len(self.shards)):
+            offsets[j] = at
+            at += self._size(j)
+        return _merge(n, [(offsets[j], self._size(j), info) for j, info in parts])
+
+
+def _concat_lanes(space: spaces.Space[Any], lanes: list[Any]) -> Any:
+    out = create_empty_array(space, len(lanes))
+    assert out is not None
+    return concatenate(space, lanes, out)
+
+
+def _merge(n: int, parts: list[tuple[int, int, dict[str, Any]]]) -> dict[str, Any]:
+    # Shard infos are batched already (arrays of the shard's lanes, with `_key` masks): place each
+    # in its lanes of arrays sized for all lanes, as SyncVectorEnv's _add_info would have built them.
+    out: dict[str, Any] = {}
+    for offset, size, info in parts:
+        _merge_into(out, n, offset, size, info)
+    return out
+
+
+def _merge_into(out: dict[str, Any], n: int, offset: int, size: int, info: dict[str, Any]) -> None:
+    for key, value in info.items():
+        if isinstance(value, dict):
+            _merge_into(out.setdefault(key, {}), n, offset, size, value)
+            continue
+        arr = np.asarray(value)
+        target = out.get(key)
+        if target is None:
+            target = np.full(n, None, dtype=object) if arr.dtype == object else np.zeros((n, *arr.shape[1:]), arr.dtype)
+            out[key] = target
+        target[offset:offset + size] = arr
