@@ -21,6 +21,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from .client.env import _AsyncRemoteBase
     from .protocol import Frame, MessageType
 
-__all__ = ["call", "check_caller", "get_portal", "in_portal_thread", "request"]
+__all__ = ["call", "check_caller", "get_portal", "in_portal_thread", "request", "request_many"]
 
 T = TypeVar("T")
 log = logging.getLogger("rlmesh")
@@ -209,6 +210,58 @@ def request(core: _AsyncRemoteBase, mtype: MessageType, body: Any) -> Frame:
         if explained is exc:
             raise
         raise explained from exc
+
+
+def request_many(requests: list[tuple[_AsyncRemoteBase, MessageType, Any]]) -> list[Frame]:
+    """:func:`request` to several cores at once (the shards of a vector env): every request is
+    written before any reply is awaited, with one hop to the loop for all of them.
+
+    Raises:
+        RLMeshError: The first failure, by request order (timeouts, lost connections, explained).
+    """
+    check_caller()
+    slots = [_ThreadSlot() for _ in requests]
+    conns = [core.connection for core, _, _ in requests]
+
+    def submit_all() -> None:  # on the loop
+        for conn, slot, (_, mtype, body) in zip(conns, slots, requests, strict=True):
+            try:
+                slot.rid = conn.submit(mtype, body, slot)
+            except BaseException as exc:
+                if not slot.done():
+                    slot.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+
+    loop = conns[0].loop
+    try:
+        loop.call_soon_threadsafe(submit_all)
+    except RuntimeError as exc:  # the loop is closed
+        raise RLMeshError(f"rlmesh's event loop is not running: {exc}") from exc
+    frames: list[Frame] = []
+    failure: tuple[int, BaseException] | None = None
+    deadline = None
+    for i, ((core, _, _), conn, slot) in enumerate(zip(requests, conns, slots, strict=True)):
+        timeout = core.request_timeout
+        if timeout is not None:
+            deadline = deadline or (time.monotonic() + timeout)
+        try:
+            frames.append(slot.wait(None if deadline is None else max(deadline - time.monotonic(), 0.0)))
+        except TimeoutError:
+            loop.call_soon_threadsafe(_forget, conn, slot)
+            failure = failure or (i, RLMeshTimeoutError(f"no reply from the env server within request_timeout={timeout}s"))
+        except BaseException as err:  # noqa: BLE001  (the first failure is raised once all are in)
+            failure = failure or (i, err)
+    if failure is not None:
+        index, error = failure
+        if isinstance(error, TransportError):
+            explained = call(requests[index][0].explain, error)
+            if explained is not error:
+                explained.__cause__ = error
+                error = explained
+        error.request_index = index  # type: ignore[attr-defined]
+        raise error
+    return frames
 
 
 def _forget(conn: Any, slot: _ThreadSlot) -> None:

@@ -18,7 +18,7 @@ from . import _portal
 from .client.connection import TlsOption
 from .client.env import AsyncRemoteEnv, AsyncRemoteVectorEnv, _AsyncRemoteBase
 from .client.shards import AsyncShardedVectorEnv
-from .errors import RemoteEnvError
+from .errors import RemoteEnvError, RLMeshError
 from .protocol import DEFAULT_MAX_FRAME_SIZE, MessageType
 
 __all__ = ["RemoteEnv", "RemoteVectorEnv", "SyncEnvShell", "SyncVectorEnvShell"]
@@ -172,8 +172,13 @@ class SyncVectorEnvShell(VectorEnv[Any, Any, Any], Generic[CoreT]):
     def step(self, actions: Any) -> tuple[Any, np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any], dict[str, Any]]:
         """Step every lane, as ``VectorEnv.step``."""
         core = self._core
-        if isinstance(core, AsyncShardedVectorEnv):  # several connections: the shards step at once
-            return _portal.call(core.step, actions)
+        if isinstance(core, AsyncShardedVectorEnv):  # several connections: every shard's request goes at once
+            requests = core.step_requests(actions)
+            try:
+                frames = _portal.request_many(requests)
+            except RLMeshError as exc:
+                raise core.named(exc, getattr(exc, "request_index", 0)) from None
+            return core.step_frames(frames)
         return core.step_result(_portal.request(core, MessageType.STEP, core.step_body(actions)))
 
     def render(self) -> Any:

@@ -28,6 +28,7 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from ..errors import EnvClosedError, InvalidArgumentError, ProtocolError, RLMeshError
+from ..protocol import Frame, MessageType
 from .env import AsyncRemoteVectorEnv
 
 __all__ = ["AsyncShardedVectorEnv", "resolve_shards", "split_lanes"]
@@ -170,6 +171,22 @@ class AsyncShardedVectorEnv:
         results = await self._gather([(j, shard.step(parts[j])) for j, shard in enumerate(self.shards)])
         return self._merge_step(results)
 
+    def step_requests(self, actions: Any) -> list[tuple[AsyncRemoteVectorEnv, MessageType, Any]]:
+        """The STEP request of each shard (the sync classes send them all from their thread)."""
+        self._check_open()
+        parts = self.split_actions(actions)
+        return [(shard, MessageType.STEP, shard.step_body(parts[j])) for j, shard in enumerate(self.shards)]
+
+    def step_frames(self, frames: list[Frame]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """Merge the shards' STEP replies (from :meth:`step_requests`)."""
+        results = []
+        for j, (shard, frame) in enumerate(zip(self.shards, frames, strict=True)):
+            try:
+                results.append((j, shard.step_result(frame)))
+            except RLMeshError as exc:
+                raise self.named(exc, j) from None
+        return self._merge_step(results)
+
     async def step_async(self, actions: Any) -> None:
         """Send a step to every shard and return at once (``step_wait`` gets the result)."""
         if self._pending is not None and not self._pending.done():
@@ -247,7 +264,7 @@ class AsyncShardedVectorEnv:
         try:
             return await self.shards[j].step(actions)
         except RLMeshError as exc:
-            raise self._named(exc, j) from None
+            raise self.named(exc, j) from None
 
     def _shards_of(self, env_ids: Sequence[int] | None) -> list[int]:
         if env_ids is None:
@@ -299,11 +316,12 @@ class AsyncShardedVectorEnv:
         for (j, _), result in zip(calls, results, strict=True):
             if isinstance(result, BaseException):
                 if isinstance(result, RLMeshError):
-                    raise self._named(result, j) from None
+                    raise self.named(result, j) from None
                 raise result
         return [(j, result) for (j, _), result in zip(calls, results, strict=True)]
 
-    def _named(self, exc: RLMeshError, j: int) -> RLMeshError:
+    def named(self, exc: RLMeshError, j: int) -> RLMeshError:
+        """``exc``, with the shard ``j`` and its lanes named (attributes and a note)."""
         a, b = self.bounds[j] if j < len(self.bounds) else (0, self.shards[j].num_envs)
         exc.shard, exc.lanes = j, (a, b)  # type: ignore[attr-defined]
         note = f"(in shard {j}, lanes {a}..{b - 1})"

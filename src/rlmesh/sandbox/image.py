@@ -425,6 +425,8 @@ def _dockerfile(base_ref: str, spec: ImageSpec, tag: str) -> str:
     if spec.files:
         lines.append("COPY files/ /")
     lines.append("COPY rlmesh /opt/rlmesh/lib/rlmesh")
+    # Bytecode now: the root filesystem is read-only at run time, so every start would compile.
+    lines.append("RUN python -m compileall -q /opt/rlmesh/lib")
     # A .pth file, not PYTHONPATH: rlmesh is found whatever environment the user gives the container.
     lines.append("RUN python -c \"import site; open(site.getsitepackages()[0] + '/rlmesh-lib.pth', 'w')"
                  ".write('/opt/rlmesh/lib\\n')\"")
