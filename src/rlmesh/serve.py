@@ -54,6 +54,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="file holding the shared token clients must prove (default: RLMESH_TOKEN); TCP needs one")
     p.add_argument("--insecure", action="store_true",
                    help="serve TCP without a token (loopback addresses only)")
+    p.add_argument("--require-token", action="store_true",
+                   help="require the token (RLMESH_TOKEN or --token-file) on a Unix socket too (behind a relay)")
     p.add_argument("--tls-cert", default=None, metavar="PEM", help="TLS certificate chain (with --tls-key)")
     p.add_argument("--tls-key", default=None, metavar="PEM", help="TLS private key")
     p.add_argument("--idle-timeout", type=_seconds_or_none, default=argparse.SUPPRESS, metavar="SECONDS",
@@ -93,7 +95,10 @@ def run(args: argparse.Namespace) -> int:
         print("rlmesh serve: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
     try:
-        token = load_token(token_file=args.token_file) if args.token_file else None
+        token = load_token(token_file=args.token_file) if args.token_file or args.require_token else None
+        if args.require_token and token is None:
+            print("rlmesh serve: --require-token needs RLMESH_TOKEN or --token-file", file=sys.stderr)
+            return 2
         tls = None
         if args.tls_cert:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -100,3 +100,56 @@ def sandbox_image() -> str:
         if subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0:
             return tag
     pytest.fail("no sandbox base image")
+
+
+@pytest.fixture(scope="session")
+def second_engine(sandbox_image: str) -> Iterator[str]:
+    """A second, real Docker engine on this machine, reached over loopback TCP, with a bridge of
+    its own (a daemon started with --bridge=none would delete the main engine's docker0), its own
+    data root, exec root and pid file, and the sandbox base image loaded into it."""
+    import shutil
+    import signal
+    import socket
+    import time
+
+    root = Path("/tmp/rlmesh-engine2")
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
+    bridge = "rlmesh-br2"
+    subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    subprocess.run(["ip", "addr", "add", "172.29.77.1/24", "dev", bridge], check=True)
+    subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    host = f"tcp://127.0.0.1:{port}"
+    log = open(root / "dockerd.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+         "--pidfile", str(root / "docker.pid"), "-H", host, "--bridge", bridge,
+         "--iptables=false", "--ip-masq=false"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        for _ in range(120):
+            if subprocess.run(["docker", "-H", host, "info"], capture_output=True).returncode == 0:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"the second dockerd exited:\n{(root / 'dockerd.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"the second dockerd did not come up:\n{(root / 'dockerd.log').read_text()[-3000:]}")
+        with subprocess.Popen(["docker", "save", sandbox_image], stdout=subprocess.PIPE) as save:
+            subprocess.run(["docker", "-H", host, "load", "-q"], stdin=save.stdout, check=True, capture_output=True)
+        yield host
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

@@ -47,7 +47,7 @@ def _map_errors(what: str) -> Iterator[None]:
             ) from exc
         raise SandboxError(f"Docker failed to {what}: {exc.message} (HTTP {exc.status})") from exc
     except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionError) as exc:
-        host = os.environ.get("DOCKER_HOST", "the default socket")
+        host = os.environ.get("DOCKER_HOST") or "the default socket"
         raise DockerUnavailableError(
             f"no Docker engine is reachable at {host} (while trying to {what}): {exc}. {_HOW_TO_START}"
         ) from exc
@@ -82,9 +82,10 @@ async def _finish(task: asyncio.Future[Any]) -> None:
 class DockerClient:
     """A thin, typed facade over one ``aiodocker.Docker`` bound to one loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str | None = None) -> None:
         with _map_errors("connect"):
-            self._docker = aiodocker.Docker()
+            self._docker = aiodocker.Docker(url=host)
+        self.host = host
         self.users = 0
         self._info: dict[str, Any] | None = None
 
@@ -257,6 +258,20 @@ class DockerClient:
         await self.start(container_id)
         return container_id
 
+    async def published_port(self, container_id: str, port: str) -> int:
+        """The host port the engine published for a container's ``port`` (``"7000/tcp"``).
+
+        Raises:
+            SandboxError: The container has no such published port.
+        """
+        with _map_errors("inspect the relay container"):
+            info = await _complete(self._docker.containers.container(container_id).show())
+        bindings = ((info.get("NetworkSettings") or {}).get("Ports") or {}).get(port) or []
+        for binding in bindings:
+            if str(binding.get("HostPort", "")).isdigit():
+                return int(binding["HostPort"])
+        raise SandboxError(f"the engine published no host port for {port} of container {container_id[:12]}")
+
     async def wait(self, container_id: str) -> int:
         """Wait for a container to exit; returns its exit code."""
         with _map_errors("wait for the sandbox container"):
@@ -337,7 +352,7 @@ class DockerClient:
             pass
         try:
             with _map_errors("remove the sandbox container"):
-                await _complete(container.delete(force=True))
+                await _complete(container.delete(force=True, v=True))  # and its anonymous volumes
         except SandboxError as exc:
             cause = exc.__cause__
             if isinstance(cause, aiodocker.DockerError) and cause.status in (404, 409):
@@ -352,16 +367,24 @@ class DockerClient:
         return [dict(c._container) for c in found]
 
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DockerClient] = weakref.WeakKeyDictionary()
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str | None, DockerClient]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-async def acquire_docker() -> DockerClient:
-    """Return this loop's shared client (created on first use); pair with :func:`release_docker`."""
+async def acquire_docker(host: str | None = None) -> DockerClient:
+    """Return this loop's shared client for an engine (created on first use); pair with :func:`release_docker`.
+
+    Args:
+        host: The engine (``tcp://HOST:PORT``, ``unix:///path``); None is the default engine
+            (``DOCKER_HOST``, else the local socket).
+    """
     loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
+    clients = _clients.setdefault(loop, {})
+    client = clients.get(host)
     if client is None:
-        client = DockerClient()
-        _clients[loop] = client
+        client = DockerClient(host)
+        clients[host] = client
     client.users += 1
     return client
 
@@ -370,16 +393,16 @@ async def release_docker(client: DockerClient) -> None:
     """Release a client from :func:`acquire_docker`; the last user closes it."""
     client.users -= 1
     if client.users <= 0:
-        loop = asyncio.get_running_loop()
-        if _clients.get(loop) is client:
-            del _clients[loop]
+        clients = _clients.get(asyncio.get_running_loop(), {})
+        if clients.get(client.host) is client:
+            del clients[client.host]
         await client.close()
 
 
 @contextlib.asynccontextmanager
-async def docker_client() -> AsyncIterator[DockerClient]:
+async def docker_client(host: str | None = None) -> AsyncIterator[DockerClient]:
     """``async with docker_client() as docker:`` — acquire and release this loop's client."""
-    client = await acquire_docker()
+    client = await acquire_docker(host)
     try:
         yield client
     finally:

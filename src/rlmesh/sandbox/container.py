@@ -18,20 +18,30 @@ import collections
 import contextlib
 import logging
 import os
+import re
+import secrets
 import shutil
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
 from ..client.connection import ClientConnection
-from ..errors import InvalidArgumentError, RemoteEnvError, RLMeshTimeoutError, SandboxError, SandboxStartError
+from ..errors import (
+    InvalidArgumentError,
+    RemoteEnvError,
+    RLMeshTimeoutError,
+    SandboxError,
+    SandboxStartError,
+    TransportError,
+)
 from ..protocol.faults import remote_error_class
 from ._docker import DockerClient, acquire_docker, release_docker
 from . import ownership
 from .options import RUNTIME_DIR_IN_CONTAINER, ContainerOptions, default_memory, memory_bytes
 
-__all__ = ["Sandbox", "cleanup_sandboxes", "list_sandboxes"]
+__all__ = ["Engine", "Sandbox", "cleanup_sandboxes", "list_sandboxes"]
 
 log = logging.getLogger("rlmesh.sandbox")
 
@@ -44,6 +54,48 @@ REMOVAL_TIMEOUT = 20.0
 
 list_sandboxes = ownership.list_sandboxes
 cleanup_sandboxes = ownership.cleanup_sandboxes
+RELAY_PORT = "7000/tcp"
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Where a sandbox runs and how it is reached.
+
+    Attributes:
+        host: The Docker engine's URL (None: ``DOCKER_HOST``, else the local socket).
+        relay: Reach the sandbox through a relay container's published TCP port (an engine on
+            another machine, or ``transport="tcp"``), instead of a socket it dials.
+        address_host: The host name the relay's port is reached at.
+    """
+
+    host: str | None
+    relay: bool
+    address_host: str
+
+    @classmethod
+    def choose(cls, docker_host: str | None, transport: str | None) -> Engine:
+        """The engine for ``docker_host=`` and ``transport=`` (``"unix"``, ``"tcp"`` or None).
+
+        Raises:
+            InvalidArgumentError: A malformed host, or ``transport="unix"`` with an engine elsewhere.
+        """
+        url = docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        if docker_host is not None and (not isinstance(docker_host, str) or not re.match(r"^(unix|tcp)://\S+$", docker_host)):
+            raise InvalidArgumentError(f"docker_host must be tcp://HOST:PORT or unix:///path, got {docker_host!r}")
+        if transport not in (None, "unix", "tcp"):
+            raise InvalidArgumentError(f"transport must be 'unix', 'tcp' or None, got {transport!r}")
+        local = url.startswith("unix://")
+        if transport == "unix" and not local:
+            raise InvalidArgumentError(
+                f"the engine at {url} is not on this machine, so it cannot mount this machine's socket: "
+                "use transport='tcp' (the default for such engines)"
+            )
+        if local:
+            address_host = "127.0.0.1"
+        else:
+            netloc = url.split("://", 1)[1].split("/", 1)[0]
+            address_host = netloc.rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
+        return cls(docker_host, relay=(transport == "tcp") or not local, address_host=address_host)
 
 
 class Sandbox:
@@ -59,7 +111,10 @@ class Sandbox:
     """
 
     def __init__(self, image: str, command: list[str], options: ContainerOptions, source: str,
-                 max_frame_size: int) -> None:
+                 max_frame_size: int, engine: Engine | None = None, lease: float = 60.0) -> None:
+        self.engine = engine or Engine.choose(None, None)
+        self.lease = lease
+        self.relay_id: str | None = None
         self.image = image
         self.command = command
         self.options = options
@@ -79,7 +134,7 @@ class Sandbox:
         """The last lines of the container's output (each cut to 2000 characters)."""
         return "\n".join(self._lines)
 
-    async def _config(self, docker: DockerClient, socket_path: str) -> dict[str, Any]:
+    async def _config(self, docker: DockerClient, socket_path: str | None, token: str | None = None) -> dict[str, Any]:
         opts = self.options
         info = await docker.info()
         if opts.runtime is not None:
@@ -90,7 +145,7 @@ class Sandbox:
         self.memory = memory_bytes(opts.memory) if opts.memory is not None else default_memory(
             int(info.get("MemTotal") or 0))
         host: dict[str, Any] = {
-            "Binds": [f"{socket_path}:{SOCKET_IN_CONTAINER}:ro", *opts.binds()],
+            "Binds": [*([f"{socket_path}:{SOCKET_IN_CONTAINER}:ro"] if socket_path else []), *opts.binds()],
             "AutoRemove": True,
             "CapDrop": ["ALL"],
             "SecurityOpt": ["no-new-privileges"],
@@ -111,10 +166,16 @@ class Sandbox:
         if opts.runtime is not None:
             host["Runtime"] = opts.runtime
         env = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "HOME": "/tmp", **opts.env}
+        if socket_path is not None:  # it dials its owner's socket
+            tail = ["--dial"]
+        else:  # it listens in the volume it shares with its relay, and asks for the token
+            assert token is not None
+            env["RLMESH_TOKEN"] = token
+            tail = ["--require-token", "--lease", f"{self.lease:g}"]
         me = ownership.owner()
         return {
             "Image": self.image,
-            "Cmd": [*self.command, "--address", f"unix://{SOCKET_IN_CONTAINER}", "--dial"],
+            "Cmd": [*self.command, "--address", f"unix://{SOCKET_IN_CONTAINER}", *tail],
             "User": opts.run_as(),
             "Env": [f"{k}={v}" for k, v in env.items()],
             "Labels": {
@@ -126,17 +187,37 @@ class Sandbox:
         }
 
     async def start(self, timeout: float | None) -> ClientConnection:
-        """Start the container and return the connection its server dialled in on.
+        """Start the container and return a handshaken connection to its server.
 
         Raises:
-            SandboxStartError: The container exited before its server connected.
-            RLMeshTimeoutError: It did not connect within ``timeout`` seconds.
+            SandboxStartError: The container exited before its server was ready.
+            RLMeshTimeoutError: It was not ready within ``timeout`` seconds.
             ProtocolError: Its server broke the protocol during the handshake.
         """
-        self._docker = docker = await acquire_docker()
-        listener = None
+        self._docker = docker = await acquire_docker(self.engine.host)
         try:
             await ownership.reap_dead_owners_once(docker)
+            if self.engine.relay:
+                return await self._start_relayed(docker, timeout)
+            return await self._start_dialled(docker, timeout)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.close()
+            raise
+
+    async def _run(self, docker: DockerClient, config: dict[str, Any]) -> str:
+        self.container_id = cid = await docker.create(config)
+        ownership.register(cid, self.socket_dir, self.engine.host)
+        self._exit = asyncio.ensure_future(docker.wait_exit(cid))
+        await asyncio.sleep(0)  # let the wait reach the engine before the start
+        await docker.start(cid)
+        self._follower = asyncio.ensure_future(self._follow(docker, cid))
+        log.info("sandbox %s started from %s for %s", cid[:12], self.image, self.source)
+        return cid
+
+    async def _start_dialled(self, docker: DockerClient, timeout: float | None) -> ClientConnection:
+        listener = None
+        try:
             self.socket_dir = tempfile.mkdtemp(prefix=f"{ownership.SOCKET_DIR_PREFIX}{os.getpid()}-",
                                                dir=os.environ.get("RLMESH_RUNTIME_DIR"))
             os.chmod(self.socket_dir, 0o700)
@@ -146,26 +227,81 @@ class Sandbox:
                 uid, _, gid = self.options.run_as().partition(":")
                 os.chown(socket_path, int(uid), int(gid))
             os.chmod(socket_path, 0o600)
-            config = await self._config(docker, socket_path)
-            self.container_id = cid = await docker.create(config)
-            ownership.register(cid, self.socket_dir)
-            self._exit = asyncio.ensure_future(docker.wait_exit(cid))
-            await asyncio.sleep(0)  # let the wait reach the engine before the start
-            await docker.start(cid)
-            self._follower = asyncio.ensure_future(self._follow(docker, cid))
-            log.info("sandbox %s started from %s for %s", cid[:12], self.image, self.source)
+            cid = await self._run(docker, await self._config(docker, socket_path))
             conn = await self._await_server(listener, timeout)
             sock = conn._p.transport.get_extra_info("socket") if conn._p.transport is not None else None
             if sock is not None:
                 ownership.set_connection_fd(cid, sock.fileno())
             return conn
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.close()
-            raise
         finally:
             if listener is not None:
                 listener.close()
+
+    async def _start_relayed(self, docker: DockerClient, timeout: float | None) -> ClientConnection:
+        # The env container keeps no network: its server listens in a volume it shares with a
+        # relay container, which publishes one port. A fresh token per sandbox guards it.
+        token = secrets.token_urlsafe(32)
+        config = await self._config(docker, None, token)
+        self.relay_id = await docker.create(self._relay_config(config))
+        ownership.register(self.relay_id, None, self.engine.host)
+        await docker.start(self.relay_id)
+        port = await docker.published_port(self.relay_id, RELAY_PORT)
+        config["HostConfig"]["VolumesFrom"] = [self.relay_id]
+        await self._run(docker, config)
+        return await self._await_relayed(f"tcp://{self.engine.address_host}:{port}", token, timeout)
+
+    def _relay_config(self, env_config: dict[str, Any]) -> dict[str, Any]:
+        bind = "127.0.0.1" if self.engine.address_host in ("127.0.0.1", "localhost", "::1") else "0.0.0.0"
+        return {
+            "Image": self.image,
+            "Entrypoint": ["python", "-m", "rlmesh.relay"],
+            "Cmd": ["--listen", "tcp://0.0.0.0:7000", "--upstream", f"unix://{SOCKET_IN_CONTAINER}",
+                    "--lease", f"{self.lease + 30:g}"],  # outlives its sandbox's own lease
+            "User": env_config["User"],
+            "Env": ["PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", "HOME=/tmp"],
+            "ExposedPorts": {RELAY_PORT: {}},
+            "Volumes": {RUNTIME_DIR_IN_CONTAINER: {}},  # anonymous: removed with the relay
+            "Labels": {**env_config["Labels"], "rlmesh.relay": "1"},
+            "HostConfig": {
+                "AutoRemove": True, "CapDrop": ["ALL"], "SecurityOpt": ["no-new-privileges"], "ReadonlyRootfs": True,
+                "Tmpfs": {"/tmp": "rw,nosuid,nodev,size=16m"}, "Memory": 128 << 20, "MemorySwap": 128 << 20,
+                "PidsLimit": 64, "NetworkMode": "bridge",
+                "PortBindings": {RELAY_PORT: [{"HostIp": bind, "HostPort": ""}]},
+            },
+        }
+
+    async def _await_relayed(self, address: str, token: str, timeout: float | None) -> ClientConnection:
+        assert self._exit is not None and self.container_id is not None
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                raise RLMeshTimeoutError(
+                    f"sandbox {self.container_id[:12]} for {self.source} was not reachable through its relay "
+                    f"within connect_timeout={timeout}s; last output:\n{self.logs}"
+                )
+            attempt = asyncio.ensure_future(ClientConnection.open(
+                address, connect_timeout=min(left or 5.0, 5.0), max_frame_size=self.max_frame_size,
+                token=token.encode(), require_auth=True,
+            ))
+            await asyncio.wait({attempt, self._exit}, return_when=asyncio.FIRST_COMPLETED)
+            if attempt.done() and attempt.exception() is None:
+                conn: ClientConnection = attempt.result()
+                return conn
+            if self._exit.done():
+                if not attempt.done():
+                    attempt.cancel()
+                await asyncio.gather(attempt, return_exceptions=True)
+                await self._drain_output()
+                raise SandboxStartError(
+                    f"sandbox container for {self.source} exited before its server was ready",
+                    container_id=self.container_id, exit_code=self._exit_code(), logs=self.logs,
+                )
+            failure = attempt.exception()
+            if not isinstance(failure, (TransportError, RLMeshTimeoutError)):
+                raise failure  # type: ignore[misc]  # an authentication or protocol failure: not a matter of time
+            await asyncio.sleep(0.05)
 
     async def _await_server(self, listener: Any, timeout: float | None) -> ClientConnection:
         assert self._exit is not None and self.container_id is not None
@@ -253,17 +389,21 @@ class Sandbox:
         return code, code == 137
 
     async def close(self, grace: float = 2.0) -> None:
-        """Stop and remove the container and the socket directory; waits until it is gone. Idempotent."""
+        """Stop and remove the container (and its relay) and the socket directory; waits until
+        they are gone. Idempotent."""
         docker, self._docker = self._docker, None
         cid, self.container_id = self.container_id, None
+        relay, self.relay_id = self.relay_id, None
         try:
-            if cid is not None and docker is not None:
-                await docker.remove(cid, grace=grace)
-                await _gone(docker, cid)
-                log.info("sandbox %s removed", cid[:12])
+            for container, what in ((cid, "sandbox"), (relay, "relay")):
+                if container is not None and docker is not None:
+                    await docker.remove(container, grace=grace if what == "sandbox" else 0)
+                    await _gone(docker, container)
+                    log.info("%s %s removed", what, container[:12])
         finally:
-            if cid is not None:
-                ownership.unregister(cid)
+            for container in (cid, relay):
+                if container is not None:
+                    ownership.unregister(container)
             for task in (self._follower, self._exit):
                 if task is not None and not task.done():
                     task.cancel()

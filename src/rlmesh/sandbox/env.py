@@ -23,7 +23,7 @@ from ..protocol import DEFAULT_MAX_FRAME_SIZE, parse_autoreset_mode, parse_vecto
 from ..protocol.options import FACTORY_PATTERN
 from ._docker import DockerClient, docker_client
 from ..client.shards import AsyncShardedVectorEnv, resolve_shards, split_lanes
-from .container import Sandbox
+from .container import Engine, Sandbox
 from .options import DEFAULT_LEASE, DEFAULT_PIDS_LIMIT, DEFAULT_REQUEST_TIMEOUT, ContainerOptions
 from .ownership import install_signal_handlers
 from .progress import ProgressOption, check_progress
@@ -48,6 +48,7 @@ ENVHUB_DIR = "/opt/rlmesh/envhub"
 _OPTION_NAMES = (
     "packages", "imports", "base_image", "rebuild", "trust_remote_code", "allow_unpinned_hf", "network", "memory",
     "cpus", "pids_limit", "env", "gpus", "devices", "volumes", "user", "allow_engine_socket", "runtime", "lease",
+    "docker_host", "transport",
     "connect_timeout", "request_timeout", "max_frame_size", "strict_actions", "env_kwargs", "num_envs", "progress",
     "vectorization_mode", "autoreset_mode", "system_packages", "wrappers",
 )
@@ -55,7 +56,7 @@ _SPEC_OPTIONS: dict[str, Any] = {
     "packages": (), "imports": (), "base_image": None, "rebuild": False, "trust_remote_code": False,
     "allow_unpinned_hf": False, "network": False, "memory": None, "cpus": None, "pids_limit": DEFAULT_PIDS_LIMIT,
     "env": None, "gpus": None, "devices": (), "volumes": (), "user": None, "allow_engine_socket": False,
-    "runtime": None, "lease": DEFAULT_LEASE, "wrappers": (), "connect_timeout": 60.0, "request_timeout": DEFAULT_REQUEST_TIMEOUT,
+    "runtime": None, "docker_host": None, "transport": None, "lease": DEFAULT_LEASE, "wrappers": (), "connect_timeout": 60.0, "request_timeout": DEFAULT_REQUEST_TIMEOUT,
     "max_frame_size": DEFAULT_MAX_FRAME_SIZE, "strict_actions": False,
 }
 
@@ -114,6 +115,8 @@ class _SandboxMixin(_AsyncRemoteBase):
         user: str | int | None = None,
         allow_engine_socket: bool = False,
         runtime: str | None = None,
+        docker_host: str | None = None,
+        transport: str | None = None,
         lease: float = DEFAULT_LEASE,
         connect_timeout: float | None = 60.0,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
@@ -167,6 +170,7 @@ class _SandboxMixin(_AsyncRemoteBase):
         if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not lease > 0:
             raise InvalidArgumentError(f"lease must be a positive number of seconds, got {lease!r}")
         self.lease = float(lease)
+        self.engine = Engine.choose(docker_host, transport)
         self.wrappers = _check_wrappers(wrappers)
         self.progress = check_progress(progress)
         self.env_kwargs = dict(env_kwargs)
@@ -283,9 +287,10 @@ class _SandboxMixin(_AsyncRemoteBase):
         install_signal_handlers()
         self._start_task = asyncio.current_task()
         try:
-            async with docker_client() as docker:
+            async with docker_client(self.engine.host) as docker:
                 self.image, command = await self._prepare(docker)
-                self._sandbox = Sandbox(self.image, command, self.options, self.source, self.max_frame_size)
+                self._sandbox = Sandbox(self.image, command, self.options, self.source, self.max_frame_size,
+                                        self.engine, self.lease)
                 conn = await self._sandbox.start(self.connect_timeout)
             self.address = conn.address
             self._adopt(conn)
@@ -340,6 +345,12 @@ _OPTION_DOCS = """
         user: ``"uid[:gid]"`` to run as (never root, never group 0).
         allow_engine_socket: Allow a volume that exposes the container engine's socket.
         runtime: Container runtime: ``"runc"``, ``"runsc"`` (gVisor), or another the engine has.
+        docker_host: The Docker engine (``tcp://HOST:PORT``, with TLS from ``DOCKER_TLS_VERIFY`` and
+            ``DOCKER_CERT_PATH`` as for the Docker CLI); default ``DOCKER_HOST``, else this machine's.
+            The image is built there. An engine on another machine is reached through a relay.
+        transport: ``"unix"`` (a socket the sandbox dials; this machine's engine only) or ``"tcp"``
+            (a relay container publishing one port, with a fresh token); default: ``unix`` for
+            this machine's engine, ``tcp`` for others.
         lease: Seconds the server inside may wait for its owner's connection (default 60). Once
             connected, a sandbox ends with its owner: when the owner's process ends, however it
             ends (SIGKILL included), the server sees its connection close and exits, and the

@@ -316,7 +316,7 @@ async def ensure_image(
     builds = _inflight.setdefault(asyncio.get_running_loop(), {})
     task = builds.get(tag)
     if task is None:
-        task = asyncio.ensure_future(_build(spec, base_ref, tag, progress))
+        task = asyncio.ensure_future(_build(spec, base_ref, tag, progress, docker.host))
         builds[tag] = task
         task.add_done_callback(lambda _t: builds.pop(tag, None))
     await asyncio.shield(task)
@@ -326,12 +326,12 @@ async def ensure_image(
     return tag
 
 
-async def _build(spec: ImageSpec, base_ref: str, tag: str, progress: ProgressOption) -> None:
+async def _build(spec: ImageSpec, base_ref: str, tag: str, progress: ProgressOption, host: str | None) -> None:
     # Shared by every start waiting for this tag, and it outlives a cancelled one: it holds
     # its own Docker client rather than borrowing the first caller's.
     report = Reporter(progress, tag)
     try:
-        async with docker_client() as docker:
+        async with docker_client(host) as docker:
             await _build_with(docker, spec, base_ref, tag, report)
         report("done", f"built {tag} in {time.monotonic() - report.started:.0f}s")
     finally:
@@ -414,6 +414,8 @@ def _dockerfile(base_ref: str, spec: ImageSpec, tag: str) -> str:
     lines = [
         f"FROM {base_ref}",
         "ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/tmp",
+        # Where a sandbox's socket lives (a volume shared with its relay, on other engines).
+        "RUN mkdir -p /rlmesh && chmod 1777 /rlmesh",
         f"RUN python -c \"import sys; v = sys.version_info[:2]; sys.exit(0 if v == ({major}, {minor}) else "
         f"'rlmesh: the base image has Python %d.%d but the host has {major}.{minor}; packages are resolved "
         f"on the host, so pick a base_image with Python {major}.{minor}' % v)\"",

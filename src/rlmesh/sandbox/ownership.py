@@ -139,7 +139,8 @@ def owner_alive(label: str) -> bool:
 # -- this process's live sandboxes -------------------------------------------------
 @dataclass
 class _Live:
-    socket_dir: str
+    socket_dir: str | None
+    host: str | None = None  # the engine (None: the default one)
     fd: int = -1  # the sandbox's connection, let go of in a forked child
 
 
@@ -148,11 +149,11 @@ _lock = threading.RLock()  # re-entrant: a signal handler may run while the main
 _atexit_registered = False
 
 
-def register(container_id: str, socket_dir: str) -> None:
-    """Record a started sandbox (for exit-time and signal cleanup)."""
+def register(container_id: str, socket_dir: str | None, host: str | None = None) -> None:
+    """Record a started sandbox container on an engine (for exit-time and signal cleanup)."""
     global _atexit_registered
     with _lock:
-        _live[container_id] = _Live(socket_dir)
+        _live[container_id] = _Live(socket_dir, host)
         if not _atexit_registered:
             atexit.register(remove_all_now, "exit")
             _atexit_registered = True
@@ -183,9 +184,12 @@ def remove_all_now(reason: str) -> None:
     if not leftovers:
         return
 
+    async def remove_one(cid: str, entry: _Live) -> None:
+        async with docker_client(entry.host) as docker:
+            await docker.remove(cid, grace=0)
+
     async def remove_all() -> list[BaseException | None]:
-        async with docker_client() as docker:
-            return await asyncio.gather(*(docker.remove(cid, grace=0) for cid in leftovers), return_exceptions=True)
+        return await asyncio.gather(*(remove_one(cid, e) for cid, e in leftovers.items()), return_exceptions=True)
 
     results: list[Any] = []
 
@@ -202,7 +206,8 @@ def remove_all_now(reason: str) -> None:
         if isinstance(result, BaseException):
             log.warning("could not remove sandbox %s at %s: %s; remove it with `docker rm -f %s` "
                         "or `rlmesh sandbox cleanup`", cid[:12], reason, result, cid[:12])
-        shutil.rmtree(entry.socket_dir, ignore_errors=True)
+        if entry.socket_dir is not None:
+            shutil.rmtree(entry.socket_dir, ignore_errors=True)
     log.info("removed %d sandbox(es) at %s", len(leftovers), reason)
 
 
