@@ -68,8 +68,6 @@ class AsyncShardedVectorEnv:
     """
 
     def __init__(self, shards: Sequence[AsyncRemoteVectorEnv]) -> None:
-        if not shards:
-            raise InvalidArgumentError("a sharded vector env needs at least one shard")
         self.shards = list(shards)
         self._closed = False
         self._pending: asyncio.Task[Any] | None = None
@@ -84,6 +82,9 @@ class AsyncShardedVectorEnv:
         """Start (or connect) every shard at once; returns ``self``. A failure closes them all."""
         if self._closed:
             raise EnvClosedError("this env was closed; create a new one")
+        if not self.shards:
+            raise InvalidArgumentError("a sharded vector env needs at least one shard")
+        self._last_obs = [None] * len(self.shards)
         try:
             await self._each(lambda shard: shard.connect())
         except BaseException:

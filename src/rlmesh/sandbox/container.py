@@ -115,6 +115,8 @@ class Sandbox:
         self.engine = engine or Engine.choose(None, None)
         self.lease = lease
         self.relay_id: str | None = None
+        self.token: str | None = None
+        self.address: str | None = None
         self.image = image
         self.command = command
         self.options = options
@@ -240,7 +242,7 @@ class Sandbox:
     async def _start_relayed(self, docker: DockerClient, timeout: float | None) -> ClientConnection:
         # The env container keeps no network: its server listens in a volume it shares with a
         # relay container, which publishes one port. A fresh token per sandbox guards it.
-        token = secrets.token_urlsafe(32)
+        self.token = token = secrets.token_urlsafe(32)
         config = await self._config(docker, None, token)
         self.relay_id = await docker.create(self._relay_config(config))
         ownership.register(self.relay_id, None, self.engine.host)
@@ -248,7 +250,8 @@ class Sandbox:
         port = await docker.published_port(self.relay_id, RELAY_PORT)
         config["HostConfig"]["VolumesFrom"] = [self.relay_id]
         await self._run(docker, config)
-        return await self._await_relayed(f"tcp://{self.engine.address_host}:{port}", token, timeout)
+        self.address = f"tcp://{self.engine.address_host}:{port}"
+        return await self._await_relayed(self.address, token, timeout)
 
     def _relay_config(self, env_config: dict[str, Any]) -> dict[str, Any]:
         bind = "127.0.0.1" if self.engine.address_host in ("127.0.0.1", "localhost", "::1") else "0.0.0.0"

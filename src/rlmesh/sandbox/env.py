@@ -26,6 +26,7 @@ from ..client.shards import AsyncShardedVectorEnv, resolve_shards, split_lanes
 from .container import Engine, Sandbox
 from .options import DEFAULT_LEASE, DEFAULT_PIDS_LIMIT, DEFAULT_REQUEST_TIMEOUT, ContainerOptions
 from .ownership import install_signal_handlers
+from .placement import AsyncRayShardedVectorEnv, RayPlacement
 from .progress import ProgressOption, check_progress
 from .image import ImageSpec, ensure_image, try_pull
 from .sources import HubSource, ImageSource, Source, fetch_hub_repo, parse_source, resolve_source
@@ -171,6 +172,7 @@ class _SandboxMixin(_AsyncRemoteBase):
             raise InvalidArgumentError(f"lease must be a positive number of seconds, got {lease!r}")
         self.lease = float(lease)
         self.engine = Engine.choose(docker_host, transport)
+        self.relay_address_host: str | None = None
         self.wrappers = _check_wrappers(wrappers)
         self.progress = check_progress(progress)
         self.env_kwargs = dict(env_kwargs)
@@ -287,6 +289,8 @@ class _SandboxMixin(_AsyncRemoteBase):
         install_signal_handlers()
         self._start_task = asyncio.current_task()
         try:
+            if self.relay_address_host is not None:  # placed by Ray: reached at the node's address
+                self.engine = dataclasses.replace(self.engine, address_host=self.relay_address_host)
             async with docker_client(self.engine.host) as docker:
                 self.image, command = await self._prepare(docker)
                 self._sandbox = Sandbox(self.image, command, self.options, self.source, self.max_frame_size,
@@ -300,6 +304,23 @@ class _SandboxMixin(_AsyncRemoteBase):
         finally:
             self._start_task = None
         return self
+
+    async def detach(self) -> tuple[str, str]:
+        """Close this client's connection but leave the sandbox running, for another client.
+
+        Only for sandboxes reached through a relay (``transport="tcp"``); the sandbox then ends
+        by :meth:`close` or by its lease.
+
+        Returns:
+            ``(address, token)`` to connect with.
+        """
+        sandbox = self._sandbox
+        if sandbox is None or sandbox.address is None or sandbox.token is None:
+            raise InvalidArgumentError("only a started sandbox reached through a relay (transport='tcp') can detach")
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.aclose()
+        return sandbox.address, sandbox.token
 
     async def _teardown(self) -> None:
         sandbox, self._sandbox = self._sandbox, None
@@ -402,16 +423,23 @@ class AsyncSandboxVectorEnv(_SandboxMixin, AsyncRemoteVectorEnv):
     _entry_point = "rlmesh:SandboxEnv"
     _vector_entry_point = "rlmesh:SandboxVectorEnv"
 
-    def __new__(cls, source: str, num_envs: int = 1, *, shards: int | str = 1, **kwargs: Any) -> Any:
-        # shards > 1: N lanes over K sandboxes, presented as one vector env (AsyncShardedVectorEnv).
+    def __new__(cls, source: str, num_envs: int = 1, *, shards: int | str = 1, placement: Any = None,
+                **kwargs: Any) -> Any:
+        # shards > 1: N lanes over K sandboxes, presented as one vector env (AsyncShardedVectorEnv);
+        # placement="ray": each shard placed by Ray on some node (AsyncRayShardedVectorEnv).
         _check_num_envs(num_envs)
         count = resolve_shards(shards, num_envs)
+        ray = RayPlacement.of(placement)
+        if ray is not None:
+            cls(source, 1, **kwargs)  # checks the options here, before any actor starts
+            return AsyncRayShardedVectorEnv(ray, source, split_lanes(num_envs, count), kwargs)
         if count == 1:
             return super().__new__(cls)
         return AsyncShardedVectorEnv([cls(source, n, **kwargs) for n in split_lanes(num_envs, count)])
 
     def __init__(self, source: str, num_envs: int = 1, *, vectorization_mode: str = "sync",
-                 autoreset_mode: str = "next_step", shards: int | str = 1, **kwargs: Any) -> None:
+                 autoreset_mode: str = "next_step", shards: int | str = 1, placement: Any = None,
+                 **kwargs: Any) -> None:
         _check_num_envs(num_envs)
         vectorization_mode = parse_vectorization_mode(vectorization_mode)
         parse_autoreset_mode(autoreset_mode)
