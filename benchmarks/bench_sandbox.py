@@ -44,6 +44,7 @@ CONCURRENT = 8
 START_RATIO_TARGET = 4.0  # start to first reset <= 4x a bare `docker run --rm IMAGE true`
 START_ABS_TARGET = 1.0  # ... and <= 1 s (the spec's absolute target)
 THROUGHPUT_TARGET = 0.7  # SandboxVectorEnv env-steps/s >= 0.7x in-process SyncVectorEnv
+RELAY_TARGET = 1.5  # the relay path's step <= 1.5x the Unix-socket sandbox step
 STEP_TARGET = 1.2  # SandboxEnv.step p50 <= 1.2x RemoteEnv.step p50 against a host server
 BENCH_LABEL = "rlmesh.bench"  # on the baseline `docker run` containers, for the exit sweep
 TOKEN = uuid.uuid4().hex[:12]
@@ -268,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         cleanup.append(remote.close)
         sbx = SandboxEnv(ENV_ID)
         cleanup.append(sbx.close)
+        sbx_tcp = SandboxEnv(ENV_ID, transport="tcp")  # through a relay, with a token
+        cleanup.append(sbx_tcp.close)
+        sbx_tcp.reset(seed=0)
         gvisor = runsc_available()
         if gvisor:
             sbx_gv = SandboxEnv(ENV_ID, runtime="runsc")
@@ -287,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         phases: dict[str, list[float]] = {name: [] for name, _, _ in PHASES}
         step_sbx, step_rem, vsbx, vloc = Series(), Series(), Series(), Series()
         gv_start, gv_ref, step_gv = Series(), Series(), Series()
+        step_tcp = Series()
         for r in range(rounds):
             b, s, sc, a, ac = [], [], [], [], []
             for i in range(starts):
@@ -313,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                 many_close.add_latency([close_wall])
             lw = lat_warm if r == 0 else lat_warm // 4
             vw = vec_warm if r == 0 else vec_warm // 4
-            for single, series in ((sbx, step_sbx), (remote, step_rem)):
+            for single, series in ((sbx, step_sbx), (remote, step_rem), (sbx_tcp, step_tcp)):
                 with collected():
                     series.add_latency(sync_env_block(single, block, lw))
             if gvisor:  # gVisor beside runc, in the same round
@@ -361,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     sper = paired(step_sbx.per_round, step_rem.per_round)
     rows.append(["SandboxEnv.step p50", us(step_sbx.p50), f"RemoteEnv (host serve) {us(step_rem.p50)}",
                  *ratio_cols(sper), f"<= {STEP_TARGET:g}x", verdict(statistics.median(sper) <= STEP_TARGET)])
+    tper = paired(step_tcp.per_round, step_sbx.per_round)
+    rows.append(["SandboxEnv.step p50 through a relay (TCP + token)", us(step_tcp.p50), f"Unix socket {us(step_sbx.p50)}",
+                 *ratio_cols(tper), f"<= {RELAY_TARGET:g}x", verdict(statistics.median(tper) <= RELAY_TARGET)])
     if gv_start.per_round:
         rows.append(["gVisor (runsc) start to first reset p50", ms(gv_start.p50), f"runc start {ms(gv_ref.p50)}",
                      *ratio_cols(paired(gv_start.per_round, gv_ref.per_round)), "info", ""])

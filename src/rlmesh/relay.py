@@ -156,7 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--upstream", required=True, help="unix:///path of the sandbox's server")
     p.add_argument("--lease", type=float, default=60.0, help="stop after this many seconds without a client")
     args = p.parse_args(argv)
-    asyncio.run(_serve(args.listen, args.upstream, args.lease))
+    try:
+        import uvloop  # noqa: PLC0415  (optional speed-up)
+    except ImportError:
+        uvloop = None  # type: ignore[assignment]
+    if uvloop is None:
+        asyncio.run(_serve(args.listen, args.upstream, args.lease))
+    else:
+        uvloop.run(_serve(args.listen, args.upstream, args.lease))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -302,12 +303,13 @@ def test_a_pinned_gymnasium_that_differs_from_the_host_s_warns_once(caplog: pyte
     image._skew_warned.clear()  # other tests may have warned already (once per process)
     caplog.set_level(logging.WARNING, logger="rlmesh.sandbox.image")
     other = "1.3.0" if gymnasium.__version__ != "1.3.0" else "1.2.0"
-    assert server_requirements([f"gymnasium=={other}"]) == ["numpy", "orjson", "gymnasium>=1.1"]
+    uv = ["uvloop"] if importlib.util.find_spec("uvloop") else []
+    assert server_requirements([f"gymnasium=={other}"]) == ["numpy", "orjson", "gymnasium>=1.1", *uv]
     server_requirements([f"gymnasium=={other}"])
     warnings = [r.getMessage() for r in caplog.records if "parity" in r.getMessage()]
     assert len(warnings) == 1 and other in warnings[0] and gymnasium.__version__ in warnings[0]
-    assert server_requirements(["numpy"])[-1] == f"gymnasium=={gymnasium.__version__}"
-    assert server_requirements([f"gymnasium>={gymnasium.__version__}"]) == ["numpy", "orjson", "gymnasium>=1.1"]
+    assert server_requirements(["numpy"]) == ["numpy", "orjson", f"gymnasium=={gymnasium.__version__}", *uv]
+    assert server_requirements([f"gymnasium>={gymnasium.__version__}"]) == ["numpy", "orjson", "gymnasium>=1.1", *uv]
 
 
 # --------------------------------------------------------------------------- errors users can act on

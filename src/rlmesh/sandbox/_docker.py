@@ -258,6 +258,16 @@ class DockerClient:
         await self.start(container_id)
         return container_id
 
+    async def container_ip(self, container_id: str) -> str | None:
+        """The container's address on its (bridge) network, or None."""
+        with _map_errors("inspect the relay container"):
+            info = await _complete(self._docker.containers.container(container_id).show())
+        networks = (info.get("NetworkSettings") or {}).get("Networks") or {}
+        for net in networks.values():
+            if net.get("IPAddress"):
+                return str(net["IPAddress"])
+        return None
+
     async def published_port(self, container_id: str, port: str) -> int:
         """The host port the engine published for a container's ``port`` (``"7000/tcp"``).
 

@@ -66,11 +66,13 @@ class Engine:
         relay: Reach the sandbox through a relay container's published TCP port (an engine on
             another machine, or ``transport="tcp"``), instead of a socket it dials.
         address_host: The host name the relay's port is reached at.
+        local: Whether the engine runs on this machine.
     """
 
     host: str | None
     relay: bool
     address_host: str
+    local: bool = True
 
     @classmethod
     def choose(cls, docker_host: str | None, transport: str | None) -> Engine:
@@ -95,7 +97,7 @@ class Engine:
         else:
             netloc = url.split("://", 1)[1].split("/", 1)[0]
             address_host = netloc.rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
-        return cls(docker_host, relay=(transport == "tcp") or not local, address_host=address_host)
+        return cls(docker_host, relay=(transport == "tcp") or not local, address_host=address_host, local=local)
 
 
 class Sandbox:
@@ -251,6 +253,12 @@ class Sandbox:
         config["HostConfig"]["VolumesFrom"] = [self.relay_id]
         await self._run(docker, config)
         self.address = f"tcp://{self.engine.address_host}:{port}"
+        if self.engine.local:
+            # On this machine the relay's own address skips the engine's port proxy (a hop
+            # that costs as much as the relay itself); the published port serves other hosts.
+            relay_ip = await docker.container_ip(self.relay_id)
+            if relay_ip is not None:
+                self.address = f"tcp://{relay_ip}:7000"
         return await self._await_relayed(self.address, token, timeout)
 
     def _relay_config(self, env_config: dict[str, Any]) -> dict[str, Any]:
@@ -337,8 +345,13 @@ class Sandbox:
                     f"{failure.remote_type.rpartition('.')[2]}: {failure.remote_message}",
                     container_id=self.container_id, exit_code=code, logs=self.logs,
                 ) from failure
-            if not self._exit.done():
+            if not isinstance(failure, TransportError):
                 raise failure
+            code, _ = await self.exit_status(wait=5.0)  # the server hung up: say how it ended
+            raise SandboxStartError(
+                f"the server of the sandbox for {self.source} hung up during its handshake",
+                container_id=self.container_id, exit_code=code, logs=self.logs,
+            ) from failure
         await self._drain_output()
         raise SandboxStartError(
             f"sandbox container for {self.source} exited before its server was ready",

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import importlib.metadata
+import importlib.util
 import io
 import json
 import logging
@@ -67,15 +68,17 @@ def server_requirements(packages: Sequence[str]) -> list[str]:
     names gymnasium wins, with a warning (once) when it is not the host's version.
     """
     host = importlib.metadata.version("gymnasium")
+    # uvloop (the extra rlmesh[uvloop]) speeds up the server and relay inside, as on the host.
+    extra = ["uvloop"] if importlib.util.find_spec("uvloop") is not None else []
     named = [req for req in (_requirement(p) for p in packages) if req is not None and canonicalize_name(req.name) == "gymnasium"]
     if not named:
-        return ["numpy", "orjson", f"gymnasium=={host}"]
+        return ["numpy", "orjson", f"gymnasium=={host}", *extra]
     for req in named:
         if req.specifier and not req.specifier.contains(host, prereleases=True) and str(req) not in _skew_warned:
             _skew_warned.add(str(req))
             log.warning("packages asks for %s but the host runs gymnasium %s: parity with in-process envs on the "
                         "host is not guaranteed", req, host)
-    return list(SERVER_REQUIREMENTS)
+    return [*SERVER_REQUIREMENTS, *extra]
 
 
 _skew_warned: set[str] = set()

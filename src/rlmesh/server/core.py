@@ -213,6 +213,8 @@ class EnvServer:
                 env = self.env
             except Exception as exc:
                 self._startup_error = exc
+                for early in list(self._pending):
+                    early.env_ready()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._hello_timeout):
                         await self._stop.wait()  # until the client has heard it (or is gone)
@@ -221,7 +223,8 @@ class EnvServer:
             env = self.env
         self._hello = _describe(env).encode_parts()
         if self._dial:
-            pass  # connected above
+            for early in list(self._pending):  # connected above; a HELLO may be waiting
+                early.env_ready()
         elif addr.path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(addr.path)
@@ -501,10 +504,12 @@ class _ServerProtocol(asyncio.Protocol):
             self.hello_rid = frame.request_id
             self.reply_limit = self.hello.max_frame_size
             if server._startup_error is not None:  # the env could not be made: say why, then end
-                assert self.transport is not None
-                self.transport.write(env_error(server._startup_error).encode(frame.request_id))
-                self._close_after_write()
-                server.stop()
+                self._report_startup_error()
+                return
+            if server._hello is None:
+                # Dialling, the client's HELLO can arrive while the env is still being made
+                # (uvloop reads right after connecting): it is answered once the env is there.
+                self.state = "early"
                 return
 
             if server._token is None:
@@ -537,6 +542,26 @@ class _ServerProtocol(asyncio.Protocol):
         self.state = "waiting"
         self.server._waiting.append(self)
         self._timer = asyncio.get_running_loop().call_later(BUSY_GRACE, self._busy)
+
+    def _report_startup_error(self) -> None:
+        assert self.transport is not None and self.server._startup_error is not None
+        self.transport.write(env_error(self.server._startup_error).encode(self.hello_rid))
+        self._close_after_write()
+        self.server.stop()
+
+    def env_ready(self) -> None:
+        """A dialled server made its env (or failed to): answer a HELLO that came before."""
+        if self.state != "early" or self.transport is None:
+            return
+        self.state = "new"
+        if self.server._startup_error is not None:
+            self._report_startup_error()
+        elif self.server._token is None:
+            self._authenticated()
+        else:
+            self.server_nonce = _auth.new_nonce()
+            self.state = "auth"
+            self.transport.write(AuthChallenge(self.server_nonce).encode(self.hello_rid))
 
     def promote(self) -> None:
         """Called by the server when the slot frees while this connection waits for it."""
