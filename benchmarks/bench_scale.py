@@ -10,6 +10,8 @@ Rows (ratios within each round, median over rounds; see benchmarks/README.md):
   ``shards=2`` against ``shards=1`` (target >= 1.7x on 2 cores);
 * CartPole N=64: ``shards=2`` against ``shards=1`` (target >= 0.9x: sharding must cost little
   where it cannot help);
+* CartPole's native vector env (``vectorization_mode="vector"``), N=1024, through a sandbox
+  against the same vector env in process (target >= 0.6x);
 * 32 ``AsyncSandboxEnv`` started at once to their first reset (target <= 4 s on 2 cores; an
   absolute time, so it depends on the machine), split into where the time goes.
 
@@ -35,6 +37,8 @@ SHARD_TARGET_HEAVY = 1.7
 SHARD_TARGET_LIGHT = 0.9
 CONCURRENT = 32
 CONCURRENT_TARGET_S = 4.0
+NATIVE_N = 1024
+NATIVE_TARGET = 0.6  # a sandbox's native vector env >= 0.6x the same vector env in process
 
 
 async def concurrent_starts(n: int) -> tuple[float, float]:
@@ -77,19 +81,29 @@ def main(argv: list[str] | None = None) -> int:
             ("heavy", 2): SandboxVectorEnv(HEAVY_ID, num_envs=16, packages=[HEAVY_PKG], shards=2),
             ("light", 1): SandboxVectorEnv("CartPole-v1", num_envs=64, shards=1),
             ("light", 2): SandboxVectorEnv("CartPole-v1", num_envs=64, shards=2),
+            ("native", 1): SandboxVectorEnv("CartPole-v1", num_envs=NATIVE_N, vectorization_mode="vector"),
         }
+        import gymnasium as gym
+
+        native_local = gym.make_vec("CartPole-v1", num_envs=NATIVE_N, vectorization_mode="vector_entry_point")
+        cleanup.append(native_local.close)
+        native_local.reset(seed=0)
         cleanup += [e.close for e in envs.values()]
         for e in envs.values():
             e.reset(seed=0)
-        actions = {"heavy": np.ones(16, np.int64), "light": (np.arange(64) & 1).astype(np.int64)}
+        actions = {"heavy": np.ones(16, np.int64), "light": (np.arange(64) & 1).astype(np.int64),
+                   "native": (np.arange(NATIVE_N) & 1).astype(np.int64)}
         series = {key: Series() for key in envs}
         many, many_close = Series(), Series()
+        native_in_process = Series()
         t_start = time.perf_counter()
         for r in range(rounds):
             order = list(envs) if r % 2 == 0 else list(envs)[::-1]
             for key in order:
                 _, rate = vector_block(envs[key], actions[key[0]], block, 20 if r == 0 else 5)
                 series[key].per_round.append(rate)
+            _, rate = vector_block(native_local, actions["native"], block, 20 if r == 0 else 5)
+            native_in_process.per_round.append(rate)
             wall, close_wall = asyncio.run(concurrent_starts(CONCURRENT))
             many.add_latency([wall])
             many_close.add_latency([close_wall])
@@ -106,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([f"{name} N={n}, shards=2 env-steps/s", f"{statistics.median(two.per_round):,.0f}/s",
                      f"shards=1 {statistics.median(one.per_round):,.0f}/s", *ratio_cols(per),
                      f">= {target:g}x", verdict(statistics.median(per) >= target)])
+    nper = paired(series[("native", 1)].per_round, native_in_process.per_round)
+    rows.append([f"CartPole N={NATIVE_N} native vector mode, sandbox env-steps/s",
+                 f"{statistics.median(series[('native', 1)].per_round):,.0f}/s",
+                 f"in process {statistics.median(native_in_process.per_round):,.0f}/s", *ratio_cols(nper),
+                 f">= {NATIVE_TARGET:g}x", verdict(statistics.median(nper) >= NATIVE_TARGET)])
     rows.append([f"{CONCURRENT} AsyncSandboxEnv started at once, wall to all reset p50", f"{many.p50:.2f} s", "", "",
                  "", f"<= {CONCURRENT_TARGET_S:g} s", verdict(many.p50 <= CONCURRENT_TARGET_S)])
     rows.append([f"  close() of all {CONCURRENT} p50", f"{many_close.p50:.2f} s", "", "", "", "info", ""])
