@@ -23,6 +23,8 @@ WHEELHOUSE = ROOT / ".cache" / "test-wheels"
 os.environ["RLMESH_PULL_POLICY"] = "never"
 os.environ["PIP_NO_INDEX"] = "1"
 os.environ["PIP_FIND_LINKS"] = str(WHEELHOUSE)
+os.environ["RLMESH_APT_OFFLINE"] = "1"  # Debian packages from the cache set-up filled
+os.environ.setdefault("RLMESH_CACHE_DIR", str(ROOT / ".cache" / "rlmesh"))
 
 PROBE_PKG = str(Path(__file__).parent / "probe_pkg")
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"

@@ -11,6 +11,7 @@ An ERROR frame answers a request (its request id) or the connection as a whole
 from __future__ import annotations
 
 import builtins
+import re
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +109,15 @@ def exception_for_error(body: ErrorBody) -> RLMeshError:
     kind = body.kind
     if kind == "env":
         error: RemoteEnvError = remote_error_class(body.type)(body.type, body.message, body.traceback)
+        library = _MISSING_LIBRARY.search(body.message) or _MISSING_LIBRARY.search(body.traceback[-4000:])
+        pyopengl = "OpenGL" in body.traceback[-4000:] and "'NoneType' object has no attribute 'gl" in body.message
+        if library or pyopengl:
+            error.add_note(
+                f"A shared library{' (' + library.group(1) + ')' if library and library.group(1) else ''} is "
+                "missing where the "
+                "env runs. A pip package cannot provide it: in a sandbox, add the Debian package that does to "
+                "system_packages=[...] (find it with `apt-file search` or on packages.debian.org)."
+            )
         return error
     if kind == "invalid_action":
         return InvalidActionError(body.message, space=body.space)
@@ -122,6 +132,10 @@ def exception_for_error(body: ErrorBody) -> RLMeshError:
     return ProtocolError(f"the server reported a protocol error: {body.message}")
 
 
+_MISSING_LIBRARY = re.compile(
+    r"(?:(\S+\.so(?:\.\d+)*): cannot open shared object file|OpenGL platform library has not been loaded|"
+    r"[Cc]ould not (?:find|load) (?:the )?(?:library|OSMesa|EGL))"
+)
 _classes: dict[tuple[type, str], type] = {}
 def remote_error_class(
     type_name: str, root: type[RLMeshError] = RemoteEnvError, probe: tuple[Any, ...] = ("t", "m", "")

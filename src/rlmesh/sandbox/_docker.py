@@ -258,6 +258,26 @@ class DockerClient:
         await self.start(container_id)
         return container_id
 
+    async def read_image_file(self, image: str, path: str) -> bytes:
+        """The bytes of one file of an image (through a container that is created, never started).
+
+        Raises:
+            SandboxError: The engine failed, or the image has no such file.
+        """
+        container_id = await self.create({"Image": image, "Cmd": ["true"], "NetworkDisabled": True,
+                                          "Labels": {"rlmesh.probe": "1"}})
+        try:
+            with _map_errors(f"read {path} from image {image}"):
+                archive = await _complete(self._docker.containers.container(container_id).get_archive(path))
+            with archive:
+                member = archive.extractfile(os.path.basename(path))
+                if member is None:
+                    raise SandboxError(f"image {image} has no file {path}")
+                return member.read()
+        finally:
+            with contextlib.suppress(SandboxError):
+                await self.remove(container_id, grace=0)
+
     async def container_ip(self, container_id: str) -> str | None:
         """The container's address on its (bridge) network, or None."""
         with _map_errors("inspect the relay container"):

@@ -340,11 +340,14 @@ class Sandbox:
                 # env's own exception type (gymnasium.error.NameNotFound, say) mixed in.
                 code, _ = await self.exit_status(wait=5.0)  # the server exits once it said it
                 cls = remote_error_class(failure.remote_type, SandboxStartError, ("m",))
-                raise cls(
+                error = cls(
                     f"the env for {self.source} could not be made in its sandbox: "
                     f"{failure.remote_type.rpartition('.')[2]}: {failure.remote_message}",
                     container_id=self.container_id, exit_code=code, logs=self.logs,
-                ) from failure
+                )
+                for note in getattr(failure, "__notes__", ()):
+                    error.add_note(note)
+                raise error from failure
             if not isinstance(failure, TransportError):
                 raise failure
             code, _ = await self.exit_status(wait=5.0)  # the server hung up: say how it ended

@@ -24,6 +24,7 @@ from ..protocol.options import FACTORY_PATTERN
 from ._docker import DockerClient, docker_client
 from ..client.shards import AsyncShardedVectorEnv, resolve_shards, split_lanes
 from .container import Engine, Sandbox
+from .debs import check_system_packages
 from .options import DEFAULT_LEASE, DEFAULT_PIDS_LIMIT, DEFAULT_REQUEST_TIMEOUT, ContainerOptions
 from .ownership import install_signal_handlers
 from .placement import AsyncRayShardedVectorEnv, RayPlacement
@@ -39,7 +40,7 @@ log = logging.getLogger("rlmesh.sandbox")
 # Options that belong to a class or a kind of source; passed elsewhere they are errors,
 # never silently forwarded to the env's constructor.
 _VECTOR_ONLY = ("num_envs", "vectorization_mode", "autoreset_mode")
-_BUILD_ONLY = ("packages", "base_image", "rebuild")
+_BUILD_ONLY = ("packages", "system_packages", "base_image", "rebuild")
 _ELSEWHERE = {
     "address": "address belongs to RemoteEnv / RemoteVectorEnv; a sandbox serves on its own socket",
     "environment": "the container's environment variables are passed as env={...}",
@@ -54,7 +55,7 @@ _OPTION_NAMES = (
     "vectorization_mode", "autoreset_mode", "system_packages", "wrappers",
 )
 _SPEC_OPTIONS: dict[str, Any] = {
-    "packages": (), "imports": (), "base_image": None, "rebuild": False, "trust_remote_code": False,
+    "packages": (), "imports": (), "system_packages": (), "base_image": None, "rebuild": False, "trust_remote_code": False,
     "allow_unpinned_hf": False, "network": False, "memory": None, "cpus": None, "pids_limit": DEFAULT_PIDS_LIMIT,
     "env": None, "gpus": None, "devices": (), "volumes": (), "user": None, "allow_engine_socket": False,
     "runtime": None, "docker_host": None, "transport": None, "lease": DEFAULT_LEASE, "wrappers": (), "connect_timeout": 60.0, "request_timeout": DEFAULT_REQUEST_TIMEOUT,
@@ -101,6 +102,7 @@ class _SandboxMixin(_AsyncRemoteBase):
         *,
         packages: Sequence[str] = (),
         imports: Sequence[str] = (),
+        system_packages: Sequence[str] = (),
         base_image: str | None = None,
         rebuild: bool = False,
         trust_remote_code: bool = False,
@@ -159,7 +161,8 @@ class _SandboxMixin(_AsyncRemoteBase):
             source, trust_remote_code=trust_remote_code, allow_unpinned_hf=allow_unpinned_hf
         )
         self.source = source
-        self.image_spec = ImageSpec(packages=tuple(packages), imports=tuple(imports), source=source)
+        self.image_spec = ImageSpec(packages=tuple(packages), imports=tuple(imports), source=source,
+                                    system_packages=check_system_packages(system_packages))
         self.base_image = base_image
         self.rebuild = rebuild
         self._check_build_options(self.parsed_source)
@@ -187,7 +190,8 @@ class _SandboxMixin(_AsyncRemoteBase):
     def _check_build_options(self, source: Source) -> None:
         if not isinstance(source, ImageSource):
             return
-        given = [name for name in _BUILD_ONLY if getattr(self, name, None) or (name == "packages" and self.image_spec.packages)]
+        given = [name for name in _BUILD_ONLY if getattr(self, name, None) or (name == "packages" and self.image_spec.packages)
+                 or (name == "system_packages" and self.image_spec.system_packages)]
         if given:
             raise InvalidArgumentError(
                 f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to images rlmesh builds; "
@@ -350,6 +354,8 @@ _OPTION_DOCS = """
             (``docker://image:tag``, ``image://...``, bare ``name:tag``).
         packages: pip requirements, local wheels or project dirs installed in the image.
         imports: Modules checked at build time and again at start.
+        system_packages: Debian packages installed in the image (resolved and downloaded on the
+            host with its apt, installed offline), e.g. ``["libosmesa6"]`` for MuJoCo's osmesa.
         base_image: The base image (default ``python:X.Y-slim``, or ``RLMESH_BASE_IMAGE``).
         rebuild: Build the image even if it exists.
         trust_remote_code: Required for ``hf://`` sources.

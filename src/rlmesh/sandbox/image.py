@@ -40,6 +40,7 @@ import anyio
 from .. import __version__
 from ..errors import BaseImageError, ImageBuildError, InvalidArgumentError, SandboxError
 from ._docker import DockerClient, docker_client
+from .debs import fetch_debs
 from .housekeeping import image_labels, record_use
 from .progress import ProgressOption, Reporter
 from .options import UNPRIVILEGED_UID
@@ -130,6 +131,7 @@ class ImageSpec:
     imports: tuple[str, ...] = ()
     files: Mapping[str, str] = field(default_factory=dict)
     requirement_files: tuple[str, ...] = ()
+    system_packages: tuple[str, ...] = ()
     source: str = field(default="", compare=False)  # a label only: not part of the hash
 
     def __post_init__(self) -> None:
@@ -151,6 +153,8 @@ class ImageSpec:
                 h.update(_tree_hash(Path(pkg)).encode())
         for module in self.imports:
             h.update(b"imp\0" + module.encode() + b"\0")
+        for deb in sorted(self.system_packages):
+            h.update(b"deb\0" + deb.encode() + b"\0")
         for req in self.requirement_files:
             h.update(b"req\0" + _tree_hash(Path(req)).encode())
         for dest, src in sorted(self.files.items()):
@@ -354,12 +358,19 @@ async def _build_with(docker: DockerClient, spec: ImageSpec, base_ref: str, tag:
             [*spec.packages, *reqs], wheels,
             extra=["--only-binary=:all:"] if reqs else [], share=not reqs, report=report,
         )
-        dockerfile = _dockerfile(base_ref, spec, tag)
+        debs = ctx / "debs"
+        debs.mkdir()
+        if spec.system_packages:
+            report("resolve", f"system packages: {' '.join(spec.system_packages)}")
+            base_id = await docker.image_id(base_ref) or base_ref
+            await fetch_debs(docker, base_ref, base_id, spec.system_packages, debs)
+        dockerfile = _dockerfile(base_ref, spec, tag, has_debs=any(debs.iterdir()))
         tar_path = ctx / "context.tar"
         await anyio.to_thread.run_sync(_write_context, tar_path, dockerfile, wheels, spec)
         with open(tar_path, "rb") as fileobj:
             await docker.build(
-                fileobj, tag, labels=image_labels(packages=spec.packages, imports=spec.imports, source=spec.source),
+                fileobj, tag, labels=image_labels(packages=spec.packages, imports=spec.imports, source=spec.source,
+                                                  system_packages=spec.system_packages),
                 on_output=lambda line: report("build", line, level=logging.INFO if line.startswith("Step ")
                                               else logging.DEBUG),
             )
@@ -412,7 +423,7 @@ async def _resolve_wheels(
             shutil.copy2(whl, target)
 
 
-def _dockerfile(base_ref: str, spec: ImageSpec, tag: str) -> str:
+def _dockerfile(base_ref: str, spec: ImageSpec, tag: str, *, has_debs: bool = False) -> str:
     major, minor = sys.version_info[:2]
     lines = [
         f"FROM {base_ref}",
@@ -422,6 +433,10 @@ def _dockerfile(base_ref: str, spec: ImageSpec, tag: str) -> str:
         f"RUN python -c \"import sys; v = sys.version_info[:2]; sys.exit(0 if v == ({major}, {minor}) else "
         f"'rlmesh: the base image has Python %d.%d but the host has {major}.{minor}; packages are resolved "
         f"on the host, so pick a base_image with Python {major}.{minor}' % v)\"",
+        *([
+            "COPY debs /opt/rlmesh/debs",
+            "RUN dpkg -i /opt/rlmesh/debs/*.deb && rm -rf /opt/rlmesh/debs",  # offline, like the wheels
+        ] if has_debs else []),
         "COPY wheels /opt/rlmesh/wheels",
         "RUN python -m pip install --no-index --no-cache-dir --disable-pip-version-check "
         "--root-user-action=ignore --find-links /opt/rlmesh/wheels /opt/rlmesh/wheels/*.whl "
@@ -459,6 +474,7 @@ def _write_context(tar_path: Path, dockerfile: str, wheels: Path, spec: ImageSpe
         ti.size = len(data)
         tar.addfile(ti, io.BytesIO(data))
         tar.add(wheels, arcname="wheels", filter=clean)
+        tar.add(wheels.parent / "debs", arcname="debs", filter=clean)
         tar.add(Path(__file__).resolve().parents[1], arcname="rlmesh", filter=clean)
         for dest, src in spec.files.items():
             tar.add(src, arcname="files/" + dest.lstrip("/"), filter=clean)

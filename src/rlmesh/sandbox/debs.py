@@ -1,0 +1,139 @@
+"""System packages: Debian packages resolved and downloaded on the host, installed offline in the image.
+
+The image's own package list (``/var/lib/dpkg/status`` of the base image) is read through the
+engine, and the host's ``apt-get`` resolves the requested packages against it, downloading only
+what the image lacks, through the host's apt configuration (its mirror, proxy and keys), into a
+cache. The build then installs those ``.deb`` files with ``dpkg`` and no network, as it does with
+pip wheels. ``RLMESH_APT_OFFLINE=1`` uses the cache only (what tests do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import ImageBuildError, InvalidArgumentError
+from ._docker import DockerClient
+
+__all__ = ["check_system_packages", "fetch_debs"]
+
+log = logging.getLogger("rlmesh.sandbox.image")
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]{1,100}(?:=[A-Za-z0-9.+:~-]{1,100})?$")
+
+
+def check_system_packages(packages: object) -> tuple[str, ...]:
+    """``system_packages=``: Debian package names (``name`` or ``name=version``).
+
+    Raises:
+        InvalidArgumentError: Not a list of such names.
+    """
+    if isinstance(packages, (str, bytes)) or not isinstance(packages, Sequence):
+        raise InvalidArgumentError(f"system_packages must be a list, e.g. system_packages=[{packages!r}]")
+    for name in packages:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise InvalidArgumentError(f"system_packages: {name!r} is not a Debian package name")
+    return tuple(packages)
+
+
+def _cache() -> Path:
+    from .image import cache_dir  # noqa: PLC0415  (image imports this module)
+
+    return cache_dir() / "debs"
+
+
+async def fetch_debs(docker: DockerClient, base_ref: str, base_id: str, packages: Sequence[str], dest: Path) -> list[str]:
+    """Download into ``dest`` the ``.deb`` files ``packages`` need on top of the base image.
+
+    Returns:
+        The file names placed in ``dest`` (empty when the image has everything already).
+
+    Raises:
+        ImageBuildError: apt cannot find or fetch a package (the message names it).
+    """
+    if shutil.which("apt-get") is None:
+        raise ImageBuildError(
+            "system_packages are resolved with the host's apt-get, which this machine lacks; "
+            "build on a Debian or Ubuntu host, or bake the packages into a base_image"
+        )
+    cache = _cache().resolve()  # apt reads relative paths against Dir::Cache
+    status = cache / "status" / f"{base_id.replace(':', '_')}"
+    if not status.is_file():
+        status.parent.mkdir(parents=True, exist_ok=True)
+        status.write_bytes(await docker.read_image_file(base_ref, "/var/lib/dpkg/status"))
+    archives = cache / "archives"
+    (archives / "partial").mkdir(parents=True, exist_ok=True)
+    apt_cache = cache / "apt-cache"
+    apt_cache.mkdir(parents=True, exist_ok=True)
+    args = [
+        "apt-get", "install", "--download-only", "--yes", "--no-install-recommends",
+        "-o", f"Dir::State::status={status}", "-o", f"Dir::Cache={apt_cache}",
+        "-o", f"Dir::Cache::archives={archives}", "-o", "Debug::NoLocking=1",
+        "-o", "APT::Get::Print-URIs=false",
+    ]
+    if os.environ.get("RLMESH_APT_OFFLINE"):
+        args.append("--no-download")
+    # Which files this resolution needs: apt prints the packages it would install.
+    plan = await _run([*args[:2], "--simulate", *args[2:], *packages], packages)
+    wanted = [m.group(1, 2) for m in re.finditer(r"^Inst (\S+) \((\S+)", plan, re.MULTILINE)]
+    if not wanted:
+        return []
+    await _run([*args, *packages], packages)
+    names = []
+    for name, version in wanted:
+        found = sorted(archives.glob(f"{name}_{version.replace(':', '%3a')}_*.deb"))
+        if not found:
+            raise ImageBuildError(f"apt planned {name} {version} for system_packages but its .deb is not in {archives}")
+        shutil.copy2(found[0], dest / found[0].name)
+        names.append(found[0].name)
+    log.info("system packages for the image: %s", " ".join(f"{n}={v}" for n, v in wanted))
+    return names
+
+
+async def _run(args: list[str], packages: Sequence[str]) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"},
+    )
+    out, _ = await proc.communicate()
+    text = out.decode(errors="replace")
+    if proc.returncode != 0:
+        missing = re.findall(r"Unable to locate package (\S+)|Package '?(\S+?)'? has no installation candidate", text)
+        names = [a or b for a, b in missing]
+        hint = (f"Debian has no package {', '.join(names)} (check the name with `apt-cache search`); "
+                if names else "")
+        raise ImageBuildError(
+            f"apt-get on the host could not resolve system_packages {list(packages)}: {hint}"
+            "if the package exists, run `apt-get update` on the host (apt uses its lists), or, offline, "
+            "fill the cache first",
+            exit_code=proc.returncode, logs="\n".join(text.splitlines()[-40:]),
+        )
+    return text
+
+
+async def prefetch(packages: Sequence[str], base_image: str | None = None) -> list[str]:
+    """Download ``packages`` (for the default base image, or ``base_image``) into the cache, so that
+    later builds work with ``RLMESH_APT_OFFLINE=1``; returns the ``.deb`` files."""
+    import tempfile  # noqa: PLC0415
+
+    from ._docker import docker_client  # noqa: PLC0415
+    from .image import resolve_base_image  # noqa: PLC0415
+
+    async with docker_client() as docker:
+        base_ref, base_id = await resolve_base_image(docker, base_image)
+        with tempfile.TemporaryDirectory(prefix="rlmesh-debs-") as tmp:
+            return await fetch_debs(docker, base_ref, base_id, check_system_packages(list(packages)), Path(tmp))
+
+
+if __name__ == "__main__":  # python -m rlmesh.sandbox.debs PACKAGE...: fill the cache for offline builds
+    import sys
+
+    import anyio
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print("\n".join(anyio.run(prefetch, sys.argv[1:])) or "nothing to fetch: the base image has them")
