@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -62,31 +63,40 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run(args)
 
-    import anyio
-
     from .errors import RLMeshError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "image":
-            return _image(args)
-        from .sandbox.ownership import cleanup_sandboxes, list_sandboxes
-
-        if args.sandbox_command == "ls":
-            rows = anyio.run(list_sandboxes)
-            if args.json:
-                print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
-            else:
-                print(f"{'CONTAINER':<13} {'STATE':<9} {'OWNER':<10} SOURCE")
-                for r in rows:
-                    print(f"{r['id']:<13} {r['state']:<9} {r['owner_state']:<10} {r['source']}")
-            return 0
-        removed = anyio.run(lambda: cleanup_sandboxes(all_owners=args.all))
-        print(f"removed {len(removed)} sandbox container(s)")
-        return 0
+        code = _housekeeping(args)
+        sys.stdout.flush()  # here, where a reader that left (`rlmesh image ls | head`) is handled
+        return code
     except RLMeshError as exc:
         print(f"rlmesh: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # and nothing more at exit
+        return 141
+
+
+def _housekeeping(args: argparse.Namespace) -> int:
+    import anyio
+
+    if args.command == "image":
+        return _image(args)
+    from .sandbox.ownership import cleanup_sandboxes, list_sandboxes
+
+    if args.sandbox_command == "ls":
+        rows = anyio.run(list_sandboxes)
+        if args.json:
+            print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        else:
+            print(f"{'CONTAINER':<13} {'STATE':<9} {'OWNER':<10} SOURCE")
+            for r in rows:
+                print(f"{r['id']:<13} {r['state']:<9} {r['owner_state']:<10} {r['source']}")
+        return 0
+    removed = anyio.run(lambda: cleanup_sandboxes(all_owners=args.all))
+    print(f"removed {len(removed)} sandbox container(s)")
+    return 0
 
 
 def _image(args: argparse.Namespace) -> int:

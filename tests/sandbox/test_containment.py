@@ -73,6 +73,19 @@ async def test_a_memory_bomb_ends_the_sandbox_flagged_out_of_memory() -> None:
     print(f"memory bomb contained in {elapsed:.2f} s")
 
 
+async def test_a_docker_kill_is_not_called_out_of_memory() -> None:
+    # Both end in SIGKILL (137) and the engine removes the container at once: the engine's
+    # events tell them apart.
+    async with AsyncSandboxEnv("CartPole-v1", memory="256m") as env:
+        await env.reset(seed=0)
+        subprocess.run(["docker", "kill", env.container_id], check=True, capture_output=True)
+        with pytest.raises(SandboxExitedError) as info:
+            await env.step(0)
+        err = info.value
+        assert err.exit_code == 137 and not err.oom_killed
+        assert "docker kill" in str(err) and "memory" not in str(err).split("\n")[0]
+
+
 async def test_a_fork_bomb_hits_the_pids_limit() -> None:
     async with AsyncSandboxEnv(PROBE, packages=[PROBE_PKG], pids_limit=64) as env:
         await env.reset(seed=0)

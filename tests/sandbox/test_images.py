@@ -38,7 +38,26 @@ def test_images_are_labelled_listed_and_inspected() -> None:
         # prune never removes an image a container uses
         dry = _cli("image", "prune", "--unused-for", "0s", "--dry-run")
         assert image not in dry.stdout, dry.stdout
-    assert image in _cli("image", "ls").stdout
+    listed = _cli("image", "ls").stdout
+    assert image in listed
+    # one row per image, not one per build step: the build's intermediate layers are not listed
+    intermediate = {i.strip() for i in subprocess.run(["docker", "images", "-aq", "--no-trunc"], capture_output=True,
+                                                      text=True, check=True).stdout.split()} - {
+        i.strip() for i in subprocess.run(["docker", "images", "-q", "--no-trunc"], capture_output=True,
+                                          text=True, check=True).stdout.split()}
+    assert intermediate, "the classic builder keeps intermediate images"
+    assert not {r["image_id"] for r in json.loads(_cli("image", "ls", "--json").stdout)} & intermediate
+
+
+def test_a_listing_into_a_closed_pipe_ends_quietly() -> None:
+    # `rlmesh image ls | head -1`: the reader leaves before the listing is written.
+    with subprocess.Popen([sys.executable, "-m", "rlmesh", "image", "ls"], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=120)
+    assert code == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
 
 
 def test_prune_needs_a_criterion_and_an_age() -> None:

@@ -207,10 +207,11 @@ class DockerClient:
         return True
 
     async def list_images(self, labels: Mapping[str, str | None]) -> list[dict[str, Any]]:
-        """Images carrying all ``labels`` (a None value matches any), dangling ones included."""
+        """Images carrying all ``labels`` (a None value matches any), dangling ones included; not
+        the intermediate layers of a build (they go with their image)."""
         filters = [k if v is None else f"{k}={v}" for k, v in labels.items()]
         with _map_errors("list images"):
-            found = await _complete(self._docker.images.list(all=True, filters=json.dumps({"label": filters})))
+            found = await _complete(self._docker.images.list(all=False, filters=json.dumps({"label": filters})))
         return [dict(i) for i in found]
 
     # -- containers ---------------------------------------------------------
@@ -340,6 +341,32 @@ class DockerClient:
         except SandboxError:
             return {}
         return dict(info.get("State") or {})
+
+    async def container_events(self, container_id: str, *, until: str = "die",
+                               wait: float = 1.0) -> list[str] | None:
+        """The actions the engine recorded for a container (``create`` ... ``oom``, ``kill``, ``die``),
+        in order, up to its first ``until``.
+
+        They come from the engine's ring of recent events (dockerd keeps the last 256), so they
+        outlive an auto-removed container for a while. None when they have left the ring, or
+        ``until`` did not come within ``wait`` seconds.
+        """
+        params = {"since": "1", "filters": json.dumps({"type": ["container"], "container": [container_id]})}
+        actions: list[str] = []
+        try:
+            async with asyncio.timeout(wait):
+                with _map_errors("read the engine's events"):
+                    async with self._docker._query("events", params=params, timeout=aiohttp.ClientTimeout()) as response:
+                        try:
+                            async for event in json_stream_stream(response, raise_on_error=False):
+                                actions.append(str(event.get("Action", "")))
+                                if actions[-1] == until:
+                                    return actions
+                        finally:
+                            response.close()
+        except (TimeoutError, SandboxError):
+            pass
+        return None
 
     async def logs(self, container_id: str, tail: int = 40) -> str:
         """The last ``tail`` lines of a container's output ('' if unavailable)."""

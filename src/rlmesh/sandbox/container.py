@@ -387,11 +387,13 @@ class Sandbox:
                 async with asyncio.timeout(1.0):
                     await asyncio.shield(self._follower)
 
-    async def exit_status(self, wait: float = 2.0) -> tuple[int | None, bool | None]:
-        """``(exit code, killed for lack of memory)`` once the container exited (None if unknown).
+    async def exit_status(self, wait: float = 2.0) -> tuple[int | None, str | None]:
+        """``(exit code, who killed it)`` once the container exited (None if unknown).
 
-        The memory flag comes from the engine when the container is still there; once the engine
-        removed it, a SIGKILL (137) under the memory limit counts as out of memory.
+        The second item is ``"memory"`` (the kernel's OOM killer, at the memory limit),
+        ``"engine"`` (a ``docker kill``, ``stop`` or ``rm -f``: not ours, we were still using it)
+        or None (it exited by itself, or nothing says). It comes from the container's state
+        while the engine still has it, then from the engine's recent events.
         """
         if self._exit is None or self._docker is None or self.container_id is None:
             return None, None
@@ -402,10 +404,13 @@ class Sandbox:
         if code is None:
             return None, None
         state = await self._docker.state(self.container_id)
+        actions = await self._docker.container_events(self.container_id) or []
         await self._drain_output()
-        if "OOMKilled" in state:
-            return code, bool(state["OOMKilled"])
-        return code, code == 137
+        if state.get("OOMKilled") or "oom" in actions:
+            return code, "memory"
+        if "kill" in actions:
+            return code, "engine"
+        return code, None
 
     async def close(self, grace: float = 2.0) -> None:
         """Stop and remove the container (and its relay) and the socket directory; waits until

@@ -219,16 +219,17 @@ class _SandboxMixin(_AsyncRemoteBase):
         sandbox = self._sandbox
         if sandbox is None or sandbox.container_id is None:
             return exc
-        code, oom = await sandbox.exit_status()
+        code, killer = await sandbox.exit_status()
         if code is None:
             return exc
-        why = ""
-        if oom:
-            limit = f"{sandbox.memory / (1 << 20):.0f} MiB" if sandbox.memory else "its limit"
-            why = f" (killed for lack of memory at {limit}: raise memory=)"
+        limit = f"{sandbox.memory / (1 << 20):.0f} MiB" if sandbox.memory else "its limit"
+        why = {
+            "memory": f" (killed for lack of memory at {limit}: raise memory=)",
+            "engine": " (killed through the Docker engine: a `docker kill`, `stop` or `rm -f` from outside rlmesh)",
+        }.get(killer or "", " (SIGKILL from outside the engine, or by the kernel)" if code == 137 else "")
         return SandboxExitedError(
             f"the sandbox container for {self.source} exited while serving{why}",
-            container_id=sandbox.container_id, exit_code=code, logs=sandbox.logs, oom_killed=bool(oom),
+            container_id=sandbox.container_id, exit_code=code, logs=sandbox.logs, oom_killed=killer == "memory",
         )
 
     def _serve_args(self) -> list[str]:
