@@ -270,6 +270,30 @@ def test_remote_error_classes_are_only_builtin_or_gymnasium() -> None:
     assert str(err).startswith("builtins.KeyError: 'k'")
 
 
+@pytest.mark.parametrize("message, traceback, fix", [
+    ("libGL.so.1: cannot open shared object file: No such file or directory", "", 'system_packages=["libgl1"]'),
+    ("libglib-2.0.so.0: cannot open shared object file", "", 'system_packages=["libglib2.0-0"]'),
+    ("'NoneType' object has no attribute 'glGetError'",
+     'File "/usr/lib/python3/mujoco/osmesa/__init__.py", line 34\n    from OpenGL import GL', 'system_packages=["libosmesa6"]'),
+    ("'NoneType' object has no attribute 'glGetError'",
+     'File "/x/OpenGL/platform/egl.py", line 2\n', 'system_packages=["libegl1"]'),
+    ("libweird.so.3: cannot open shared object file", "", "apt-file search"),
+    ("'NoneType' object has no attribute 'glGetError'", "no OpenGL involved... but OpenGL named", "apt-file search"),
+])
+def test_a_missing_shared_library_note_names_the_debian_package(message: str, traceback: str, fix: str) -> None:
+    from rlmesh.protocol.faults import ErrorBody, exception_for_error
+
+    err = exception_for_error(ErrorBody("env", "builtins.ImportError", message, traceback))
+    assert fix in "".join(err.__notes__)
+
+
+def test_an_env_error_without_a_missing_library_has_no_note() -> None:
+    from rlmesh.protocol.faults import ErrorBody, exception_for_error
+
+    err = exception_for_error(ErrorBody("env", "builtins.ValueError", "libGL is great", "OpenGL"))
+    assert not getattr(err, "__notes__", None)
+
+
 # --------------------------------------------------------------------------- authentication and TLS
 
 @pytest.fixture

@@ -109,15 +109,9 @@ def exception_for_error(body: ErrorBody) -> RLMeshError:
     kind = body.kind
     if kind == "env":
         error: RemoteEnvError = remote_error_class(body.type)(body.type, body.message, body.traceback)
-        library = _MISSING_LIBRARY.search(body.message) or _MISSING_LIBRARY.search(body.traceback[-4000:])
-        pyopengl = "OpenGL" in body.traceback[-4000:] and "'NoneType' object has no attribute 'gl" in body.message
-        if library or pyopengl:
-            error.add_note(
-                f"A shared library{' (' + library.group(1) + ')' if library and library.group(1) else ''} is "
-                "missing where the "
-                "env runs. A pip package cannot provide it: in a sandbox, add the Debian package that does to "
-                "system_packages=[...] (find it with `apt-file search` or on packages.debian.org)."
-            )
+        note = missing_library_note(body.message, body.traceback[-4000:])
+        if note:
+            error.add_note(note)
         return error
     if kind == "invalid_action":
         return InvalidActionError(body.message, space=body.space)
@@ -136,6 +130,39 @@ _MISSING_LIBRARY = re.compile(
     r"(?:(\S+\.so(?:\.\d+)*): cannot open shared object file|OpenGL platform library has not been loaded|"
     r"[Cc]ould not (?:find|load) (?:the )?(?:library|OSMesa|EGL))"
 )
+# Debian (bookworm) packages for the shared libraries env packages most often miss, by soname
+# stem, and for PyOpenGL's platforms (MuJoCo picks one from MUJOCO_GL).
+_DEBIAN_PACKAGE = {
+    "libGL": "libgl1", "libEGL": "libegl1", "libOSMesa": "libosmesa6", "libGLU": "libglu1-mesa",
+    "libglib-2.0": "libglib2.0-0", "libgthread-2.0": "libglib2.0-0", "libSM": "libsm6", "libICE": "libice6",
+    "libXext": "libxext6", "libXrender": "libxrender1", "libX11": "libx11-6", "libgomp": "libgomp1",
+    "libsndfile": "libsndfile1", "libSDL2-2.0": "libsdl2-2.0-0",
+}
+_PYOPENGL_PLATFORM = re.compile(r"[/\\](osmesa|egl|glx)[/\\]__init__\.py|OpenGL[/\\]platform[/\\](osmesa|egl|glx)\.py")
+_PLATFORM_PACKAGE = {"osmesa": "libosmesa6", "egl": "libegl1", "glx": "libgl1"}
+
+
+def missing_library_note(message: str, traceback_tail: str) -> str | None:
+    """A note for an env error caused by a shared library missing where the env runs: which
+    Debian package to add to ``system_packages`` when it is a well-known one."""
+    library = _MISSING_LIBRARY.search(message) or _MISSING_LIBRARY.search(traceback_tail)
+    pyopengl = "OpenGL" in traceback_tail and "'NoneType' object has no attribute 'gl" in message
+    if not (library or pyopengl):
+        return None
+    soname = library.group(1) if library and library.group(1) else None
+    package = _DEBIAN_PACKAGE.get(soname.split(".so")[0].rsplit("/", 1)[-1]) if soname else None
+    platform = _PYOPENGL_PLATFORM.search(traceback_tail) if package is None else None
+    if platform:
+        package = _PLATFORM_PACKAGE[platform.group(1) or platform.group(2)]
+        soname = f"PyOpenGL's {platform.group(1) or platform.group(2)} platform"
+    what = f" ({soname})" if soname else ""
+    fix = (f'add system_packages=["{package}"]' if package else
+           "add the Debian package that does to system_packages=[...] "
+           "(find it with `apt-file search` or on packages.debian.org)")
+    return (f"A shared library{what} is missing where the env runs. A pip package cannot provide it: "
+            f"in a sandbox, {fix}.")
+
+
 _classes: dict[tuple[type, str], type] = {}
 def remote_error_class(
     type_name: str, root: type[RLMeshError] = RemoteEnvError, probe: tuple[Any, ...] = ("t", "m", "")
