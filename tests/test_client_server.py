@@ -557,3 +557,20 @@ def test_wrappers_are_checked_for_form_on_the_host() -> None:
             AsyncSandboxEnv("CartPole-v1", wrappers=bad)
     env = AsyncSandboxEnv("CartPole-v1", wrappers=["a.b:C", ("d:E", {"k": 1})])
     assert env.wrappers == [["a.b:C", {}], ["d:E", {"k": 1}]]
+
+
+def test_env_server_runs_in_a_thread_with_ready_and_a_thread_safe_stop(tmp_path: Path) -> None:
+    from rlmesh import EnvServer
+
+    server = EnvServer(lambda: gym.make("CartPole-v1"), f"unix://{tmp_path}/t.sock", ready_message=None)
+    thread = threading.Thread(target=server.serve)
+    thread.start()
+    try:
+        assert server.ready.wait(timeout=30)
+        with RemoteEnv(server.address) as env:
+            assert env.reset(seed=0)[0].shape == (4,)
+    finally:
+        server.stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive() and not server.ready.is_set()
+    assert not (tmp_path / "t.sock").exists()

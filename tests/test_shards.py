@@ -12,7 +12,7 @@ from gymnasium.vector import AutoresetMode
 
 from rlmesh import AsyncRemoteVectorEnv, RemoteVectorEnv
 from rlmesh.client.shards import AsyncShardedVectorEnv, resolve_shards, split_lanes
-from rlmesh.errors import InvalidArgumentError, RemoteEnvError
+from rlmesh.errors import EnvClosedError, InvalidArgumentError, RemoteEnvError
 
 from .envs import FAULTY_ID
 from .helpers import ServerThread, assert_same
@@ -135,6 +135,32 @@ async def test_step_async_and_send_recv(servers: Any) -> None:
         assert sorted(seen) == [0, 1, 2, 3]
         with pytest.raises(InvalidArgumentError, match="whole shards"):
             await envs.send(np.array([0]), env_ids=[2])
+
+
+async def test_one_server_splits_a_step_too(servers: Any) -> None:
+    (address,) = servers([make_vec("CartPole-v1", 3)])
+    ref = make_vec("CartPole-v1", 3)
+    async with AsyncRemoteVectorEnv(address) as envs:
+        assert_same(await envs.reset(seed=5), ref.reset(seed=5))
+        a = np.array([0, 1, 1])
+        await envs.step_async(a)
+        with pytest.raises(InvalidArgumentError, match="not received"):
+            await envs.step_async(a)  # one step in flight
+        assert_same(await envs.step_wait(), ref.step(a))
+        with pytest.raises(InvalidArgumentError, match="step_wait without step_async"):
+            await envs.step_wait()
+        await envs.send(a, env_ids=[2, 0, 1])
+        obs, rewards, terms, truncs, info = await envs.recv()
+        want = ref.step(a)
+        assert list(info.pop("env_id")) == [0, 1, 2]
+        assert_same((obs, rewards, terms, truncs, info), want)
+        with pytest.raises(InvalidArgumentError, match="all 3 lanes"):
+            await envs.send(a[:1], env_ids=[0])
+        with pytest.raises(InvalidArgumentError, match="recv without send"):
+            await envs.recv()
+        await envs.step_async(a)  # closing with a step in flight cancels it quietly
+    with pytest.raises(EnvClosedError):
+        await envs.step_async(a)
 
 
 def test_shard_counts() -> None:

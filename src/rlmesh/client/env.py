@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -431,3 +432,47 @@ class AsyncRemoteVectorEnv(_AsyncRemoteBase):
     async def set_attr(self, name: str, values: Any) -> None:
         """Set ``name`` on every lane, as ``VectorEnv.set_attr`` (one value, or one per lane)."""
         await self._call("set_attr", name, (values,))
+
+    # -- a split step: step_async/step_wait, and EnvPool-style send/recv ------
+    # One server steps its lanes together; sharded envs (AsyncShardedVectorEnv) step parts.
+    _pending: asyncio.Task[Any] | None = None
+    batch_size: int | None = None
+
+    async def step_async(self, actions: Any) -> None:
+        """Send a step and return at once; :meth:`step_wait` returns its result."""
+        if self._pending is not None:
+            raise InvalidArgumentError("a step was sent whose result was not received: call step_wait (or recv) first")
+        _ = self.connection  # EnvClosedError when closed or not started
+        self._pending = asyncio.ensure_future(self.step(actions))
+
+    async def step_wait(self) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """The result of the step sent by :meth:`step_async`."""
+        if self._pending is None:
+            raise InvalidArgumentError("step_wait without step_async")
+        task, self._pending = self._pending, None
+        return await task  # type: ignore[no-any-return]
+
+    async def send(self, actions: Any, env_ids: Sequence[int] | None = None) -> None:
+        """Step every lane (a server steps its lanes together: ``env_ids`` must be all of them)."""
+        if env_ids is not None and sorted({int(i) for i in env_ids}) != list(range(self.num_envs)):
+            raise InvalidArgumentError(
+                f"env_ids must be all {self.num_envs} lanes: one server steps its lanes together "
+                "(split the lanes over several containers with shards=K to step part of them)"
+            )
+        await self.step_async(actions)
+
+    async def recv(self) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """The result of :meth:`send`, with ``info["env_id"]`` naming the lanes."""
+        if self._pending is None:
+            raise InvalidArgumentError("recv without send")
+        obs, rewards, terms, truncs, info = await self.step_wait()
+        info["env_id"] = np.arange(self.num_envs)
+        return obs, rewards, terms, truncs, info
+
+    async def close(self) -> None:
+        """Close the connection (a step still in flight is cancelled). Idempotent."""
+        task, self._pending = self._pending, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await super().close()

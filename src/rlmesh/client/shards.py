@@ -190,8 +190,8 @@ class AsyncShardedVectorEnv:
 
     async def step_async(self, actions: Any) -> None:
         """Send a step to every shard and return at once (``step_wait`` gets the result)."""
-        if self._pending is not None and not self._pending.done():
-            raise InvalidArgumentError("step_async was called twice without step_wait")
+        if self._pending is not None:
+            raise InvalidArgumentError("a step was sent whose result was not received: call step_wait first")
         self._pending = asyncio.ensure_future(self.step(actions))
 
     async def step_wait(self) -> tuple[Any, Any, Any, Any, dict[str, Any]]:

@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -155,7 +156,10 @@ class EnvServer:
         self._pending: dict[_ServerProtocol, None] = {}  # in their handshake, oldest first
         self._hello: tuple[dict[str, Any], list[Any]] | None = None
         self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.is_vector = False
+        #: Set while the server accepts connections (for a server run in a thread).
+        self.ready = threading.Event()
 
     @property
     def address(self) -> str:
@@ -188,9 +192,19 @@ class EnvServer:
             uvloop.run(self.serve_async())
 
     def stop(self) -> None:
-        """Ask a running :meth:`serve_async` to return (call on its loop)."""
-        if self._stop is not None:
-            self._stop.set()
+        """Ask a running :meth:`serve` or :meth:`serve_async` to return; callable from any thread."""
+        stop, loop = self._stop, self._loop
+        if stop is None or loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            stop.set()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop has already closed
+                loop.call_soon_threadsafe(stop.set)
 
     async def serve_async(self, *, install_signal_handlers: bool = True) -> None:
         """Serve until :meth:`stop`, SIGTERM or SIGINT (or, dialling, until the connection ends).
@@ -203,6 +217,7 @@ class EnvServer:
         """
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        self._loop = loop
         addr = self._address
         server: asyncio.AbstractServer | None = None
         if self._dial:
@@ -248,11 +263,13 @@ class EnvServer:
         try:
             if self._ready_message is not None and server is not None:
                 print(f"{self._ready_message} on {self.address}", flush=True)
+            self.ready.set()
             auth = "token" if self._token else "none"
             log.info("serving %s %s %s (authentication: %s%s)", _env_name(env), "to" if self._dial else "on",
                      self.address, auth, ", TLS" if self._tls else "")
             await self._stop.wait()
         finally:
+            self.ready.clear()
             if lease_timer is not None:
                 lease_timer.cancel()
             for sig in handled:
