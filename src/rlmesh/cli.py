@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("--suite", default=None, help="Debian suite (default: the one matching this Python)")
     boot.add_argument("--mirror", default=None, help="Debian mirror URL (default: this host's apt sources)")
     boot.add_argument("--force", action="store_true", help="rebuild even if the image exists")
+    debs = image.add_parser("fetch-debs", help="download Debian packages for system_packages into the cache "
+                                               "(later builds work with RLMESH_APT_OFFLINE=1)")
+    debs.add_argument("packages", nargs="+", metavar="PACKAGE", help="Debian package names, as in system_packages")
+    debs.add_argument("--base", default=None, metavar="IMAGE", help="base image (default: the sandboxes' default)")
     img_ls = image.add_parser("ls", help="list sandbox images")
     img_ls.add_argument("--json", action="store_true", help="print JSON")
     img_inspect = image.add_parser("inspect", help="show one sandbox image")
@@ -111,6 +115,11 @@ def _image(args: argparse.Namespace) -> int:
 
         tag = anyio.run(lambda: bootstrap_base_image(tag=args.tag, suite=args.suite, mirror=args.mirror, force=args.force))
         print(tag)
+        return 0
+    if args.image_command == "fetch-debs":
+        from .sandbox.debs import prefetch
+
+        print("\n".join(anyio.run(prefetch, args.packages, args.base)) or "nothing to fetch: the base image has them")
         return 0
     if args.image_command == "ls":
         rows = anyio.run(housekeeping.list_images)

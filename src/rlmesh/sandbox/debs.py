@@ -129,11 +129,3 @@ async def prefetch(packages: Sequence[str], base_image: str | None = None) -> li
         with tempfile.TemporaryDirectory(prefix="rlmesh-debs-") as tmp:
             return await fetch_debs(docker, base_ref, base_id, check_system_packages(list(packages)), Path(tmp))
 
-
-if __name__ == "__main__":  # python -m rlmesh.sandbox.debs PACKAGE...: fill the cache for offline builds
-    import sys
-
-    import anyio
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print("\n".join(anyio.run(prefetch, sys.argv[1:])) or "nothing to fetch: the base image has them")
