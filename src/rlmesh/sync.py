@@ -37,7 +37,6 @@ def _start_and_adopt(shell: Any, core: _AsyncRemoteBase) -> None:
         raise
     shell.observation_space = core.observation_space
     shell.action_space = core.action_space
-    shell.metadata = core.metadata
     shell.render_mode = core.render_mode
     shell.spec = core.spec
 
@@ -68,6 +67,20 @@ def _call(core: Any, method: str, *args: Any, **kwargs: Any) -> Any:
     return _portal.call(functools.partial(getattr(core, method), *args, **kwargs))
 
 
+def _get_metadata(shell: Any) -> dict[str, Any]:
+    return shell._core.metadata  # type: ignore[no-any-return]
+
+
+def _set_metadata(shell: Any, value: dict[str, Any]) -> None:
+    shell._core.metadata = value
+
+
+# The remote env's metadata. A property on the class: `gym.make` judges a requested render mode by
+# its creator's class metadata unless that is a property (as for wrappers), and a remote env's
+# render modes are known only once it runs, so the env itself judges the mode.
+_remote_metadata = property(_get_metadata, _set_metadata, doc="The remote env's metadata.")
+
+
 class SyncEnvShell(gym.Env[Any, Any], Generic[CoreT]):
     """A ``gymnasium.Env`` that runs an async single-env core on the shared loop.
 
@@ -76,6 +89,7 @@ class SyncEnvShell(gym.Env[Any, Any], Generic[CoreT]):
     """
 
     _core: CoreT
+    metadata = _remote_metadata
 
     def __init__(self, core: CoreT) -> None:
         _start_and_adopt(self, core)
@@ -154,6 +168,7 @@ class SyncVectorEnvShell(VectorEnv[Any, Any, Any], Generic[CoreT]):
     """A ``gymnasium.vector.VectorEnv`` that runs an async vector core on the shared loop."""
 
     _core: CoreT
+    metadata = _remote_metadata
 
     def __init__(self, core: CoreT) -> None:
         _start_and_adopt(self, core)

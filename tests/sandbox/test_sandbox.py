@@ -75,19 +75,26 @@ def test_readme_example_parity_and_cleanup() -> None:
     assert cid not in sandbox_containers()
 
 
-def test_check_env_passes_on_sandbox() -> None:
+def test_check_env_passes_whole_on_a_sandbox() -> None:
     import warnings
 
-    def checked(env: gym.Env) -> set[str]:
+    def checked(env: gym.Env, **skip: bool) -> set[str]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            check_env(env, skip_render_check=True)
+            check_env(env, **skip)
         return {str(w.message) for w in caught}
 
     # check_env warns about CartPole's infinite bounds in-process too; the sandbox must
     # pass with exactly the warnings the in-process env gets, and no others.
     with SandboxEnv("CartPole-v1") as env:
-        assert checked(env) == checked(gym.make("CartPole-v1").unwrapped)
+        assert checked(env, skip_render_check=True) == checked(gym.make("CartPole-v1").unwrapped, skip_render_check=True)
+    # Whole: its close check and its render check make a sandbox from env.spec for each render
+    # mode ("human" and "rgb_array", which need pygame in the image). gym.make leaves the
+    # render mode to the env (no "not in the possible render_modes ([])" warning).
+    with SandboxEnv("CartPole-v1", packages=["gymnasium[classic-control]"]) as env:
+        warned = checked(env)
+    assert not [w for w in warned if "render_mode" in w], warned
+    assert warned <= checked(gym.make("CartPole-v1").unwrapped, skip_render_check=True), warned
 
 
 @pytest.mark.parametrize("mode", ["next_step", "same_step", "disabled"])
