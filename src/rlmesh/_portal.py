@@ -32,6 +32,7 @@ from .errors import RLMeshError, RLMeshTimeoutError, TransportError
 
 if TYPE_CHECKING:
     from .client.env import _AsyncRemoteBase
+    from .client.connection import ClientConnection
     from .protocol import Frame, MessageType
 
 __all__ = ["call", "check_caller", "get_portal", "in_portal_thread", "request", "request_many"]
@@ -174,6 +175,17 @@ class _ThreadSlot:
         return self._value
 
 
+def _submit(conn: ClientConnection, mtype: MessageType, body: Any, slot: _ThreadSlot) -> None:
+    # On the loop: send a request whose reply goes to ``slot``; a failure goes to the waiting thread.
+    try:
+        slot.rid = conn.submit(mtype, body, slot)
+    except BaseException as exc:
+        if not slot.done():
+            slot.set_exception(exc)
+        if not isinstance(exc, Exception):
+            raise
+
+
 def request(core: _AsyncRemoteBase, mtype: MessageType, body: Any) -> Frame:
     """Send a request on ``core``'s connection from this (non-loop) thread and wait for the reply.
 
@@ -184,19 +196,9 @@ def request(core: _AsyncRemoteBase, mtype: MessageType, body: Any) -> Frame:
     check_caller()
     conn = core.connection
     slot = _ThreadSlot()
-
-    def submit() -> None:  # on the loop; any failure goes to the waiting thread
-        try:
-            slot.rid = conn.submit(mtype, body, slot)
-        except BaseException as exc:
-            if not slot.done():
-                slot.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-
     loop = conn.loop
     try:
-        loop.call_soon_threadsafe(submit)
+        loop.call_soon_threadsafe(_submit, conn, mtype, body, slot)
     except RuntimeError as exc:  # the loop is closed
         raise RLMeshError(f"rlmesh's event loop is not running: {exc}") from exc
     timeout = core.request_timeout
@@ -225,13 +227,7 @@ def request_many(requests: list[tuple[_AsyncRemoteBase, MessageType, Any]]) -> l
 
     def submit_all() -> None:  # on the loop
         for conn, slot, (_, mtype, body) in zip(conns, slots, requests, strict=True):
-            try:
-                slot.rid = conn.submit(mtype, body, slot)
-            except BaseException as exc:
-                if not slot.done():
-                    slot.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
+            _submit(conn, mtype, body, slot)
 
     loop = conns[0].loop
     try:

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from gymnasium import spaces
@@ -363,7 +363,39 @@ class AsyncRemoteEnv(_AsyncRemoteBase):
         return await self._call("call", name, args, kwargs)
 
 
-class AsyncRemoteVectorEnv(_AsyncRemoteBase):
+class SplitStep:
+    """``step_async``/``step_wait`` (Gymnasium's split step) over an async ``step``: between the
+    two, the step runs as a task while the caller does something else."""
+
+    _pending: asyncio.Task[Any] | None = None
+    if TYPE_CHECKING:  # the class's own step
+        async def step(self, actions: Any, /) -> Any: ...
+
+    def _check_can_step(self) -> None:
+        """Raise (EnvClosedError ...) where a step cannot be sent."""
+
+    async def step_async(self, actions: Any) -> None:
+        """Send a step and return at once; :meth:`step_wait` returns its result."""
+        if self._pending is not None:
+            raise InvalidArgumentError("a step was sent whose result was not received: call step_wait (or recv) first")
+        self._check_can_step()
+        self._pending = asyncio.ensure_future(self.step(actions))
+
+    async def step_wait(self) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """The result of the step sent by :meth:`step_async`."""
+        if self._pending is None:
+            raise InvalidArgumentError("step_wait without step_async")
+        task, self._pending = self._pending, None
+        return await task  # type: ignore[no-any-return]
+
+    async def _cancel_pending(self) -> None:
+        task, self._pending = self._pending, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+class AsyncRemoteVectorEnv(SplitStep, _AsyncRemoteBase):
     """A vector env served by ``rlmesh serve --num-envs N``, stepped with asyncio.
 
     It follows ``gymnasium.vector.VectorEnv`` exactly: an int seed means seed+i
@@ -433,24 +465,12 @@ class AsyncRemoteVectorEnv(_AsyncRemoteBase):
         """Set ``name`` on every lane, as ``VectorEnv.set_attr`` (one value, or one per lane)."""
         await self._call("set_attr", name, (values,))
 
-    # -- a split step: step_async/step_wait, and EnvPool-style send/recv ------
+    # -- a split step (SplitStep), and EnvPool-style send/recv -----------------
     # One server steps its lanes together; sharded envs (AsyncShardedVectorEnv) step parts.
-    _pending: asyncio.Task[Any] | None = None
     batch_size: int | None = None
 
-    async def step_async(self, actions: Any) -> None:
-        """Send a step and return at once; :meth:`step_wait` returns its result."""
-        if self._pending is not None:
-            raise InvalidArgumentError("a step was sent whose result was not received: call step_wait (or recv) first")
+    def _check_can_step(self) -> None:
         _ = self.connection  # EnvClosedError when closed or not started
-        self._pending = asyncio.ensure_future(self.step(actions))
-
-    async def step_wait(self) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        """The result of the step sent by :meth:`step_async`."""
-        if self._pending is None:
-            raise InvalidArgumentError("step_wait without step_async")
-        task, self._pending = self._pending, None
-        return await task  # type: ignore[no-any-return]
 
     async def send(self, actions: Any, env_ids: Sequence[int] | None = None) -> None:
         """Step every lane (a server steps its lanes together: ``env_ids`` must be all of them)."""
@@ -471,8 +491,5 @@ class AsyncRemoteVectorEnv(_AsyncRemoteBase):
 
     async def close(self) -> None:
         """Close the connection (a step still in flight is cancelled). Idempotent."""
-        task, self._pending = self._pending, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self._cancel_pending()
         await super().close()

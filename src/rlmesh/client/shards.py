@@ -29,7 +29,7 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 
 from ..errors import EnvClosedError, InvalidArgumentError, ProtocolError, RLMeshError
 from ..protocol import Frame, MessageType
-from .env import AsyncRemoteVectorEnv
+from .env import AsyncRemoteVectorEnv, SplitStep
 
 __all__ = ["AsyncShardedVectorEnv", "resolve_shards", "split_lanes"]
 
@@ -59,7 +59,7 @@ def split_lanes(num_envs: int, shards: int) -> list[int]:
     return [base + (1 if j < extra else 0) for j in range(shards)]
 
 
-class AsyncShardedVectorEnv:
+class AsyncShardedVectorEnv(SplitStep):
     """A vector env of ``N`` lanes over several vector cores, stepped concurrently.
 
     Args:
@@ -187,19 +187,6 @@ class AsyncShardedVectorEnv:
             except RLMeshError as exc:
                 raise self.named(exc, j) from None
         return self._merge_step(results)
-
-    async def step_async(self, actions: Any) -> None:
-        """Send a step to every shard and return at once (``step_wait`` gets the result)."""
-        if self._pending is not None:
-            raise InvalidArgumentError("a step was sent whose result was not received: call step_wait first")
-        self._pending = asyncio.ensure_future(self.step(actions))
-
-    async def step_wait(self) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        """The result of the step sent by :meth:`step_async`."""
-        if self._pending is None:
-            raise InvalidArgumentError("step_wait without step_async")
-        task, self._pending = self._pending, None
-        return await task  # type: ignore[no-any-return]
 
     async def render(self) -> tuple[Any, ...]:
         """Every lane's frame."""
