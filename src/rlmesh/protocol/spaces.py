@@ -312,17 +312,8 @@ def _rebuild(desc: dict[str, Any], decoder: Decoder, _depth: int) -> spaces.Spac
         if type(type_name) is not str or type(text) is not str or len(type_name) > 200 or len(text) > 500:
             raise ValueError("malformed opaque space")
         return OpaqueSpace(type_name, text, None if shape is None else tuple(_int(d) for d in shape),
-                           None if dtype is None else _any_dtype(dtype))
+                           None if dtype is None else _dtype(dtype, "biufcSUMm", "an opaque space's dtype must be plain", 12))
     raise UnsupportedSpaceError(f"unknown space type {kind!r:.60} in a space description")
-
-
-def _any_dtype(text: Any) -> np.dtype[Any]:
-    if type(text) is not str or len(text) > 12:
-        raise ValueError("malformed dtype")
-    dtype = np.dtype(text)
-    if dtype.kind not in "biufcSUMm":
-        raise ValueError(f"an opaque space's dtype must be plain, got {dtype}")
-    return dtype
 
 
 def _int(value: Any) -> int:
@@ -331,10 +322,12 @@ def _int(value: Any) -> int:
     return value
 
 
-def _dtype(text: Any) -> np.dtype[Any]:
-    if type(text) is not str or len(text) > 8:
+def _dtype(text: Any, kinds: str = "iu", what: str = "Discrete dtype must be an integer type",
+           max_len: int = 8) -> np.dtype[Any]:
+    """A dtype from a space description: a string of at most ``max_len`` naming one of ``kinds``."""
+    if type(text) is not str or len(text) > max_len:
         raise ValueError("malformed dtype")
     dtype = np.dtype(text)
-    if dtype.kind not in "iu":
-        raise ValueError(f"Discrete dtype must be an integer type, got {dtype}")
+    if dtype.kind not in kinds:
+        raise ValueError(f"{what}, got {dtype}")
     return dtype
