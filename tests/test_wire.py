@@ -287,6 +287,28 @@ def test_a_missing_shared_library_note_names_the_debian_package(message: str, tr
     assert fix in "".join(err.__notes__)
 
 
+@pytest.mark.parametrize("message", [
+    ".so" * ((64 << 10) // 3),                                       # a backtracking pattern's worst case
+    "a.so.1" * ((64 << 10) // 6),
+    "a" * (64 << 10) + ": cannot open shared object file",
+    ("lib.so: cannot open shared object file " * 2000)[: 64 << 10],
+    "could not " * ((64 << 10) // 10),
+])
+def test_a_hostile_error_message_is_searched_in_bounded_time(message: str, tmp_path: Path) -> None:
+    # The env writes the message (64 KiB) and the traceback (256 KiB); the client looks for a missing
+    # library in both. A quadratic search took ~40 s on 64 KiB: this must be immediate. (In a
+    # subprocess: a regex search holds the GIL, so a thread could not be timed out.)
+    (tmp_path / "message.txt").write_text(message)
+    code = (
+        "import pathlib, sys\n"
+        "from rlmesh.protocol.faults import ErrorBody, exception_for_error\n"
+        "m = pathlib.Path(sys.argv[1]).read_text()\n"
+        "exception_for_error(ErrorBody('env', 'builtins.OSError', m, m * 4))\n"
+    )
+    # a hang detector (linear: milliseconds, plus the interpreter's start), not a timing assertion
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "message.txt")], check=True, timeout=20)
+
+
 def test_an_env_error_without_a_missing_library_has_no_note() -> None:
     from rlmesh.protocol.faults import ErrorBody, exception_for_error
 

@@ -126,9 +126,12 @@ def exception_for_error(body: ErrorBody) -> RLMeshError:
     return ProtocolError(f"the server reported a protocol error: {body.message}")
 
 
-_MISSING_LIBRARY = re.compile(
-    r"(?:(\S+\.so(?:\.\d+)*): cannot open shared object file|OpenGL platform library has not been loaded|"
-    r"[Cc]ould not (?:find|load) (?:the )?(?:library|OSMesa|EGL))"
+# The env's message and traceback are hostile input (up to 64 KiB and 256 KiB): they are searched
+# for literals first and a pattern only ever runs on a bounded token, so the cost stays linear.
+_CANNOT_OPEN = ": cannot open shared object file"
+_SONAME = re.compile(r"[^\s'\"]{1,200}?\.so(?:\.\d{1,9}){0,4}")
+_OTHER_MISSING = re.compile(
+    r"OpenGL platform library has not been loaded|[Cc]ould not (?:find|load) (?:the )?(?:library|OSMesa|EGL)"
 )
 # Debian (bookworm) packages for the shared libraries env packages most often miss, by soname
 # stem, and for PyOpenGL's platforms (MuJoCo picks one from MUJOCO_GL).
@@ -145,11 +148,11 @@ _PLATFORM_PACKAGE = {"osmesa": "libosmesa6", "egl": "libegl1", "glx": "libgl1"}
 def missing_library_note(message: str, traceback_tail: str) -> str | None:
     """A note for an env error caused by a shared library missing where the env runs: which
     Debian package to add to ``system_packages`` when it is a well-known one."""
-    library = _MISSING_LIBRARY.search(message) or _MISSING_LIBRARY.search(traceback_tail)
+    soname = _missing_soname(message) or _missing_soname(traceback_tail)
+    missing = soname is not None or any(_OTHER_MISSING.search(text) for text in (message, traceback_tail))
     pyopengl = "OpenGL" in traceback_tail and "'NoneType' object has no attribute 'gl" in message
-    if not (library or pyopengl):
+    if not (missing or pyopengl):
         return None
-    soname = library.group(1) if library and library.group(1) else None
     package = _DEBIAN_PACKAGE.get(soname.split(".so")[0].rsplit("/", 1)[-1]) if soname else None
     platform = _PYOPENGL_PLATFORM.search(traceback_tail) if package is None else None
     if platform:
@@ -161,6 +164,16 @@ def missing_library_note(message: str, traceback_tail: str) -> str | None:
            "(find it with `apt-file search` or on packages.debian.org)")
     return (f"A shared library{what} is missing where the env runs. A pip package cannot provide it: "
             f"in a sandbox, {fix}.")
+
+
+def _missing_soname(text: str) -> str | None:
+    """``libGL.so.1`` from "...: libGL.so.1: cannot open shared object file ..." (None if absent)."""
+    at = text.find(_CANNOT_OPEN)
+    if at < 0:
+        return None
+    words = text[max(0, at - 256):at].split()
+    token = words[-1] if words else ""
+    return token if _SONAME.fullmatch(token) else None
 
 
 _classes: dict[tuple[type, str], type] = {}
