@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -135,6 +136,47 @@ async def test_step_async_and_send_recv(servers: Any) -> None:
         assert sorted(seen) == [0, 1, 2, 3]
         with pytest.raises(InvalidArgumentError, match="whole shards"):
             await envs.send(np.array([0]), env_ids=[2])
+
+
+class _Stepped(gym.vector.VectorWrapper):
+    """Sets an event when its server steps it (the server runs in a thread of this process)."""
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        self.stepped = threading.Event()
+
+    def step(self, actions: Any) -> Any:
+        self.stepped.set()
+        return super().step(actions)
+
+
+@pytest.mark.parametrize("lanes", [[3], [1, 2]], ids=["one server", "two shards"])
+async def test_the_split_step_is_sent_before_step_async_returns(servers: Any, lanes: list[int]) -> None:
+    # The envs step while the caller works between step_async and step_wait (here: blocks this
+    # loop without awaiting), and the actions' buffer is free once step_async returns.
+    served = [_Stepped(make_vec("CartPole-v1", n)) for n in lanes]
+    addresses = servers(served)
+    ref = make_vec("CartPole-v1", sum(lanes))
+    async with AsyncRemoteVectorEnv(addresses if len(addresses) > 1 else addresses[0]) as envs:
+        assert_same(await envs.reset(seed=2), ref.reset(seed=2))
+        for send in (False, True):
+            a = np.array([0, 1, 1])
+            want = ref.step(a.copy())
+            for env in served:
+                env.stepped.clear()
+            await (envs.send(a) if send else envs.step_async(a))
+            a[:] = 7  # not a valid action: the step must not see it
+            assert all(env.stepped.wait(10) for env in served), "step_async returned before sending"
+            got = await (envs.recv() if send else envs.step_wait())
+            if send:
+                got[4].pop("env_id")
+            assert_same(got, want)
+        # Closed with a step in flight: the result is an EnvClosedError, never a CancelledError.
+        await envs.step_async(np.zeros(3, dtype=np.int64))
+    with pytest.raises(EnvClosedError):
+        await envs.step_wait()
+    with pytest.raises(EnvClosedError):
+        await envs.step_async(np.zeros(3, dtype=np.int64))
 
 
 async def test_one_server_splits_a_step_too(servers: Any) -> None:

@@ -18,7 +18,7 @@ import asyncio
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
 from .._address import parse_address
 from ..errors import (
@@ -158,6 +158,14 @@ class _Protocol(asyncio.Protocol):
         ))
         if not self.closed.done():
             self.closed.set_result(None)
+
+
+class PendingReply(NamedTuple):
+    """A request sent by :meth:`ClientConnection.send_request`, whose reply is awaited later."""
+
+    future: asyncio.Future[Frame]
+    rid: int
+    timer: asyncio.TimerHandle | None
 
 
 class ClientConnection:
@@ -336,19 +344,26 @@ class ClientConnection:
             RLMeshTimeoutError: No reply within ``timeout``.
             TransportError: The connection is closed or was lost.
         """
+        return await self.reply(self.send_request(mtype, body, timeout))
+
+    def send_request(self, mtype: MessageType, body: Any, timeout: float | None = None) -> PendingReply:
+        """Send one request now (the body is encoded before this returns); :meth:`reply` awaits its
+        reply. Raises as :meth:`submit`."""
         p = self._p
         fut: asyncio.Future[Frame] = p.loop.create_future()
         rid = self.submit(mtype, body, fut)
-        timer = None
-        if timeout is not None:
-            timer = p.loop.call_later(timeout, _expire, p, rid, fut, timeout)
+        timer = None if timeout is None else p.loop.call_later(timeout, _expire, p, rid, fut, timeout)
+        return PendingReply(fut, rid, timer)
+
+    async def reply(self, pending: PendingReply) -> Frame:
+        """The reply to a request sent by :meth:`send_request` (raises as :meth:`request`)."""
         try:
-            return await fut
+            return await pending.future
         finally:
-            if timer is not None:
-                timer.cancel()
-            if not fut.done() or fut.cancelled():
-                p.abandon(rid)
+            if pending.timer is not None:
+                pending.timer.cancel()
+            if not pending.future.done() or pending.future.cancelled():
+                self._p.abandon(pending.rid)
 
     def submit(self, mtype: MessageType, body: Any, slot: ReplySlot) -> int:
         """Encode and send a request whose reply goes to ``slot``; returns its request id.
@@ -389,6 +404,13 @@ class ClientConnection:
     def abandon(self, rid: int) -> None:
         """Forget a request whose caller stopped waiting (on the loop)."""
         self._p.abandon(rid)
+
+    def drop(self, pending: PendingReply) -> None:
+        """Forget a request sent by :meth:`send_request` whose reply will not be awaited."""
+        if pending.timer is not None:
+            pending.timer.cancel()
+        pending.future.cancel()
+        self._p.abandon(pending.rid)
 
     def unwrap(self, frame: Frame, mtype: MessageType, decode: Callable[[Frame], T]) -> T:
         """The body of a reply to a ``mtype`` request, checked by ``decode``.

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 import numpy as np
 from gymnasium import spaces
@@ -30,11 +30,18 @@ from ..protocol import auth as _auth
 from ..protocol.messages import check_attribute_name
 from ..protocol.spaces import opaque_spaces
 from .actions import check_action
-from .connection import ClientConnection, TlsOption, make_client_tls
+from .connection import ClientConnection, PendingReply, TlsOption, make_client_tls
 
 __all__ = ["AsyncRemoteEnv", "AsyncRemoteVectorEnv"]
 
 _SAFE_ID = re.compile(r"^(?:[\w.-]+/)?[\w.:-]+$")
+
+
+class Sent(NamedTuple):
+    """A request sent by :meth:`_AsyncRemoteBase.begin_request`, its reply not yet awaited."""
+
+    conn: ClientConnection
+    pending: PendingReply
 
 
 class _AsyncRemoteBase:
@@ -246,10 +253,34 @@ class _AsyncRemoteBase:
         try:
             return await conn.request(mtype, body, self.request_timeout)
         except TransportError as exc:
-            explained = await self.explain(exc)
-            if explained is exc:
-                raise
-            raise explained from exc
+            await self._raise_explained(exc)
+
+    async def begin_request(self, mtype: MessageType, body: Any) -> Sent:
+        """Send a request now (encoded before this returns): the first half of :meth:`request`.
+        Then :meth:`reply` awaits its reply, or :meth:`drop` forgets it."""
+        conn = self.connection
+        try:
+            return Sent(conn, conn.send_request(mtype, body, self.request_timeout))
+        except TransportError as exc:
+            await self._raise_explained(exc)
+
+    async def reply(self, sent: Sent) -> Frame:
+        """The reply frame to a request sent by :meth:`begin_request` (lost connections explained)."""
+        try:
+            return await sent.conn.reply(sent.pending)
+        except TransportError as exc:
+            await self._raise_explained(exc)
+
+    @staticmethod
+    def drop(sent: Sent) -> None:
+        """Forget a request sent by :meth:`begin_request` whose reply will not be awaited."""
+        sent.conn.drop(sent.pending)
+
+    async def _raise_explained(self, exc: TransportError) -> NoReturn:
+        explained = await self.explain(exc)
+        if explained is exc:
+            raise exc
+        raise explained from exc
 
     async def explain(self, exc: TransportError) -> Exception:
         """Turn a lost connection into a more telling error (sandboxes add the exit code)."""
@@ -292,6 +323,15 @@ class _AsyncRemoteBase:
     async def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """Step the env, as ``gymnasium.Env.step``."""
         return self.step_result(await self.request(MessageType.STEP, self.step_body(action)))
+
+    async def begin_step(self, action: Any) -> Sent:
+        """Send a STEP now (``action`` is encoded before this returns, so its buffer may be reused);
+        :meth:`end_step` returns its result, or :meth:`drop` forgets it."""
+        return await self.begin_request(MessageType.STEP, self.step_body(action))
+
+    async def end_step(self, sent: Sent) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """The result of a step sent by :meth:`begin_step`."""
+        return self.step_result(await self.reply(sent))
 
     async def render(self) -> Any:
         """Render the env, as ``gymnasium.Env.render`` (rgb arrays come back as arrays)."""
@@ -364,35 +404,39 @@ class AsyncRemoteEnv(_AsyncRemoteBase):
 
 
 class SplitStep:
-    """``step_async``/``step_wait`` (Gymnasium's split step) over an async ``step``: between the
-    two, the step runs as a task while the caller does something else."""
+    """``step_async``/``step_wait`` (Gymnasium's split step): ``step_async`` sends the step before it
+    returns (the actions are encoded, their buffer free again), and the envs step while the caller
+    does something else; ``step_wait`` returns the result."""
 
-    _pending: asyncio.Task[Any] | None = None
-    if TYPE_CHECKING:  # the class's own step
-        async def step(self, actions: Any, /) -> Any: ...
+    _pending: Any = None  # what begin_step returned, until step_wait
+
+    if TYPE_CHECKING:  # the class's own
+        async def begin_step(self, actions: Any, /) -> Any: ...
+        async def end_step(self, sent: Any, /) -> tuple[Any, Any, Any, Any, dict[str, Any]]: ...
+        def drop(self, sent: Any, /) -> None: ...
 
     def _check_can_step(self) -> None:
-        """Raise (EnvClosedError ...) where a step cannot be sent."""
+        """Raise (EnvClosedError ...) where a step cannot be sent or received."""
 
     async def step_async(self, actions: Any) -> None:
-        """Send a step and return at once; :meth:`step_wait` returns its result."""
+        """Send a step and return once it is sent; :meth:`step_wait` returns its result."""
         if self._pending is not None:
             raise InvalidArgumentError("a step was sent whose result was not received: call step_wait (or recv) first")
         self._check_can_step()
-        self._pending = asyncio.ensure_future(self.step(actions))
+        self._pending = await self.begin_step(actions)
 
     async def step_wait(self) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """The result of the step sent by :meth:`step_async`."""
+        self._check_can_step()
         if self._pending is None:
             raise InvalidArgumentError("step_wait without step_async")
-        task, self._pending = self._pending, None
-        return await task  # type: ignore[no-any-return]
+        sent, self._pending = self._pending, None
+        return await self.end_step(sent)
 
-    async def _cancel_pending(self) -> None:
-        task, self._pending = self._pending, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    def _drop_pending(self) -> None:
+        sent, self._pending = self._pending, None
+        if sent is not None:
+            self.drop(sent)
 
 
 class AsyncRemoteVectorEnv(SplitStep, _AsyncRemoteBase):
@@ -491,5 +535,5 @@ class AsyncRemoteVectorEnv(SplitStep, _AsyncRemoteBase):
 
     async def close(self) -> None:
         """Close the connection (a step still in flight is cancelled). Idempotent."""
-        await self._cancel_pending()
+        self._drop_pending()
         await super().close()

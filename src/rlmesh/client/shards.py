@@ -29,7 +29,7 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 
 from ..errors import EnvClosedError, InvalidArgumentError, ProtocolError, RLMeshError
 from ..protocol import Frame, MessageType
-from .env import AsyncRemoteVectorEnv, SplitStep
+from .env import AsyncRemoteVectorEnv, Sent, SplitStep
 
 __all__ = ["AsyncShardedVectorEnv", "resolve_shards", "split_lanes"]
 
@@ -133,8 +133,11 @@ class AsyncShardedVectorEnv(SplitStep):
     async def close(self) -> None:
         """Close every shard. Idempotent."""
         self._closed = True
-        for task in [*self._inflight, *([self._pending] if self._pending else [])]:
-            task.cancel()
+        self._drop_pending()
+        inflight, self._inflight = list(self._inflight), {}
+        for task in inflight:
+            task.cancel()  # started (send yields once), so each forgets its request
+        await asyncio.gather(*inflight, return_exceptions=True)
         await asyncio.gather(*(shard.close() for shard in self.shards), return_exceptions=True)
 
     async def __aenter__(self) -> AsyncShardedVectorEnv:
@@ -167,10 +170,49 @@ class AsyncShardedVectorEnv(SplitStep):
 
     async def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """Step every lane, as ``VectorEnv.step``: every shard at once."""
+        return await self.end_step(await self.begin_step(actions))
+
+    async def begin_step(self, actions: Any) -> list[tuple[int, Sent]]:
+        """Send every shard its part of a step now; :meth:`end_step` returns the merged result."""
         self._check_open()
         parts = self.split_actions(actions)
-        results = await self._gather([(j, shard.step(parts[j])) for j, shard in enumerate(self.shards)])
+        return await self._begin_steps([(j, parts[j]) for j in range(len(self.shards))])
+
+    async def end_step(self, sent: list[tuple[int, Sent]]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """The merged result of a step sent by :meth:`begin_step`. Every request was written
+        before this waits, so the replies are collected in shard order; the first failure (in
+        that order) is raised, naming its shard, and the rest are dropped."""
+        results: list[tuple[int, Any]] = []
+        try:
+            for j, one in sent:
+                try:
+                    results.append((j, await self.shards[j].end_step(one)))
+                except RLMeshError as exc:
+                    raise self.named(exc, j) from None
+        except BaseException:
+            self.drop(sent[len(results) + 1:])
+            raise
         return self._merge_step(results)
+
+    def drop(self, sent: list[tuple[int, Sent]]) -> None:
+        """Forget the shards' requests of a step whose result will not be awaited."""
+        for j, one in sent:
+            self.shards[j].drop(one)
+
+    async def _begin_steps(self, parts: list[tuple[int, Any]]) -> list[tuple[int, Sent]]:
+        # Each shard's request is written before any reply is awaited; one that cannot be sent
+        # names its shard, and those already sent are dropped.
+        sent: list[tuple[int, Sent]] = []
+        try:
+            for j, part in parts:
+                try:
+                    sent.append((j, await self.shards[j].begin_step(part)))
+                except RLMeshError as exc:
+                    raise self.named(exc, j) from None
+        except BaseException:
+            self.drop(sent)
+            raise
+        return sent
 
     def step_requests(self, actions: Any) -> list[tuple[AsyncRemoteVectorEnv, MessageType, Any]]:
         """The STEP request of each shard (the sync classes send them all from their thread)."""
@@ -225,16 +267,19 @@ class AsyncShardedVectorEnv(SplitStep):
         if busy:
             raise InvalidArgumentError(f"shard(s) {sorted(busy)} were sent a step whose result was not received")
         lanes = list(iterate(batch_space(self.single_action_space, sum(self._size(j) for j in shard_ids)), actions))
-        at = 0
+        parts, at = [], 0
         for j in shard_ids:
             n = self._size(j)
-            part = _concat_lanes(self.single_action_space, lanes[at:at + n])
+            parts.append((j, _concat_lanes(self.single_action_space, lanes[at:at + n])))
             at += n
-            self._inflight[asyncio.ensure_future(self._tagged_step(j, part))] = j
+        for j, one in await self._begin_steps(parts):  # sent now; recv collects the results
+            self._inflight[asyncio.ensure_future(self._tagged(j, one))] = j
+        await asyncio.sleep(0)  # the tasks start (and wait for their replies): close() can cancel them
 
     async def recv(self) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """Results of the first shards to finish, at least ``batch_size`` lanes (all in flight when
         ``batch_size`` is None); ``info["env_id"]`` says which lanes, in the order returned."""
+        self._check_open()
         if not self._inflight:
             raise InvalidArgumentError("recv without send")
         want = self.batch_size or sum(self._size(j) for j in self._inflight.values())
@@ -248,9 +293,9 @@ class AsyncShardedVectorEnv(SplitStep):
         info["env_id"] = np.concatenate([np.arange(*self.bounds[j]) for j, _ in done])
         return obs, rewards, terms, truncs, info
 
-    async def _tagged_step(self, j: int, actions: Any) -> Any:
+    async def _tagged(self, j: int, sent: Sent) -> Any:
         try:
-            return await self.shards[j].step(actions)
+            return await self.shards[j].end_step(sent)
         except RLMeshError as exc:
             raise self.named(exc, j) from None
 
@@ -274,6 +319,8 @@ class AsyncShardedVectorEnv(SplitStep):
     def _check_open(self) -> None:
         if self._closed:
             raise EnvClosedError("this env is closed")
+
+    _check_can_step = _check_open
 
     def _split_seed(self, seed: Any) -> list[Any]:
         if seed is None or (isinstance(seed, int) and not isinstance(seed, bool)):
