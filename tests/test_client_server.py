@@ -574,3 +574,40 @@ def test_env_server_runs_in_a_thread_with_ready_and_a_thread_safe_stop(tmp_path:
         thread.join(timeout=30)
     assert not thread.is_alive() and not server.ready.is_set()
     assert not (tmp_path / "t.sock").exists()
+
+
+def test_a_stop_before_the_server_starts_is_not_lost(tmp_path: Path) -> None:
+    # The usual clean-up: stop() in a finally after ready.wait() timed out, or right after start().
+    from rlmesh import EnvServer
+
+    server = EnvServer(lambda: gym.make("CartPole-v1"), f"unix://{tmp_path}/early.sock", ready_message=None)
+    server.stop()  # nothing runs yet
+    thread = threading.Thread(target=server.serve)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and not (tmp_path / "early.sock").exists()
+    # And it can serve again afterwards, stopped from another thread while running.
+    thread = threading.Thread(target=server.serve)
+    thread.start()
+    assert server.ready.wait(timeout=30)
+    server.stop()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+def test_metadata_is_the_remote_env_s_and_a_shell_s_own_once_assigned(tmp_path: Path) -> None:
+    # gym.make judges a render mode by its creator's class metadata unless that is a property: the
+    # shells' is, so the remote env judges. Assigning it (as some user code does) keeps the core's.
+    assert isinstance(RemoteEnv.metadata, property) and isinstance(RemoteVectorEnv.metadata, property)
+    st = ServerThread(gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync"),
+                      f"unix://{tmp_path}/m.sock").start()
+    try:
+        with RemoteVectorEnv(st.address) as envs:
+            assert envs.metadata["autoreset_mode"] is gym.vector.AutoresetMode.NEXT_STEP
+            envs.metadata = {"render_modes": []}
+            assert envs.metadata == {"render_modes": []}
+            envs.reset(seed=0)
+            for _ in range(30):  # through autoresets, which read the core's autoreset mode
+                envs.step(np.ones(2, dtype=np.int64))
+    finally:
+        st.stop()

@@ -277,6 +277,10 @@ def test_remote_error_classes_are_only_builtin_or_gymnasium() -> None:
      'File "/usr/lib/python3/mujoco/osmesa/__init__.py", line 34\n    from OpenGL import GL', 'system_packages=["libosmesa6"]'),
     ("'NoneType' object has no attribute 'glGetError'",
      'File "/x/OpenGL/platform/egl.py", line 2\n', 'system_packages=["libegl1"]'),
+    ("('Unable to load OpenGL library', 'libGL.so.1: cannot open shared object file: No such file or directory', "
+     "'libGL.so.1', None)", "", 'system_packages=["libgl1"]'),                       # PyOpenGL's own words
+    ('OSError: "libEGL.so.1: cannot open shared object file"', "", 'system_packages=["libegl1"]'),
+    ("x: cannot open shared object file; libSM.so.6: cannot open shared object file", "", 'system_packages=["libsm6"]'),
     ("libweird.so.3: cannot open shared object file", "", "apt-file search"),
     ("'NoneType' object has no attribute 'glGetError'", "no OpenGL involved... but OpenGL named", "apt-file search"),
 ])

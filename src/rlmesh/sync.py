@@ -68,11 +68,12 @@ def _call(core: Any, method: str, *args: Any, **kwargs: Any) -> Any:
 
 
 def _get_metadata(shell: Any) -> dict[str, Any]:
-    return shell._core.metadata  # type: ignore[no-any-return]
+    own = shell.__dict__.get("_own_metadata")
+    return own if own is not None else shell._core.metadata  # type: ignore[no-any-return]
 
 
 def _set_metadata(shell: Any, value: dict[str, Any]) -> None:
-    shell._core.metadata = value
+    shell._own_metadata = value  # the shell's own; the core keeps what the remote env said
 
 
 # The remote env's metadata. A property on the class: `gym.make` judges a requested render mode by

@@ -168,12 +168,16 @@ def missing_library_note(message: str, traceback_tail: str) -> str | None:
 
 def _missing_soname(text: str) -> str | None:
     """``libGL.so.1`` from "...: libGL.so.1: cannot open shared object file ..." (None if absent)."""
-    at = text.find(_CANNOT_OPEN)
-    if at < 0:
-        return None
-    words = text[max(0, at - 256):at].split()
-    token = words[-1] if words else ""
-    return token if _SONAME.fullmatch(token) else None
+    at = -1
+    for _ in range(8):  # a few occurrences, each looked at in bounded time
+        at = text.find(_CANNOT_OPEN, at + 1)
+        if at < 0:
+            return None
+        words = text[max(0, at - 256):at].split()
+        token = words[-1].lstrip("'\"([{,") if words else ""  # PyOpenGL quotes it in a tuple's repr
+        if _SONAME.fullmatch(token):
+            return token
+    return None
 
 
 _classes: dict[tuple[type, str], type] = {}

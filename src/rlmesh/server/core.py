@@ -157,6 +157,8 @@ class EnvServer:
         self._hello: tuple[dict[str, Any], list[Any]] | None = None
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_lock = threading.Lock()  # stop() from other threads vs serve_async starting/ending
+        self._stop_requested = False
         self.is_vector = False
         #: Set while the server accepts connections (for a server run in a thread).
         self.ready = threading.Event()
@@ -192,10 +194,13 @@ class EnvServer:
             uvloop.run(self.serve_async())
 
     def stop(self) -> None:
-        """Ask a running :meth:`serve` or :meth:`serve_async` to return; callable from any thread."""
-        stop, loop = self._stop, self._loop
-        if stop is None or loop is None:
-            return
+        """Ask :meth:`serve` or :meth:`serve_async` to return; callable from any thread. Called
+        before the server has started (a thread still starting it), it returns once started."""
+        with self._stop_lock:
+            stop, loop = self._stop, self._loop
+            if stop is None or loop is None:
+                self._stop_requested = True
+                return
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -216,8 +221,20 @@ class EnvServer:
             ConnectError: Dialling, the address did not accept a connection within ``lease``.
         """
         loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self._loop = loop
+        with self._stop_lock:
+            self._stop = asyncio.Event()
+            self._loop = loop
+            if self._stop_requested:  # stop() came first
+                self._stop_requested = False
+                self._stop.set()
+        try:
+            await self._serve(loop, install_signal_handlers)
+        finally:
+            with self._stop_lock:
+                self._stop = self._loop = None
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop, install_signal_handlers: bool) -> None:
+        assert self._stop is not None
         addr = self._address
         server: asyncio.AbstractServer | None = None
         if self._dial:
