@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,6 +109,28 @@ def test_build_progress_reaches_a_callback_and_the_terminal(capsys: pytest.Captu
     with SandboxEnv("rlmesh_probe:make_probe", packages=[PROBE_PKG], rebuild=True, progress=True):
         pass
     assert "rlmesh build" in capsys.readouterr().err  # the status line (tqdm)
+
+
+def _image_id(ref: str) -> str | None:
+    found = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True, text=True)
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def test_a_rebuild_removes_the_image_it_replaces_unless_in_use() -> None:
+    kwargs: dict[str, Any] = {"packages": [PROBE_PKG], "progress": False}
+    with SandboxEnv("rlmesh_probe:make_probe", **kwargs) as env:
+        tag = env._core.image
+        assert tag is not None
+        first = _image_id(tag)
+        # In use by this sandbox: the rebuild moves the tag, the image stays for its container.
+        with SandboxEnv("rlmesh_probe:make_probe", rebuild=True, **kwargs):
+            second = _image_id(tag)
+        assert second != first and _image_id(str(first)) == first
+    with SandboxEnv("rlmesh_probe:make_probe", rebuild=True, **kwargs):
+        third = _image_id(tag)
+    assert third not in (first, second)
+    assert _image_id(str(second)) is None  # no longer named, no longer used: gone, not dangling
+    subprocess.run(["docker", "rmi", str(first)], capture_output=True)  # the one left dangling above
 
 
 def test_progress_is_checked() -> None:

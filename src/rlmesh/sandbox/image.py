@@ -315,7 +315,8 @@ async def ensure_image(
     """
     base_ref, base_id = await resolve_base_image(docker, base_image)
     tag = f"{IMAGE_REPO}:{spec.content_hash(base_id)}"
-    image_id = None if rebuild else await docker.image_id(tag)
+    image_id = await docker.image_id(tag)
+    replaced, image_id = (image_id, None) if rebuild else (None, image_id)
     if image_id is not None:
         log.debug("reusing sandbox image %s", tag)
         record_use(image_id)
@@ -330,6 +331,12 @@ async def ensure_image(
     built = await docker.image_id(tag)
     if built is not None:
         record_use(built)
+    if replaced is not None and replaced != built:
+        # The tag moved to the rebuild: the image it named goes too, unless a container (or a
+        # child image) still uses it; `rlmesh image prune` finds it then.
+        with contextlib.suppress(SandboxError):
+            if await docker.remove_image(replaced):
+                log.info("removed the image %s replaced by the rebuild", replaced[:19])
     return tag
 
 
