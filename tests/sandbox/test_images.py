@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -131,6 +132,16 @@ def test_a_rebuild_removes_the_image_it_replaces_unless_in_use() -> None:
     assert third not in (first, second)
     assert _image_id(str(second)) is None  # no longer named, no longer used: gone, not dangling
     subprocess.run(["docker", "rmi", str(first)], capture_output=True)  # the one left dangling above
+
+
+def test_no_fallback_warning_when_pulls_are_forbidden() -> None:
+    # RLMESH_PULL_POLICY=never (an air-gapped machine that said so): using the bootstrapped base is
+    # what was asked for, not a warning on every run. (Python prints WARNINGs with no logging set up.)
+    code = "from rlmesh.numpy import SandboxEnv\nwith SandboxEnv('CartPole-v1') as env: env.reset(seed=0)\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "RLMESH_PULL_POLICY": "never"})
+    assert result.returncode == 0, result.stderr
+    assert "is not available" not in result.stderr, result.stderr
 
 
 def test_progress_is_checked() -> None:

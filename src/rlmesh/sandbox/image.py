@@ -217,10 +217,11 @@ async def resolve_base_image(docker: DockerClient, base_image: str | None = None
         if boot_id is not None:
             if candidate not in _fallback_warned:
                 _fallback_warned.add(candidate)
-                log.warning(
-                    "base image %s is not available (%s); using %s, built by `rlmesh image bootstrap`",
-                    candidate, error, boot,
-                )
+                # A warning, unless the user forbade pulls: then this is what they asked for.
+                never = os.environ.get("RLMESH_PULL_POLICY") == "never"
+                log.log(logging.INFO if never else logging.WARNING,
+                        "base image %s is not available (%s); using %s, built by `rlmesh image bootstrap`",
+                        candidate, error, boot)
             return boot, boot_id
     raise BaseImageError(
         f"base image {candidate} is not available locally and cannot be pulled ({error}). "
