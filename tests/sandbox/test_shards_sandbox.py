@@ -47,3 +47,17 @@ async def test_a_killed_shard_is_named() -> None:
             await envs.step(np.zeros(4, dtype=np.int64))
         assert info.value.shard == 1 and info.value.lanes == (2, 4)  # type: ignore[attr-defined]
         assert "shard 1, lanes 2..3" in "".join(info.value.__notes__)
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+async def test_a_sandbox_killed_between_step_async_and_step_wait(shards: int) -> None:
+    async with AsyncSandboxVectorEnv("CartPole-v1", num_envs=2, shards=shards) as envs:
+        await envs.reset(seed=0)
+        victim = envs.container_ids[-1] if shards > 1 else envs.container_id
+        await envs.step_async(np.zeros(2, dtype=np.int64))
+        await envs.step_wait()
+        subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
+        with pytest.raises(SandboxExitedError) as info:
+            await envs.step_async(np.zeros(2, dtype=np.int64))
+            await envs.step_wait()
+        assert info.value.exit_code == 137 and "docker kill" in str(info.value)
