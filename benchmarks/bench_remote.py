@@ -26,6 +26,7 @@ import platform
 import signal
 import socket
 import statistics
+import timeit
 import subprocess
 import sys
 import time
@@ -214,6 +215,43 @@ async def async_env_block(env: Any, seconds: float, warmup: int) -> list[float]:
             await reset()
 
 
+LEARN_WORK = 5000  # iterations of a pure-Python loop standing in for a learner's step (~300 us)
+
+
+def learn(work: int = LEARN_WORK) -> int:
+    acc = 0
+    for i in range(work):
+        acc = (acc * 31 + i) % 1_000_003
+    return acc
+
+
+async def split_block(env: Any, actions: Any, seconds: float, warmup: int, split: bool) -> list[float]:
+    """Time one trainer iteration: a vector step and a learner's step, in turn (``split=False``:
+    ``await step``, then learn) or overlapped (``step_async``, learn, ``step_wait``)."""
+    clock = time.perf_counter
+
+    async def once() -> None:
+        if split:
+            await env.step_async(actions)
+            learn()
+            await env.step_wait()
+        else:
+            await env.step(actions)
+            learn()
+
+    for _ in range(warmup):
+        await once()
+    out = []
+    end = clock() + seconds
+    while True:
+        t0 = clock()
+        await once()
+        t1 = clock()
+        out.append(t1 - t0)
+        if t1 >= end:
+            return out
+
+
 # ---------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------
@@ -237,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     import gymnasium as gym
     import numpy as np
 
-    from rlmesh.client import AsyncRemoteEnv
+    from rlmesh.client import AsyncRemoteEnv, AsyncRemoteVectorEnv
     from rlmesh.sync import RemoteEnv, RemoteVectorEnv
 
     # rlmesh's portal thread and `rlmesh serve` both use uvloop when it imports,
@@ -263,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         sync_sock = servers.start("env-sync", serve_argv())
         floor_sock = servers.start("env-floor", serve_argv())
         vec_sock = servers.start("env-vec", serve_argv(VEC_N))
+        split_sock = servers.start("env-split", serve_argv(VEC_N))
         # Loopback TCP with a token (and with TLS), beside a blocking TCP echo.
         os.environ["RLMESH_TOKEN"] = TOKEN
         cert, key = os.path.join(servers.dir, "cert.pem"), os.path.join(servers.dir, "key.pem")
@@ -325,11 +364,22 @@ def main(argv: list[str] | None = None) -> int:
         lvec.reset(seed=0)
         actions = (np.arange(VEC_N) & 1).astype(np.int64)
 
+        async def open_async_vec(sock: str) -> Any:
+            env = AsyncRemoteVectorEnv(f"unix://{sock}")
+            await env.connect()
+            await env.reset(seed=0)
+            return env
+
+        split_runner = runners[stack]
+        split_env = split_runner.run(open_async_vec(split_sock))
+        cleanup.append(lambda: split_runner.run(split_env.close()))
+
         # -- interleaved rounds --------------------------------------------
         echo = {n: Series() for n in loop_names}
         aenv = {n: Series() for n in loop_names}
         senv, fenv, fecho, vrem, vloc = Series(), Series(), Series(), Series(), Series()
         tcp_echo_s, tcp_env, tls_env = Series(), Series(), Series()
+        in_turn, overlapped = Series(), Series()
         for r in range(rounds):
             lw = lat_warm if r == 0 else lat_warm // 4
             vw = vec_warm if r == 0 else vec_warm // 4
@@ -351,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
             with collected():
                 tls_env.add_latency(sync_env_block(remote_tls, block, lw))
             vector_round(((rvec, vrem), (lvec, vloc)), actions, block, vw)
+            for split, series in ((False, in_turn), (True, overlapped)):
+                with collected():
+                    series.add_latency(split_runner.run(split_block(split_env, actions, block, vw, split)))
             print(f"  round {r + 1}/{rounds} ({time.perf_counter() - t_start:.0f} s)", flush=True)
     finally:
         close_all(cleanup)
@@ -400,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
                  verdict(vratio >= THROUGHPUT_TARGET)])
     rows.append(["  vector step p50, remote vs in-process", us(vrem.p50), us(vloc.p50), f"{vrem.p50 / vloc.p50:.2f}x",
                  "", "info", ""])
+    t_learn = min(timeit.repeat(learn, number=200, repeat=5)) / 200
+    rows.append([f"trainer iteration, N={VEC_N}: step then learn ({us(t_learn)})", us(in_turn.p50), "", "", "", "info", ""])
+    rows.append(["  the same, step_async / learn / step_wait", us(overlapped.p50), "step then learn",
+                 *ratio_cols(paired(in_turn.per_round, overlapped.per_round)), "info", ""])
     print()
     print_table(header, rows)
     print(f"\nratio: the median over rounds of the ratio within each round; per-round: its range (a noise gauge). "
