@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT
+from .test_hf import hub_cache  # noqa: F401  (the fixture)
 
 DOCS = ["quickstart.md", "sandbox.md", "remote.md", "async.md", "troubleshooting.md"]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
@@ -96,9 +97,19 @@ def test_the_readme_links_every_guide() -> None:
 
 
 @pytest.mark.parametrize("argv", [
+    ["examples/python/sandbox/gym_sandbox.py"],
     ["examples/python/sandbox/async_vector_sandbox.py"],
     ["examples/python/sandbox/eval_harness.py", "--sandboxes", "4", "--concurrency", "2"],
 ])
 def test_examples_run(argv: list[str]) -> None:
     result = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_hf_example_runs_against_a_local_hub_cache(hub_cache: Path) -> None:
+    # hub_cache sets HF_HUB_CACHE and HF_HUB_OFFLINE=1 in this process's environment: the example
+    # (unchanged) reads the repository from there, never from huggingface.co.
+    result = subprocess.run([sys.executable, "examples/python/sandbox/hf_sandbox.py"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "step=1 reward=1.000" in result.stdout
