@@ -136,6 +136,19 @@ async def test_step_async_and_send_recv(servers: Any) -> None:
         assert sorted(seen) == [0, 1, 2, 3]
         with pytest.raises(InvalidArgumentError, match="whole shards"):
             await envs.send(np.array([0]), env_ids=[2])
+        # One step at a time, as Gymnasium's AsyncVectorEnv: no step() or send() while one is split,
+        # no split step while send()s are out.
+        await envs.step_async(a)
+        for call in (envs.step(a), envs.send(a), envs.step_async(a)):
+            with pytest.raises(InvalidArgumentError, match="not received"):
+                await call
+        assert_same(await envs.step_wait(), ref.step(a))
+        envs.batch_size = 1
+        await envs.send(a[:1], env_ids=[0])
+        with pytest.raises(InvalidArgumentError, match="recv first"):
+            await envs.step(a)
+        got = await envs.recv()
+        assert list(got[4]["env_id"]) == [0]
 
 
 class _Stepped(gym.vector.VectorWrapper):
@@ -188,6 +201,8 @@ async def test_one_server_splits_a_step_too(servers: Any) -> None:
         await envs.step_async(a)
         with pytest.raises(InvalidArgumentError, match="not received"):
             await envs.step_async(a)  # one step in flight
+        with pytest.raises(InvalidArgumentError, match="not received"):
+            await envs.step(a)  # not even a whole one
         assert_same(await envs.step_wait(), ref.step(a))
         with pytest.raises(InvalidArgumentError, match="step_wait without step_async"):
             await envs.step_wait()

@@ -418,10 +418,14 @@ class SplitStep:
     def _check_can_step(self) -> None:
         """Raise (EnvClosedError ...) where a step cannot be sent or received."""
 
-    async def step_async(self, actions: Any) -> None:
-        """Send a step and return once it is sent; :meth:`step_wait` returns its result."""
+    def _check_no_pending(self) -> None:
+        # As Gymnasium's AsyncVectorEnv: one step at a time (step() too, while one is split).
         if self._pending is not None:
             raise InvalidArgumentError("a step was sent whose result was not received: call step_wait (or recv) first")
+
+    async def step_async(self, actions: Any) -> None:
+        """Send a step and return once it is sent; :meth:`step_wait` returns its result."""
+        self._check_no_pending()
         self._check_can_step()
         self._pending = await self.begin_step(actions)
 
@@ -516,6 +520,11 @@ class AsyncRemoteVectorEnv(SplitStep, _AsyncRemoteBase):
     def _check_can_step(self) -> None:
         _ = self.connection  # EnvClosedError when closed or not started
 
+    def step_body(self, action: Any) -> Any:
+        """The STEP request body (no step may be split and pending meanwhile)."""
+        self._check_no_pending()
+        return super().step_body(action)
+
     async def send(self, actions: Any, env_ids: Sequence[int] | None = None) -> None:
         """Step every lane (a server steps its lanes together: ``env_ids`` must be all of them)."""
         if env_ids is not None and sorted({int(i) for i in env_ids}) != list(range(self.num_envs)):
@@ -527,6 +536,7 @@ class AsyncRemoteVectorEnv(SplitStep, _AsyncRemoteBase):
 
     async def recv(self) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """The result of :meth:`send`, with ``info["env_id"]`` naming the lanes."""
+        self._check_can_step()
         if self._pending is None:
             raise InvalidArgumentError("recv without send")
         obs, rewards, terms, truncs, info = await self.step_wait()

@@ -175,6 +175,9 @@ class AsyncShardedVectorEnv(SplitStep):
     async def begin_step(self, actions: Any) -> list[tuple[int, Sent]]:
         """Send every shard its part of a step now; :meth:`end_step` returns the merged result."""
         self._check_open()
+        self._check_no_pending()
+        if self._inflight:
+            raise InvalidArgumentError("steps were sent with send() whose results were not received: call recv first")
         parts = self.split_actions(actions)
         return await self._begin_steps([(j, parts[j]) for j in range(len(self.shards))])
 
@@ -262,6 +265,7 @@ class AsyncShardedVectorEnv(SplitStep):
         ``actions`` has one action per lane of those shards, in lane order.
         """
         self._check_open()
+        self._check_no_pending()
         shard_ids = self._shards_of(env_ids)
         busy = set(self._inflight.values()) & set(shard_ids)
         if busy:
