@@ -130,6 +130,20 @@ def _same_float(a: float, b: float) -> bool:
     return struct.pack("<d", a) == struct.pack("<d", b)
 
 
+def assert_same_steps(env: Any, ref: Any, steps: int, action_seed: int) -> int:
+    """Step ``env`` and the in-process ``ref`` with the same seeded actions (sampled from ``ref``'s
+    action space), asserting each result the same; returns how many lanes ended meanwhile."""
+    space = ref.action_space
+    space.seed(action_seed)
+    ends = 0
+    for _ in range(steps):
+        a = space.sample()
+        got, want = env.step(a), ref.step(a)
+        assert_same(got, want)
+        ends += int(np.sum(np.asarray(want[2]) | np.asarray(want[3])))
+    return ends
+
+
 def assert_same(a: Any, b: Any, path: str = "value") -> None:
     """Assert ``a`` and ``b`` are identical: types, dtypes, shapes, bytes (NaN equals NaN).
 

@@ -16,7 +16,7 @@ from rlmesh.client.shards import AsyncShardedVectorEnv, resolve_shards, split_la
 from rlmesh.errors import EnvClosedError, InvalidArgumentError, RemoteEnvError
 
 from .envs import FAULTY_ID
-from .helpers import ServerThread, assert_same
+from .helpers import ServerThread, assert_same, assert_same_steps
 
 MODES = [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP, AutoresetMode.DISABLED]
 
@@ -71,11 +71,7 @@ def test_tuple_observations_and_float_infos_merge_like_gymnasium(servers: Any, e
     ref = make_vec(env_id, 3)
     with RemoteVectorEnv(addresses) as envs:
         assert_same(envs.reset(seed=2), ref.reset(seed=2))
-        space = ref.action_space
-        space.seed(9)
-        for _ in range(40):
-            a = space.sample()
-            assert_same(envs.step(a), ref.step(a))
+        assert_same_steps(envs, ref, 40, action_seed=9)
 
 
 def test_a_masked_reset_that_spares_a_whole_shard(servers: Any) -> None:

@@ -201,15 +201,16 @@ class _NoHello(Exception):
     pass
 
 
-def _await_hello(sock: socket.socket) -> bool:
+def _await_hello(sock: socket.socket, deadline: float = float("inf")) -> bool:
     conn = Connection(DEFAULT_MAX_FRAME_SIZE)
-    while True:
+    while time.monotonic() < deadline:
         data = sock.recv(1 << 16)
         if not data:
             return False
         frames = conn.receive_data(data)
         if frames:
             return frames[0].type is MessageType.HELLO
+    return False
 
 
 def _serve(path: str) -> subprocess.Popen[bytes]:
@@ -232,15 +233,7 @@ def _healthy(path: str, timeout: float) -> bool:
             sock.settimeout(timeout)
             sock.connect(path)
             sock.sendall(_hello())
-            conn = Connection(DEFAULT_MAX_FRAME_SIZE)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                data = sock.recv(1 << 16)
-                if not data:
-                    return False
-                frames = conn.receive_data(data)
-                if frames:
-                    return frames[0].type is MessageType.HELLO
+            return _await_hello(sock, time.monotonic() + timeout)
     except OSError:
         return False
     return False

@@ -13,7 +13,7 @@ import pytest
 from rlmesh.errors import ImageBuildError, SandboxStartError
 from rlmesh.numpy import SandboxEnv, SandboxVectorEnv
 
-from ..helpers import assert_same
+from ..helpers import assert_same, assert_same_steps
 
 
 def test_pong_four_lanes_match_in_process_for_200_steps() -> None:
@@ -24,11 +24,7 @@ def test_pong_four_lanes_match_in_process_for_200_steps() -> None:
     with SandboxVectorEnv("ALE/Pong-v5", num_envs=4, packages=["ale-py"], imports=["ale_py"]) as envs:
         assert envs.single_observation_space == ref.single_observation_space
         assert_same(envs.reset(seed=3), ref.reset(seed=3))
-        space = ref.action_space
-        space.seed(1)
-        for _ in range(200):
-            a = space.sample()
-            assert_same(envs.step(a), ref.step(a))
+        assert_same_steps(envs, ref, 200, action_seed=1)
 
 
 def test_mujoco_renders_with_system_packages() -> None:

@@ -16,7 +16,7 @@ import pytest
 from rlmesh.numpy import SandboxVectorEnv
 from rlmesh.sandbox.placement import AsyncRayShardedVectorEnv, RayPlacement
 
-from ..helpers import assert_same
+from ..helpers import assert_same, assert_same_steps
 from .conftest import sandbox_containers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,11 +66,7 @@ def test_ray_places_shards_on_both_nodes_and_parity_holds(ray_cluster: str) -> N
             assert all(e["address"].startswith("tcp://127.0.0.1:") for e in core.endpoints)
             ref = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync")
             assert_same(envs.reset(seed=5), ref.reset(seed=5))
-            space = ref.action_space
-            space.seed(2)
-            for _ in range(300):
-                a = space.sample()
-                assert_same(envs.step(a), ref.step(a))
+            assert_same_steps(envs, ref, 300, action_seed=2)
         finally:
             envs.close()
         assert not set(core.container_ids) & _labelled()

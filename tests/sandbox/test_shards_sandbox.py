@@ -12,7 +12,7 @@ from gymnasium.vector import AutoresetMode
 from rlmesh.errors import SandboxExitedError
 from rlmesh.numpy import AsyncSandboxVectorEnv, SandboxVectorEnv
 
-from ..helpers import assert_same
+from ..helpers import assert_same, assert_same_steps
 from .conftest import sandbox_containers
 
 
@@ -25,15 +25,7 @@ def test_sharded_sandbox_equals_one_sync_vector_env(num_envs: int, shards: int) 
         ids = envs.container_ids
         assert len(ids) == shards and len(set(ids)) == shards and set(ids) <= sandbox_containers()
         assert_same(envs.reset(seed=3), ref.reset(seed=3))
-        space = ref.action_space
-        space.seed(4)
-        ends = 0
-        for _ in range(300):
-            a = space.sample()
-            got, want = envs.step(a), ref.step(a)
-            assert_same(got, want)
-            ends += int(np.sum(want[2] | want[3]))
-        assert ends >= 10
+        assert assert_same_steps(envs, ref, 300, action_seed=4) >= 10
     finally:
         envs.close()
     assert not set(ids) & sandbox_containers()
