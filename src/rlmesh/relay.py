@@ -1,13 +1,19 @@
-"""``python -m rlmesh.relay``: forward TCP connections to a sandbox's Unix socket.
+"""``python -m rlmesh.relay``: bring TCP clients to a sandbox's server, which has no network.
 
 Runs in a small container beside a sandbox on an engine that is not this machine's (or with
-``transport="tcp"``): the sandbox keeps no network, and its server listens on a Unix socket in
-a volume the two containers share; the relay publishes one TCP port and forwards bytes. It
-does not authenticate anyone itself: the server behind it does (a fresh token per sandbox),
-with its pre-authentication limits.
+``transport="tcp"``): the sandbox keeps no network, and its server listens on Unix sockets in
+a volume the two containers share; the relay publishes one TCP port. It does not authenticate
+anyone itself: the server does (a fresh token per sandbox), with its pre-authentication limits.
 
-It ends when its sandbox's server is gone (the socket disappears, or refuses), or when no
-client has been connected for ``--lease`` seconds.
+``--handoff unix:///path`` (the default for sandboxes): the relay accepts each client and
+passes the connected socket to the server as a file descriptor
+(:mod:`rlmesh.server.handoff`), so steps go from the client to the server with nothing in
+between. The relay ends when its server is gone (its connection to the handoff socket ends),
+or when no server appeared within ``--lease`` seconds.
+
+``--upstream unix:///path``: the relay forwards bytes to the server's socket, one more hop per
+step. gVisor sandboxes use it, as gVisor cannot receive a host descriptor. It ends when the
+server's socket disappears, or when no client has been connected for ``--lease`` seconds.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 from typing import cast
 
@@ -125,6 +132,84 @@ class _Relay:
                     await self.stop.wait()
 
 
+async def _serve_handoff(listen: str, handoff: str, lease: float) -> None:
+    # Pass each accepted client to the server as a file descriptor, then forget it: the relay
+    # is out of the data path. It stops when the server is gone (its one connection to the
+    # handoff socket ends, even if the server was killed) or never came within ``lease``.
+    from ._address import parse_address
+    from .server.handoff import hand_off
+
+    addr = parse_address(listen)
+    if addr.host is None or addr.port is None:
+        raise SystemExit("rlmesh-relay: --listen takes tcp://host:port")
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    channel = await _connect_handoff(handoff, lease, stop)
+    if channel is None:
+        return
+    channel.setblocking(False)
+
+    def server_gone() -> None:
+        try:
+            if channel.recv(64):
+                return  # the server sends nothing; ignore it if it does
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        print("rlmesh-relay: the sandbox's server is gone; stopping", file=sys.stderr, flush=True)
+        stop.set()
+
+    loop.add_reader(channel.fileno(), server_gone)
+    listener = socket.create_server((addr.host, addr.port), backlog=MAX_CONNECTIONS)
+    listener.setblocking(False)
+
+    async def accept() -> None:
+        while True:
+            client, _ = await loop.sock_accept(listener)
+            try:
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                hand_off(channel, client)
+            except OSError as exc:  # the server is not taking connections: this client is refused
+                print(f"rlmesh-relay: could not hand a client over: {exc}", file=sys.stderr, flush=True)
+
+    acceptor = asyncio.ensure_future(accept())
+    host, port = listener.getsockname()[:2]
+    print(f"rlmesh-relay ready on tcp://{host}:{port} (handing clients over)", flush=True)
+    try:
+        await asyncio.wait({acceptor, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+        if acceptor.done():
+            acceptor.result()
+    finally:
+        acceptor.cancel()
+        loop.remove_reader(channel.fileno())
+        listener.close()
+        channel.close()
+
+
+async def _connect_handoff(path: str, lease: float, stop: asyncio.Event) -> socket.socket | None:
+    # The relay starts before its sandbox: wait (at most ``lease``) for the server's handoff socket.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + lease
+    while not stop.is_set():
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+        if loop.time() > deadline:
+            print(f"rlmesh-relay: no server at {path} within {lease:g}s; stopping", file=sys.stderr, flush=True)
+            return None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.02):
+                await stop.wait()
+    return None
+
+
 async def _serve(listen: str, upstream: str, lease: float) -> None:
     from ._address import parse_address
 
@@ -153,17 +238,28 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m rlmesh.relay``."""
     p = argparse.ArgumentParser(prog="rlmesh-relay", description=__doc__.split("\n")[0])
     p.add_argument("--listen", required=True, help="tcp://host:port to accept clients on")
-    p.add_argument("--upstream", required=True, help="unix:///path of the sandbox's server")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--upstream", help="unix:///path of the sandbox's server: forward bytes to it")
+    where.add_argument("--handoff", help="unix:///path of the server's handoff socket: pass clients to it")
     p.add_argument("--lease", type=float, default=60.0, help="stop after this many seconds without a client")
     args = p.parse_args(argv)
     try:
         import uvloop  # noqa: PLC0415  (optional speed-up)
     except ImportError:
         uvloop = None  # type: ignore[assignment]
-    if uvloop is None:
-        asyncio.run(_serve(args.listen, args.upstream, args.lease))
+    if args.handoff is not None:
+        from ._address import parse_address
+
+        path = parse_address(args.handoff).path
+        if path is None:
+            raise SystemExit("rlmesh-relay: --handoff takes unix:///path")
+        main_coro = _serve_handoff(args.listen, path, args.lease)
     else:
-        uvloop.run(_serve(args.listen, args.upstream, args.lease))
+        main_coro = _serve(args.listen, args.upstream, args.lease)
+    if uvloop is None:
+        asyncio.run(main_coro)
+    else:
+        uvloop.run(main_coro)
     return 0
 
 

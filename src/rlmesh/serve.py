@@ -8,6 +8,7 @@ Usage::
                  [--kwargs-json JSON] [--wrappers-json JSON] [--import MODULE ...]
                  [--token-file PATH | --insecure] [--tls-cert PEM --tls-key PEM]
                  [--idle-timeout S] [--max-frame-size BYTES] [--lease S] [--dial]
+                 [--handoff PATH]
 
 Over TCP a token is required: ``RLMESH_TOKEN`` or ``--token-file``. ``--insecure``
 serves without one, on loopback addresses only.
@@ -67,6 +68,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--dial", action="store_true",
                    help="connect to ADDRESS (a Unix socket the client listens on), serve that one connection, "
                         "exit when it ends (how sandboxes run)")
+    p.add_argument("--handoff", default=None, metavar="PATH",
+                   help="also serve connections handed over as file descriptors on the Unix socket PATH "
+                        "(a relay passes its TCP clients on this way)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -107,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         server_options = {
             "max_frame_size": args.max_frame_size or DEFAULT_MAX_FRAME_SIZE, "token": token,
             "insecure": args.insecure, "tls": tls, "idle_timeout": getattr(args, "idle_timeout", "default"),
-            "lease": args.lease, "dial": args.dial,
+            "lease": args.lease, "dial": args.dial, "handoff": args.handoff,
         }
         EnvServer(lambda: None, args.address, **server_options)  # type: ignore[arg-type, return-value]
 

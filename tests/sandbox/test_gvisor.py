@@ -60,6 +60,17 @@ def test_single_env_parity_under_gvisor() -> None:
         env.close()
 
 
+def test_a_gvisor_sandbox_through_a_relay_forwards_bytes() -> None:
+    # gVisor cannot receive a host descriptor, so its relay forwards bytes instead of handing over.
+    env = SandboxEnv("CartPole-v1", runtime="runsc", transport="tcp")
+    try:
+        relay = inspect(env._core._sandbox.relay_id)
+        assert "--upstream" in relay["Config"]["Cmd"] and "--handoff" not in relay["Config"]["Cmd"]
+        assert _trajectory(env, gym.make("CartPole-v1"), 100, vector=False) >= 2
+    finally:
+        env.close()
+
+
 def test_vector_env_parity_under_gvisor() -> None:
     envs = SandboxVectorEnv("CartPole-v1", num_envs=3, runtime="runsc")
     try:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from rlmesh import RemoteEnv
-from rlmesh.errors import AuthenticationError
+from rlmesh.errors import AuthenticationError, SandboxExitedError
 from rlmesh.numpy import SandboxEnv, SandboxVectorEnv
 
 from .conftest import sandbox_containers
@@ -63,12 +63,27 @@ def test_a_sandbox_on_another_engine_builds_and_runs_there(second_engine: str) -
 
 
 def test_a_relayed_vector_sandbox_on_this_engine(second_engine: str) -> None:
+    before = sandbox_containers()
     with SandboxVectorEnv("CartPole-v1", num_envs=3, transport="tcp") as envs:
+        sandbox = envs._core._sandbox
+        relay = json.loads(subprocess.run(["docker", "inspect", sandbox.relay_id], capture_output=True, text=True,
+                                          check=True).stdout)[0]
+        assert "--handoff" in relay["Config"]["Cmd"]  # it hands clients to the server, then steps aside
         ref = gym.make_vec("CartPole-v1", num_envs=3, vectorization_mode="sync")
         obs, _ = envs.reset(seed=1)
         assert np.array_equal(obs, ref.reset(seed=1)[0])
         a = np.array([0, 1, 0])
         assert np.array_equal(envs.step(a)[0], ref.step(a)[0])
+        # The server killed: its relay sees the end of its handoff channel and stops at once
+        # (not after its lease), and the step says the sandbox is gone.
+        subprocess.run(["docker", "kill", envs.container_id], capture_output=True, check=True)
+        deadline = time.monotonic() + 20
+        while sandbox.relay_id in sandbox_containers() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sandbox.relay_id not in sandbox_containers()
+        with pytest.raises(SandboxExitedError):
+            envs.step(a)
+    assert sandbox_containers() == before
 
 
 def test_a_killed_owner_s_remote_sandbox_ends_by_its_lease(second_engine: str) -> None:

@@ -46,6 +46,7 @@ __all__ = ["Engine", "Sandbox", "cleanup_sandboxes", "list_sandboxes"]
 log = logging.getLogger("rlmesh.sandbox")
 
 SOCKET_IN_CONTAINER = f"{RUNTIME_DIR_IN_CONTAINER}/env.sock"
+HANDOFF_IN_CONTAINER = f"{RUNTIME_DIR_IN_CONTAINER}/handoff.sock"
 HOST_SOCKET = "host.sock"
 TMPFS_SIZE = 1 << 30  # /tmp in the container; also charged to (and bounded by) its memory limit
 LOG_LINES = 100  # the output kept for errors
@@ -176,6 +177,8 @@ class Sandbox:
             assert token is not None
             env["RLMESH_TOKEN"] = token
             tail = ["--require-token", "--lease", f"{self.lease:g}"]
+            if self._hands_off:
+                tail += ["--handoff", HANDOFF_IN_CONTAINER]
         me = ownership.owner()
         return {
             "Image": self.image,
@@ -261,12 +264,21 @@ class Sandbox:
                 self.address = f"tcp://{relay_ip}:7000"
         return await self._await_relayed(self.address, token, timeout)
 
+    @property
+    def _hands_off(self) -> bool:
+        # The relay passes each client's socket to the server and leaves the data path, except
+        # into gVisor: its sentry cannot take a host descriptor over a host Unix socket, so
+        # the relay forwards the bytes instead (one more hop per step).
+        return self.options.runtime != "runsc"
+
     def _relay_config(self, env_config: dict[str, Any]) -> dict[str, Any]:
         bind = "127.0.0.1" if self.engine.address_host in ("127.0.0.1", "localhost", "::1") else "0.0.0.0"
         return {
             "Image": self.image,
             "Entrypoint": ["python", "-m", "rlmesh.relay"],
-            "Cmd": ["--listen", "tcp://0.0.0.0:7000", "--upstream", f"unix://{SOCKET_IN_CONTAINER}",
+            "Cmd": ["--listen", "tcp://0.0.0.0:7000",
+                    *(["--handoff", f"unix://{HANDOFF_IN_CONTAINER}"] if self._hands_off
+                      else ["--upstream", f"unix://{SOCKET_IN_CONTAINER}"]),
                     "--lease", f"{self.lease + 30:g}"],  # outlives its sandbox's own lease
             "User": env_config["User"],
             "Env": ["PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", "HOME=/tmp"],

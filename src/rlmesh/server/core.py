@@ -54,6 +54,7 @@ from ..protocol.spaces import space_at
 from ..protocol.values import unencodable
 from ..protocol import auth as _auth
 from ._types import EnvLike
+from .handoff import HandoffListener
 
 __all__ = ["HELLO_TIMEOUT", "IDLE_TIMEOUT", "EnvServer"]
 
@@ -93,6 +94,9 @@ class EnvServer:
         dial: Connect to ``address`` (a Unix socket the client listens on) instead of
             listening there; serve that one connection and stop when it ends. Sandboxes use
             this, so that the container needs no writable host directory and ends with its owner.
+        handoff: Also adopt connections handed over as file descriptors on the Unix socket at
+            this path (:mod:`rlmesh.server.handoff`): a relay passes its accepted TCP clients
+            on, and is then out of the data path.
 
     Raises:
         InvalidArgumentError: TCP without a token (and not ``insecure`` on loopback), or a
@@ -113,6 +117,7 @@ class EnvServer:
         idle_timeout: float | None | str = "default",
         lease: float | None = None,
         dial: bool = False,
+        handoff: str | None = None,
     ) -> None:
         self._address: Address = parse_address(address)
         tcp = self._address.path is None
@@ -140,6 +145,9 @@ class EnvServer:
             raise InvalidArgumentError(f"lease must be a positive number of seconds or None, got {lease!r}")
         if dial and tcp:
             raise InvalidArgumentError("dial applies to Unix socket addresses")
+        if handoff is not None and (dial or not isinstance(handoff, str) or not os.path.isabs(handoff)):
+            raise InvalidArgumentError(f"handoff must be an absolute socket path (and not with dial), got {handoff!r}")
+        self._handoff = handoff
         self._lease: float | None = lease
         self._dial = dial
         self._startup_error: Exception | None = None
@@ -159,6 +167,7 @@ class EnvServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_lock = threading.Lock()  # stop() from other threads vs serve_async starting/ending
         self._stop_requested = False
+        self._adopting: set[asyncio.Future[Any]] = set()
         self.is_vector = False
         #: Set while the server accepts connections (for a server run in a thread).
         self.ready = threading.Event()
@@ -267,6 +276,9 @@ class EnvServer:
             if addr.port == 0:
                 port = server.sockets[0].getsockname()[1]
                 self._address = Address(host=addr.host, port=port)
+        handoff = None
+        if self._handoff is not None:
+            handoff = HandoffListener(self._handoff, self._adopt)
         handled: list[signal.Signals] = []
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -293,6 +305,8 @@ class EnvServer:
                 loop.remove_signal_handler(sig)
             if server is not None:
                 server.close()
+            if handoff is not None:
+                handoff.close()
             for proto in [self._active, *self._waiting, *self._pending]:
                 if proto is not None and proto.transport is not None:
                     proto.transport.abort()
@@ -320,6 +334,18 @@ class EnvServer:
                 if loop.time() > deadline:
                     raise ConnectError(f"no client listens at {self.address}: {exc}") from exc
                 await asyncio.sleep(0.01)
+
+    def _adopt(self, sock: socket.socket) -> None:
+        # A connection handed over by a relay: served as if accepted here.
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(loop.connect_accepted_socket(lambda: _ServerProtocol(self), sock))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopted)
+
+    def _adopted(self, task: asyncio.Future[Any]) -> None:
+        self._adopting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not serve a handed-over connection: %r", task.exception())
 
     def _check_lease(self) -> None:
         # Listening with a lease: stop when no client has been served for `lease` seconds
