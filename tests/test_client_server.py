@@ -16,6 +16,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium import spaces
 from gymnasium.utils import seeding
 
 from rlmesh import AsyncRemoteEnv, AsyncRemoteVectorEnv, RemoteEnv, RemoteVectorEnv, _portal
@@ -611,3 +612,40 @@ def test_metadata_is_the_remote_env_s_and_a_shell_s_own_once_assigned(tmp_path: 
                 envs.step(np.ones(2, dtype=np.int64))
     finally:
         st.stop()
+
+
+class _EchoActionEnv(gym.Env[np.ndarray[Any, Any], np.ndarray[Any, Any]]):
+    """Returns the action it was given as its observation (a big action: 56 KB)."""
+
+    action_space = spaces.Box(-1.0, 1.0, (14000,), np.float32)
+    observation_space = spaces.Box(-1.0, 1.0, (14000,), np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        super().reset(seed=seed)
+        return np.zeros(14000, np.float32), {}
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        return np.array(action, np.float32), 0.0, False, False, {}
+
+
+def test_sync_requests_written_from_the_caller_s_thread_survive_partial_writes(serve: Serve) -> None:
+    # The sync classes write a request on the socket from the caller's thread; what the socket
+    # does not take at once is queued to the loop. With a tiny send buffer most requests are
+    # split, and each must still arrive whole and in order.
+    address = serve(_EchoActionEnv())
+    with RemoteEnv(address) as env:
+        env.reset(seed=0)
+        p = env._core.connection._p
+        assert p.direct is not None
+        p.direct.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        queued = []
+        write_rest = p.write_rest
+        p.write_rest = lambda data: (queued.append(len(data)), write_rest(data))  # type: ignore[method-assign]
+        rng = np.random.default_rng(0)
+        for _ in range(100):
+            action = rng.uniform(-1, 1, 14000).astype(np.float32)
+            obs, *_ = env.step(action)
+            assert np.array_equal(obs, action)
+        assert len(queued) > 50  # the split path was taken
+    assert p.direct is None  # closed with the connection
+

@@ -453,6 +453,11 @@ async def test_tls_with_a_self_signed_certificate(tcp_server: Any, tmp_path: Pat
     local = gym.make("CartPole-v1")
     obs, _ = await env.reset(seed=3)
     assert np.array_equal(obs, local.reset(seed=3)[0])
+    core = env.env if flavour == "async" else env.env._core
+    assert core.connection._p.direct is None  # TLS bytes are the SSL object's: only the loop writes them
+    for t in range(5):
+        got, want = await env.step(t % 2), local.step(t % 2)
+        assert np.array_equal(got[0], want[0])
     await env.close()
     with pytest.raises(ConnectError, match="TLS"):  # the system store does not trust it
         await open_env(flavour, address, token=TOKEN, tls=True)

@@ -21,7 +21,6 @@ import atexit
 import logging
 import os
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -142,14 +141,17 @@ class _ThreadSlot:
 
     It stands where an ``asyncio.Future`` would (it has the ``done``/``set_result``/
     ``set_exception`` that the connection uses), so the reply wakes the waiting thread
-    straight from ``data_received``: no task, no coroutine, one thread hop each way.
+    straight from ``data_received``: no task, no coroutine, one thread hop each way. Slots
+    made with a shared :class:`_Countdown` wake their thread once, when the last is done.
     """
 
-    __slots__ = ("_done", "_exc", "_lock", "_value", "rid")
+    __slots__ = ("_countdown", "_done", "_exc", "_lock", "_value", "rid")
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
+    def __init__(self, countdown: _Countdown | None = None) -> None:
+        self._countdown = countdown
+        if countdown is None:
+            self._lock = threading.Lock()
+            self._lock.acquire()
         self._done = False
         self._value: Frame | None = None
         self._exc: BaseException | None = None
@@ -160,19 +162,50 @@ class _ThreadSlot:
 
     def set_result(self, value: Frame, /) -> None:
         self._value, self._done = value, True
-        self._lock.release()
+        self._wake()
 
     def set_exception(self, exc: BaseException, /) -> None:
         self._exc, self._done = exc, True
-        self._lock.release()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._countdown is None:
+            self._lock.release()
+        else:
+            self._countdown.one_done()
 
     def wait(self, timeout: float | None) -> Frame:
         if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
             raise TimeoutError
+        return self.result()
+
+    def result(self) -> Frame:
         if self._exc is not None:
             raise self._exc
         assert self._value is not None
         return self._value
+
+
+class _Countdown:
+    """Wakes the one thread waiting on several slots once, when the last of them is done."""
+
+    __slots__ = ("_count_lock", "_left", "_lock")
+
+    def __init__(self, n: int) -> None:
+        self._left = n
+        self._count_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def one_done(self) -> None:
+        with self._count_lock:  # the loop thread, or the waiting thread itself (a failed send)
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self._lock.release()
+
+    def wait(self, timeout: float | None) -> bool:
+        return self._lock.acquire(timeout=-1 if timeout is None else timeout)
 
 
 def _submit(conn: ClientConnection, mtype: MessageType, body: Any, slot: _ThreadSlot) -> None:
@@ -186,6 +219,16 @@ def _submit(conn: ClientConnection, mtype: MessageType, body: Any, slot: _Thread
             raise
 
 
+def _send_here(conn: ClientConnection, mtype: MessageType, body: Any, slot: _ThreadSlot) -> bool:
+    # Write the request from this thread when the connection allows it (one thread hop fewer
+    # per request); a failure goes to the slot, as on the loop. False: the loop must send it.
+    try:
+        return conn.send_from_thread(mtype, body, slot)
+    except Exception as exc:  # noqa: BLE001  (reported through the slot, like the loop's)
+        slot.set_exception(exc)
+        return True
+
+
 def request(core: _AsyncRemoteBase, mtype: MessageType, body: Any) -> Frame:
     """Send a request on ``core``'s connection from this (non-loop) thread and wait for the reply.
 
@@ -197,10 +240,11 @@ def request(core: _AsyncRemoteBase, mtype: MessageType, body: Any) -> Frame:
     conn = core.connection
     slot = _ThreadSlot()
     loop = conn.loop
-    try:
-        loop.call_soon_threadsafe(_submit, conn, mtype, body, slot)
-    except RuntimeError as exc:  # the loop is closed
-        raise RLMeshError(f"rlmesh's event loop is not running: {exc}") from exc
+    if not _send_here(conn, mtype, body, slot):
+        try:
+            loop.call_soon_threadsafe(_submit, conn, mtype, body, slot)
+        except RuntimeError as exc:  # the loop is closed
+            raise RLMeshError(f"rlmesh's event loop is not running: {exc}") from exc
     timeout = core.request_timeout
     try:
         return slot.wait(timeout)
@@ -216,36 +260,43 @@ def request(core: _AsyncRemoteBase, mtype: MessageType, body: Any) -> Frame:
 
 def request_many(requests: list[tuple[_AsyncRemoteBase, MessageType, Any]]) -> list[Frame]:
     """:func:`request` to several cores at once (the shards of a vector env): every request is
-    written before any reply is awaited, with one hop to the loop for all of them.
+    written before any reply is awaited, with one hop to the loop for all of them, and this
+    thread is woken once, when the last reply is in.
 
     Raises:
         RLMeshError: The first failure, by request order (timeouts, lost connections, explained).
     """
     check_caller()
-    slots = [_ThreadSlot() for _ in requests]
+    countdown = _Countdown(len(requests))
+    slots = [_ThreadSlot(countdown) for _ in requests]
     conns = [core.connection for core, _, _ in requests]
 
-    def submit_all() -> None:  # on the loop
-        for conn, slot, (_, mtype, body) in zip(conns, slots, requests, strict=True):
+    rest = [(conn, slot, mtype, body) for conn, slot, (_, mtype, body) in zip(conns, slots, requests, strict=True)
+            if not _send_here(conn, mtype, body, slot)]
+
+    def submit_rest() -> None:  # on the loop
+        for conn, slot, mtype, body in rest:
             _submit(conn, mtype, body, slot)
 
     loop = conns[0].loop
-    try:
-        loop.call_soon_threadsafe(submit_all)
-    except RuntimeError as exc:  # the loop is closed
-        raise RLMeshError(f"rlmesh's event loop is not running: {exc}") from exc
+    if rest:
+        try:
+            loop.call_soon_threadsafe(submit_rest)
+        except RuntimeError as exc:  # the loop is closed
+            raise RLMeshError(f"rlmesh's event loop is not running: {exc}") from exc
+    timeouts = [core.request_timeout for core, _, _ in requests if core.request_timeout is not None]
+    timeout = min(timeouts) if timeouts else None
+    all_in = countdown.wait(timeout)
     frames: list[Frame] = []
     failure: tuple[int, BaseException] | None = None
-    deadline = None
-    for i, ((core, _, _), conn, slot) in enumerate(zip(requests, conns, slots, strict=True)):
-        timeout = core.request_timeout
-        if timeout is not None:
-            deadline = deadline or (time.monotonic() + timeout)
-        try:
-            frames.append(slot.wait(None if deadline is None else max(deadline - time.monotonic(), 0.0)))
-        except TimeoutError:
+    for i, (core, conn, slot) in enumerate(zip((c for c, _, _ in requests), conns, slots, strict=True)):
+        if not all_in and not slot.done():
             loop.call_soon_threadsafe(_forget, conn, slot)
-            failure = failure or (i, RLMeshTimeoutError(f"no reply from the env server within request_timeout={timeout}s"))
+            failure = failure or (i, RLMeshTimeoutError(
+                f"no reply from the env server within request_timeout={core.request_timeout}s"))
+            continue
+        try:
+            frames.append(slot.result())
         except BaseException as err:  # noqa: BLE001  (the first failure is raised once all are in)
             failure = failure or (i, err)
     if failure is not None:

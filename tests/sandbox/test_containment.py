@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -221,6 +222,44 @@ def test_a_forked_child_has_its_own_loop_and_sandboxes() -> None:
     ids = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.split()[0] in ("parent", "child")}
     assert set(ids) == {"parent", "child"} and ids["parent"] != ids["child"]
     assert not set(ids.values()) & sandbox_containers()
+
+
+def test_a_killed_owner_s_sandbox_ends_while_its_forked_child_lives() -> None:
+    # The child inherits every descriptor of the parent's connection (the transport's, and the
+    # one sync callers write on): none may keep the sandbox's connection open once the owner is
+    # gone.
+    proc = _script("""
+        import os, signal, time
+        from rlmesh.numpy import SandboxEnv
+        env = SandboxEnv("CartPole-v1")
+        env.reset(seed=0)
+        env.step(0)
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(120)
+            os._exit(0)
+        print(env.container_id, pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    child = None
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().split()
+        assert len(line) == 2, proc.stderr.read() if proc.stderr else ""
+        cid, child = line[0], int(line[1])
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while cid in sandbox_containers() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert os.path.exists(f"/proc/{child}")  # the child still runs ...
+        assert cid not in sandbox_containers()  # ... and the sandbox is gone
+    finally:
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        proc.communicate(timeout=30)
+        # The killed owner's socket directory (it could not remove it).
+        subprocess.run([sys.executable, "-m", "rlmesh", "sandbox", "cleanup"], capture_output=True, cwd=REPO)
 
 
 def test_the_loop_thread_after_shutdown_is_a_clear_error() -> None:

@@ -15,8 +15,12 @@ is a :class:`~rlmesh.errors.ProtocolError` that closes the connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import socket
 import ssl
+import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
@@ -88,6 +92,10 @@ def make_client_tls(tls: TlsOption) -> ssl.SSLContext | None:
     raise InvalidArgumentError(f"tls must be True, a CA file path or an ssl.SSLContext, got {tls!r}")
 
 
+_DIRECT_MAX = 1 << 16  # requests up to this size may be written from the caller's thread
+_with_direct: weakref.WeakSet[_Protocol] = weakref.WeakSet()
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, max_frame_size: int) -> None:
         self.conn = Connection(max_frame_size)
@@ -97,9 +105,32 @@ class _Protocol(asyncio.Protocol):
         self.lost: RLMeshError | None = None
         self.loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[None] = self.loop.create_future()
+        # Writes and request ids, from the loop or from a sync caller's thread (send_from_thread).
+        self.send_lock = threading.RLock()
+        self.next_id = 1
+        self.direct: socket.socket | None = None  # the connection's socket, for sync callers' writes
+        self.queued = 0  # remainders of partial direct writes, still to be written by the loop
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        sock = transport.get_extra_info("socket")
+        if sock is not None and transport.get_extra_info("ssl_object") is None:
+            # A descriptor of our own for the same socket (uvloop hands out a pseudo-socket). It
+            # is non-blocking already; the loop keeps reading, and both sides write under
+            # send_lock. TLS connections have no direct path (their bytes are the SSL object's).
+            with contextlib.suppress(OSError):
+                direct = socket.socket(fileno=os.dup(sock.fileno()))
+                direct.setblocking(False)
+                self.direct = direct
+                _with_direct.add(self)
+
+    def close_direct(self) -> None:
+        # Our descriptor would keep the socket open after the transport closed its own: the
+        # peer would not see the end.
+        with self.send_lock:
+            direct, self.direct = self.direct, None
+        if direct is not None:
+            direct.close()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -141,16 +172,27 @@ class _Protocol(asyncio.Protocol):
                 del self.abandoned[next(iter(self.abandoned))]
 
     def fail(self, exc: RLMeshError) -> None:
-        if self.lost is None:
-            self.lost = exc
-        for slot in self.pending.values():
+        with self.send_lock:  # a request being sent from another thread is in `pending`, or sees `lost`
+            if self.lost is None:
+                self.lost = exc
+            slots = list(self.pending.values())
+            self.pending.clear()
+        for slot in slots:
             if not slot.done():
                 slot.set_exception(exc)
-        self.pending.clear()
+        self.close_direct()
         if self.transport is not None:
             self.transport.abort()
 
+    def write_rest(self, data: bytes) -> None:
+        # On the loop: the part of a direct write that the socket did not take at once.
+        with self.send_lock:
+            self.queued -= 1
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(data)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self.close_direct()
         self.fail(ConnectionClosedError(
             "the env server closed the connection"
             + (f": {exc}" if exc else "")
@@ -158,6 +200,36 @@ class _Protocol(asyncio.Protocol):
         ))
         if not self.closed.done():
             self.closed.set_result(None)
+
+
+def _encode_request(p: _Protocol, mtype: MessageType, body: Any) -> tuple[int, bytes]:
+    # Under p.send_lock: the next request id, and the frame. Encoding comes before the request is
+    # registered, so that a body that cannot be encoded leaves nothing pending.
+    rid = p.next_id
+    try:
+        if isinstance(body, (ResetRequest, CallRequest, ClientHello, AuthProof)):
+            data = body.encode(rid)
+        else:
+            data = encode_message(mtype, rid, body)
+    except (TypeError, ValueError, RecursionError, OverflowError) as exc:
+        # orjson refuses lone surrogates and very deep nesting.
+        raise UnencodableError(f"cannot encode the {mtype.name} request: {type(exc).__name__}: {exc}") from exc
+    p.next_id = (rid + 1) & _ID_MASK or 1
+    return rid, data
+
+
+def _after_fork_in_child() -> None:
+    # A forked child must not hold its parent's connections open (a sandbox ends when its
+    # owner's end closes): close the child's copies of our descriptors (they are ours alone;
+    # the transports' own are handled by rlmesh.sandbox.ownership).
+    for p in list(_with_direct):
+        direct, p.direct = p.direct, None
+        if direct is not None:
+            with contextlib.suppress(OSError):
+                direct.close()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class PendingReply(NamedTuple):
@@ -180,7 +252,6 @@ class ClientConnection:
 
     def __init__(self, protocol: _Protocol, address: str) -> None:
         self._p = protocol
-        self._next_id = 1
         self._closed_here = False
         self.hello: ServerHello | None = None
         self.address = address
@@ -384,22 +455,49 @@ class ClientConnection:
                 raise EnvClosedError("the connection to the env server is closed")
             # The peer hung up and connection_lost has not run yet.
             raise ConnectionClosedError("the env server closed the connection")
-        rid = self._next_id
-        self._next_id = (rid + 1) & _ID_MASK or 1
-        try:
-            if isinstance(body, (ResetRequest, CallRequest, ClientHello, AuthProof)):
-                data = body.encode(rid)
-            else:
-                data = encode_message(mtype, rid, body)
-        except (TypeError, ValueError, RecursionError, OverflowError) as exc:
-            # orjson refuses lone surrogates and very deep nesting; encode before
-            # registering the request, so that nothing is left pending.
-            raise UnencodableError(
-                f"cannot encode the {mtype.name} request: {type(exc).__name__}: {exc}"
-            ) from exc
-        p.pending[rid] = slot
-        transport.write(data)
+        with p.send_lock:
+            rid, data = _encode_request(p, mtype, body)
+            p.pending[rid] = slot
+            transport.write(data)
         return rid
+
+    def send_from_thread(self, mtype: MessageType, body: Any, slot: ReplySlot) -> bool:
+        """Send a request from a thread other than the loop's, writing it on the socket from this
+        thread (no hop to the loop; the reply still arrives through the loop, into ``slot``).
+
+        Returns False, having sent nothing, where only the loop can send it (TLS, a large or
+        queued write, a closing transport): then use :meth:`submit` on the loop.
+
+        Raises:
+            TransportError: The connection was lost.
+            InvalidArgumentError: The body cannot be encoded.
+        """
+        p = self._p
+        with p.send_lock:
+            direct, transport = p.direct, p.transport
+            if p.lost is not None:
+                raise p.lost
+            if direct is None or transport is None or transport.is_closing() or p.queued \
+                    or transport.get_write_buffer_size():
+                return False
+            rid, data = _encode_request(p, mtype, body)
+            if len(data) > _DIRECT_MAX:
+                p.next_id = rid  # unused: the loop sends it
+                return False
+            p.pending[rid] = slot
+            try:
+                sent = direct.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                del p.pending[rid]
+                p.next_id = rid
+                return False  # the loop's write reports the failure (and the loss) as usual
+            slot.rid = rid  # type: ignore[attr-defined]
+            if sent < len(data):
+                p.queued += 1
+                p.loop.call_soon_threadsafe(p.write_rest, data[sent:])
+        return True
 
     def abandon(self, rid: int) -> None:
         """Forget a request whose caller stopped waiting (on the loop)."""
