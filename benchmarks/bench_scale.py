@@ -6,7 +6,7 @@ Usage::
 
 Rows (ratios within each round, median over rounds; see benchmarks/README.md):
 
-* a CPU-heavy synthetic env (``benchmarks/heavy_env``, about 200 us of work per step), N=16:
+* a CPU-heavy synthetic env (``benchmarks/heavy_env``, 200 us of CPU time per step), N=16:
   ``shards=2`` against ``shards=1`` (target >= 1.7x on 2 cores);
 * CartPole N=64: ``shards=2`` against ``shards=1`` (target >= 0.9x: sharding must cost little
   where it cannot help);
