@@ -92,7 +92,6 @@ def make_client_tls(tls: TlsOption) -> ssl.SSLContext | None:
     raise InvalidArgumentError(f"tls must be True, a CA file path or an ssl.SSLContext, got {tls!r}")
 
 
-_DIRECT_MAX = 1 << 16  # requests up to this size may be written from the caller's thread
 _with_direct: weakref.WeakSet[_Protocol] = weakref.WeakSet()
 
 
@@ -192,7 +191,6 @@ class _Protocol(asyncio.Protocol):
                 self.transport.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.close_direct()
         self.fail(ConnectionClosedError(
             "the env server closed the connection"
             + (f": {exc}" if exc else "")
@@ -465,8 +463,8 @@ class ClientConnection:
         """Send a request from a thread other than the loop's, writing it on the socket from this
         thread (no hop to the loop; the reply still arrives through the loop, into ``slot``).
 
-        Returns False, having sent nothing, where only the loop can send it (TLS, a large or
-        queued write, a closing transport): then use :meth:`submit` on the loop.
+        Returns False, having sent nothing, where only the loop can send it (TLS, a write still
+        queued, a closing transport): then use :meth:`submit` on the loop.
 
         Raises:
             TransportError: The connection was lost.
@@ -481,9 +479,6 @@ class ClientConnection:
                     or transport.get_write_buffer_size():
                 return False
             rid, data = _encode_request(p, mtype, body)
-            if len(data) > _DIRECT_MAX:
-                p.next_id = rid  # unused: the loop sends it
-                return False
             p.pending[rid] = slot
             try:
                 sent = direct.send(data)
@@ -491,7 +486,6 @@ class ClientConnection:
                 sent = 0
             except OSError:
                 del p.pending[rid]
-                p.next_id = rid
                 return False  # the loop's write reports the failure (and the loss) as usual
             slot.rid = rid  # type: ignore[attr-defined]
             if sent < len(data):
