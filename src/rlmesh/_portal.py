@@ -8,8 +8,10 @@ forgotten env cannot hang interpreter exit; an ``atexit`` hook stops the loop
 :mod:`rlmesh.sandbox.container`).
 
 The hot path (:func:`request`) does not start a portal task at all: the request
-is written from the loop with one ``call_soon_threadsafe``, and the reply wakes
-the waiting thread straight from the connection's ``data_received``.
+is written on the socket from the caller's own thread
+(:meth:`~rlmesh.client.connection.ClientConnection.send_from_thread`; where only the
+loop can write it, TLS for one, with one ``call_soon_threadsafe``), and the reply
+wakes the waiting thread straight from the connection's ``data_received``.
 
 After ``os.fork()`` the child has no loop thread (threads do not survive a
 fork), so the child's state is reset: its first sync call starts its own loop.
@@ -141,8 +143,8 @@ class _ThreadSlot:
 
     It stands where an ``asyncio.Future`` would (it has the ``done``/``set_result``/
     ``set_exception`` that the connection uses), so the reply wakes the waiting thread
-    straight from ``data_received``: no task, no coroutine, one thread hop each way. Slots
-    made with a shared :class:`_Countdown` wake their thread once, when the last is done.
+    straight from ``data_received``: no task, no coroutine, one thread hop (the reply's).
+    Slots made with a shared :class:`_Countdown` wake their thread once, when the last is done.
     """
 
     __slots__ = ("_countdown", "_done", "_exc", "_lock", "_value", "rid")
@@ -260,8 +262,8 @@ def request(core: _AsyncRemoteBase, mtype: MessageType, body: Any) -> Frame:
 
 def request_many(requests: list[tuple[_AsyncRemoteBase, MessageType, Any]]) -> list[Frame]:
     """:func:`request` to several cores at once (the shards of a vector env): every request is
-    written before any reply is awaited, with one hop to the loop for all of them, and this
-    thread is woken once, when the last reply is in.
+    written before any reply is awaited (from this thread; those only the loop can write, in
+    one hop to it), and this thread is woken once, when the last reply is in.
 
     Raises:
         RLMeshError: The first failure, by request order (timeouts, lost connections, explained).
