@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -638,14 +639,67 @@ def test_sync_requests_written_from_the_caller_s_thread_survive_partial_writes(s
         p = env._core.connection._p
         assert p.direct is not None
         p.direct.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        queued = []
-        write_rest = p.write_rest
-        p.write_rest = lambda data: (queued.append(len(data)), write_rest(data))  # type: ignore[method-assign]
+        flushes = []
+        flush = p.flush_backlog
+        p.flush_backlog = lambda: (flushes.append(len(p.backlog)), flush())  # type: ignore[method-assign]
         rng = np.random.default_rng(0)
         for _ in range(100):
             action = rng.uniform(-1, 1, 14000).astype(np.float32)
             obs, *_ = env.step(action)
             assert np.array_equal(obs, action)
-        assert len(queued) > 50  # the split path was taken
+        assert len(flushes) > 50  # the split path was taken
     assert p.direct is None  # closed with the connection
 
+
+def test_a_loop_write_queued_before_a_split_direct_write_goes_after_it(serve: Serve) -> None:
+    # The loop is busy; a request is queued for it to write; then this thread writes a request
+    # the socket takes only part of. The loop's write must wait for the rest of that frame
+    # (written first, it would land inside it and break the stream).
+    address = serve(_EchoActionEnv())
+    with RemoteEnv(address) as env:
+        env.reset(seed=0)
+        core = env._core
+        p = core.connection._p
+        assert p.direct is not None
+        p.direct.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        x = np.full(14000, 0.25, np.float32)
+        y = np.full(14000, -0.5, np.float32)
+        for _ in range(5):
+            busy = threading.Event()
+            p.loop.call_soon_threadsafe(lambda: (busy.set(), time.sleep(0.2)))  # hold the loop
+            assert busy.wait(10)
+            slot_x = _portal._ThreadSlot()
+            p.loop.call_soon_threadsafe(_portal._submit, core.connection, MessageType.STEP, x, slot_x)
+            slot_y = _portal._ThreadSlot()
+            assert core.connection.send_from_thread(MessageType.STEP, y, slot_y)
+            assert p.backlog  # split: the rest waits for the loop
+            assert np.array_equal(core.step_result(slot_y.wait(30))[0], y)
+            assert np.array_equal(core.step_result(slot_x.wait(30))[0], x)
+
+
+
+def test_a_forked_child_using_its_parent_s_env_gets_a_clear_error(serve: Serve) -> None:
+    # The child has no loop thread to serve the parent's connection (and may have forked while
+    # a parent thread held its send lock): an error at once, and the parent's env unharmed.
+    address = serve(gym.make("CartPole-v1"))
+    with RemoteEnv(address) as env:
+        env.reset(seed=0)
+        env.step(0)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report, and leave without running the parent's clean-up
+            try:
+                env.step(1)
+                os.write(w, b"no error")
+            except EnvClosedError as exc:
+                os.write(w, f"EnvClosedError: {exc}".encode())
+            except BaseException as exc:  # noqa: BLE001
+                os.write(w, repr(exc).encode())
+            os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as pipe:
+            said = pipe.read().decode()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert said.startswith("EnvClosedError") and "os.fork()" in said, said
+        env.step(1)  # the parent's connection still works

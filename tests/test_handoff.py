@@ -77,7 +77,7 @@ def test_a_relay_hands_clients_over_and_stops_when_its_server_dies(tmp_path: Pat
             # The relay kept nothing of the client's connection: steps go straight to the server.
             assert _sockets(relay.pid) == sockets_idle
             server_peers = _sockets(server.pid)
-        assert server_peers >= 3  # its two listeners, the relay's channel ... and the client
+        assert server_peers >= 4  # its two listeners, its end of the relay's channel, and the client
         with pytest.raises(AuthenticationError):  # the server behind the relay asks the token
             RemoteEnv(address, token=None, connect_timeout=10)
         assert relay.poll() is None
@@ -98,6 +98,41 @@ def test_a_relay_without_a_server_stops_after_its_lease(tmp_path: Path) -> None:
     assert relay.returncode == 0 and "no server" in err
 
 
+def test_a_relay_stops_once_no_client_is_connected_for_its_lease(tmp_path: Path) -> None:
+    # Its server lives on (and could hold the channel forever): the relay counts the clients
+    # itself, handed over or not, and stops its published port once none was connected for
+    # its lease.
+    handoff = tmp_path / "h.sock"
+    server = _spawn("rlmesh.serve", "CartPole-v1", "--address", f"unix://{tmp_path}/s.sock", "--require-token",
+                    "--handoff", str(handoff), RLMESH_TOKEN=TOKEN)
+    relay = _spawn("rlmesh.relay", "--listen", "tcp://127.0.0.1:0", "--handoff", f"unix://{handoff}", "--lease", "2")
+    try:
+        assert relay.stdout is not None
+        address = relay.stdout.readline().split()[3]
+        with RemoteEnv(address, token=TOKEN) as env:
+            env.reset(seed=0)
+            time.sleep(3)  # longer than the lease, with a client connected: the relay stays
+            assert relay.poll() is None
+            env.step(0)
+        _, err = relay.communicate(timeout=30)  # the client left: the lease runs out
+        assert "no client for 2s" in err
+        assert server.poll() is None
+    finally:
+        for proc in (relay, server):
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=10)
+
+
+def test_handoff_needs_a_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlmesh.errors import InvalidArgumentError
+    from rlmesh.server import EnvServer
+
+    monkeypatch.delenv("RLMESH_TOKEN", raising=False)
+    with pytest.raises(InvalidArgumentError, match="needs a token"):
+        EnvServer(gym.make("CartPole-v1"), f"unix://{tmp_path}/s.sock", handoff=str(tmp_path / "h.sock"))
+
+
 def _ended(sock: socket.socket) -> bool:
     try:
         return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
@@ -112,7 +147,7 @@ def _adopted_clients(st: ServerThread) -> int:
 
 def test_hostile_handoff_peers_cannot_hurt_the_server(tmp_path: Path) -> None:
     handoff = tmp_path / "h.sock"
-    st = ServerThread(gym.make("CartPole-v1"), f"unix://{tmp_path}/s.sock", handoff=str(handoff),
+    st = ServerThread(gym.make("CartPole-v1"), f"unix://{tmp_path}/s.sock", handoff=str(handoff), token=TOKEN,
                       hello_timeout=0.5).start()
     try:
         _wait_for(handoff.exists, 10, "no handoff socket")
@@ -157,7 +192,7 @@ def test_hostile_handoff_peers_cannot_hurt_the_server(tmp_path: Path) -> None:
 
         passer = threading.Thread(target=pass_one)
         passer.start()
-        with RemoteEnv(f"tcp://127.0.0.1:{port}", connect_timeout=10) as env:
+        with RemoteEnv(f"tcp://127.0.0.1:{port}", token=TOKEN, connect_timeout=10) as env:
             _same_episodes(env, gym.make("CartPole-v1"), 30, seed=5)
         passer.join(10)
         listener.close()
@@ -170,3 +205,18 @@ def test_hostile_handoff_peers_cannot_hurt_the_server(tmp_path: Path) -> None:
                   f"descriptors leaked: {len(os.listdir('/proc/self/fd'))} > {before}")
     finally:
         st.stop()
+
+
+@pytest.mark.parametrize(("runtime", "gvisor"), [
+    ("runc", False), ("io.containerd.runc.v2", False), ("nvidia", False),
+    ("runsc", True), ("runsc-kvm", True), ("fast-sandbox", True),  # an alias of the runsc binary
+])
+def test_gvisor_runtimes_get_the_forwarding_relay(runtime: str, gvisor: bool) -> None:
+    # gVisor cannot receive a host descriptor: its relay forwards bytes; every other runtime's
+    # hands clients over. Judged by the runtime's name and by the binary the engine runs for it.
+    from rlmesh.sandbox.container import _is_gvisor
+
+    info = {"Runtimes": {"runc": {"path": "runc"}, "runsc": {"path": "/usr/bin/runsc"},
+                         "fast-sandbox": {"path": "/usr/local/bin/runsc", "runtimeArgs": ["--platform=kvm"]},
+                         "nvidia": {"path": "nvidia-container-runtime"}}}
+    assert _is_gvisor(runtime, info) is gvisor

@@ -9,7 +9,9 @@ anyone itself: the server does (a fresh token per sandbox), with its pre-authent
 passes the connected socket to the server as a file descriptor
 (:mod:`rlmesh.server.handoff`), so steps go from the client to the server with nothing in
 between. The relay ends when its server is gone (its connection to the handoff socket ends),
-or when no server appeared within ``--lease`` seconds.
+when no server appeared within ``--lease`` seconds, or when no client has been connected for
+``--lease`` seconds (it counts the established connections to its port in its own network
+namespace, whoever holds them).
 
 ``--upstream unix:///path``: the relay forwards bytes to the server's socket, one more hop per
 step. gVisor sandboxes use it, as gVisor cannot receive a host descriptor. It ends when the
@@ -135,7 +137,10 @@ class _Relay:
 async def _serve_handoff(listen: str, handoff: str, lease: float) -> None:
     # Pass each accepted client to the server as a file descriptor, then forget it: the relay
     # is out of the data path. It stops when the server is gone (its one connection to the
-    # handoff socket ends, even if the server was killed) or never came within ``lease``.
+    # handoff socket ends, even if the server was killed), when no server came within
+    # ``lease``, or when no client has been connected for ``lease`` seconds. It counts its
+    # clients in its own network namespace (they are its TCP connections, handed over or not),
+    # so the untrusted server cannot keep it, and its published port, alive.
     from ._address import parse_address
     from .server.handoff import hand_off
 
@@ -150,7 +155,6 @@ async def _serve_handoff(listen: str, handoff: str, lease: float) -> None:
     channel = await _connect_handoff(handoff, lease, stop)
     if channel is None:
         return
-    channel.setblocking(False)
 
     def server_gone() -> None:
         try:
@@ -166,40 +170,78 @@ async def _serve_handoff(listen: str, handoff: str, lease: float) -> None:
     loop.add_reader(channel.fileno(), server_gone)
     listener = socket.create_server((addr.host, addr.port), backlog=MAX_CONNECTIONS)
     listener.setblocking(False)
+    port = listener.getsockname()[1]
 
     async def accept() -> None:
         while True:
-            client, _ = await loop.sock_accept(listener)
+            try:
+                client, _ = await loop.sock_accept(listener)
+            except OSError as exc:  # out of descriptors, a connection reset before accept(): go on
+                print(f"rlmesh-relay: accept failed: {exc}", file=sys.stderr, flush=True)
+                await asyncio.sleep(0.1)
+                continue
             try:
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 hand_off(channel, client)
             except OSError as exc:  # the server is not taking connections: this client is refused
+                client.close()
                 print(f"rlmesh-relay: could not hand a client over: {exc}", file=sys.stderr, flush=True)
 
-    acceptor = asyncio.ensure_future(accept())
-    host, port = listener.getsockname()[:2]
-    print(f"rlmesh-relay ready on tcp://{host}:{port} (handing clients over)", flush=True)
+    async def watch_lease() -> None:
+        vacant_since = loop.time()
+        while True:
+            await asyncio.sleep(CHECK_EVERY)
+            if _established(port):
+                vacant_since = loop.time()
+            elif loop.time() - vacant_since > lease:
+                print(f"rlmesh-relay: no client for {lease:g}s; stopping", file=sys.stderr, flush=True)
+                stop.set()
+
+    tasks = {asyncio.ensure_future(accept()), asyncio.ensure_future(watch_lease())}
+    print(f"rlmesh-relay ready on tcp://{addr.host}:{port} (handing clients over)", flush=True)
     try:
-        await asyncio.wait({acceptor, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
-        if acceptor.done():
-            acceptor.result()
+        done, _ = await asyncio.wait({*tasks, asyncio.ensure_future(stop.wait())},
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for task in done & tasks:
+            task.result()
     finally:
-        acceptor.cancel()
+        for task in tasks:
+            task.cancel()
         loop.remove_reader(channel.fileno())
         listener.close()
         channel.close()
 
 
+def _established(port: int) -> int:
+    """TCP connections to ``port`` in this network namespace that are established (in the
+    kernel's own table: they count whoever holds them, the relay or the server it handed them to)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 3 and fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        count += 1
+        except (OSError, ValueError):
+            continue
+    return count
+
+
 async def _connect_handoff(path: str, lease: float, stop: asyncio.Event) -> socket.socket | None:
-    # The relay starts before its sandbox: wait (at most ``lease``) for the server's handoff socket.
+    # The relay starts before its sandbox: wait (at most ``lease``) for the server's handoff
+    # socket. Non-blocking, so a server that never accepts cannot wedge the relay's loop.
     loop = asyncio.get_running_loop()
     deadline = loop.time() + lease
     while not stop.is_set():
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
-            sock.connect(path)
+            async with asyncio.timeout(1.0):
+                await loop.sock_connect(sock, path)
             return sock
-        except (FileNotFoundError, ConnectionRefusedError):
+        except (FileNotFoundError, ConnectionRefusedError, TimeoutError, BlockingIOError):
             sock.close()
         if loop.time() > deadline:
             print(f"rlmesh-relay: no server at {path} within {lease:g}s; stopping", file=sys.stderr, flush=True)

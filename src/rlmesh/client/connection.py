@@ -15,6 +15,7 @@ is a :class:`~rlmesh.errors.ProtocolError` that closes the connection.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import socket
@@ -92,7 +93,8 @@ def make_client_tls(tls: TlsOption) -> ssl.SSLContext | None:
     raise InvalidArgumentError(f"tls must be True, a CA file path or an ssl.SSLContext, got {tls!r}")
 
 
-_with_direct: weakref.WeakSet[_Protocol] = weakref.WeakSet()
+_protocols: weakref.WeakSet[_Protocol] = weakref.WeakSet()
+_fork_lock = threading.Lock()  # no fork between a descriptor's dup and its registration
 
 
 class _Protocol(asyncio.Protocol):
@@ -108,7 +110,9 @@ class _Protocol(asyncio.Protocol):
         self.send_lock = threading.RLock()
         self.next_id = 1
         self.direct: socket.socket | None = None  # the connection's socket, for sync callers' writes
-        self.queued = 0  # remainders of partial direct writes, still to be written by the loop
+        # Bytes that must reach the socket before any other write: the rest of a direct write
+        # the socket did not take at once (the loop flushes them, in order, ahead of its own).
+        self.backlog: collections.deque[bytes] = collections.deque()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -117,11 +121,11 @@ class _Protocol(asyncio.Protocol):
             # A descriptor of our own for the same socket (uvloop hands out a pseudo-socket). It
             # is non-blocking already; the loop keeps reading, and both sides write under
             # send_lock. TLS connections have no direct path (their bytes are the SSL object's).
-            with contextlib.suppress(OSError):
+            with _fork_lock, contextlib.suppress(OSError):
                 direct = socket.socket(fileno=os.dup(sock.fileno()))
                 direct.setblocking(False)
                 self.direct = direct
-                _with_direct.add(self)
+        _protocols.add(self)
 
     def close_direct(self) -> None:
         # Our descriptor would keep the socket open after the transport closed its own: the
@@ -183,12 +187,21 @@ class _Protocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def write_rest(self, data: bytes) -> None:
-        # On the loop: the part of a direct write that the socket did not take at once.
+    def write(self, data: bytes) -> None:
+        # On the loop, under send_lock: after the backlog, never before it.
+        if self.backlog:
+            self.backlog.append(data)
+        else:
+            assert self.transport is not None
+            self.transport.write(data)
+
+    def flush_backlog(self) -> None:
+        # On the loop: what direct writes left over, in order, then whatever queued behind it.
         with self.send_lock:
-            self.queued -= 1
+            backlog, self.backlog = self.backlog, collections.deque()
             if self.transport is not None and not self.transport.is_closing():
-                self.transport.write(data)
+                for data in backlog:
+                    self.transport.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(ConnectionClosedError(
@@ -219,15 +232,23 @@ def _encode_request(p: _Protocol, mtype: MessageType, body: Any) -> tuple[int, b
 def _after_fork_in_child() -> None:
     # A forked child must not hold its parent's connections open (a sandbox ends when its
     # owner's end closes): close the child's copies of our descriptors (they are ours alone;
-    # the transports' own are handled by rlmesh.sandbox.ownership).
-    for p in list(_with_direct):
+    # the transports' own are handled by rlmesh.sandbox.ownership). Its connections are its
+    # parent's, served by a loop thread the child does not have: using one is a clear error,
+    # never a wait on a lock some parent thread held at the fork.
+    _fork_lock.release()
+    for p in list(_protocols):
+        p.send_lock = threading.RLock()
+        if p.lost is None:
+            p.lost = EnvClosedError("this env was made in the parent process, before os.fork(); "
+                                    "a forked child must make its own")
         direct, p.direct = p.direct, None
         if direct is not None:
             with contextlib.suppress(OSError):
                 direct.close()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_fork_lock.acquire, after_in_parent=_fork_lock.release,
+                    after_in_child=_after_fork_in_child)
 
 
 class PendingReply(NamedTuple):
@@ -456,15 +477,17 @@ class ClientConnection:
         with p.send_lock:
             rid, data = _encode_request(p, mtype, body)
             p.pending[rid] = slot
-            transport.write(data)
+            p.write(data)
         return rid
 
     def send_from_thread(self, mtype: MessageType, body: Any, slot: ReplySlot) -> bool:
         """Send a request from a thread other than the loop's, writing it on the socket from this
         thread (no hop to the loop; the reply still arrives through the loop, into ``slot``).
 
-        Returns False, having sent nothing, where only the loop can send it (TLS, a write still
-        queued, a closing transport): then use :meth:`submit` on the loop.
+        Returns False, having sent nothing, where only the loop can send it (TLS, bytes still
+        queued, a closing transport): then use :meth:`submit` on the loop. If this thread is
+        interrupted while the frame may be partly written, the connection is dropped (what
+        follows on the stream could not be read).
 
         Raises:
             TransportError: The connection was lost.
@@ -475,22 +498,31 @@ class ClientConnection:
             direct, transport = p.direct, p.transport
             if p.lost is not None:
                 raise p.lost
-            if direct is None or transport is None or transport.is_closing() or p.queued \
+            if direct is None or transport is None or transport.is_closing() or p.backlog \
                     or transport.get_write_buffer_size():
                 return False
             rid, data = _encode_request(p, mtype, body)
             p.pending[rid] = slot
-            try:
-                sent = direct.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                del p.pending[rid]
-                return False  # the loop's write reports the failure (and the loss) as usual
             slot.rid = rid  # type: ignore[attr-defined]
-            if sent < len(data):
-                p.queued += 1
-                p.loop.call_soon_threadsafe(p.write_rest, data[sent:])
+            sending = True
+            try:
+                try:
+                    sent = direct.send(data)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    sending = False
+                    del p.pending[rid]
+                    return False  # the loop's write reports the failure (and the loss) as usual
+                if sent < len(data):
+                    p.backlog.append(data[sent:])
+                    p.loop.call_soon_threadsafe(p.flush_backlog)
+                sending = False
+            finally:
+                if sending:  # interrupted (KeyboardInterrupt) with part of the frame maybe sent
+                    p.pending.pop(rid, None)
+                    p.loop.call_soon_threadsafe(p.fail, ConnectionClosedError(
+                        "a request was interrupted while it was being written; the connection was dropped"))
         return True
 
     def abandon(self, rid: int) -> None:

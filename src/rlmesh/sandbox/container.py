@@ -136,6 +136,7 @@ class Sandbox:
         self._docker: DockerClient | None = None
         self._exit: asyncio.Task[int] | None = None
         self._follower: asyncio.Task[None] | None = None
+        self._gvisor = False  # runs under gVisor (the runtime asked for, else the engine's default)
         self._lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
 
     @property
@@ -153,6 +154,7 @@ class Sandbox:
                 raise InvalidArgumentError(message + (" " + _RUNSC_HELP if opts.runtime == "runsc" else ""))
         self.memory = memory_bytes(opts.memory) if opts.memory is not None else default_memory(
             int(info.get("MemTotal") or 0))
+        self._gvisor = _is_gvisor(opts.runtime or info.get("DefaultRuntime") or "runc", info)
         host: dict[str, Any] = {
             "Binds": [*([f"{socket_path}:{SOCKET_IN_CONTAINER}:ro"] if socket_path else []), *opts.binds()],
             "AutoRemove": True,
@@ -273,7 +275,7 @@ class Sandbox:
         # The relay passes each client's socket to the server and leaves the data path, except
         # into gVisor: its sentry cannot take a host descriptor over a host Unix socket, so
         # the relay forwards the bytes instead (one more hop per step).
-        return self.options.runtime != "runsc"
+        return not self._gvisor
 
     def _relay_config(self, env_config: dict[str, Any]) -> dict[str, Any]:
         bind = "127.0.0.1" if self.engine.address_host in ("127.0.0.1", "localhost", "::1") else "0.0.0.0"
@@ -461,6 +463,13 @@ async def _gone(docker: DockerClient, cid: str) -> None:
         async with asyncio.timeout(REMOVAL_TIMEOUT):
             while await docker.state(cid):
                 await asyncio.sleep(0.05)
+
+
+def _is_gvisor(runtime: str, info: dict[str, Any]) -> bool:
+    """Whether the engine's runtime ``runtime`` is gVisor: named so, or an alias of its binary."""
+    spec = (info.get("Runtimes") or {}).get(runtime) or {}
+    path = spec.get("path") if isinstance(spec, dict) else None
+    return "runsc" in runtime or "gvisor" in runtime or (isinstance(path, str) and "runsc" in os.path.basename(path))
 
 
 _RUNSC_HELP = """To use gVisor, install it (Debian: `apt-get install runsc`) and register it in

@@ -96,7 +96,7 @@ class EnvServer:
             this, so that the container needs no writable host directory and ends with its owner.
         handoff: Also adopt connections handed over as file descriptors on the Unix socket at
             this path (:mod:`rlmesh.server.handoff`): a relay passes its accepted TCP clients
-            on, and is then out of the data path.
+            on, and is then out of the data path. Needs a token, as TCP does.
 
     Raises:
         InvalidArgumentError: TCP without a token (and not ``insecure`` on loopback), or a
@@ -123,7 +123,14 @@ class EnvServer:
         tcp = self._address.path is None
         if isinstance(max_frame_size, bool) or not isinstance(max_frame_size, int) or max_frame_size < MIN_FRAME_SIZE:
             raise InvalidArgumentError(f"max_frame_size must be an int of at least {MIN_FRAME_SIZE}, got {max_frame_size!r}")
-        self._token = _auth.load_token(token, env=tcp)
+        if handoff is not None and (dial or not isinstance(handoff, str) or not os.path.isabs(handoff)):
+            raise InvalidArgumentError(f"handoff must be an absolute socket path (and not with dial), got {handoff!r}")
+        self._token = _auth.load_token(token, env=tcp or handoff is not None)
+        if handoff is not None and self._token is None:
+            raise InvalidArgumentError(
+                "handoff serves the TCP clients a relay passes on: it needs a token (RLMESH_TOKEN, "
+                "--token-file or --require-token), which the clients prove they know"
+            )
         if tcp and self._token is None:
             if not insecure:
                 raise InvalidArgumentError(
@@ -145,8 +152,6 @@ class EnvServer:
             raise InvalidArgumentError(f"lease must be a positive number of seconds or None, got {lease!r}")
         if dial and tcp:
             raise InvalidArgumentError("dial applies to Unix socket addresses")
-        if handoff is not None and (dial or not isinstance(handoff, str) or not os.path.isabs(handoff)):
-            raise InvalidArgumentError(f"handoff must be an absolute socket path (and not with dial), got {handoff!r}")
         self._handoff = handoff
         self._lease: float | None = lease
         self._dial = dial
@@ -167,7 +172,7 @@ class EnvServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_lock = threading.Lock()  # stop() from other threads vs serve_async starting/ending
         self._stop_requested = False
-        self._adopting: set[asyncio.Future[Any]] = set()
+        self._adopting: dict[asyncio.Future[Any], socket.socket] = {}
         self.is_vector = False
         #: Set while the server accepts connections (for a server run in a thread).
         self.ready = threading.Event()
@@ -307,6 +312,9 @@ class EnvServer:
                 server.close()
             if handoff is not None:
                 handoff.close()
+            for task, sock in list(self._adopting.items()):  # handed over, not yet served: closed
+                task.cancel()
+                sock.close()
             for proto in [self._active, *self._waiting, *self._pending]:
                 if proto is not None and proto.transport is not None:
                     proto.transport.abort()
@@ -339,11 +347,11 @@ class EnvServer:
         # A connection handed over by a relay: served as if accepted here.
         loop = asyncio.get_running_loop()
         task = asyncio.ensure_future(loop.connect_accepted_socket(lambda: _ServerProtocol(self), sock))
-        self._adopting.add(task)
+        self._adopting[task] = sock
         task.add_done_callback(self._adopted)
 
     def _adopted(self, task: asyncio.Future[Any]) -> None:
-        self._adopting.discard(task)
+        self._adopting.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             log.warning("could not serve a handed-over connection: %r", task.exception())
 
