@@ -380,6 +380,8 @@ class AsyncShardedVectorEnv(SplitStep):
     def _merge_step(self, results: list[tuple[int, Any]], only: list[int] | None = None) -> tuple[Any, ...]:
         for j, r in results:
             self._last_obs[j] = r[0]
+        if len(results) == 1 and self._size(results[0][0]) == self.num_envs:
+            return tuple(results[0][1])  # one shard holds every lane: its step is the step, merged already
         obs = self._concat_obs([(j, r[0]) for j, r in results])
         rewards, terms, truncs = (np.concatenate([r[k] for _, r in results]) for k in (1, 2, 3))
         return obs, rewards, terms, truncs, self._merge_infos([(j, r[4]) for j, r in results], only=only)

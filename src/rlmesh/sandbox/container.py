@@ -72,12 +72,16 @@ class Engine:
             another machine, or ``transport="tcp"``), instead of a socket it dials.
         address_host: The host name the relay's port is reached at.
         local: Whether the engine runs on this machine.
+        published: Clients on other machines reach the relay (at ``address_host``, its
+            published port), so that is the sandbox's ``address``; this machine still reaches
+            it at the relay's own address (a Ray actor placing a shard on its node).
     """
 
     host: str | None
     relay: bool
     address_host: str
     local: bool = True
+    published: bool = False
 
     @classmethod
     def choose(cls, docker_host: str | None, transport: str | None) -> Engine:
@@ -124,6 +128,7 @@ class Sandbox:
         self.relay_id: str | None = None
         self.token: str | None = None
         self.address: str | None = None
+        self.local_address: str | None = None  # relayed, on this machine: the relay's own address
         self.image = image
         self.command = command
         self.options = options
@@ -264,11 +269,13 @@ class Sandbox:
         self.address = f"tcp://{self.engine.address_host}:{port}"
         if self.engine.local:
             # On this machine the relay's own address skips the engine's port proxy (a hop
-            # that costs as much as the relay itself); the published port serves other hosts.
+            # that costs as much as a step); the published port serves other hosts.
             relay_ip = await docker.container_ip(self.relay_id)
             if relay_ip is not None:
-                self.address = f"tcp://{relay_ip}:7000"
-        return await self._await_relayed(self.address, token, timeout)
+                self.local_address = f"tcp://{relay_ip}:7000"
+                if not self.engine.published:
+                    self.address = self.local_address
+        return await self._await_relayed(self.local_address or self.address, token, timeout)
 
     @property
     def _hands_off(self) -> bool:

@@ -295,7 +295,7 @@ class _SandboxMixin(_AsyncRemoteBase):
         self._start_task = asyncio.current_task()
         try:
             if self.relay_address_host is not None:  # placed by Ray: reached at the node's address
-                self.engine = dataclasses.replace(self.engine, address_host=self.relay_address_host, local=False)
+                self.engine = dataclasses.replace(self.engine, address_host=self.relay_address_host, published=True)
             async with docker_client(self.engine.host) as docker:
                 self.image, command = await self._prepare(docker)
                 self._sandbox = Sandbox(self.image, command, self.options, self.source, self.max_frame_size,

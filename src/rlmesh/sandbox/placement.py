@@ -80,9 +80,10 @@ class _ShardHost:
         env.relay_address_host = node_ip
         await env.start()
         self.env = env
+        local_address = env._sandbox.local_address if env._sandbox is not None else None
         address, token = await env.detach()
-        return {"address": address, "token": token, "node_id": ray.get_runtime_context().get_node_id(),
-                "container_id": env.container_id}
+        return {"address": address, "local_address": local_address, "node_ip": node_ip, "token": token,
+                "node_id": ray.get_runtime_context().get_node_id(), "container_id": env.container_id}
 
     async def stop(self) -> None:
         if self.env is not None:
@@ -130,6 +131,13 @@ async def stop_ray_shards(actors: list[Any]) -> None:
         ray.kill(actor)
 
 
+def _reach(endpoint: dict[str, Any], here: str) -> str:
+    # A shard on this machine's node is reached at its relay's own address, skipping the
+    # engine's port proxy (a hop that costs as much as a step); others at the node's port.
+    local = endpoint.get("local_address")
+    return str(local) if local and endpoint.get("node_ip") == here else str(endpoint["address"])
+
+
 class AsyncRayShardedVectorEnv(AsyncShardedVectorEnv):
     """Shards placed by Ray (see the module docstring); the API of :class:`AsyncShardedVectorEnv`.
 
@@ -155,7 +163,8 @@ class AsyncRayShardedVectorEnv(AsyncShardedVectorEnv):
                                                         "strict_actions") if k in self._kwargs}
         self.endpoints, self.actors = await start_ray_shards(self.placement, self._source, self._lane_counts,
                                                              self._kwargs)
-        self.shards = [AsyncRemoteVectorEnv(e["address"], token=e["token"], **client_options) for e in self.endpoints]
+        here = _ray().util.get_node_ip_address()
+        self.shards = [AsyncRemoteVectorEnv(_reach(e, here), token=e["token"], **client_options) for e in self.endpoints]
         return await super().start()
 
     connect = start
