@@ -703,3 +703,43 @@ def test_a_forked_child_using_its_parent_s_env_gets_a_clear_error(serve: Serve) 
         assert os.waitstatus_to_exitcode(status) == 0
         assert said.startswith("EnvClosedError") and "os.fork()" in said, said
         env.step(1)  # the parent's connection still works
+
+
+def test_sync_envs_stepped_from_many_threads_at_once(tmp_path: Path) -> None:
+    # An evaluation harness's thread pool: each thread steps its own env (requests written from
+    # the threads, replies all through the one loop thread), and one env shared by two threads
+    # (its requests serialised by the connection's send lock). Every result is the in-process one.
+    from concurrent.futures import ThreadPoolExecutor
+
+    servers = [ServerThread(gym.make("CartPole-v1"), f"unix://{tmp_path}/{i}.sock").start() for i in range(6)]
+    shared_server = ServerThread(gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync"),
+                                 f"unix://{tmp_path}/shared.sock").start()
+    try:
+        def own(i: int) -> int:
+            with RemoteEnv(servers[i].address) as env:
+                ref = gym.make("CartPole-v1")
+                assert_same(env.reset(seed=i), ref.reset(seed=i))
+                rng = np.random.default_rng(i)
+                for _ in range(300):
+                    a = int(rng.integers(2))
+                    got, want = env.step(a), ref.step(a)
+                    assert_same(got, want)
+                    if want[2] or want[3]:
+                        assert_same(env.reset(), ref.reset())
+            return i
+
+        with RemoteVectorEnv(shared_server.address) as shared, ThreadPoolExecutor(8) as pool:
+            shared.reset(seed=0)
+
+            def hammer(k: int) -> int:
+                for _ in range(200):
+                    obs, rewards, *_ = shared.step(np.array([k % 2] * 4))
+                    assert obs.shape == (4, 4) and rewards.shape == (4,)
+                return k
+
+            jobs = [pool.submit(own, i) for i in range(6)] + [pool.submit(hammer, k) for k in range(2)]
+            assert sorted(j.result(timeout=120) for j in jobs) == [0, 0, 1, 1, 2, 3, 4, 5]
+    finally:
+        shared_server.stop()
+        for st in servers:
+            st.stop()
