@@ -22,13 +22,16 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import contextlib
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal
 
+from .client.connection import read_replies
 from .errors import RLMeshError, RLMeshTimeoutError, TransportError
 
 if TYPE_CHECKING:
@@ -221,14 +224,15 @@ def _submit(conn: ClientConnection, mtype: MessageType, body: Any, slot: _Thread
             raise
 
 
-def _send_here(conn: ClientConnection, mtype: MessageType, body: Any, slot: _ThreadSlot) -> bool:
+def _send_here(conn: ClientConnection, mtype: MessageType, body: Any, slot: _ThreadSlot) -> int:
     # Write the request from this thread when the connection allows it (one thread hop fewer
-    # per request); a failure goes to the slot, as on the loop. False: the loop must send it.
+    # per request); a failure goes to the slot, as on the loop. 0: the loop must send it; 1:
+    # sent, the loop delivers the reply; 2: sent, and this thread reads the reply.
     try:
         return conn.send_from_thread(mtype, body, slot)
     except Exception as exc:  # noqa: BLE001  (reported through the slot, like the loop's)
         slot.set_exception(exc)
-        return True
+        return 1
 
 
 def request(core: _AsyncRemoteBase, mtype: MessageType, body: Any) -> Frame:
@@ -242,13 +246,17 @@ def request(core: _AsyncRemoteBase, mtype: MessageType, body: Any) -> Frame:
     conn = core.connection
     slot = _ThreadSlot()
     loop = conn.loop
-    if not _send_here(conn, mtype, body, slot):
+    sent = _send_here(conn, mtype, body, slot)
+    if not sent:
         try:
             loop.call_soon_threadsafe(_submit, conn, mtype, body, slot)
         except RuntimeError as exc:  # the loop is closed
             raise RLMeshError(f"rlmesh's event loop is not running: {exc}") from exc
     timeout = core.request_timeout
     try:
+        if sent == 2:
+            read_replies([(conn, slot)], timeout)
+            return slot.result()
         return slot.wait(timeout)
     except TimeoutError:
         loop.call_soon_threadsafe(_forget, conn, slot)
@@ -273,8 +281,13 @@ def request_many(requests: list[tuple[_AsyncRemoteBase, MessageType, Any]]) -> l
     slots = [_ThreadSlot(countdown) for _ in requests]
     conns = [core.connection for core, _, _ in requests]
 
-    rest = [(conn, slot, mtype, body) for conn, slot, (_, mtype, body) in zip(conns, slots, requests, strict=True)
-            if not _send_here(conn, mtype, body, slot)]
+    rest, reading = [], []
+    for conn, slot, (_, mtype, body) in zip(conns, slots, requests, strict=True):
+        sent = _send_here(conn, mtype, body, slot)
+        if not sent:
+            rest.append((conn, slot, mtype, body))
+        elif sent == 2:
+            reading.append((conn, slot))
 
     def submit_rest() -> None:  # on the loop
         for conn, slot, mtype, body in rest:
@@ -288,7 +301,11 @@ def request_many(requests: list[tuple[_AsyncRemoteBase, MessageType, Any]]) -> l
             raise RLMeshError(f"rlmesh's event loop is not running: {exc}") from exc
     timeouts = [core.request_timeout for core, _, _ in requests if core.request_timeout is not None]
     timeout = min(timeouts) if timeouts else None
-    all_in = countdown.wait(timeout)
+    start = time.monotonic()
+    if reading:
+        with contextlib.suppress(TimeoutError):  # judged below, slot by slot
+            read_replies(reading, timeout)
+    all_in = countdown.wait(None if timeout is None else max(timeout - (time.monotonic() - start), 0.0))
     frames: list[Frame] = []
     failure: tuple[int, BaseException] | None = None
     for i, (core, conn, slot) in enumerate(zip((c for c, _, _ in requests), conns, slots, strict=True)):

@@ -18,11 +18,13 @@ import asyncio
 import collections
 import contextlib
 import os
+import select
 import socket
 import ssl
 import threading
+import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
 from .._address import parse_address
@@ -113,6 +115,13 @@ class _Protocol(asyncio.Protocol):
         # Bytes that must reach the socket before any other write: the rest of a direct write
         # the socket did not take at once (the loop flushes them, in order, ahead of its own).
         self.backlog: collections.deque[bytes] = collections.deque()
+        # Who reads the socket: "loop" (the transport), "thread" (a sync caller, on `direct`,
+        # while the transport is paused), or "none" (paused, idle). Once a sync caller has used
+        # the connection (sync_wanted), the loop pauses whenever nothing is pending, and the next
+        # sync caller reads its own reply: one thread wake fewer per request.
+        self.reader = "loop"
+        self.paused = False
+        self.sync_wanted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -129,11 +138,18 @@ class _Protocol(asyncio.Protocol):
 
     def close_direct(self) -> None:
         # Our descriptor would keep the socket open after the transport closed its own: the
-        # peer would not see the end.
+        # peer would not see the end. A thread reading on it is woken instead (closing a
+        # descriptor does not wake a poll on it), and closes it when it stops reading.
         with self.send_lock:
-            direct, self.direct = self.direct, None
-        if direct is not None:
-            direct.close()
+            direct = self.direct
+            if direct is None:
+                return
+            if self.reader == "thread":
+                with contextlib.suppress(OSError):
+                    direct.shutdown(socket.SHUT_RDWR)
+                return
+            self.direct = None
+        direct.close()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -141,38 +157,86 @@ class _Protocol(asyncio.Protocol):
         except ProtocolError as exc:
             self.fail(ProtocolError(f"{exc}; the connection was closed"))
             return
-        try:
-            self._dispatch(frames)
-        except Exception as exc:  # noqa: BLE001  (a bug on this side must not wedge the caller)
-            self.fail(ProtocolError(f"could not handle a frame from the server ({type(exc).__name__}: {exc}); "
-                                    "the connection was closed"))
+        self.dispatch(frames, on_loop=True)
+        if self.sync_wanted and not self.pending:
+            self._pause_if_idle()
 
-    def _dispatch(self, frames: list[Frame]) -> None:
-        pending = self.pending
-        for frame in frames:
-            rid = frame.request_id
-            slot = pending.pop(rid, None)
-            if slot is None:
-                if rid in self.abandoned:
-                    del self.abandoned[rid]  # a late reply to a request that timed out
-                    continue
-                if frame.type is MessageType.ERROR and rid == 0:
-                    # A connection-level error (busy, protocol, auth, idle): every request fails.
-                    self.fail(exception_for_error(ErrorBody.decode(frame)))
+    def dispatch(self, frames: list[Frame], *, on_loop: bool) -> None:
+        """Resolve each frame's request (from the loop, or from the thread that reads instead)."""
+        fail = self.fail if on_loop else self.fail_from_thread
+        try:
+            for frame in frames:
+                rid = frame.request_id
+                with self.send_lock:
+                    slot = self.pending.pop(rid, None)
+                    late = slot is None and self.abandoned.pop(rid, _NOT_ABANDONED) is None
+                if slot is None:
+                    if late:
+                        continue  # a late reply to a request that timed out
+                    if frame.type is MessageType.ERROR and rid == 0:
+                        # A connection-level error (busy, protocol, auth, idle): every request fails.
+                        fail(exception_for_error(ErrorBody.decode(frame)))
+                        return
+                    fail(ProtocolError(
+                        f"the server sent a {frame.type.name} reply to request {rid}, which was never made; "
+                        "the connection was closed"
+                    ))
                     return
-                self.fail(ProtocolError(
-                    f"the server sent a {frame.type.name} reply to request {rid}, which was never made; "
-                    "the connection was closed"
-                ))
+                if not on_loop and isinstance(slot, asyncio.Future):
+                    self.loop.call_soon_threadsafe(_resolve, slot, frame)
+                elif not slot.done():
+                    slot.set_result(frame)
+        except Exception as exc:  # noqa: BLE001  (a bug on this side must not wedge the caller)
+            fail(ProtocolError(f"could not handle a frame from the server ({type(exc).__name__}: {exc}); "
+                               "the connection was closed"))
+
+    def _pause_if_idle(self) -> None:
+        # On the loop: nothing is pending, so the next sync caller may read its own reply.
+        with self.send_lock:
+            transport = self.transport
+            if self.reader == "loop" and not self.pending and not self.conn.buffered and self.lost is None \
+                    and self.direct is not None and transport is not None and not transport.is_closing():
+                transport.pause_reading()
+                self.paused, self.reader = True, "none"
+
+    def read_on_loop(self) -> None:
+        # Under send_lock, on the loop: the loop must read (a request of its own, or the rest of
+        # a sync caller's). A thread reading now hands over when it stops.
+        if self.reader == "none":
+            self.reader = "loop"
+            self._resume()
+
+    def _resume(self) -> None:
+        # On the loop, under send_lock.
+        if self.reader == "loop" and self.paused and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+            self.paused = False
+
+    def resume_soon(self) -> None:
+        with self.send_lock:
+            self._resume()
+
+    def stop_reading_here(self) -> None:
+        """A thread that read stops: the loop reads again if anything is still pending (or half
+        received), and a connection lost meanwhile gets its descriptor closed."""
+        with self.send_lock:
+            if self.reader != "thread":
                 return
-            if not slot.done():
-                slot.set_result(frame)
+            if self.lost is None and (self.pending or self.conn.buffered):
+                self.reader = "loop"
+                with contextlib.suppress(RuntimeError):
+                    self.loop.call_soon_threadsafe(self.resume_soon)
+            else:
+                self.reader = "none"
+        if self.lost is not None:
+            self.close_direct()
 
     def abandon(self, rid: int) -> None:
-        if self.pending.pop(rid, None) is not None:
-            self.abandoned[rid] = None
-            if len(self.abandoned) > _MAX_ABANDONED:
-                del self.abandoned[next(iter(self.abandoned))]
+        with self.send_lock:
+            if self.pending.pop(rid, None) is not None:
+                self.abandoned[rid] = None
+                if len(self.abandoned) > _MAX_ABANDONED:
+                    del self.abandoned[next(iter(self.abandoned))]
 
     def fail(self, exc: RLMeshError) -> None:
         with self.send_lock:  # a request being sent from another thread is in `pending`, or sees `lost`
@@ -186,6 +250,22 @@ class _Protocol(asyncio.Protocol):
         self.close_direct()
         if self.transport is not None:
             self.transport.abort()
+
+    def fail_from_thread(self, exc: RLMeshError) -> None:
+        """:meth:`fail`, from the thread reading in the loop's place: its requests fail now, the
+        loop's own through the loop, and the loop drops the transport."""
+        with self.send_lock:
+            if self.lost is None:
+                self.lost = exc
+            slots = list(self.pending.values())
+            self.pending.clear()
+        for slot in slots:
+            if isinstance(slot, asyncio.Future):
+                self.loop.call_soon_threadsafe(_reject, slot, exc)
+            elif not slot.done():
+                slot.set_exception(exc)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to drop
+            self.loop.call_soon_threadsafe(self.fail, exc)
 
     def write(self, data: bytes) -> None:
         # On the loop, under send_lock: after the backlog, never before it.
@@ -211,6 +291,81 @@ class _Protocol(asyncio.Protocol):
         ))
         if not self.closed.done():
             self.closed.set_result(None)
+
+
+_NOT_ABANDONED = object()
+_READ_SIZE = 1 << 18
+
+
+def _resolve(fut: asyncio.Future[Frame], frame: Frame) -> None:
+    if not fut.done():
+        fut.set_result(frame)
+
+
+def _reject(fut: asyncio.Future[Frame], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+def read_replies(readers: Sequence[tuple[ClientConnection, ReplySlot]], timeout: float | None) -> None:
+    """Read the sockets of connections this thread reads for (``send_from_thread`` said so) until
+    every slot is done, dispatching what comes in; then hand reading back.
+
+    Raises:
+        TimeoutError: A slot was not done within ``timeout`` seconds.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    active = {conn._p: slot for conn, slot in readers}
+    try:
+        while True:
+            for p in [p for p, slot in active.items() if slot.done()]:
+                del active[p]
+                p.stop_reading_here()
+            if not active:
+                return
+            poller = select.poll()
+            by_fd = {}
+            for p in active:
+                direct = p.direct
+                if direct is None or p.lost is not None:  # lost: the loop failed its requests
+                    p.fail_from_thread(p.lost or ConnectionClosedError("the connection to the env server was closed"))
+                    continue
+                by_fd[direct.fileno()] = p
+                poller.register(direct, select.POLLIN)
+            if not by_fd:
+                continue
+            wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            ready = poller.poll(None if wait is None else wait * 1000)
+            if not ready and wait is not None and wait <= 0:
+                raise TimeoutError
+            for fd, _ in ready:
+                _read_once(by_fd[fd])
+    finally:
+        for p in active:
+            p.stop_reading_here()
+
+
+def _read_once(p: _Protocol) -> None:
+    direct = p.direct
+    if direct is None:
+        return
+    try:
+        data = direct.recv(_READ_SIZE)
+    except (BlockingIOError, InterruptedError):
+        return
+    except OSError as exc:
+        p.fail_from_thread(ConnectionClosedError(f"the connection to the env server failed: {exc}"))
+        return
+    if not data:
+        p.fail_from_thread(p.lost or ConnectionClosedError(
+            "the env server closed the connection; the server process may have exited or been stopped"))
+        return
+    try:
+        frames = p.conn.receive_data(data)
+    except ProtocolError as exc:
+        p.fail_from_thread(ProtocolError(f"{exc}; the connection was closed"))
+        return
+    p.dispatch(frames, on_loop=False)
 
 
 def _encode_request(p: _Protocol, mtype: MessageType, body: Any) -> tuple[int, bytes]:
@@ -478,16 +633,21 @@ class ClientConnection:
             rid, data = _encode_request(p, mtype, body)
             p.pending[rid] = slot
             p.write(data)
+            p.read_on_loop()
         return rid
 
-    def send_from_thread(self, mtype: MessageType, body: Any, slot: ReplySlot) -> bool:
+    def send_from_thread(self, mtype: MessageType, body: Any, slot: ReplySlot) -> int:
         """Send a request from a thread other than the loop's, writing it on the socket from this
-        thread (no hop to the loop; the reply still arrives through the loop, into ``slot``).
+        thread (no hop to the loop).
 
-        Returns False, having sent nothing, where only the loop can send it (TLS, bytes still
-        queued, a closing transport): then use :meth:`submit` on the loop. If this thread is
-        interrupted while the frame may be partly written, the connection is dropped (what
-        follows on the stream could not be read).
+        Returns:
+            0, having sent nothing, where only the loop can send it (TLS, bytes still queued, a
+            closing transport): then use :meth:`submit` on the loop. 1: sent; the reply comes
+            through the loop into ``slot``. 2: sent, and the loop is not reading: this thread
+            must read the reply itself, with :func:`read_replies` (one thread wake fewer).
+
+        If this thread is interrupted while the frame may be partly written, the connection is
+        dropped (what follows on the stream could not be read).
 
         Raises:
             TransportError: The connection was lost.
@@ -500,7 +660,7 @@ class ClientConnection:
                 raise p.lost
             if direct is None or transport is None or transport.is_closing() or p.backlog \
                     or transport.get_write_buffer_size():
-                return False
+                return 0
             rid, data = _encode_request(p, mtype, body)
             p.pending[rid] = slot
             slot.rid = rid  # type: ignore[attr-defined]
@@ -513,17 +673,21 @@ class ClientConnection:
                 except OSError:
                     sending = False
                     del p.pending[rid]
-                    return False  # the loop's write reports the failure (and the loss) as usual
+                    return 0  # the loop's write reports the failure (and the loss) as usual
                 if sent < len(data):
                     p.backlog.append(data[sent:])
                     p.loop.call_soon_threadsafe(p.flush_backlog)
                 sending = False
+                p.sync_wanted = True
+                if p.reader == "none":
+                    p.reader = "thread"
+                    return 2
             finally:
                 if sending:  # interrupted (KeyboardInterrupt) with part of the frame maybe sent
                     p.pending.pop(rid, None)
                     p.loop.call_soon_threadsafe(p.fail, ConnectionClosedError(
                         "a request was interrupted while it was being written; the connection was dropped"))
-        return True
+        return 1
 
     def abandon(self, rid: int) -> None:
         """Forget a request whose caller stopped waiting (on the loop)."""
