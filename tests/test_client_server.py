@@ -747,3 +747,90 @@ def test_sync_envs_stepped_from_many_threads_at_once(tmp_path: Path) -> None:
         shared_server.stop()
         for st in servers:
             st.stop()
+
+
+def test_a_sync_caller_reads_its_own_reply_once_the_loop_is_idle(serve: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    address = serve(gym.make("CartPole-v1"))
+    with RemoteEnv(address, request_timeout=10) as env:
+        ref = gym.make("CartPole-v1")
+        assert_same(env.reset(seed=1), ref.reset(seed=1))
+        p = env._core.connection._p
+        assert p.reader == "none" and p.paused  # idle: the loop stopped reading
+        reads = []
+        real = _portal.read_replies
+        monkeypatch.setattr(_portal, "read_replies", lambda *a: (reads.append(1), real(*a)))
+        for t in range(5):
+            assert_same(env.step(t % 2), ref.step(t % 2))
+        assert len(reads) == 5 and p.reader == "none"
+        # A request of the loop's own (the spaces' description goes through the portal) takes
+        # reading back, then leaves it idle again.
+        assert env.get_wrapper_attr("spec").id == "CartPole-v1"
+        assert p.reader == "none" and p.paused
+        assert_same(env.step(0), ref.step(0))
+
+
+def test_an_interrupted_sharded_step_leaves_every_connection_usable(tmp_path: Path) -> None:
+    # Ctrl-C lands while the second shard's request is sent (the first is sent, and this thread
+    # would read its reply): reading goes back to the loop, and nothing hangs afterwards.
+    a = ServerThread(gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync"), f"unix://{tmp_path}/a.sock").start()
+    b = ServerThread(gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync"), f"unix://{tmp_path}/b.sock").start()
+    try:
+        with RemoteVectorEnv([a.address, b.address], request_timeout=10) as envs:
+            envs.reset(seed=0)
+            envs.step(np.zeros(4, np.int64))
+            first, second = (shard.connection for shard in envs._core.shards)
+            real = second.send_from_thread
+
+            def interrupted(*args: Any) -> int:
+                raise KeyboardInterrupt
+
+            second.send_from_thread = interrupted  # type: ignore[method-assign]
+            with pytest.raises(KeyboardInterrupt):
+                envs.step(np.zeros(4, np.int64))
+            second.send_from_thread = real  # type: ignore[method-assign]
+            assert first._p.reader != "thread"
+            # The first shard's reply to the interrupted step is read (and dropped as nobody's)
+            # by the loop; every later request, sync or through the loop, is answered.
+            assert envs.get_attr("np_random_seed") is not None
+            for _ in range(3):
+                obs, *_ = envs.step(np.ones(4, np.int64))
+                assert obs.shape == (4, 4)
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_an_interrupted_read_drops_the_connection_instead_of_hanging(serve: Serve) -> None:
+    address = serve(gym.make("CartPole-v1"))
+    with RemoteEnv(address, request_timeout=10) as env:
+        env.reset(seed=0)
+        env.step(0)
+        p = env._core.connection._p
+
+        def interrupted(frames: Any, *, on_loop: bool) -> None:
+            del p.dispatch  # once
+            raise KeyboardInterrupt
+
+        p.dispatch = interrupted  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            env.step(1)
+        # Bytes were read and not dispatched: the stream cannot go on. The next request says
+        # so at once, rather than waiting for a reply that was consumed.
+        start = time.monotonic()
+        with pytest.raises(ConnectionClosedError, match="interrupted"):
+            env.step(1)
+        assert time.monotonic() - start < 5
+
+
+def test_a_connection_error_sent_while_the_client_is_idle_is_raised_by_the_next_step(serve: Serve) -> None:
+    # The server drops a silent client (idle timeout) with a connection-level ERROR while the
+    # loop is not reading: the next step's own read finds it.
+    address = serve(gym.make("CartPole-v1"), "tcp://127.0.0.1:0", insecure=True, idle_timeout=0.3)
+    with RemoteEnv(address, request_timeout=10) as env:
+        env.reset(seed=0)
+        env.step(0)
+        time.sleep(1.0)
+        start = time.monotonic()
+        with pytest.raises(RLMeshError):
+            env.step(1)
+        assert time.monotonic() - start < 5

@@ -246,14 +246,14 @@ def request(core: _AsyncRemoteBase, mtype: MessageType, body: Any) -> Frame:
     conn = core.connection
     slot = _ThreadSlot()
     loop = conn.loop
-    sent = _send_here(conn, mtype, body, slot)
-    if not sent:
-        try:
-            loop.call_soon_threadsafe(_submit, conn, mtype, body, slot)
-        except RuntimeError as exc:  # the loop is closed
-            raise RLMeshError(f"rlmesh's event loop is not running: {exc}") from exc
     timeout = core.request_timeout
     try:
+        sent = _send_here(conn, mtype, body, slot)
+        if not sent:
+            try:
+                loop.call_soon_threadsafe(_submit, conn, mtype, body, slot)
+            except RuntimeError as exc:  # the loop is closed
+                raise RLMeshError(f"rlmesh's event loop is not running: {exc}") from exc
         if sent == 2:
             read_replies([(conn, slot)], timeout)
             return slot.result()
@@ -266,6 +266,8 @@ def request(core: _AsyncRemoteBase, mtype: MessageType, body: Any) -> Frame:
         if explained is exc:
             raise
         raise explained from exc
+    finally:
+        conn._p.stop_reading_here()  # a no-op unless interrupted while this thread still reads
 
 
 def request_many(requests: list[tuple[_AsyncRemoteBase, MessageType, Any]]) -> list[Frame]:
@@ -281,30 +283,34 @@ def request_many(requests: list[tuple[_AsyncRemoteBase, MessageType, Any]]) -> l
     slots = [_ThreadSlot(countdown) for _ in requests]
     conns = [core.connection for core, _, _ in requests]
 
-    rest, reading = [], []
-    for conn, slot, (_, mtype, body) in zip(conns, slots, requests, strict=True):
-        sent = _send_here(conn, mtype, body, slot)
-        if not sent:
-            rest.append((conn, slot, mtype, body))
-        elif sent == 2:
-            reading.append((conn, slot))
-
-    def submit_rest() -> None:  # on the loop
-        for conn, slot, mtype, body in rest:
-            _submit(conn, mtype, body, slot)
-
     loop = conns[0].loop
-    if rest:
-        try:
-            loop.call_soon_threadsafe(submit_rest)
-        except RuntimeError as exc:  # the loop is closed
-            raise RLMeshError(f"rlmesh's event loop is not running: {exc}") from exc
     timeouts = [core.request_timeout for core, _, _ in requests if core.request_timeout is not None]
     timeout = min(timeouts) if timeouts else None
     start = time.monotonic()
-    if reading:
-        with contextlib.suppress(TimeoutError):  # judged below, slot by slot
-            read_replies(reading, timeout)
+    try:
+        rest, reading = [], []
+        for conn, slot, (_, mtype, body) in zip(conns, slots, requests, strict=True):
+            sent = _send_here(conn, mtype, body, slot)
+            if not sent:
+                rest.append((conn, slot, mtype, body))
+            elif sent == 2:
+                reading.append((conn, slot))
+
+        def submit_rest() -> None:  # on the loop
+            for conn, slot, mtype, body in rest:
+                _submit(conn, mtype, body, slot)
+
+        if rest:
+            try:
+                loop.call_soon_threadsafe(submit_rest)
+            except RuntimeError as exc:  # the loop is closed
+                raise RLMeshError(f"rlmesh's event loop is not running: {exc}") from exc
+        if reading:
+            with contextlib.suppress(TimeoutError):  # judged below, slot by slot
+                read_replies(reading, timeout)
+    finally:
+        for conn in conns:  # a no-op unless interrupted while this thread still reads
+            conn._p.stop_reading_here()
     all_in = countdown.wait(None if timeout is None else max(timeout - (time.monotonic() - start), 0.0))
     frames: list[Frame] = []
     failure: tuple[int, BaseException] | None = None

@@ -120,6 +120,7 @@ class _Protocol(asyncio.Protocol):
         # the connection (sync_wanted), the loop pauses whenever nothing is pending, and the next
         # sync caller reads its own reply: one thread wake fewer per request.
         self.reader = "loop"
+        self.reader_thread = 0  # the thread reading, while reader == "thread"
         self.paused = False
         self.sync_wanted = False
 
@@ -183,7 +184,8 @@ class _Protocol(asyncio.Protocol):
                     ))
                     return
                 if not on_loop and isinstance(slot, asyncio.Future):
-                    self.loop.call_soon_threadsafe(_resolve, slot, frame)
+                    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits it
+                        self.loop.call_soon_threadsafe(_resolve, slot, frame)
                 elif not slot.done():
                     slot.set_result(frame)
         except Exception as exc:  # noqa: BLE001  (a bug on this side must not wedge the caller)
@@ -217,10 +219,11 @@ class _Protocol(asyncio.Protocol):
             self._resume()
 
     def stop_reading_here(self) -> None:
-        """A thread that read stops: the loop reads again if anything is still pending (or half
-        received), and a connection lost meanwhile gets its descriptor closed."""
+        """The calling thread stops reading (if it was): the loop reads again if anything is still
+        pending (or half received), and a connection lost meanwhile gets its descriptor closed.
+        Idempotent, and a no-op for a thread that was not reading (safe in any clean-up)."""
         with self.send_lock:
-            if self.reader != "thread":
+            if self.reader != "thread" or self.reader_thread != threading.get_ident():
                 return
             if self.lost is None and (self.pending or self.conn.buffered):
                 self.reader = "loop"
@@ -239,14 +242,16 @@ class _Protocol(asyncio.Protocol):
                     del self.abandoned[next(iter(self.abandoned))]
 
     def fail(self, exc: RLMeshError) -> None:
-        with self.send_lock:  # a request being sent from another thread is in `pending`, or sees `lost`
+        # Under send_lock throughout: a request being sent from another thread is in `pending`
+        # (and fails here), or sees `lost`; a thread reading sees its slot done.
+        with self.send_lock:
             if self.lost is None:
                 self.lost = exc
             slots = list(self.pending.values())
             self.pending.clear()
-        for slot in slots:
-            if not slot.done():
-                slot.set_exception(exc)
+            for slot in slots:
+                if not slot.done():
+                    slot.set_exception(exc)
         self.close_direct()
         if self.transport is not None:
             self.transport.abort()
@@ -259,12 +264,12 @@ class _Protocol(asyncio.Protocol):
                 self.lost = exc
             slots = list(self.pending.values())
             self.pending.clear()
-        for slot in slots:
-            if isinstance(slot, asyncio.Future):
-                self.loop.call_soon_threadsafe(_reject, slot, exc)
-            elif not slot.done():
-                slot.set_exception(exc)
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to drop
+            for slot in slots:
+                if isinstance(slot, asyncio.Future):
+                    self.loop.call_soon_threadsafe(_reject, slot, exc)
+                elif not slot.done():
+                    slot.set_exception(exc)
             self.loop.call_soon_threadsafe(self.fail, exc)
 
     def write(self, data: bytes) -> None:
@@ -309,7 +314,7 @@ def _reject(fut: asyncio.Future[Frame], exc: BaseException) -> None:
 
 def read_replies(readers: Sequence[tuple[ClientConnection, ReplySlot]], timeout: float | None) -> None:
     """Read the sockets of connections this thread reads for (``send_from_thread`` said so) until
-    every slot is done, dispatching what comes in; then hand reading back.
+    every slot is done, dispatching what comes in; then hand reading back (also when interrupted).
 
     Raises:
         TimeoutError: A slot was not done within ``timeout`` seconds.
@@ -318,27 +323,28 @@ def read_replies(readers: Sequence[tuple[ClientConnection, ReplySlot]], timeout:
     active = {conn._p: slot for conn, slot in readers}
     try:
         while True:
-            for p in [p for p, slot in active.items() if slot.done()]:
-                del active[p]
-                p.stop_reading_here()
+            for p, slot in list(active.items()):
+                if slot.done():
+                    p.stop_reading_here()
+                    del active[p]
+                elif p.direct is None or p.lost is not None:  # lost meanwhile (the loop failed it)
+                    p.fail_from_thread(p.lost or ConnectionClosedError("the connection to the env server was closed"))
+                    if not slot.done():
+                        slot.set_exception(p.lost or ConnectionClosedError("the connection was closed"))
             if not active:
                 return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError
             poller = select.poll()
             by_fd = {}
-            for p in active:
-                direct = p.direct
-                if direct is None or p.lost is not None:  # lost: the loop failed its requests
-                    p.fail_from_thread(p.lost or ConnectionClosedError("the connection to the env server was closed"))
-                    continue
-                by_fd[direct.fileno()] = p
-                poller.register(direct, select.POLLIN)
+            for p, slot in active.items():
+                if not slot.done() and p.direct is not None:
+                    by_fd[p.direct.fileno()] = p
+                    poller.register(p.direct, select.POLLIN)
             if not by_fd:
                 continue
             wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            ready = poller.poll(None if wait is None else wait * 1000)
-            if not ready and wait is not None and wait <= 0:
-                raise TimeoutError
-            for fd, _ in ready:
+            for fd, _ in poller.poll(None if wait is None else wait * 1000):
                 _read_once(by_fd[fd])
     finally:
         for p in active:
@@ -350,22 +356,29 @@ def _read_once(p: _Protocol) -> None:
     if direct is None:
         return
     try:
-        data = direct.recv(_READ_SIZE)
-    except (BlockingIOError, InterruptedError):
-        return
-    except OSError as exc:
-        p.fail_from_thread(ConnectionClosedError(f"the connection to the env server failed: {exc}"))
-        return
-    if not data:
-        p.fail_from_thread(p.lost or ConnectionClosedError(
-            "the env server closed the connection; the server process may have exited or been stopped"))
-        return
-    try:
-        frames = p.conn.receive_data(data)
-    except ProtocolError as exc:
-        p.fail_from_thread(ProtocolError(f"{exc}; the connection was closed"))
-        return
-    p.dispatch(frames, on_loop=False)
+        try:
+            data = direct.recv(_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            p.fail_from_thread(ConnectionClosedError(f"the connection to the env server failed: {exc}"))
+            return
+        if not data:
+            p.fail_from_thread(p.lost or ConnectionClosedError(
+                "the env server closed the connection; the server process may have exited or been stopped"))
+            return
+        try:
+            frames = p.conn.receive_data(data)
+        except ProtocolError as exc:
+            p.fail_from_thread(ProtocolError(f"{exc}; the connection was closed"))
+            return
+        p.dispatch(frames, on_loop=False)
+    except BaseException:
+        # Interrupted (KeyboardInterrupt) with bytes read but not yet dispatched: what follows on
+        # the stream cannot be read, and other callers' replies may be gone. Drop the connection.
+        p.fail_from_thread(ConnectionClosedError(
+            "a reply was interrupted while it was being read; the connection was dropped"))
+        raise
 
 
 def _encode_request(p: _Protocol, mtype: MessageType, body: Any) -> tuple[int, bytes]:
@@ -680,7 +693,7 @@ class ClientConnection:
                 sending = False
                 p.sync_wanted = True
                 if p.reader == "none":
-                    p.reader = "thread"
+                    p.reader, p.reader_thread = "thread", threading.get_ident()
                     return 2
             finally:
                 if sending:  # interrupted (KeyboardInterrupt) with part of the frame maybe sent
