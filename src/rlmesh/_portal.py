@@ -10,8 +10,10 @@ forgotten env cannot hang interpreter exit; an ``atexit`` hook stops the loop
 The hot path (:func:`request`) does not start a portal task at all: the request
 is written on the socket from the caller's own thread
 (:meth:`~rlmesh.client.connection.ClientConnection.send_from_thread`; where only the
-loop can write it, TLS for one, with one ``call_soon_threadsafe``), and the reply
-wakes the waiting thread straight from the connection's ``data_received``.
+loop can write it, TLS for one, with one ``call_soon_threadsafe``). While the loop
+is idle the caller reads the reply itself (:func:`~rlmesh.client.connection.read_replies`);
+otherwise the reply wakes the waiting thread straight from the connection's
+``data_received``.
 
 After ``os.fork()`` the child has no loop thread (threads do not survive a
 fork), so the child's state is reset: its first sync call starts its own loop.
@@ -146,7 +148,7 @@ class _ThreadSlot:
 
     It stands where an ``asyncio.Future`` would (it has the ``done``/``set_result``/
     ``set_exception`` that the connection uses), so the reply wakes the waiting thread
-    straight from ``data_received``: no task, no coroutine, one thread hop (the reply's).
+    straight from ``data_received`` (or the caller reads it itself): no task, no coroutine.
     Slots made with a shared :class:`_Countdown` wake their thread once, when the last is done.
     """
 

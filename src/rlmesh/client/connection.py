@@ -7,6 +7,12 @@ callback and one future, and several requests may be in flight at once
 an ``asyncio.Future`` for async callers, or the sync layer's thread slot
 (:mod:`rlmesh._portal`), which wakes a blocked thread without a task.
 
+Sync callers go faster still: they write their requests on the socket from their own
+thread (:meth:`ClientConnection.send_from_thread`) and, once the loop is idle (it pauses
+reading when nothing is pending on a connection sync callers use), read their replies
+there too (:func:`read_replies`), with the same parser and the same checks. Exactly one
+side reads at a time (``_Protocol.reader``), under the connection's send lock.
+
 The server is treated as hostile: replies are bounded by ``max_frame_size``,
 a reply to a request never sent, a reply of the wrong type, or a malformed body
 is a :class:`~rlmesh.errors.ProtocolError` that closes the connection.
