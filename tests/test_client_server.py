@@ -755,7 +755,14 @@ def test_a_sync_caller_reads_its_own_reply_once_the_loop_is_idle(serve: Serve, m
         ref = gym.make("CartPole-v1")
         assert_same(env.reset(seed=1), ref.reset(seed=1))
         p = env._core.connection._p
-        assert p.reader == "none" and p.paused  # idle: the loop stopped reading
+
+        def idle() -> bool:  # the loop stops reading right after it delivered the last reply
+            deadline = time.monotonic() + 5
+            while not (p.reader == "none" and p.paused) and time.monotonic() < deadline:
+                time.sleep(0.001)
+            return p.reader == "none" and p.paused
+
+        assert idle()  # idle: the loop stopped reading
         reads = []
         real = _portal.read_replies
         monkeypatch.setattr(_portal, "read_replies", lambda *a: (reads.append(1), real(*a)))
@@ -765,7 +772,7 @@ def test_a_sync_caller_reads_its_own_reply_once_the_loop_is_idle(serve: Serve, m
         # A request of the loop's own (the spaces' description goes through the portal) takes
         # reading back, then leaves it idle again.
         assert env.get_wrapper_attr("spec").id == "CartPole-v1"
-        assert p.reader == "none" and p.paused
+        assert idle()
         assert_same(env.step(0), ref.step(0))
 
 
