@@ -159,14 +159,18 @@ class _Protocol(asyncio.Protocol):
         direct.close()
 
     def data_received(self, data: bytes) -> None:
+        self.receive(data, on_loop=True)
+        if self.sync_wanted and not self.pending:
+            self._pause_if_idle()
+
+    def receive(self, data: bytes, *, on_loop: bool) -> None:
+        """Parse received bytes and resolve their requests (on the loop, or in the reading thread)."""
         try:
             frames = self.conn.receive_data(data)
         except ProtocolError as exc:
-            self.fail(ProtocolError(f"{exc}; the connection was closed"))
+            (self.fail if on_loop else self.fail_from_thread)(ProtocolError(f"{exc}; the connection was closed"))
             return
-        self.dispatch(frames, on_loop=True)
-        if self.sync_wanted and not self.pending:
-            self._pause_if_idle()
+        self.dispatch(frames, on_loop=on_loop)
 
     def dispatch(self, frames: list[Frame], *, on_loop: bool) -> None:
         """Resolve each frame's request (from the loop, or from the thread that reads instead)."""
@@ -373,12 +377,7 @@ def _read_once(p: _Protocol) -> None:
             p.fail_from_thread(p.lost or ConnectionClosedError(
                 "the env server closed the connection; the server process may have exited or been stopped"))
             return
-        try:
-            frames = p.conn.receive_data(data)
-        except ProtocolError as exc:
-            p.fail_from_thread(ProtocolError(f"{exc}; the connection was closed"))
-            return
-        p.dispatch(frames, on_loop=False)
+        p.receive(data, on_loop=False)
     except BaseException:
         # Interrupted (KeyboardInterrupt) with bytes read but not yet dispatched: what follows on
         # the stream cannot be read, and other callers' replies may be gone. Drop the connection.
