@@ -7,6 +7,7 @@ baseline measured in the same run are judged, in interleaved rounds.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
 import os
@@ -154,6 +155,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def parse_rounds(doc: str, argv: list[str] | None, *, rounds: tuple[int, int],
+                 block: tuple[float, float]) -> tuple[int, float]:
+    """``--quick``/``--rounds``/``--block-seconds`` for a benchmark with no other options; returns
+    the rounds and the seconds per block (``rounds`` and ``block`` are the (quick, full) defaults)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
+    ap.add_argument("--rounds", type=int, help=f"interleaved rounds (default {rounds[1]}; --quick {rounds[0]})")
+    ap.add_argument("--block-seconds", type=float,
+                    help=f"seconds per figure per round (default {block[1]:g}; --quick {block[0]:g})")
+    args = ap.parse_args(argv)
+    return args.rounds or rounds[not args.quick], args.block_seconds or block[not args.quick]
 
 
 def close_all(cleanup: list[Callable[[], Any]]) -> None:

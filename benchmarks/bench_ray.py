@@ -19,27 +19,23 @@ Always exits 0.
 
 from __future__ import annotations
 
-import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import Series, close_all, paired, print_table, ratio_cols, run_main, us, vector_block, verdict
+from _common import (
+    Series, close_all, paired, parse_rounds, print_table, ratio_cols, run_main, us, vector_block, verdict,
+)
 
 N = 8
 TARGET = 1.1
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
-    ap.add_argument("--rounds", type=int)
-    ap.add_argument("--block-seconds", type=float)
-    args = ap.parse_args(argv)
-    rounds = args.rounds or (3 if args.quick else 7)
-    block = args.block_seconds or (0.3 if args.quick else 0.6)
+    rounds, block = parse_rounds(__doc__, argv, rounds=(3, 7), block=(0.3, 0.6))
     os.environ.setdefault("RLMESH_PULL_POLICY", "never")
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every node and address on 127.0.0.1
 
@@ -81,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     header = ["figure", "value", "baseline", "ratio", "per-round", "target", "result"]
     rows = [[f"Ray-placed shard (N={N}) vector step p50", us(series["ray"].p50),
              f"relay path without Ray {us(series['tcp'].p50)}", *ratio_cols(per), f"<= {TARGET:g}x",
-             verdict(sorted(per)[len(per) // 2] <= TARGET)]]
+             verdict(statistics.median(per) <= TARGET)]]
     print()
     print(f"Ray-placed shard reached at {ray_addr}")
     print_table(header, rows)

@@ -20,7 +20,6 @@ Needs a Docker engine and a base image (``scripts/dev setup``). Always exits 0.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import statistics
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import Series, close_all, paired, print_table, ratio_cols, run_main, vector_block, verdict
+from _common import Series, close_all, paired, parse_rounds, print_table, ratio_cols, run_main, vector_block, verdict
 
 HEAVY_PKG = str(Path(__file__).resolve().parent / "heavy_env")
 HEAVY_ID = "rlmesh_bench_heavy:RlmeshBenchHeavy-v0"
@@ -60,13 +59,7 @@ async def concurrent_starts(n: int) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
-    ap.add_argument("--rounds", type=int)
-    ap.add_argument("--block-seconds", type=float)
-    args = ap.parse_args(argv)
-    rounds = args.rounds or (3 if args.quick else 7)
-    block = args.block_seconds or (0.5 if args.quick else 1.0)
+    rounds, block = parse_rounds(__doc__, argv, rounds=(3, 7), block=(0.5, 1.0))
     os.environ.setdefault("RLMESH_PULL_POLICY", "never")
 
     import numpy as np
