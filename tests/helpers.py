@@ -17,7 +17,8 @@ from rlmesh import AsyncRemoteEnv, AsyncRemoteVectorEnv, RemoteEnv, RemoteVector
 from rlmesh._address import parse_address
 from rlmesh.server import EnvServer
 
-__all__ = ["FLAVOURS", "FakeServer", "Flavoured", "ServerThread", "assert_same", "cartpole_hello", "open_env"]
+__all__ = ["FLAVOURS", "FakeServer", "Flavoured", "ServerThread", "assert_same", "assert_same_episodes",
+           "cartpole_hello", "open_env"]
 
 FLAVOURS = ("async", "sync")
 
@@ -142,6 +143,19 @@ def assert_same_steps(env: Any, ref: Any, steps: int, action_seed: int) -> int:
         assert_same(got, want)
         ends += int(np.sum(np.asarray(want[2]) | np.asarray(want[3])))
     return ends
+
+
+def assert_same_episodes(env: Any, ref: Any, steps: int, seed: int) -> None:
+    """Reset ``env`` and the in-process single env ``ref`` with ``seed``, then step both with the
+    same seeded actions, asserting each result the same; an ended episode is reset on both."""
+    assert_same(env.reset(seed=seed), ref.reset(seed=seed))
+    ref.action_space.seed(seed)
+    for _ in range(steps):
+        a = ref.action_space.sample()
+        got, want = env.step(a), ref.step(a)
+        assert_same(got, want)
+        if want[2] or want[3]:
+            assert_same(env.reset(), ref.reset())
 
 
 def assert_same(a: Any, b: Any, path: str = "value") -> None:

@@ -36,7 +36,7 @@ from rlmesh.client.connection import read_replies
 from rlmesh.protocol import PROTOCOL_VERSION, ClientHello, Connection, MessageType, SpecData, encode_message
 
 from .envs import BIG_OBS_ID, FAULTY_ID, KITCHEN_SINK_ID
-from .helpers import ServerThread, assert_same, open_env
+from .helpers import ServerThread, assert_same, assert_same_episodes, open_env
 
 REPO = Path(__file__).resolve().parents[1]
 Serve = Callable[..., str]
@@ -721,15 +721,7 @@ def test_sync_envs_stepped_from_many_threads_at_once(tmp_path: Path) -> None:
     try:
         def own(i: int) -> int:
             with RemoteEnv(servers[i].address) as env:
-                ref = gym.make("CartPole-v1")
-                assert_same(env.reset(seed=i), ref.reset(seed=i))
-                rng = np.random.default_rng(i)
-                for _ in range(300):
-                    a = int(rng.integers(2))
-                    got, want = env.step(a), ref.step(a)
-                    assert_same(got, want)
-                    if want[2] or want[3]:
-                        assert_same(env.reset(), ref.reset())
+                assert_same_episodes(env, gym.make("CartPole-v1"), 300, seed=i)
             return i
 
         with RemoteVectorEnv(shared_server.address) as shared, ThreadPoolExecutor(8) as pool:

@@ -20,7 +20,7 @@ from rlmesh import RemoteEnv
 from rlmesh.errors import AuthenticationError
 from rlmesh.server.handoff import MAX_FDS_PER_MESSAGE, MAX_HANDOFF_PEERS, hand_off
 
-from .helpers import ServerThread, assert_same
+from .helpers import ServerThread, assert_same_episodes
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "handoff-test-token-0123456789abcdef"
@@ -29,18 +29,6 @@ TOKEN = "handoff-test-token-0123456789abcdef"
 def _spawn(*args: str, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO / "src"), **env})
-
-
-def _same_episodes(env: Any, ref: Any, steps: int, seed: int) -> None:
-    # Seeded actions; an ended episode is reset on both sides.
-    assert_same(env.reset(seed=seed), ref.reset(seed=seed))
-    ref.action_space.seed(seed)
-    for _ in range(steps):
-        a = ref.action_space.sample()
-        got, want = env.step(a), ref.step(a)
-        assert_same(got, want)
-        if want[2] or want[3]:
-            assert_same(env.reset(), ref.reset())
 
 
 def _wait_for(predicate: Any, seconds: float, what: str) -> None:
@@ -73,7 +61,7 @@ def test_a_relay_hands_clients_over_and_stops_when_its_server_dies(tmp_path: Pat
         address = ready.split()[3]
         sockets_idle = _sockets(relay.pid)
         with RemoteEnv(address, token=TOKEN) as env:
-            _same_episodes(env, gym.make("CartPole-v1"), 100, seed=3)
+            assert_same_episodes(env, gym.make("CartPole-v1"), 100, seed=3)
             # The relay kept nothing of the client's connection: steps go straight to the server.
             assert _sockets(relay.pid) == sockets_idle
             server_peers = _sockets(server.pid)
@@ -193,7 +181,7 @@ def test_hostile_handoff_peers_cannot_hurt_the_server(tmp_path: Path) -> None:
         passer = threading.Thread(target=pass_one)
         passer.start()
         with RemoteEnv(f"tcp://127.0.0.1:{port}", token=TOKEN, connect_timeout=10) as env:
-            _same_episodes(env, gym.make("CartPole-v1"), 30, seed=5)
+            assert_same_episodes(env, gym.make("CartPole-v1"), 30, seed=5)
         passer.join(10)
         listener.close()
         channel.close()
