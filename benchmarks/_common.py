@@ -213,7 +213,7 @@ def ms(seconds: float) -> str:
 
 def paired(a: list[float], b: list[float]) -> list[float]:
     """The ratio a/b within each round."""
-    return [x / y for x, y in zip(a, b)]
+    return [x / y for x, y in zip(a, b, strict=True)]
 
 
 def ratio_cols(per: list[float]) -> list[str]:
@@ -228,10 +228,10 @@ def verdict(ok: bool) -> str:
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     print("  ".join("-" * w for w in widths))
     for r in rows:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
 
 
 def run_main(main: Callable[[], Any]) -> None:

@@ -27,7 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    Series, close_all, paired, parse_rounds, print_table, ratio_cols, run_main, us, vector_block, verdict,
+    Series,
+    close_all,
+    paired,
+    parse_rounds,
+    print_table,
+    ratio_cols,
+    run_main,
+    us,
+    vector_block,
+    verdict,
 )
 
 N = 8

@@ -26,16 +26,29 @@ import platform
 import signal
 import socket
 import statistics
-import timeit
 import subprocess
 import sys
 import time
+import timeit
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from _common import (
-    ENV_ID, Series, Servers, collected, free_port, paired, print_table, ratio_cols, run_main, serve_argv,
-    close_all, sync_env_block, us, vector_round, verdict,
+    ENV_ID,
+    Series,
+    Servers,
+    close_all,
+    collected,
+    free_port,
+    paired,
+    print_table,
+    ratio_cols,
+    run_main,
+    serve_argv,
+    sync_env_block,
+    us,
+    vector_round,
+    verdict,
 )
 
 try:
@@ -107,8 +120,15 @@ class BlockingProtocolClient:
 
     def __init__(self, path: str) -> None:
         from rlmesh.protocol import (
-            DEFAULT_MAX_FRAME_SIZE, PROTOCOL_VERSION, ClientHello, Connection, MessageType, ResetRequest,
-            decode_reset_reply, decode_step_reply, encode_message,
+            DEFAULT_MAX_FRAME_SIZE,
+            PROTOCOL_VERSION,
+            ClientHello,
+            Connection,
+            MessageType,
+            ResetRequest,
+            decode_reset_reply,
+            decode_step_reply,
+            encode_message,
         )
         from rlmesh.protocol.auth import new_nonce
 

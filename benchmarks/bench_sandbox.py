@@ -33,8 +33,21 @@ from datetime import datetime
 from typing import Any
 
 from _common import (
-    ENV_ID, Series, Servers, collected, ms, paired, print_table, ratio_cols, run_main, serve_argv,
-    close_all, sync_env_block, us, vector_round, verdict,
+    ENV_ID,
+    Series,
+    Servers,
+    close_all,
+    collected,
+    ms,
+    paired,
+    print_table,
+    ratio_cols,
+    run_main,
+    serve_argv,
+    sync_env_block,
+    us,
+    vector_round,
+    verdict,
 )
 
 os.environ.setdefault("RLMESH_PULL_POLICY", "never")  # a benchmark never reaches a registry

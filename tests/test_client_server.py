@@ -21,6 +21,7 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 
 from rlmesh import AsyncRemoteEnv, AsyncRemoteVectorEnv, RemoteEnv, RemoteVectorEnv, _portal
+from rlmesh.client.connection import read_replies
 from rlmesh.errors import (
     ConnectError,
     ConnectionClosedError,
@@ -32,7 +33,6 @@ from rlmesh.errors import (
     RLMeshTimeoutError,
     ServerBusyError,
 )
-from rlmesh.client.connection import read_replies
 from rlmesh.protocol import PROTOCOL_VERSION, ClientHello, Connection, MessageType, SpecData, encode_message
 
 from .envs import BIG_OBS_ID, FAULTY_ID, KITCHEN_SINK_ID
@@ -667,7 +667,7 @@ def test_a_loop_write_queued_before_a_split_direct_write_goes_after_it(serve: Se
         y = np.full(14000, -0.5, np.float32)
         for _ in range(5):
             busy = threading.Event()
-            p.loop.call_soon_threadsafe(lambda: (busy.set(), time.sleep(0.2)))  # hold the loop
+            p.loop.call_soon_threadsafe(lambda busy=busy: (busy.set(), time.sleep(0.2)))  # hold the loop
             assert busy.wait(10)
             slot_x = _portal._ThreadSlot()
             p.loop.call_soon_threadsafe(_portal._submit, core.connection, MessageType.STEP, x, slot_x)

@@ -18,7 +18,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlmesh.errors import ProtocolError, UnsupportedSpaceError
-from rlmesh.protocol.spaces import OpaqueSpace, opaque_spaces
 from rlmesh.protocol import (
     PROTOCOL_VERSION,
     Connection,
@@ -29,6 +28,7 @@ from rlmesh.protocol import (
     encode_message,
     encode_space,
 )
+from rlmesh.protocol.spaces import OpaqueSpace, opaque_spaces
 
 from .helpers import assert_same
 

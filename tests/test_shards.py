@@ -51,7 +51,7 @@ def test_two_servers_of_3_and_5_lanes_equal_one_sync_vector_env_of_8(servers: An
         actions = ref.action_space
         actions.seed(3)
         ends = 0
-        for t in range(300):
+        for _ in range(300):
             a = actions.sample()
             got, want = envs.step(a), ref.step(a)
             assert_same(got, want)

@@ -22,9 +22,9 @@ fork), so the child's state is reset: its first sync call starts its own loop.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
-import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -37,8 +37,8 @@ from .client.connection import read_replies
 from .errors import RLMeshError, RLMeshTimeoutError, TransportError
 
 if TYPE_CHECKING:
-    from .client.env import _AsyncRemoteBase
     from .client.connection import ClientConnection
+    from .client.env import _AsyncRemoteBase
     from .protocol import Frame, MessageType
 
 __all__ = ["call", "check_caller", "get_portal", "in_portal_thread", "request", "request_many"]

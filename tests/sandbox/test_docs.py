@@ -106,7 +106,7 @@ def test_examples_run(argv: list[str]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_the_hf_example_runs_against_a_local_hub_cache(hub_cache: Path) -> None:
+def test_the_hf_example_runs_against_a_local_hub_cache(hub_cache: Path) -> None:  # noqa: F811  (the imported fixture)
     # hub_cache sets HF_HUB_CACHE and HF_HUB_OFFLINE=1 in this process's environment: the example
     # (unchanged) reads the repository from there, never from huggingface.co.
     result = subprocess.run([sys.executable, "examples/python/sandbox/hf_sandbox.py"], cwd=ROOT,

@@ -17,7 +17,6 @@ from rlmesh.numpy import SandboxVectorEnv
 from rlmesh.sandbox.placement import AsyncRayShardedVectorEnv, RayPlacement
 
 from ..helpers import assert_same, assert_same_steps
-from .conftest import sandbox_containers
 
 REPO = Path(__file__).resolve().parents[2]
 

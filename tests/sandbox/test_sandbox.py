@@ -35,7 +35,7 @@ def _same(a: object, b: object) -> None:
     if isinstance(a, np.ndarray):
         assert a.dtype == b.dtype and a.shape == b.shape  # type: ignore[union-attr]
         if a.dtype == object:
-            for x, y in zip(a.reshape(-1), b.reshape(-1)):  # type: ignore[union-attr]
+            for x, y in zip(a.reshape(-1), b.reshape(-1), strict=True):  # type: ignore[union-attr]
                 _same(x, y)
         else:
             assert a.tobytes() == b.tobytes()  # type: ignore[union-attr]
@@ -45,7 +45,7 @@ def _same(a: object, b: object) -> None:
             _same(a[k], b[k])  # type: ignore[index]
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b)  # type: ignore[arg-type]
-        for x, y in zip(a, b):  # type: ignore[call-overload]
+        for x, y in zip(a, b, strict=True):  # type: ignore[call-overload]
             _same(x, y)
     else:
         assert a == b or (a != a and b != b)

@@ -63,6 +63,7 @@ __all__ = [
     "decode_space",
     "decode_step_reply",
     "decode_value",
+    "encode_value",
     "encode_frame",
     "encode_message",
     "encode_space",

@@ -19,9 +19,9 @@ from typing import IO, Any, TypeVar
 
 import aiodocker
 import aiohttp
+import anyio
 from aiodocker.jsonstream import json_stream_stream
 from aiodocker.multiplexed import multiplexed_result_stream
-import anyio
 
 from ..errors import DockerUnavailableError, ImageBuildError, SandboxError
 

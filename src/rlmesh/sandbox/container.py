@@ -37,8 +37,8 @@ from ..errors import (
     TransportError,
 )
 from ..protocol.faults import remote_error_class
-from ._docker import DockerClient, acquire_docker, release_docker
 from . import ownership
+from ._docker import DockerClient, acquire_docker, release_docker
 from .options import RUNTIME_DIR_IN_CONTAINER, ContainerOptions, default_memory, memory_bytes
 
 __all__ = ["Engine", "Sandbox", "cleanup_sandboxes", "list_sandboxes"]

@@ -18,18 +18,18 @@ from typing import Any
 import orjson
 
 from ..client.env import AsyncRemoteEnv, AsyncRemoteVectorEnv, _AsyncRemoteBase
+from ..client.shards import AsyncShardedVectorEnv, resolve_shards, split_lanes
 from ..errors import EnvClosedError, InvalidArgumentError, SandboxError, SandboxExitedError, TransportError
 from ..protocol import DEFAULT_MAX_FRAME_SIZE, parse_autoreset_mode, parse_vectorization_mode
 from ..protocol.options import FACTORY_PATTERN
 from ._docker import DockerClient, docker_client
-from ..client.shards import AsyncShardedVectorEnv, resolve_shards, split_lanes
 from .container import Engine, Sandbox
 from .debs import check_system_packages
+from .image import ImageSpec, ensure_image, try_pull
 from .options import DEFAULT_LEASE, DEFAULT_PIDS_LIMIT, DEFAULT_REQUEST_TIMEOUT, ContainerOptions
 from .ownership import install_signal_handlers
 from .placement import AsyncRayShardedVectorEnv, RayPlacement
 from .progress import ProgressOption, check_progress
-from .image import ImageSpec, ensure_image, try_pull
 from .sources import HubSource, ImageSource, Source, fetch_hub_repo, parse_source, resolve_source
 
 __all__ = ["AsyncSandboxEnv", "AsyncSandboxVectorEnv"]

@@ -32,18 +32,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
-
-import anyio
 
 from .. import __version__
 from ..errors import BaseImageError, ImageBuildError, InvalidArgumentError, SandboxError
 from ._docker import DockerClient, docker_client
 from .debs import fetch_debs
 from .housekeeping import image_labels, record_use
-from .progress import ProgressOption, Reporter
 from .options import UNPRIVILEGED_UID
+from .progress import ProgressOption, Reporter
 
 __all__ = [
     "SERVER_REQUIREMENTS",

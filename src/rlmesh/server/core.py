@@ -49,10 +49,10 @@ from ..protocol import (
     encode_message,
     error_for_exception,
 )
+from ..protocol import auth as _auth
 from ..protocol.faults import env_error
 from ..protocol.spaces import space_at
 from ..protocol.values import unencodable
-from ..protocol import auth as _auth
 from ._types import EnvLike
 from .handoff import HandoffListener
 
