@@ -599,9 +599,11 @@ def test_a_stop_before_the_server_starts_is_not_lost(tmp_path: Path) -> None:
 
 
 def test_metadata_is_the_remote_env_s_and_a_shell_s_own_once_assigned(tmp_path: Path) -> None:
-    # gym.make judges a render mode by its creator's class metadata unless that is a property: the
-    # shells' is, so the remote env judges. Assigning it (as some user code does) keeps the core's.
-    assert isinstance(RemoteEnv.metadata, property) and isinstance(RemoteVectorEnv.metadata, property)
+    # gym.make judges a render mode by its creator's class metadata: the shells' class metadata is a
+    # dict (Gymnasium 1.1-1.3 require one) that admits every mode, so the remote env judges.
+    # Assigning it (as some user code does) keeps the core's.
+    for cls in (RemoteEnv, RemoteVectorEnv):
+        assert isinstance(cls.metadata, dict) and "rgb_array" in cls.metadata["render_modes"]
     st = ServerThread(gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync"),
                       f"unix://{tmp_path}/m.sock").start()
     try:

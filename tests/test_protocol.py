@@ -28,7 +28,7 @@ from rlmesh.protocol import (
     encode_message,
     encode_space,
 )
-from rlmesh.protocol.spaces import OpaqueSpace, opaque_spaces
+from rlmesh.protocol.spaces import OpaqueSpace, make_discrete, opaque_spaces
 
 from .helpers import assert_same
 
@@ -275,9 +275,9 @@ ALL_SPACES = {
     "box_bool": spaces.Box(0, 1, (3,), np.bool_),
     "box_empty": spaces.Box(-1, 1, (0,)),
     "discrete": spaces.Discrete(5),
-    "discrete_uint8": spaces.Discrete(3, dtype=np.uint8),
+    "discrete_uint8": make_discrete(3, dtype=np.uint8),
     "discrete_huge": spaces.Discrete(2**62, start=-(2**62)),
-    "discrete_start_dtype": spaces.Discrete(7, start=-3, dtype=np.int32),
+    "discrete_start_dtype": make_discrete(7, start=-3, dtype=np.int32),
     "multidiscrete_nd_start": spaces.MultiDiscrete(np.array([[2, 3], [4, 5]]), start=np.array([[-1, 0], [1, 2]])),
     "multidiscrete_int32": spaces.MultiDiscrete([3, 4], dtype=np.int32),
     "multibinary": spaces.MultiBinary(4),

@@ -20,6 +20,7 @@ from .client.env import AsyncRemoteEnv, AsyncRemoteVectorEnv, _AsyncRemoteBase
 from .client.shards import AsyncShardedVectorEnv
 from .errors import RemoteEnvError, RLMeshError
 from .protocol import DEFAULT_MAX_FRAME_SIZE, MessageType
+from .protocol.bounds import DEFAULT_MAX_INFO_SIZE, DEFAULT_MAX_VARIABLE_SIZE
 
 __all__ = ["RemoteEnv", "RemoteVectorEnv", "SyncEnvShell", "SyncVectorEnvShell"]
 
@@ -67,19 +68,32 @@ def _call(core: Any, method: str, *args: Any, **kwargs: Any) -> Any:
     return _portal.call(functools.partial(getattr(core, method), *args, **kwargs))
 
 
-def _get_metadata(shell: Any) -> dict[str, Any]:
-    own = shell.__dict__.get("_own_metadata")
-    return own if own is not None else shell._core.metadata  # type: ignore[no-any-return]
+class _AnyRenderMode(tuple[str, ...]):
+    """The class-level ``render_modes``: any mode may be asked for; the remote env judges it."""
+
+    def __contains__(self, mode: object) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return "<any: judged by the remote env>"
 
 
-def _set_metadata(shell: Any, value: dict[str, Any]) -> None:
-    shell._own_metadata = value  # the shell's own; the core keeps what the remote env said
+class _RemoteMetadata:
+    """``metadata``: on a shell, the remote env's (or what was assigned to the shell); on the class, a dict.
 
+    ``gym.make`` reads its creator's *class* metadata to judge a requested render mode: Gymnasium
+    1.4 skips a property, but 1.1-1.3 require a dict. A remote env's render modes are known only once
+    it runs, so the class says that every mode is admitted and the env itself judges the mode.
+    """
 
-# The remote env's metadata. A property on the class: `gym.make` judges a requested render mode by
-# its creator's class metadata unless that is a property (as for wrappers), and a remote env's
-# render modes are known only once it runs, so the env itself judges the mode.
-_remote_metadata = property(_get_metadata, _set_metadata, doc="The remote env's metadata.")
+    def __get__(self, shell: Any, owner: type | None = None) -> dict[str, Any]:
+        if shell is None:
+            return {"render_modes": _AnyRenderMode()}
+        own = shell.__dict__.get("_own_metadata")
+        return own if own is not None else shell._core.metadata  # type: ignore[no-any-return]
+
+    def __set__(self, shell: Any, value: dict[str, Any]) -> None:
+        shell._own_metadata = value  # the shell's own; the core keeps what the remote env said
 
 
 class SyncEnvShell(gym.Env[Any, Any], Generic[CoreT]):
@@ -90,7 +104,7 @@ class SyncEnvShell(gym.Env[Any, Any], Generic[CoreT]):
     """
 
     _core: CoreT
-    metadata = _remote_metadata
+    metadata = _RemoteMetadata()
 
     def __init__(self, core: CoreT) -> None:
         _start_and_adopt(self, core)
@@ -169,7 +183,7 @@ class SyncVectorEnvShell(VectorEnv[Any, Any, Any], Generic[CoreT]):
     """A ``gymnasium.vector.VectorEnv`` that runs an async vector core on the shared loop."""
 
     _core: CoreT
-    metadata = _remote_metadata
+    metadata = _RemoteMetadata()
 
     def __init__(self, core: CoreT) -> None:
         _start_and_adopt(self, core)
@@ -256,10 +270,12 @@ class RemoteEnv(SyncEnvShell[AsyncRemoteEnv]):
 
     def __init__(self, address: str, *, connect_timeout: float | None = 10.0, request_timeout: float | None = None,
                  max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, token: str | bytes | None = None,
-                 tls: TlsOption = None, strict_actions: bool = False) -> None:
+                 tls: TlsOption = None, strict_actions: bool = False, max_info_size: int = DEFAULT_MAX_INFO_SIZE,
+                 max_variable_size: int = DEFAULT_MAX_VARIABLE_SIZE) -> None:
         super().__init__(AsyncRemoteEnv(
             address, connect_timeout=connect_timeout, request_timeout=request_timeout, max_frame_size=max_frame_size,
-            token=token, tls=tls, strict_actions=strict_actions,
+            token=token, tls=tls, strict_actions=strict_actions, max_info_size=max_info_size,
+            max_variable_size=max_variable_size,
         ))
 
 
@@ -272,8 +288,10 @@ class RemoteVectorEnv(SyncVectorEnvShell[AsyncRemoteVectorEnv]):
 
     def __init__(self, address: str | list[str], *, connect_timeout: float | None = 10.0, request_timeout: float | None = None,
                  max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, token: str | bytes | None = None,
-                 tls: TlsOption = None, strict_actions: bool = False) -> None:
+                 tls: TlsOption = None, strict_actions: bool = False, max_info_size: int = DEFAULT_MAX_INFO_SIZE,
+                 max_variable_size: int = DEFAULT_MAX_VARIABLE_SIZE) -> None:
         super().__init__(AsyncRemoteVectorEnv(
             address, connect_timeout=connect_timeout, request_timeout=request_timeout, max_frame_size=max_frame_size,
-            token=token, tls=tls, strict_actions=strict_actions,
+            token=token, tls=tls, strict_actions=strict_actions, max_info_size=max_info_size,
+            max_variable_size=max_variable_size,
         ))

@@ -361,7 +361,14 @@ def test_a_pinned_gymnasium_that_differs_from_the_host_s_warns_once(caplog: pyte
     warnings = [r.getMessage() for r in caplog.records if "parity" in r.getMessage()]
     assert len(warnings) == 1 and other in warnings[0] and gymnasium.__version__ in warnings[0]
     assert server_requirements(["numpy"]) == ["numpy", "orjson", f"gymnasium=={gymnasium.__version__}", *uv]
-    assert server_requirements([f"gymnasium>={gymnasium.__version__}"]) == ["numpy", "orjson", "gymnasium>=1.1", *uv]
+    # What admits the host's version gets the host's version: a range, and extras without a version
+    # (pip would otherwise take the newest Gymnasium for gymnasium[mujoco]), with no warning.
+    host = ["numpy", "orjson", f"gymnasium=={gymnasium.__version__}", *uv]
+    caplog.clear()
+    assert server_requirements([f"gymnasium>={gymnasium.__version__}"]) == host
+    assert server_requirements(["gymnasium[mujoco]"]) == host
+    assert server_requirements(["gymnasium[box2d,classic-control]", "minigrid"]) == host
+    assert not [r for r in caplog.records if "parity" in r.getMessage()]
 
 
 # --------------------------------------------------------------------------- errors users can act on

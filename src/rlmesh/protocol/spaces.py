@@ -10,6 +10,7 @@ equal to the original.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from gymnasium import spaces
 from ..errors import UnsupportedSpaceError
 from .values import MAX_DEPTH, Decoder, encode_value
 
-__all__ = ["OpaqueSpace", "decode_space", "encode_space", "opaque_spaces", "space_at"]
+__all__ = ["OpaqueSpace", "decode_space", "encode_space", "make_discrete", "opaque_spaces", "space_at"]
 
 
 def encode_space(space: spaces.Space[Any], buffers: list[np.ndarray[Any, Any]]) -> dict[str, Any]:
@@ -272,7 +273,7 @@ def _rebuild(desc: dict[str, Any], decoder: Decoder, _depth: int) -> spaces.Spac
             raise ValueError("Box bounds must be numeric arrays of one dtype")
         return spaces.Box(low=low, high=high, dtype=low.dtype)
     if kind == "Discrete":
-        return spaces.Discrete(_int(desc["n"]), start=_int(desc["start"]), dtype=_dtype(desc["dtype"]))
+        return make_discrete(_int(desc["n"]), start=_int(desc["start"]), dtype=_dtype(desc["dtype"]))
     if kind == "MultiDiscrete":
         nvec = np.asarray(decoder.value(desc["nvec"]))
         start = np.asarray(decoder.value(desc["start"]))
@@ -320,6 +321,25 @@ def _int(value: Any) -> int:
     if type(value) is not int:
         raise ValueError(f"expected an integer, got {type(value).__name__}")
     return value
+
+
+_DISCRETE_HAS_DTYPE = "dtype" in inspect.signature(spaces.Discrete.__init__).parameters
+
+
+def make_discrete(n: int, *, start: int = 0, dtype: Any = np.int64) -> spaces.Discrete:
+    """``Discrete(n, start=start, dtype=dtype)`` on every supported Gymnasium.
+
+    Gymnasium 1.1 has no ``dtype`` argument (its Discrete is always int64), while a server on a
+    newer Gymnasium may declare another: there the space takes the declared dtype afterwards, so
+    it describes the values that really arrive (samples, ``contains``) as on the server's side.
+    """
+    if _DISCRETE_HAS_DTYPE:
+        return spaces.Discrete(n, start=start, dtype=dtype)
+    space = spaces.Discrete(n, start=start)
+    kind = np.dtype(dtype)
+    if kind != space.dtype:
+        space.dtype, space.n, space.start = kind, kind.type(n), kind.type(start)
+    return space
 
 
 def _dtype(text: Any, kinds: str = "iu", what: str = "Discrete dtype must be an integer type",

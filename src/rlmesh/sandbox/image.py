@@ -64,17 +64,20 @@ SERVER_REQUIREMENTS = ("numpy", "orjson", "gymnasium>=1.1")
 def server_requirements(packages: Sequence[str]) -> list[str]:
     """What the in-container server needs, with Gymnasium pinned to the host's version.
 
-    Parity with the host needs the same Gymnasium on both sides; a ``packages`` entry that
-    names gymnasium wins, with a warning (once) when it is not the host's version.
+    Parity with the host needs the same Gymnasium on both sides, so the host's version holds
+    whenever ``packages`` admits it: an entry that names gymnasium without a version, with extras
+    (``gymnasium[mujoco]``) or with a range the host's version is in. Only an entry that rules the
+    host's version out wins, with a warning (once) that says so.
     """
     host = importlib.metadata.version("gymnasium")
     # uvloop (the extra rlmesh[uvloop]) speeds up the server and relay inside, as on the host.
     extra = ["uvloop"] if importlib.util.find_spec("uvloop") is not None else []
     named = [req for req in (_requirement(p) for p in packages) if req is not None and canonicalize_name(req.name) == "gymnasium"]
-    if not named:
+    other = [req for req in named if not req.specifier.contains(host, prereleases=True)]
+    if not other:
         return ["numpy", "orjson", f"gymnasium=={host}", *extra]
-    for req in named:
-        if req.specifier and not req.specifier.contains(host, prereleases=True) and str(req) not in _skew_warned:
+    for req in other:
+        if str(req) not in _skew_warned:
             _skew_warned.add(str(req))
             log.warning("packages asks for %s but the host runs gymnasium %s: parity with in-process envs on the "
                         "host is not guaranteed", req, host)
