@@ -13,7 +13,9 @@ reading when nothing is pending on a connection sync callers use), read their re
 there too (:func:`read_replies`), with the same parser and the same checks. Exactly one
 side reads at a time (``_Protocol.reader``), under the connection's send lock.
 
-The server is treated as hostile: replies are bounded by ``max_frame_size``,
+The server is treated as hostile: replies are bounded by ``max_frame_size`` and, once the
+handshake named the spaces, STEP and RESET replies by what those spaces allow
+(:mod:`rlmesh.protocol.bounds`), both checked on a frame's header;
 a reply to a request never sent, a reply of the wrong type, or a malformed body
 is a :class:`~rlmesh.errors.ProtocolError` that closes the connection.
 """
@@ -63,6 +65,7 @@ from ..protocol import (
     exception_for_error,
 )
 from ..protocol import auth as _auth
+from ..protocol.bounds import ReplyBound
 
 __all__ = ["ClientConnection", "Listener", "ReplySlot", "TlsOption", "make_client_tls"]
 
@@ -108,6 +111,7 @@ _fork_lock = threading.Lock()  # no fork between a descriptor's dup and its regi
 class _Protocol(asyncio.Protocol):
     def __init__(self, max_frame_size: int) -> None:
         self.conn = Connection(max_frame_size)
+        self.max_frame_size = max_frame_size  # the user's ceiling (RENDER and CALL replies keep it)
         self.pending: dict[int, ReplySlot] = {}
         self.abandoned: dict[int, None] = {}  # ids of requests given up on (a late reply is dropped)
         self.transport: asyncio.Transport | None = None
@@ -249,7 +253,10 @@ class _Protocol(asyncio.Protocol):
             if self.pending.pop(rid, None) is not None:
                 self.abandoned[rid] = None
                 if len(self.abandoned) > _MAX_ABANDONED:
-                    del self.abandoned[next(iter(self.abandoned))]
+                    oldest = next(iter(self.abandoned))
+                    del self.abandoned[oldest]
+                    if self.conn.reply_limits is not None:
+                        self.conn.reply_limits.pop(oldest, None)
 
     def fail(self, exc: RLMeshError) -> None:
         # Under send_lock throughout: a request being sent from another thread is in `pending`
@@ -309,6 +316,7 @@ class _Protocol(asyncio.Protocol):
 
 
 _NOT_ABANDONED = object()
+_UNBOUNDED = (MessageType.RENDER, MessageType.CALL)  # replies the spaces do not bound
 _READ_SIZE = 1 << 18
 
 
@@ -399,6 +407,9 @@ def _encode_request(p: _Protocol, mtype: MessageType, body: Any) -> tuple[int, b
         # orjson refuses lone surrogates and very deep nesting.
         raise UnencodableError(f"cannot encode the {mtype.name} request: {type(exc).__name__}: {exc}") from exc
     p.next_id = (rid + 1) & _ID_MASK or 1
+    limits = p.conn.reply_limits
+    if limits is not None and mtype in _UNBOUNDED:
+        limits[rid] = p.max_frame_size  # its reply is not bounded by the spaces
     return rid, data
 
 
@@ -691,6 +702,8 @@ class ClientConnection:
                 except OSError:
                     sending = False
                     del p.pending[rid]
+                    if p.conn.reply_limits is not None:
+                        p.conn.reply_limits.pop(rid, None)
                     return 0  # the loop's write reports the failure (and the loss) as usual
                 if sent < len(data):
                     p.backlog.append(data[sent:])
@@ -706,6 +719,28 @@ class ClientConnection:
                     p.loop.call_soon_threadsafe(p.fail, ConnectionClosedError(
                         "a request was interrupted while it was being written; the connection was dropped"))
         return 1
+
+    def bound_replies(self, bound: ReplyBound) -> None:
+        """From now on, refuse a STEP, RESET or CLOSE reply (or an ERROR) larger than ``bound`` on its
+        header, before reading its body; RENDER and CALL replies keep ``max_frame_size``."""
+        p = self._p
+        with p.send_lock:
+            conn = p.conn
+            if bound.size >= p.max_frame_size:
+                return
+            conn.max_frame_size = bound.size
+            conn.limit_reason = (
+                f"the largest STEP or RESET reply this env's spaces allow: {bound.describe()}; a bigger reply "
+                "means a misbehaving server, or infos bigger than max_info_size: raise max_info_size= "
+                "(or max_variable_size=) if they are legitimate"
+            )
+            if conn.reply_limits is None:
+                conn.reply_limits = {}
+
+    @property
+    def reply_limit(self) -> int:
+        """The largest STEP or RESET reply accepted now (``max_frame_size`` until :meth:`bound_replies`)."""
+        return self._p.conn.max_frame_size
 
     def abandon(self, rid: int) -> None:
         """Forget a request whose caller stopped waiting (on the loop)."""

@@ -27,6 +27,7 @@ from ..protocol import (
     decode_step_reply,
 )
 from ..protocol import auth as _auth
+from ..protocol.bounds import DEFAULT_MAX_INFO_SIZE, DEFAULT_MAX_VARIABLE_SIZE, ReplyBound, reply_bound
 from ..protocol.messages import check_attribute_name
 from ..protocol.spaces import opaque_spaces
 from .actions import check_action
@@ -69,10 +70,17 @@ class _AsyncRemoteBase:
         token: str | bytes | None = None,
         tls: TlsOption = None,
         strict_actions: bool = False,
+        max_info_size: int = DEFAULT_MAX_INFO_SIZE,
+        max_variable_size: int = DEFAULT_MAX_VARIABLE_SIZE,
     ) -> None:
         for name, value in (("connect_timeout", connect_timeout), ("request_timeout", request_timeout)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
                 raise InvalidArgumentError(f"{name} must be a positive number of seconds or None, got {value!r}")
+        for name, size in (("max_info_size", max_info_size), ("max_variable_size", max_variable_size)):
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise InvalidArgumentError(f"{name} must be a number of bytes (an int >= 0), got {size!r}")
+        self.max_info_size = max_info_size
+        self.max_variable_size = max_variable_size
         if not isinstance(strict_actions, bool):
             raise InvalidArgumentError(f"strict_actions must be True or False, got {strict_actions!r}")
         self.address = address
@@ -121,6 +129,7 @@ class _AsyncRemoteBase:
                 raise EnvClosedError("this env was closed while it connected")
             assert conn.hello is not None
             self._apply_hello(conn.hello)
+            conn.bound_replies(self._reply_bound(conn.hello))
         except BaseException:
             conn.abort()
             raise
@@ -138,6 +147,14 @@ class _AsyncRemoteBase:
         self.remote_spec = hello.spec
         self.spec = self._host_spec(hello.spec)
         self._bind_opaque_spaces(hello)
+
+    def _reply_bound(self, hello: ServerHello) -> ReplyBound:
+        """The largest STEP or RESET reply the handshake's spaces allow (see :mod:`rlmesh.protocol.bounds`)."""
+        return reply_bound(
+            hello.observation_space, num_envs=hello.num_envs, single_observation_space=hello.single_observation_space,
+            autoreset_mode=hello.autoreset_mode or ("NextStep" if hello.vector else None),
+            max_info_size=self.max_info_size, max_variable_size=self.max_variable_size,
+        )
 
     def _bind_opaque_spaces(self, hello: ServerHello) -> None:
         # Custom spaces arrive as OpaqueSpaces, whose sample/contains/seed the server answers.
@@ -177,7 +194,8 @@ class _AsyncRemoteBase:
         """The constructor arguments that make an equivalent env (for ``gym.make(env.spec)``)."""
         kwargs: dict[str, Any] = {"address": self.address}
         for name, default in (("connect_timeout", 10.0), ("request_timeout", None),
-                              ("max_frame_size", DEFAULT_MAX_FRAME_SIZE), ("strict_actions", False)):
+                              ("max_frame_size", DEFAULT_MAX_FRAME_SIZE), ("strict_actions", False),
+                              ("max_info_size", DEFAULT_MAX_INFO_SIZE), ("max_variable_size", DEFAULT_MAX_VARIABLE_SIZE)):
             if getattr(self, name) != default:
                 kwargs[name] = getattr(self, name)
         if self._tls_option is not None:
@@ -383,6 +401,11 @@ class AsyncRemoteEnv(_AsyncRemoteBase):
         tls: Encrypt TCP: True (system CAs), a CA file path, or an ``ssl.SSLContext``.
         strict_actions: Check each action against the action space on the host before sending
             it (``InvalidActionError``); by default the env judges its actions, as in process.
+        max_info_size: Bytes a STEP or RESET reply may spend on its info dict (16 MiB). With the
+            observations the spaces allow, it bounds each such reply: a bigger one is refused on its
+            header (``ProtocolError``), before it is read.
+        max_variable_size: Bytes a reply may spend on Sequence, Graph and custom-space leaves
+            together (16 MiB), whose size the spaces do not bound.
     """
 
     async def get_wrapper_attr(self, name: str) -> Any:

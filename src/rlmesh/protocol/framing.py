@@ -199,7 +199,7 @@ class Connection:
             peer has authenticated).
     """
 
-    __slots__ = ("_filled", "_frame", "_head", "_header", "failed", "max_frame_size")
+    __slots__ = ("_filled", "_frame", "_head", "_header", "failed", "limit_reason", "max_frame_size", "reply_limits")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self._head = bytearray()
@@ -207,6 +207,12 @@ class Connection:
         self._header: tuple[int, int, int, int] = (0, 0, 0, 0)
         self._filled = 0
         self.max_frame_size = max_frame_size
+        self.limit_reason = "max_frame_size on this side"
+        """Said when a frame is over ``max_frame_size``: where the limit comes from, what to do."""
+        self.reply_limits: dict[int, int] | None = None
+        """Request ids whose reply may be bigger than ``max_frame_size`` (a client's RENDER and CALL
+        replies, once STEP and RESET replies are bounded by the spaces). Each entry is used once:
+        it is removed when a frame with that id arrives."""
         self.failed = False
 
     @property
@@ -274,11 +280,15 @@ class Connection:
         if mtype not in _TYPES:
             self._fail(f"unknown message type {mtype}")
         size = HEADER_SIZE + jlen + plen
-        if size > self.max_frame_size:
-            self._fail(
-                f"frame of {size} bytes exceeds the maximum of {self.max_frame_size} bytes "
-                "(max_frame_size on this side)"
-            )
+        limit = self.max_frame_size
+        limits = self.reply_limits
+        if limits is not None and limits:
+            bigger = limits.pop(rid, None)
+            if bigger is not None:
+                limit = bigger
+        if size > limit:
+            reason = self.limit_reason if limit == self.max_frame_size else "max_frame_size on this side"
+            self._fail(f"frame of {size} bytes exceeds the maximum of {limit} bytes ({reason})")
         if jlen % 8 or plen % 8 or jlen == 0:
             self._fail(f"misaligned frame (header {jlen} bytes, payload {plen} bytes)")
         self._header = (mtype, rid, jlen, plen)
