@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -835,3 +836,54 @@ def test_a_connection_error_sent_while_the_client_is_idle_is_raised_by_the_next_
         with pytest.raises(RLMeshError):
             env.step(1)
         assert time.monotonic() - start < 5
+
+
+def test_gymnasium_make_register_and_make_vec_take_a_remote_env(tmp_path: Path) -> None:
+    # Gymnasium 1.1-1.3's make() reads its creator's class metadata and raised InvalidMetadata for a
+    # property ("Expect the environment metadata to be dict"); every supported version must take it.
+    st = ServerThread(lambda: gym.make("CartPole-v1"), f"unix://{tmp_path}/r.sock").start()
+    gym.register("rlmesh-test/RemoteCartPole-v0", entry_point="rlmesh:RemoteEnv",
+                 kwargs={"address": st.address}, max_episode_steps=7)
+    try:
+        env = gym.make("rlmesh-test/RemoteCartPole-v0")
+        try:
+            assert isinstance(env.unwrapped, RemoteEnv)
+            assert_same_episodes(env, gym.make("CartPole-v1", max_episode_steps=7), steps=20, seed=3)
+        finally:
+            env.close()
+        envs = gym.make_vec("rlmesh-test/RemoteCartPole-v0", num_envs=1, vectorization_mode="sync")
+        try:
+            obs, _ = envs.reset(seed=0)
+            assert obs.shape == (1, 4)
+            assert envs.step(np.zeros(1, dtype=np.int64))[0].shape == (1, 4)
+        finally:
+            envs.close()
+    finally:
+        gym.registry.pop("rlmesh-test/RemoteCartPole-v0")
+        st.stop()
+
+
+async def test_a_crowded_server_answers_every_client_it_cannot_serve_with_server_busy(serve: Serve) -> None:
+    # 200 clients at once against a one-client server: more than MAX_PENDING are in their handshake at
+    # once, and the oldest are evicted. Each client must learn the truth: ServerBusyError (retry later),
+    # never "the server process may have exited" while the server is fine.
+    address = serve(gym.make("CartPole-v1"), "tcp://127.0.0.1:0", insecure=True)
+
+    async def one() -> str:
+        env = AsyncRemoteEnv(address, connect_timeout=30)
+        try:
+            await env.connect()
+        except ServerBusyError:
+            return "busy"
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        await env.close()
+        return "served"
+
+    with anyio.fail_after(60):
+        outcomes = await asyncio.gather(*(one() for _ in range(200)))
+    assert {o for o in outcomes if o not in ("busy", "served")} == set()
+    assert "served" in outcomes
+    env = AsyncRemoteEnv(address)  # and the server still serves
+    await env.connect()
+    await env.close()

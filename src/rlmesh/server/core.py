@@ -66,6 +66,8 @@ IDLE_TIMEOUT = 300.0
 """Default seconds of silence after which a TCP client is dropped (Unix sockets: none)."""
 MAX_PENDING = 64
 """Connections that may be in their handshake at once; a newer one evicts the oldest."""
+MAX_EVICTED = 256
+"""Evicted connections that may still be closing (told they were dropped: busy); more are reset."""
 BUSY_GRACE = 0.25
 """Seconds a newly authenticated client waits for the slot before it is told the server is busy."""
 
@@ -167,6 +169,7 @@ class EnvServer:
         self._active: _ServerProtocol | None = None
         self._waiting: list[_ServerProtocol] = []
         self._pending: dict[_ServerProtocol, None] = {}  # in their handshake, oldest first
+        self._evicted: set[_ServerProtocol] = set()  # evicted from _pending, told why, closing
         self._hello: tuple[dict[str, Any], list[Any]] | None = None
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -315,7 +318,7 @@ class EnvServer:
             for task, sock in list(self._adopting.items()):  # handed over, not yet served: closed
                 task.cancel()
                 sock.close()
-            for proto in [self._active, *self._waiting, *self._pending]:
+            for proto in [self._active, *self._waiting, *self._pending, *self._evicted]:
                 if proto is not None and proto.transport is not None:
                     proto.transport.abort()
             if server is not None:
@@ -505,11 +508,20 @@ class _ServerProtocol(asyncio.Protocol):
         self.peer = str(transport.get_extra_info("peername") or "unix client")
         server = self.server
         if len(server._pending) >= MAX_PENDING:
-            # Evict the oldest: a flood of silent connections cannot lock a real client out.
+            # Evict the oldest: a flood of silent connections cannot lock a real client out. It is told
+            # why (busy: retry later) and half-closed, so that its HELLO, still arriving, cannot turn the
+            # close into a reset that discards the reason unread; at most MAX_EVICTED linger so (for
+            # as long as any told peer may take to read, reading nothing), beyond that they are reset.
             oldest = next(iter(server._pending))
             log.warning("%d connections in their handshake: dropping the oldest, %s", MAX_PENDING, oldest.peer)
             oldest._uncount()
-            if oldest.transport is not None:
+            if oldest.transport is not None and len(server._evicted) < MAX_EVICTED:
+                server._evicted.add(oldest)
+                oldest.transport.write(ErrorBody("busy", "ServerBusyError", (
+                    f"the server at {server.address} has {MAX_PENDING} connections in their handshake and dropped "
+                    "this one, the oldest; retry later")).encode(0))
+                oldest._close_after_write()
+            elif oldest.transport is not None:
                 oldest.transport.abort()
         server._pending[self] = None
         sock = transport.get_extra_info("socket")
@@ -554,6 +566,7 @@ class _ServerProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         self._uncount()
+        self.server._evicted.discard(self)
         if self in self.server._waiting:
             self.server._waiting.remove(self)
         self.release()
