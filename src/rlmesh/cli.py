@@ -3,13 +3,17 @@
 ::
 
     rlmesh serve SOURCE --address ADDR [...]      serve an env (see rlmesh serve --help)
+    rlmesh eval SOURCE --policy P --episodes N    score a policy over seeded episodes (see docs/evaluate.md)
     rlmesh image bootstrap [--tag T] [--suite S]  build the base image from Debian packages
     rlmesh image ls [--json]                      list sandbox images (size, packages, last use)
     rlmesh image inspect REF                      one sandbox image's labels and use
     rlmesh image prune [--unused-for AGE] [--other-versions] [--dry-run]
                                                   remove images no container uses
-    rlmesh sandbox ls [--json]                    list sandbox containers
-    rlmesh sandbox cleanup [--all]                remove sandboxes whose owner died (or all)
+    rlmesh sandbox ls [--json]                    list sandbox containers (and their owners' PIDs)
+    rlmesh sandbox cleanup [--all] [--dry-run]    remove sandboxes whose owner died (or all)
+    rlmesh --version                              print rlmesh's version
+    rlmesh hub tasks SOURCE [--trust-remote-code] [--allow-unpinned-hf] [--cfg JSON] [--json]
+                                                  an EnvHub repository's envs (make_env runs in a sandbox)
 """
 
 from __future__ import annotations
@@ -26,11 +30,15 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .evaluation.cli import add_eval_parser
     from .serve import build_parser
 
     parser = argparse.ArgumentParser(prog="rlmesh", description="Run Gymnasium envs out of process.")
+    parser.add_argument("--version", action="version", version=f"rlmesh {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     build_parser(sub.add_parser("serve", help="serve a Gymnasium env"))
+    add_eval_parser(sub)
 
     image = sub.add_parser("image", help="sandbox images").add_subparsers(dest="image_command", required=True)
     boot = image.add_parser("bootstrap", help="build the base image from Debian packages (no registry needed)")
@@ -56,6 +64,16 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="print JSON")
     clean = sandbox.add_parser("cleanup", help="remove sandboxes whose owner process died")
     clean.add_argument("--all", action="store_true", help="remove every sandbox, live owners included")
+    clean.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+
+    hub = sub.add_parser("hub", help="Hugging Face EnvHub repositories").add_subparsers(dest="hub_command", required=True)
+    tasks = hub.add_parser("tasks", help="list every env of an hf:// repository, one source per line "
+                                         "(its make_env runs in a sandbox)")
+    tasks.add_argument("source", help="hf://owner/repo@SHA[:ENTRY.py][:SUITE]")
+    tasks.add_argument("--trust-remote-code", action="store_true", help="required: the repository's code runs (sandboxed)")
+    tasks.add_argument("--allow-unpinned-hf", action="store_true", help="allow a revision that is not a full commit SHA")
+    tasks.add_argument("--cfg", default=None, metavar="JSON", help="make_env's cfg, a JSON object")
+    tasks.add_argument("--json", action="store_true", help="print a JSON list")
     return parser
 
 
@@ -66,6 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .serve import run
 
         return run(args)
+    if args.command == "eval":
+        from .evaluation.cli import run_eval
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        return run_eval(args)
 
     from .errors import RLMeshError
 
@@ -87,6 +110,8 @@ def _housekeeping(args: argparse.Namespace) -> int:
 
     if args.command == "image":
         return _image(args)
+    if args.command == "hub":
+        return _hub_tasks(args)
     from .sandbox.ownership import cleanup_sandboxes, list_sandboxes
 
     if args.sandbox_command == "ls":
@@ -94,9 +119,19 @@ def _housekeeping(args: argparse.Namespace) -> int:
         if args.json:
             print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         else:
-            print(f"{'CONTAINER':<13} {'STATE':<9} {'OWNER':<10} SOURCE")
+            print(f"{'CONTAINER':<13} {'STATE':<9} {'OWNER':<10} {'PID':>8} SOURCE")
             for r in rows:
-                print(f"{r['id']:<13} {r['state']:<9} {r['owner_state']:<10} {r['source']}")
+                pid = "-" if r["owner_pid"] is None else str(r["owner_pid"])
+                print(f"{r['id']:<13} {r['state']:<9} {r['owner_state']:<10} {pid:>8} {r['source']}")
+        return 0
+    if args.dry_run:
+        doomed = anyio.run(lambda: cleanup_sandboxes(all_owners=args.all, dry_run=True))
+        by_id = {r["id"]: r for r in anyio.run(list_sandboxes)}
+        for cid in doomed:
+            row = by_id.get(cid[:12])
+            print(f"would remove {cid[:12]}" + (
+                f" ({row['source']}, owner PID {row['owner_pid']}, {row['owner_state']})" if row is not None else ""))
+        print(f"would remove {len(doomed)} sandbox container(s)")
         return 0
     removed = anyio.run(lambda: cleanup_sandboxes(all_owners=args.all))
     print(f"removed {len(removed)} sandbox container(s)")
@@ -133,7 +168,9 @@ def _image(args: argparse.Namespace) -> int:
                   f"{'yes' if r['in_use'] else 'no':<6} {' '.join(map(str, r['packages']))[:60]}")
         return 0
     if args.image_command == "inspect":
-        print(orjson.dumps(anyio.run(housekeeping.inspect_image, args.ref), option=orjson.OPT_INDENT_2).decode())
+        row = anyio.run(housekeeping.inspect_image, args.ref)
+        row.update({key: _date(row[key]) for key in ("created", "last_used")})
+        print(orjson.dumps(row, option=orjson.OPT_INDENT_2).decode())
         return 0
     unused = housekeeping.parse_age(args.unused_for) if args.unused_for is not None else None
     rows = anyio.run(lambda: housekeeping.prune_images(
@@ -143,6 +180,28 @@ def _image(args: argparse.Namespace) -> int:
         print(f"{verb} {(r['tags'] or [r['id']])[0]} ({r['size_mb']:.0f} MB, version {r['version']}, "
               f"last used {_age(time.time() - r['last_used'])} ago)")
     print(f"{verb} {len(rows)} image(s), {sum(r['size_mb'] for r in rows):.0f} MB")
+    return 0
+
+
+def _date(epoch: float) -> str:
+    """An epoch time as a UTC date, ``2026-12-04 15:40:00 UTC``."""
+    import datetime
+
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _hub_tasks(args: argparse.Namespace) -> int:
+    from .errors import InvalidArgumentError
+    from .sandbox.hub_tasks import list_tasks
+
+    options: dict[str, object] = {"trust_remote_code": args.trust_remote_code, "allow_unpinned_hf": args.allow_unpinned_hf}
+    if args.cfg is not None:
+        try:
+            options["cfg"] = orjson.loads(args.cfg)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidArgumentError(f"--cfg must be a JSON object, e.g. --cfg '{{\"episode_length\": 100}}': {exc}") from exc
+    found = list_tasks(args.source, **options)
+    print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode() if args.json else "\n".join(found))
     return 0
 
 

@@ -35,6 +35,8 @@ can report them without parsing messages.
 
 from __future__ import annotations
 
+import re
+
 from gymnasium.error import ClosedEnvironmentError
 
 __all__ = [
@@ -160,6 +162,9 @@ class RemoteEnvError(RLMeshError):
         return text
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
 class SandboxError(RLMeshError):
     """A sandbox container or image failed.
 
@@ -181,7 +186,7 @@ class SandboxError(RLMeshError):
         self.message = message
         self.container_id = container_id
         self.exit_code = exit_code
-        self.logs = logs
+        self.logs = _ANSI_ESCAPE.sub("", logs)  # a terminal's colours (Docker's build output) are noise here
 
     def __str__(self) -> str:
         text = self.message

@@ -12,6 +12,9 @@ Usage::
 
 Over TCP a token is required: ``RLMESH_TOKEN`` or ``--token-file``. ``--insecure``
 serves without one, on loopback addresses only.
+
+An env that cannot be made is reported in one line (its exception and rlmesh's hint);
+``--log-level debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "cannot_make_message", "main"]
 
 
 def _seconds_or_none(text: str) -> float | None:
@@ -135,7 +138,20 @@ def run(args: argparse.Namespace) -> int:
     except RLMeshError as exc:
         print(f"rlmesh serve: {exc}", file=sys.stderr, flush=True)
         return 3
+    except Exception as exc:  # the env's own code failed: one line, the traceback at debug level
+        log = logging.getLogger("rlmesh.serve")
+        log.debug("the env %s could not be made", args.source, exc_info=True)
+        shown = log.isEnabledFor(logging.DEBUG)
+        print(f"rlmesh serve: {cannot_make_message(args.source, exc, traceback_shown=shown)}",
+              file=sys.stderr, flush=True)
+        return 3
     return 0
+
+
+def cannot_make_message(source: str, exc: BaseException, *, traceback_shown: bool = False) -> str:
+    """One line saying why ``source`` could not be made (and, unless shown, where the traceback is)."""
+    text = f"cannot make the env {source}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+    return text if traceback_shown else f"{text} (--log-level debug shows the traceback)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

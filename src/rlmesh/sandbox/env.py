@@ -9,6 +9,7 @@ container and the directory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import difflib
 import logging
@@ -25,14 +26,14 @@ from ..protocol.options import FACTORY_PATTERN
 from ._docker import DockerClient, docker_client
 from .container import Engine, Sandbox
 from .debs import check_system_packages
-from .image import ImageSpec, ensure_image, try_pull
+from .image import ImageSpec, ensure_image, remove_replaced_image, try_pull
 from .options import DEFAULT_LEASE, DEFAULT_PIDS_LIMIT, DEFAULT_REQUEST_TIMEOUT, ContainerOptions
 from .ownership import install_signal_handlers
 from .placement import AsyncRayShardedVectorEnv, RayPlacement
 from .progress import ProgressOption, check_progress
 from .sources import HubSource, ImageSource, Source, fetch_hub_repo, parse_source, resolve_source
 
-__all__ = ["AsyncSandboxEnv", "AsyncSandboxVectorEnv"]
+__all__ = ["AsyncSandboxEnv", "AsyncSandboxVectorEnv", "check_single_env_options"]
 
 log = logging.getLogger("rlmesh.sandbox")
 
@@ -61,6 +62,25 @@ _SPEC_OPTIONS: dict[str, Any] = {
     "runtime": None, "docker_host": None, "transport": None, "lease": DEFAULT_LEASE, "wrappers": (), "connect_timeout": 60.0, "request_timeout": DEFAULT_REQUEST_TIMEOUT,
     "max_frame_size": DEFAULT_MAX_FRAME_SIZE, "strict_actions": False,
 }
+
+
+def check_single_env_options(called: str, source: Any, kwargs: Mapping[str, Any]) -> None:
+    """Refuse vector options (``num_envs=`` ...) given to the single-env class ``called``.
+
+    ``called`` is the class the user called (``SandboxEnv`` or ``AsyncSandboxEnv``); the error
+    names its vector counterpart.
+
+    Raises:
+        InvalidArgumentError: A vector option was given.
+    """
+    for key in kwargs:
+        if key in _VECTOR_ONLY:
+            vector = called.replace("Env", "VectorEnv") if called.endswith("SandboxEnv") else "SandboxVectorEnv"
+            lanes = kwargs.get("num_envs", 4)
+            raise InvalidArgumentError(
+                f"{called} runs a single env and takes no {key}=: for a vector env use {vector}, "
+                f"e.g. {vector}({source!r}, num_envs={lanes!r})"
+            )
 
 
 def _check_wrappers(wrappers: Any) -> list[list[Any]]:
@@ -137,13 +157,11 @@ class _SandboxMixin(_AsyncRemoteBase):
         # What gym.make(env.spec) needs to make an equivalent sandbox: options that differ
         # from their defaults, and the env kwargs.
         self._spec_options = {k: v for k, v in given.items() if v != _SPEC_OPTIONS[k]}
+        if not self._vector:
+            check_single_env_options(type(self).__name__, source, env_kwargs)
         for key in env_kwargs:
             if key in _ELSEWHERE:
                 raise InvalidArgumentError(f"{key}= is not an env kwarg: {_ELSEWHERE[key]}")
-            if key in _VECTOR_ONLY and not self._vector:
-                raise InvalidArgumentError(
-                    f"{key}= belongs to SandboxVectorEnv / AsyncSandboxVectorEnv, not {type(self).__name__}"
-                )
             close = difflib.get_close_matches(key, _OPTION_NAMES, n=1, cutoff=0.8)
             if close:
                 raise InvalidArgumentError(
@@ -186,6 +204,8 @@ class _SandboxMixin(_AsyncRemoteBase):
         self.image: str | None = None
         self._sandbox: Sandbox | None = None
         self._start_task: asyncio.Task[Any] | None = None
+        self._replaced_image: str | None = None
+        self._removal: asyncio.Task[None] | None = None
 
     def _check_build_options(self, source: Source) -> None:
         if not isinstance(source, ImageSource):
@@ -249,7 +269,9 @@ class _SandboxMixin(_AsyncRemoteBase):
 
     async def _prepare(self, docker: DockerClient) -> tuple[str, list[str]]:
         """Resolve the source and the image; returns ``(image, container command)``."""
-        source = await resolve_source(docker, self.parsed_source)
+        build_options = bool(self.image_spec.packages or self.image_spec.system_packages or self.base_image
+                             or self.rebuild)
+        source = await resolve_source(docker, self.parsed_source, build_options=build_options)
         serve = ["python", "-m", "rlmesh.serve"]
         if isinstance(source, ImageSource):
             self._check_build_options(source)
@@ -271,9 +293,9 @@ class _SandboxMixin(_AsyncRemoteBase):
             if source.selector:
                 command += ["--selector", source.selector]
         else:
-            command = [*serve, source.source, *self._serve_args()]
-        image = await ensure_image(docker, spec, base_image=self.base_image, rebuild=self.rebuild,
-                                   progress=self.progress)
+            command = [*serve, source.target, *self._serve_args()]
+        image, self._replaced_image = await ensure_image(docker, spec, base_image=self.base_image,
+                                                         rebuild=self.rebuild, progress=self.progress)
         return image, command
 
     async def start(self) -> Any:
@@ -308,7 +330,16 @@ class _SandboxMixin(_AsyncRemoteBase):
             raise
         finally:
             self._start_task = None
+            self._remove_replaced_image()
         return self
+
+    def _remove_replaced_image(self) -> None:
+        # The image a rebuild replaced goes once the start is over (whether or not it
+        # succeeded), in the background; close() awaits it, and its failures are logged there.
+        replaced, self._replaced_image = self._replaced_image, None
+        if replaced is not None:
+            self._removal = asyncio.ensure_future(remove_replaced_image(self.engine.host, replaced))
+            self._removal.add_done_callback(_log_removal_failure)
 
     async def detach(self) -> tuple[str, str]:
         """Close this client's connection but leave the sandbox running, for another client.
@@ -346,6 +377,16 @@ class _SandboxMixin(_AsyncRemoteBase):
             await super().close()
         finally:
             await asyncio.shield(self._teardown())
+            removal, self._removal = self._removal, None
+            if removal is not None:
+                with contextlib.suppress(Exception):  # logged by _log_removal_failure
+                    await asyncio.shield(removal)
+
+
+def _log_removal_failure(task: asyncio.Task[None]) -> None:
+    # Retrieves the removal's outcome, so that no failure goes unseen or unretrieved.
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("could not remove the image replaced by a rebuild: %r", task.exception())
 
 
 _OPTION_DOCS = """

@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tarfile
@@ -50,6 +51,7 @@ __all__ = [
     "bootstrap_tag",
     "default_base_image",
     "ensure_image",
+    "remove_replaced_image",
     "resolve_base_image",
     "try_pull",
 ]
@@ -307,10 +309,15 @@ _inflight: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asynci
 async def ensure_image(
     docker: DockerClient, spec: ImageSpec, *, base_image: str | None = None, rebuild: bool = False,
     progress: ProgressOption = None,
-) -> str:
+) -> tuple[str, str | None]:
     """Return the tag of an image for ``spec``, building it when it does not exist.
 
     Identical builds started at the same time on one loop build once.
+
+    Returns:
+        ``(tag, replaced)``: ``replaced`` is the id of the image a rebuild moved the tag from, or
+        None. It is not removed here: the caller removes it once the sandbox has started
+        (:func:`remove_replaced_image`), so that a rebuild's start is not held up by it.
 
     Raises:
         BaseImageError: No base image.
@@ -323,7 +330,7 @@ async def ensure_image(
     if image_id is not None:
         log.debug("reusing sandbox image %s", tag)
         record_use(image_id)
-        return tag
+        return tag, None
     builds = _inflight.setdefault(asyncio.get_running_loop(), {})
     task = builds.get(tag)
     if task is None:
@@ -334,13 +341,26 @@ async def ensure_image(
     built = await docker.image_id(tag)
     if built is not None:
         record_use(built)
-    if replaced is not None and replaced != built:
-        # The tag moved to the rebuild: the image it named goes too, unless a container (or a
-        # child image) still uses it; `rlmesh image prune` finds it then.
-        with contextlib.suppress(SandboxError):
-            if await docker.remove_image(replaced):
-                log.info("removed the image %s replaced by the rebuild", replaced[:19])
-    return tag
+    return tag, (replaced if replaced is not None and replaced != built else None)
+
+
+async def remove_replaced_image(host: str | None, image_id: str) -> None:
+    """Remove the image a rebuild moved its tag from (see :func:`ensure_image`).
+
+    It stays when a container (or a child image) still uses it: ``rlmesh image prune`` finds it
+    then. Any other failure is logged as a warning, never raised: the sandbox runs already.
+    """
+    try:
+        async with docker_client(host) as docker:
+            removed = await docker.remove_image(image_id)
+    except SandboxError as exc:
+        log.warning("could not remove the image %s replaced by the rebuild: %s; `rlmesh image prune "
+                    "--unused-for 0s` removes it later", image_id[:19], str(exc).splitlines()[0])
+        return
+    if removed:
+        log.info("removed the image %s replaced by the rebuild", image_id[:19])
+    else:
+        log.info("kept the image %s replaced by the rebuild: still in use", image_id[:19])
 
 
 async def _build(spec: ImageSpec, base_ref: str, tag: str, progress: ProgressOption, host: str | None) -> None:
@@ -378,13 +398,43 @@ async def _build_with(docker: DockerClient, spec: ImageSpec, base_ref: str, tag:
         tar_path = ctx / "context.tar"
         await anyio.to_thread.run_sync(_write_context, tar_path, dockerfile, wheels, spec)
         with open(tar_path, "rb") as fileobj:
-            await docker.build(
-                fileobj, tag, labels=image_labels(packages=spec.packages, imports=spec.imports, source=spec.source,
-                                                  system_packages=spec.system_packages),
-                on_output=lambda line: report("build", line, level=logging.INFO if line.startswith("Step ")
-                                              else logging.DEBUG),
-            )
+            try:
+                await docker.build(
+                    fileobj, tag, labels=image_labels(packages=spec.packages, imports=spec.imports,
+                                                      source=spec.source, system_packages=spec.system_packages),
+                    on_output=lambda line: report("build", line, level=logging.INFO if line.startswith("Step ")
+                                                  else logging.DEBUG),
+                )
+            except ImageBuildError as exc:
+                raise explain_build_failure(exc) from exc
     log.info("built sandbox image %s", tag)
+
+
+_IMPORT_FAILED = re.compile(r"rlmesh: required import '(?P<module>[^']+)' failed: (?P<why>.*?)\. Add the package")
+
+
+def explain_build_failure(exc: ImageBuildError) -> ImageBuildError:
+    """Lead with what rlmesh's own check in the build said, instead of Docker's "The command ...
+    returned a non-zero code".
+
+    A failed ``imports=`` check names the module and the distribution to add to ``packages=``
+    (the one that provides it on this host, when one does); another ``rlmesh: ...`` line of the
+    failing step (the base image's Python, say) is put first. Other failures are returned as they are.
+    """
+    logs = exc.logs
+    m = _IMPORT_FAILED.search(logs)
+    if m is not None:
+        module = m["module"]
+        found = importlib.metadata.packages_distributions().get(module.split(".")[0])
+        add = f"packages=[{found[0]!r}]" if found else f"the package that provides {module!r} to packages="
+        message = (f"imports: {module!r} cannot be imported in the sandbox image ({m['why']}): add {add}, "
+                   "or drop it from imports=")
+    else:
+        ours = [line.strip() for line in logs.splitlines() if line.strip().startswith("rlmesh: ")]
+        if not ours:
+            return exc
+        message = ours[-1].removeprefix("rlmesh: ")
+    return ImageBuildError(f"{message} ({exc.message.partition(': ')[2] or exc.message})", logs=logs)
 
 
 async def _resolve_wheels(

@@ -314,7 +314,7 @@ async def _reap(docker: DockerClient, *, only_dead: bool) -> list[str]:
 
 
 async def list_sandboxes() -> list[dict[str, Any]]:
-    """Sandbox containers on this engine: id, state, source, owner and the owner's state."""
+    """Sandbox containers on this engine: id, state, source, owner, the owner's PID and state."""
     async with docker_client() as docker:
         rows = []
         for info in await docker.list_containers({LABEL: "1"}):
@@ -326,12 +326,20 @@ async def list_sandboxes() -> list[dict[str, Any]]:
                 "id": str(info["Id"])[:12], "image": info.get("Image", ""), "state": info.get("State", ""),
                 "status": info.get("Status", ""), "source": labels.get(LABEL_SOURCE, ""), "owner": label,
                 "owner_state": ("alive" if owner_alive(label) else "dead") if judged else "elsewhere",
+                "owner_pid": int(parts[2]) if len(parts) == 5 and parts[2].isdigit() else None,
                 "created": info.get("Created", 0),
             })
         return rows
 
 
-async def cleanup_sandboxes(*, all_owners: bool = False) -> list[str]:
-    """Remove sandboxes whose owner process died (or every sandbox, with ``all_owners``)."""
+async def cleanup_sandboxes(*, all_owners: bool = False, dry_run: bool = False) -> list[str]:
+    """Remove sandboxes whose owner process died (or every sandbox, with ``all_owners``).
+
+    Returns the ids of the containers removed, or, with ``dry_run``, of those that would be
+    (nothing is removed then).
+    """
     async with docker_client() as docker:
+        if dry_run:
+            return [str(info["Id"]) for info in await docker.list_containers({LABEL: "1"})
+                    if all_owners or not owner_alive((info.get("Labels") or {}).get(LABEL_OWNER, ""))]
         return await _reap(docker, only_dead=not all_owners)

@@ -1,21 +1,27 @@
 """Progress of image builds and pulls: a status line on a terminal, log records otherwise.
 
 ``progress=`` on the sandbox classes: ``None`` (the default) shows a status line when stderr is
-a terminal (``tqdm``, the extra ``rlmesh[progress]``; plain lines without it) and only logs
-otherwise; ``True`` always shows it; ``False`` only logs; a callable receives every
-:class:`BuildProgress` (and the records are logged too).
+a terminal (``tqdm``, the extra ``rlmesh[progress]``; plain lines without it, or on a terminal
+that reports no width) and only logs otherwise; ``True`` always shows it; ``False`` only logs; a
+callable receives every :class:`BuildProgress` (and the records are logged too).
+
+What is shown is the step and the package (:func:`status_text`): pip's and Docker's chatter
+(``WARNING: Location ... is ignored``, ``---> Using cache``, ``Removing intermediate container``)
+reaches the log at debug level and the callback, never the status line.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BuildProgress", "ProgressOption", "Reporter"]
+__all__ = ["BuildProgress", "ProgressOption", "Reporter", "status_text"]
 
 log = logging.getLogger("rlmesh.sandbox.image")
 
@@ -53,6 +59,49 @@ def check_progress(option: Any) -> ProgressOption:
     raise InvalidArgumentError(f"progress must be None, True, False or a callable, got {option!r}")
 
 
+_STEP = re.compile(r"^Step (?P<n>\d+/\d+) : (?P<cmd>.*)$")
+# pip's lines that name a package, on the host (resolve) and in the build (install).
+_PACKAGE = re.compile(
+    r"^\s*(?P<verb>Collecting|Downloading|Processing|Building wheel for|Saved|Installing collected packages:"
+    r"|Successfully installed) (?P<what>\S.*?)\s*(?:\(.*\))?$"
+)
+_VERBS = {
+    "Collecting": "collecting", "Downloading": "downloading", "Processing": "installing",
+    "Building wheel for": "building a wheel for", "Saved": "saved", "Installing collected packages:": "installing",
+    "Successfully installed": "installed",
+}
+
+
+def _package_name(text: str) -> str:
+    """``numpy-2.1.0-cp311-...whl`` or ``/opt/x/numpy-2.1.0-....whl`` as ``numpy-2.1.0``; other text as it is."""
+    name = text.rsplit("/", 1)[-1]
+    if name.endswith(".whl"):
+        name = "-".join(name.removesuffix(".whl").split("-")[:2])
+    return name
+
+
+def status_text(phase: str, message: str, step: str | None = None) -> str | None:
+    """What the status line shows for a progress message, or None for noise it skips.
+
+    ``step`` is the build step being run (``step 8/19``), shown before a package it installs.
+    Only ``Step N/M : ...`` lines and pip's lines that name a package are shown; pip's warnings
+    and Docker's ``---> ...``, ``Removing intermediate container`` and the like are not.
+    """
+    if phase not in ("resolve", "build"):
+        return message
+    m = _STEP.match(message)
+    if m is not None:
+        return f"step {m['n']}: {m['cmd']}"
+    m = _PACKAGE.match(message)
+    if m is not None:
+        what = ", ".join(_package_name(part) for part in m["what"].replace(",", " ").split())
+        text = f"{_VERBS[m['verb']]} {what}"
+        return f"{step}: {text}" if step and phase == "build" else text
+    if phase == "resolve" and message.startswith("system packages: "):
+        return message
+    return None
+
+
 class Reporter:
     """Reports one image's preparation to the log, a terminal, and a callback."""
 
@@ -63,13 +112,18 @@ class Reporter:
         show = option if isinstance(option, bool) else (option is None and _stderr_is_a_terminal())
         self._bar: Any = None
         self._plain = False
+        self._step: str | None = None
+        self._shown: str | None = None
         if show:
             try:
                 from tqdm import tqdm  # noqa: PLC0415  (the optional extra rlmesh[progress])
             except ImportError:
                 self._plain = True
             else:
-                self._bar = tqdm(total=None, bar_format="{desc} [{elapsed}]", file=sys.stderr, leave=False)
+                if _stderr_columns() > 0:
+                    self._bar = tqdm(total=None, bar_format="{desc} [{elapsed}]", file=sys.stderr, leave=False)
+                else:
+                    self._plain = True  # a terminal that reports no width: tqdm would draw nothing
 
     def __call__(self, phase: str, message: str, *, level: int = logging.INFO) -> None:
         """Report a step (``level`` is the log level of its record)."""
@@ -77,16 +131,33 @@ class Reporter:
         event = BuildProgress(phase, message, time.monotonic() - self.started, self.image)
         if self.callback is not None:
             self.callback(event)
+        if self._bar is None and not self._plain:
+            return
+        m = _STEP.match(message) if phase == "build" else None
+        if m is not None:
+            self._step = f"step {m['n']}"
+        text = status_text(phase, message, self._step)
+        if text is None or text == self._shown:
+            return
+        self._shown = text
         if self._bar is not None:
-            self._bar.set_description_str(f"rlmesh {phase}: {message[:70]}", refresh=True)
-        elif self._plain and level >= logging.INFO:
-            print(f"rlmesh {phase} [{event.elapsed:4.0f}s]: {message[:100]}", file=sys.stderr, flush=True)
+            self._bar.set_description_str(f"rlmesh {phase}: {text[:70]}", refresh=True)
+        else:
+            print(f"rlmesh {phase} [{event.elapsed:4.0f}s]: {text[:100]}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         """End the display (the done event is reported by the caller)."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _stderr_columns() -> int:
+    """The width of the terminal stderr is on (0 when it reports none, or is no terminal)."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return 0
 
 
 def _stderr_is_a_terminal() -> bool:

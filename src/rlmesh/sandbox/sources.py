@@ -3,17 +3,23 @@
 Forms:
 
 * a Gymnasium id (``CartPole-v1``, ``my_pkg:MyEnv-v0``, or explicitly ``gym://CartPole-v1``)
-  or a ``module:factory``: rlmesh builds an image and serves it;
+  or a ``module:factory`` (explicitly ``py://module:factory``): rlmesh builds an image and serves it;
 * ``hf://owner/repo[@revision][:suite[/task]]``: a Hugging Face EnvHub repository, fetched on
   the host and baked into the image; needs ``trust_remote_code=True``, and a full 40-hex commit
   unless ``allow_unpinned_hf=True``;
 * ``docker://image:tag``, ``image://image:tag``, or a bare ``name:tag``: a prebuilt image that
   already serves rlmesh; it is run as it is, never built. A bare name without a tag is used only
   if it exists locally.
+
+A bare ``name:tag`` that reads both ways (``my_pkg:make_env``) is an image when one exists
+locally; otherwise a factory, silently when the doubt is settled (build options such as
+``packages=`` or ``imports=`` were given, which images do not take, or its module imports on the
+host), and with a warning naming ``py://`` and ``docker://`` when it is not.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 from dataclasses import dataclass
@@ -46,10 +52,15 @@ class GymSource:
 
     source: str
 
+    @property
+    def target(self) -> str:
+        """What the server inside is given (``py://`` removed: the server reads a factory as one)."""
+        return self.source.removeprefix("py://")
+
     def describe(self) -> str:
         """How the resolution is logged."""
         kind = "Gymnasium id" if is_gym_id(self.source) else "module:factory"
-        return f"{kind} {self.source.removeprefix('gym://')!r} (rlmesh builds the image)"
+        return f"{kind} {self.target.removeprefix('gym://')!r} (rlmesh builds the image)"
 
 
 @dataclass(frozen=True)
@@ -125,9 +136,17 @@ def parse_source(source: str, *, trust_remote_code: bool = False, allow_unpinned
         if not is_gym_id(source.removeprefix("gym://")):
             raise SourceError(f"{source!r} is not a Gymnasium id")
         return GymSource(source)
+    if source.startswith("py://"):
+        target = source.removeprefix("py://")
+        if not FACTORY_PATTERN.match(target) or is_gym_id(target):
+            raise SourceError(
+                f"{source!r} is not a py://module:factory (a module, a colon, a callable: py://my_pkg:make_env); "
+                "a Gymnasium id goes as gym://"
+            )
+        return GymSource(source)
     if "://" in source:
         raise SourceError(
-            f"unknown source scheme in {source!r}: use a Gymnasium id, module:factory, gym://, hf://, "
+            f"unknown source scheme in {source!r}: use a Gymnasium id, module:factory, gym://, py://, hf://, "
             "docker:// or image://"
         )
     return GymSource(source)
@@ -154,10 +173,14 @@ def _parse_hf(source: str) -> HubSource:
     return HubSource(repo, rev, suite, task)
 
 
-async def resolve_source(docker: DockerClient, parsed: Source) -> Source:
-    """Settle bare strings that may name an image, and log what the source resolved to."""
+async def resolve_source(docker: DockerClient, parsed: Source, *, build_options: bool = False) -> Source:
+    """Settle bare strings that may name an image, and log what the source resolved to.
+
+    ``build_options``: options only images rlmesh builds take (``packages=``, ``imports=``...)
+    were given, so a bare ``module:factory`` is not a prebuilt image.
+    """
     resolved = parsed
-    if isinstance(parsed, GymSource) and not parsed.source.startswith("gym://"):
+    if isinstance(parsed, GymSource) and not parsed.source.startswith(("gym://", "py://")):
         text = parsed.source
         if _IMAGE_REF.match(text) and not re.search(r"-v\d+$", text):
             if await docker.image_id(text) is not None:
@@ -165,13 +188,25 @@ async def resolve_source(docker: DockerClient, parsed: Source) -> Source:
             elif ":" in text.rsplit("/", 1)[-1]:
                 if not FACTORY_PATTERN.match(text):
                     resolved = ImageSource(text, explicit=False)  # name:tag: an image, pulled if missing
-                else:
+                elif not (build_options or factory_module_found(text)):
                     log.warning(
-                        "%r is no local image, so it is read as a module:factory; "
-                        "for an image to pull, write docker://%s", text, text,
+                        "%r is no local image, so it is read as a module:factory; write py://%s for a "
+                        "factory, or docker://%s for an image to pull", text, text, text,
                     )
     log.info("source %s resolved as a %s", _name(parsed), resolved.describe())
     return resolved
+
+
+def factory_module_found(text: str) -> bool:
+    """Whether the module of ``module:factory`` (its top-level package) imports on this host.
+
+    Only finders run (``importlib.util.find_spec`` of the top-level name): no code is executed.
+    """
+    top = text.partition(":")[0].split(".")[0]
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _name(source: Source) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..sync import SyncEnvShell, SyncVectorEnvShell
-from .env import AsyncSandboxEnv, AsyncSandboxVectorEnv
+from .env import AsyncSandboxEnv, AsyncSandboxVectorEnv, check_single_env_options
 from .ownership import install_signal_handlers
 
 __all__ = ["SandboxEnv", "SandboxVectorEnv"]
@@ -31,6 +31,7 @@ class SandboxEnv(SyncEnvShell[AsyncSandboxEnv]):
 
     def __init__(self, source: str, **kwargs: Any) -> None:
         install_signal_handlers()  # here: the start itself runs on rlmesh's loop thread
+        check_single_env_options(type(self).__name__, source, kwargs)  # the error names this class, not the core's
         super().__init__(AsyncSandboxEnv(source, **kwargs))
 
     @property

@@ -12,6 +12,8 @@ Sources:
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -95,6 +97,7 @@ def load_env(
         raise InvalidArgumentError("a selector applies to envhub: sources only")
     if is_gym_id(source):
         env_id = source.removeprefix("gym://")
+        _check_namespace(env_id)
         if num_envs is None:
             single: EnvLike = wrap(gym.make(env_id, **kwargs))
             return single
@@ -111,7 +114,7 @@ def load_env(
             wrappers=[wrap] if wrappers else None,
             **kwargs,
         )
-    factory = _import_factory(source)
+    factory = _import_factory(source.removeprefix("py://"))
     if num_envs is None:
         made: EnvLike = wrap(_check_env(factory(**kwargs), source))
         return made
@@ -127,6 +130,56 @@ def load_env(
 
     vec_cls = gym.vector.SyncVectorEnv if vectorization_mode == "sync" else gym.vector.AsyncVectorEnv
     return vec_cls([make_one] * num_envs, autoreset_mode=mode)
+
+
+# Namespaces whose package name does not say so.
+_KNOWN_NAMESPACES = {"ALE": ("ale-py", "ale_py")}
+
+
+def _check_namespace(env_id: str) -> None:
+    """Fail a ``Namespace/Name-vN`` id whose namespace nothing registered, saying what to import.
+
+    Gymnasium only says "Namespace X not found"; packages register their namespace when they are
+    imported (``import ale_py`` registers ``ALE``). An id with a ``module:`` prefix imports its
+    module first, so it is left to ``gym.make``.
+
+    Raises:
+        gymnasium.error.NamespaceNotFound: With rlmesh's hint.
+    """
+    if ":" in env_id:
+        return
+    namespace = gym.envs.registration.parse_env_id(env_id)[0]
+    if namespace is None or any(spec.namespace == namespace for spec in gym.registry.values()):
+        return
+    module = namespace_module(namespace)
+    if module is not None:
+        hint = (f"the module {module!r} registers it when imported: pass imports=[{module!r}] "
+                f"(`--import {module}` to rlmesh serve), or write the id as '{module}:{env_id}'")
+    else:
+        hint = (f"no installed package registers it: add the package that registers namespace {namespace} "
+                "to packages= and its module to imports=")
+        if namespace in _KNOWN_NAMESPACES:
+            dist, mod = _KNOWN_NAMESPACES[namespace]
+            hint += f" (packages=[{dist!r}], imports=[{mod!r}])"
+    raise gym.error.NamespaceNotFound(f"Namespace {namespace} not found; {hint}")
+
+
+def namespace_module(namespace: str) -> str | None:
+    """The importable module that registers the Gymnasium ``namespace``, if one is found.
+
+    Looks at ``gymnasium.envs`` entry points named after it, the well-known ones (``ALE`` is
+    ``ale_py``), then top-level modules named after it (``minigrid``, ``x_py``, ``gym_x``...).
+    """
+    for ep in importlib.metadata.entry_points(group="gymnasium.envs"):
+        if ep.name.lower() == namespace.lower():
+            return ep.value.split(":")[0]
+    low = namespace.lower().replace("-", "_")
+    candidates = [_KNOWN_NAMESPACES[namespace][1]] if namespace in _KNOWN_NAMESPACES else []
+    candidates += [low, f"{low}_py", f"{low}_gym", f"gym_{low}", f"{low}_envs"]
+    for name in candidates:
+        if name.isidentifier() and importlib.util.find_spec(name) is not None:
+            return name
+    return None
 
 
 def _wrapping(wrappers: Sequence[tuple[str, Mapping[str, Any]]]) -> Callable[[EnvLike], Any]:
