@@ -3,7 +3,6 @@
 ::
 
     rlmesh serve SOURCE --address ADDR [...]      serve an env (see rlmesh serve --help)
-    rlmesh eval SOURCE --policy P --episodes N    score a policy over seeded episodes (see docs/evaluate.md)
     rlmesh image bootstrap [--tag T] [--suite S]  build the base image from Debian packages
     rlmesh image ls [--json]                      list sandbox images (size, packages, last use)
     rlmesh image inspect REF                      one sandbox image's labels and use
@@ -12,8 +11,6 @@
     rlmesh sandbox ls [--json]                    list sandbox containers (and their owners' PIDs)
     rlmesh sandbox cleanup [--all] [--dry-run]    remove sandboxes whose owner died (or all)
     rlmesh --version                              print rlmesh's version
-    rlmesh hub tasks SOURCE [--trust-remote-code] [--allow-unpinned-hf] [--cfg JSON] [--json]
-                                                  an EnvHub repository's envs (make_env runs in a sandbox)
 """
 
 from __future__ import annotations
@@ -31,14 +28,12 @@ __all__ = ["main"]
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .evaluation.cli import add_eval_parser
     from .serve import build_parser
 
     parser = argparse.ArgumentParser(prog="rlmesh", description="Run Gymnasium envs out of process.")
     parser.add_argument("--version", action="version", version=f"rlmesh {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     build_parser(sub.add_parser("serve", help="serve a Gymnasium env"))
-    add_eval_parser(sub)
 
     image = sub.add_parser("image", help="sandbox images").add_subparsers(dest="image_command", required=True)
     boot = image.add_parser("bootstrap", help="build the base image from Debian packages (no registry needed)")
@@ -65,15 +60,6 @@ def _parser() -> argparse.ArgumentParser:
     clean = sandbox.add_parser("cleanup", help="remove sandboxes whose owner process died")
     clean.add_argument("--all", action="store_true", help="remove every sandbox, live owners included")
     clean.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
-
-    hub = sub.add_parser("hub", help="Hugging Face EnvHub repositories").add_subparsers(dest="hub_command", required=True)
-    tasks = hub.add_parser("tasks", help="list every env of an hf:// repository, one source per line "
-                                         "(its make_env runs in a sandbox)")
-    tasks.add_argument("source", help="hf://owner/repo@SHA[:ENTRY.py][:SUITE]")
-    tasks.add_argument("--trust-remote-code", action="store_true", help="required: the repository's code runs (sandboxed)")
-    tasks.add_argument("--allow-unpinned-hf", action="store_true", help="allow a revision that is not a full commit SHA")
-    tasks.add_argument("--cfg", default=None, metavar="JSON", help="make_env's cfg, a JSON object")
-    tasks.add_argument("--json", action="store_true", help="print a JSON list")
     return parser
 
 
@@ -84,11 +70,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .serve import run
 
         return run(args)
-    if args.command == "eval":
-        from .evaluation.cli import run_eval
-
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        return run_eval(args)
 
     from .errors import RLMeshError
 
@@ -110,8 +91,6 @@ def _housekeeping(args: argparse.Namespace) -> int:
 
     if args.command == "image":
         return _image(args)
-    if args.command == "hub":
-        return _hub_tasks(args)
     from .sandbox.ownership import cleanup_sandboxes, list_sandboxes
 
     if args.sandbox_command == "ls":
@@ -188,21 +167,6 @@ def _date(epoch: float) -> str:
     import datetime
 
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _hub_tasks(args: argparse.Namespace) -> int:
-    from .errors import InvalidArgumentError
-    from .sandbox.hub_tasks import list_tasks
-
-    options: dict[str, object] = {"trust_remote_code": args.trust_remote_code, "allow_unpinned_hf": args.allow_unpinned_hf}
-    if args.cfg is not None:
-        try:
-            options["cfg"] = orjson.loads(args.cfg)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidArgumentError(f"--cfg must be a JSON object, e.g. --cfg '{{\"episode_length\": 100}}': {exc}") from exc
-    found = list_tasks(args.source, **options)
-    print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode() if args.json else "\n".join(found))
-    return 0
 
 
 def _age(seconds: float) -> str:
