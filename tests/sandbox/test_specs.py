@@ -52,6 +52,23 @@ def test_gym_make_vec_of_a_sandbox_vector_spec() -> None:
             again.close()
 
 
+def test_gym_make_vec_sync_of_a_sandbox_spec_is_a_sync_vector_env_of_sandboxes() -> None:
+    with SandboxEnv("CartPole-v1") as env:
+        spec = env.spec
+    envs = gym.make_vec(spec, num_envs=2, vectorization_mode="sync")
+    try:
+        assert isinstance(envs, gym.vector.SyncVectorEnv)
+        assert all(isinstance(e.unwrapped, SandboxEnv) for e in envs.envs)
+        ref = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync")
+        got, want = envs.reset(seed=4), ref.reset(seed=4)
+        assert np.array_equal(got[0], want[0])
+        for t in range(40):
+            actions = np.array([t % 2, (t // 3) % 2])
+            assert all(np.array_equal(a, b) for a, b in zip(envs.step(actions)[:4], ref.step(actions)[:4], strict=True))
+    finally:
+        envs.close()
+
+
 def test_a_sandbox_registered_as_a_gymnasium_id() -> None:
     gym.register("rlmesh-test/SandboxedCartPole-v0", entry_point="rlmesh:SandboxEnv",
                  kwargs={"source": "CartPole-v1"}, max_episode_steps=20)
