@@ -81,9 +81,9 @@ async def test_tagless_missing_image_is_never_pulled_or_built(caplog: pytest.Log
 
 
 def test_misplaced_options_are_errors_not_env_kwargs() -> None:
-    with pytest.raises(InvalidArgumentError, match="belongs to SandboxVectorEnv"):
+    with pytest.raises(InvalidArgumentError, match="for a vector env use AsyncSandboxVectorEnv"):
         AsyncSandboxEnv("CartPole-v1", num_envs=4)
-    with pytest.raises(InvalidArgumentError, match="belongs to SandboxVectorEnv"):
+    with pytest.raises(InvalidArgumentError, match="for a vector env use AsyncSandboxVectorEnv"):
         AsyncSandboxEnv("CartPole-v1", autoreset_mode="same_step")
     with pytest.raises(InvalidArgumentError, match="RemoteEnv"):
         AsyncSandboxEnv("CartPole-v1", address="unix:///tmp/x.sock")
