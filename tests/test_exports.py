@@ -15,6 +15,7 @@ PUBLIC = [
     "AsyncSandboxVectorEnv",
     "AuthenticationError",
     "EnvServer",
+    "EvaluationReport",
     "RLMeshError",
     "RemoteEnv",
     "RemoteEnvError",
@@ -23,6 +24,9 @@ PUBLIC = [
     "SandboxError",
     "SandboxVectorEnv",
     "__version__",
+    "batched",
+    "evaluate",
+    "evaluate_async",
 ]
 NUMPY = [
     "AsyncRemoteEnv",
@@ -33,6 +37,9 @@ NUMPY = [
     "RemoteVectorEnv",
     "SandboxEnv",
     "SandboxVectorEnv",
+    "batched",
+    "evaluate",
+    "evaluate_async",
 ]
 
 

@@ -22,6 +22,10 @@ _EXPORTS = {
     "RemoteVectorEnv": "rlmesh.sync",
     "SandboxEnv": "rlmesh.sandbox.sync",
     "SandboxVectorEnv": "rlmesh.sandbox.sync",
+    "EvaluationReport": "rlmesh.evaluation",
+    "batched": "rlmesh.evaluation",
+    "evaluate": "rlmesh.evaluation",
+    "evaluate_async": "rlmesh.evaluation",
     "AuthenticationError": "rlmesh.errors",
     "RLMeshError": "rlmesh.errors",
     "RemoteEnvError": "rlmesh.errors",
@@ -33,6 +37,7 @@ __all__ = sorted([*_EXPORTS, "__version__"])
 if TYPE_CHECKING:
     from .client.env import AsyncRemoteEnv, AsyncRemoteVectorEnv
     from .errors import AuthenticationError, RemoteEnvError, RLMeshError, SandboxError
+    from .evaluation import EvaluationReport, batched, evaluate, evaluate_async
     from .sandbox.env import AsyncSandboxEnv, AsyncSandboxVectorEnv
     from .sandbox.sync import SandboxEnv, SandboxVectorEnv
     from .server.core import EnvServer

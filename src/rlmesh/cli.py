@@ -3,6 +3,7 @@
 ::
 
     rlmesh serve SOURCE --address ADDR [...]      serve an env (see rlmesh serve --help)
+    rlmesh eval SOURCE --policy P --episodes N    score a policy over seeded episodes (see docs/evaluate.md)
     rlmesh image bootstrap [--tag T] [--suite S]  build the base image from Debian packages
     rlmesh image ls [--json]                      list sandbox images (size, packages, last use)
     rlmesh image inspect REF                      one sandbox image's labels and use
@@ -28,12 +29,14 @@ __all__ = ["main"]
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .evaluation.cli import add_eval_parser
     from .serve import build_parser
 
     parser = argparse.ArgumentParser(prog="rlmesh", description="Run Gymnasium envs out of process.")
     parser.add_argument("--version", action="version", version=f"rlmesh {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     build_parser(sub.add_parser("serve", help="serve a Gymnasium env"))
+    add_eval_parser(sub)
 
     image = sub.add_parser("image", help="sandbox images").add_subparsers(dest="image_command", required=True)
     boot = image.add_parser("bootstrap", help="build the base image from Debian packages (no registry needed)")
@@ -70,6 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .serve import run
 
         return run(args)
+    if args.command == "eval":
+        from .evaluation.cli import run_eval
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        return run_eval(args)
 
     from .errors import RLMeshError
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from .client.env import AsyncRemoteEnv, AsyncRemoteVectorEnv
+from .evaluation import batched, evaluate, evaluate_async
 from .sandbox.env import AsyncSandboxEnv, AsyncSandboxVectorEnv
 from .sandbox.sync import SandboxEnv, SandboxVectorEnv
 from .sync import RemoteEnv, RemoteVectorEnv
@@ -19,4 +20,7 @@ __all__ = [
     "RemoteVectorEnv",
     "SandboxEnv",
     "SandboxVectorEnv",
+    "batched",
+    "evaluate",
+    "evaluate_async",
 ]

@@ -1,0 +1,51 @@
+"""The evaluation harness: score a policy over many seeded episodes in sandboxes.
+
+A user of the sandbox layer, not a layer inside it (see docs/evaluate.md)::
+
+    policies   policy adapters: plain, async, batched(fn), "random"
+    runner     a pool of vector sandboxes per task, reused by reset(seed=...); faults become records
+    records    an episode's record, and how a failure is recorded or retried
+    results    the append-only JSON Lines file, its header, resume
+    report     the records, the summary, the table and the plot
+    progress   the bar, log lines or a callback
+    signals    SIGINT / SIGTERM stop the run within seconds, losing nothing
+    api        evaluate() and evaluate_async()
+    cli        the ``rlmesh eval`` subcommand
+
+Names load lazily, so that ``rlmesh``'s command line can add ``eval`` without importing the rest.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "BatchedPolicy": "rlmesh.evaluation.policies",
+    "EvaluationReport": "rlmesh.evaluation.report",
+    "ResultsMismatchError": "rlmesh.evaluation.results",
+    "batched": "rlmesh.evaluation.policies",
+    "evaluate": "rlmesh.evaluation.api",
+    "evaluate_async": "rlmesh.evaluation.api",
+}
+
+__all__ = ["BatchedPolicy", "EvaluationReport", "ResultsMismatchError", "batched", "evaluate", "evaluate_async"]
+
+if TYPE_CHECKING:
+    from .api import evaluate, evaluate_async
+    from .policies import BatchedPolicy, batched
+    from .report import EvaluationReport
+    from .results import ResultsMismatchError
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rlmesh.evaluation' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,180 @@
+"""``rlmesh.evaluate`` and ``rlmesh.evaluate_async``: score a policy over seeded episodes in sandboxes."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import InvalidArgumentError
+from ..sandbox.env import AsyncSandboxVectorEnv
+from .policies import resolve_policy
+from .progress import EvaluationProgress, ProgressOption, check_progress
+from .report import EvaluationReport
+from .results import ResultsFile
+from .runner import Runner, check_options
+from .signals import StopSignals
+
+__all__ = ["evaluate", "evaluate_async"]
+
+
+def _check_seeds(episodes: Any, seeds: Sequence[int] | None) -> list[int]:
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise InvalidArgumentError(f"episodes must be a positive int (episodes per task), got {episodes!r}")
+    if seeds is None:
+        return list(range(episodes))
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
+        raise InvalidArgumentError(f"seeds must be a sequence with one int seed per episode, got {seeds!r}")
+    out = list(seeds)
+    if len(out) != episodes:
+        raise InvalidArgumentError(
+            f"seeds has {len(out)} seed(s) but episodes={episodes}: give one seed per episode "
+            f"(or leave seeds out for range({episodes}))"
+        )
+    for seed in out:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise InvalidArgumentError(f"each seed must be a non-negative int, got {seed!r}")
+    return out
+
+
+def _check_number(name: str, value: Any, *, minimum: float, integer: bool = False, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value >= minimum:
+        what = "an int" if integer else "a number"
+        raise InvalidArgumentError(f"{name} must be {what} >= {minimum:g}{' or None' if optional else ''}, got {value!r}")
+
+
+def _is_hub_repo(source: str) -> bool:
+    """An ``hf://owner/repo[@rev]`` source without a ``:suite/task`` selector."""
+    return source.startswith("hf://") and ":" not in source[len("hf://"):]
+
+
+async def _expand(sources: list[str], options: dict[str, Any]) -> list[str]:
+    """Sources to tasks: an EnvHub repository without a selector is every task it has."""
+    tasks: list[str] = []
+    for source in sources:
+        if not _is_hub_repo(source):
+            tasks.append(source)
+            continue
+        import rlmesh
+
+        list_tasks = getattr(rlmesh, "list_tasks", None)
+        if list_tasks is None:
+            raise InvalidArgumentError(
+                f"{source} names no task, and this rlmesh cannot list an EnvHub repository's tasks "
+                "(rlmesh.list_tasks): name them, e.g. hf://owner/repo:suite/task"
+            )
+        found = await list_tasks(source, **options) if inspect.iscoroutinefunction(list_tasks) else \
+            await asyncio.to_thread(list_tasks, source, **options)
+        tasks.extend(found)
+    seen: set[str] = set()
+    return [t for t in tasks if not (t in seen or seen.add(t))]  # type: ignore[func-returns-value]
+
+
+async def evaluate_async(policy: Any, source: str | Sequence[str], *, episodes: int, seeds: Sequence[int] | None = None,
+                         concurrency: int = 4, episode_timeout: float | None = None, results: str | None = None,
+                         progress: ProgressOption = None, retries: int = 2, **sandbox_options: Any) -> EvaluationReport:
+    """The async core of :func:`evaluate`, with the same arguments; see there."""
+    acting = resolve_policy(policy)
+    seed_list = _check_seeds(episodes, seeds)
+    _check_number("concurrency", concurrency, minimum=1, integer=True)
+    _check_number("episode_timeout", episode_timeout, minimum=0.001, optional=True)
+    _check_number("retries", retries, minimum=0, integer=True)
+    progress = check_progress(progress)
+    sources = [source] if isinstance(source, str) else list(source) if isinstance(source, Sequence) else None
+    if not sources or not all(isinstance(s, str) and s for s in sources):
+        raise InvalidArgumentError(f"source must be a sandbox source or a non-empty list of them, got {source!r}")
+    check_options(sandbox_options)
+    options = {"progress": False if progress is False else None, **sandbox_options}
+    AsyncSandboxVectorEnv(sources[0], 1, **options)  # checks the options now, before anything starts
+
+    tasks = await _expand(sources, sandbox_options)
+    run = {"sources": sources, "seeds": seed_list, "policy": acting.name}
+    store = ResultsFile(results, run) if results is not None else None
+    earlier = list(store.records) if store is not None else []
+    done = {(r["task"], r["episode"]) for r in earlier}
+    tracker = EvaluationProgress(progress, total=len(tasks) * len(seed_list),
+                                 done=sum(1 for t, i in done if t in tasks and 0 <= i < len(seed_list)))
+    runner = Runner(acting, tasks, seed_list, done, concurrency=concurrency, episode_timeout=episode_timeout,
+                    retries=retries, options=options, store=store, progress=tracker)
+    current = asyncio.current_task()
+    assert current is not None
+    stop = StopSignals(current)
+    started = time.monotonic()
+    try:
+        with stop.installed():
+            try:
+                await runner.run()
+            except asyncio.CancelledError:
+                if stop.received is None:
+                    raise
+                current.uncancel()
+    finally:
+        tracker.close()
+        if store is not None:
+            store.close()
+    stop.reraise()
+    return EvaluationReport([*earlier, *runner.records], tasks, run, runner.timing, time.monotonic() - started,
+                            runner.container_starts)
+
+
+def evaluate(policy: Any, source: str | Sequence[str], *, episodes: int, seeds: Sequence[int] | None = None,
+             concurrency: int = 4, episode_timeout: float | None = None, results: str | None = None,
+             progress: ProgressOption = None, retries: int = 2, **sandbox_options: Any) -> EvaluationReport:
+    """Score a policy over seeded episodes of one or more tasks, each run in a sandbox.
+
+    A pool of at most ``concurrency`` sandboxes per task runs the episodes; each sandbox is
+    reused across episodes by ``reset(seed=...)`` and replaced only when it fails. Episode ``i``
+    of a task is reset with ``seeds[i]``. A fault (the env exits, raises, hangs past
+    ``episode_timeout``, or its sandbox does not start) is recorded as that episode's ``error``
+    and the run goes on; the infrastructure's failures (the engine or the connection went away)
+    are retried up to ``retries`` times. With ``results``, each episode's record is appended to a
+    JSON Lines file as it ends, and running again resumes: what the file holds is skipped.
+    SIGINT or SIGTERM stop the run within seconds with every finished episode on disk and no
+    container left. Not callable from a running event loop: use :func:`evaluate_async` there.
+
+    Args:
+        policy: A callable ``obs -> action`` (called on the event loop's thread), an ``async``
+            callable, ``"random"`` (samples the action space, seeded per episode), or
+            :func:`~rlmesh.batched` ``(fn)`` to run episodes as the lanes of vector sandboxes.
+        source: A sandbox source or a list of them; ``hf://owner/repo`` without a selector means
+            every task of the repository (``rlmesh.list_tasks``).
+        episodes: Episodes per task.
+        seeds: One seed per episode (default ``range(episodes)``).
+        concurrency: Sandboxes per task at most (default 4).
+        episode_timeout: Seconds an episode may take; past it the episode is recorded as a timeout.
+        results: A JSON Lines file for the records (resumed when it exists).
+        progress: None (a bar on a terminal with the ``progress`` extra, else log lines), True,
+            False (silent), or a callable receiving each record.
+        retries: Retries of infrastructure failures, per episode and per sandbox start (default 2).
+        **sandbox_options: The sandbox options (``packages``, ``imports``, ``trust_remote_code``,
+            ``shards``, ``placement``, ``runtime``, ``docker_host``, ...), as for
+            :class:`~rlmesh.SandboxVectorEnv`.
+
+    Returns:
+        An :class:`~rlmesh.evaluation.report.EvaluationReport` (``episodes``, ``summary``, ``to_json()``).
+
+    Raises:
+        InvalidArgumentError: A bad argument (episodes, seeds, policy, options), or a results file
+            written for another run (:class:`~rlmesh.evaluation.results.ResultsMismatchError`).
+        SandboxError: The run could not go on (no engine, an image that does not build, retries
+            of the infrastructure's failures exhausted); finished episodes stay in ``results``.
+        KeyboardInterrupt: SIGINT stopped the run.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise InvalidArgumentError("evaluate() cannot run inside a running event loop: await rlmesh.evaluate_async(...)")
+    return asyncio.run(evaluate_async(policy, source, episodes=episodes, seeds=seeds, concurrency=concurrency,
+                                      episode_timeout=episode_timeout, results=results, progress=progress,
+                                      retries=retries, **sandbox_options))
+
+
+evaluate_async.__doc__ = (evaluate.__doc__ or "").replace(
+    "Score a policy", "Score a policy (the async core of evaluate)", 1)

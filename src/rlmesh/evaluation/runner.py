@@ -1,0 +1,351 @@
+"""The evaluation runner: a pool of vector sandboxes per task, reused by ``reset(seed=...)``.
+
+Each task gets at most ``concurrency`` workers; each worker holds one
+:class:`~rlmesh.sandbox.env.AsyncSandboxVectorEnv` of ``lanes`` lanes (one lane for a plain
+policy, up to ``batched(fn, lanes=N)`` for a batched one) and runs episodes in its lanes, each
+lane reset with its episode's seed through ``options["reset_mask"]``. A sandbox is replaced only
+when it fails. A lane without an episode to run replays the seed of one that has (so that it can
+only do what a real episode does), and its steps are not counted.
+
+When a sandbox fails with more than one episode in its lanes, nobody can tell which lane did
+it: those episodes run again one at a time ("isolated"), and the one that fails alone is
+recorded. The infrastructure's failures are retried up to ``retries`` times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from gymnasium.vector.utils import concatenate, create_empty_array, iterate
+
+from ..errors import InvalidArgumentError, RemoteEnvError, RLMeshTimeoutError, SandboxStartError
+from ..sandbox.env import AsyncSandboxVectorEnv
+from .policies import Acting, maybe_await
+from .progress import EvaluationProgress
+from .records import EpisodeTimeout, error_of, is_infrastructure, make_record
+from .results import ResultsFile
+
+__all__ = ["Runner"]
+
+log = logging.getLogger("rlmesh.evaluation")
+
+START_FAILURES_PER_TASK = 3  # consecutive failed starts after which a task's remaining episodes are recorded as such
+
+
+@dataclass
+class _Episode:
+    task: str
+    index: int
+    seed: int
+    attempts: int = 0
+    isolate: bool = False
+
+
+@dataclass
+class _Lane:
+    episode: _Episode
+    started: float
+    total: float = 0.0
+    length: int = 0
+    sampler: Any = None
+
+
+@dataclass
+class _Fault:
+    exc: BaseException
+    lanes: list[_Lane]
+
+
+@dataclass
+class _Task:
+    name: str
+    pending: deque[_Episode]
+    isolated: deque[_Episode] = field(default_factory=deque)
+    start_failures: int = 0
+    steps: int = 0
+
+    def has_work(self) -> bool:
+        return bool(self.pending or self.isolated)
+
+
+class Runner:
+    """Runs every pending (task, episode) and records each as it ends.
+
+    Args:
+        acting: The resolved policy.
+        tasks: Task sources, run one after the other.
+        seeds: One seed per episode (the same for every task).
+        done: (task, episode) pairs already recorded (a resumed run), skipped.
+        concurrency: Sandboxes per task at most.
+        episode_timeout: Seconds per episode, or None.
+        retries: Retries of the infrastructure's failures per episode, and per start.
+        options: Sandbox options for :class:`~rlmesh.sandbox.env.AsyncSandboxVectorEnv`.
+        store: The results file, or None.
+        progress: Progress display.
+    """
+
+    def __init__(self, acting: Acting, tasks: Sequence[str], seeds: Sequence[int], done: set[tuple[str, int]],
+                 *, concurrency: int, episode_timeout: float | None, retries: int, options: dict[str, Any],
+                 store: ResultsFile | None, progress: EvaluationProgress) -> None:
+        self.acting = acting
+        self.tasks = list(tasks)
+        self.seeds = list(seeds)
+        self.done = done
+        self.concurrency = concurrency
+        self.episode_timeout = episode_timeout
+        self.retries = retries
+        self.options = options
+        self.store = store
+        self.progress = progress
+        self.records: list[dict[str, Any]] = []
+        self.timing: dict[str, tuple[int, float]] = {}
+        self.container_starts = 0
+
+    async def run(self) -> None:
+        """Run every task's pending episodes, one task's pool at a time."""
+        loop = asyncio.get_running_loop()
+        for name in self.tasks:
+            pending = deque(_Episode(name, i, seed) for i, seed in enumerate(self.seeds) if (name, i) not in self.done)
+            if not pending:
+                continue
+            task = _Task(name, pending)
+            lanes = min(self.acting.lanes, math.ceil(len(pending) / self.concurrency)) if self.acting.batched else 1
+            workers = min(self.concurrency, math.ceil(len(pending) / lanes))
+            started = loop.time()
+            try:
+                await _all([self._worker(task, lanes) for _ in range(workers)])
+            finally:
+                self.timing[name] = (task.steps, loop.time() - started)
+
+    def _record(self, lane: _Lane | _Episode, *, seconds: float, error: dict[str, Any] | None = None,
+                terminated: bool = False, truncated: bool = False, success: bool | None = None) -> None:
+        ep = lane.episode if isinstance(lane, _Lane) else lane
+        total = lane.total if isinstance(lane, _Lane) and error is None else None
+        length = lane.length if isinstance(lane, _Lane) else 0
+        record = make_record(ep.task, ep.index, ep.seed, total=total, length=length, terminated=terminated,
+                             truncated=truncated, success=success, seconds=seconds, attempts=ep.attempts, error=error)
+        if self.store is not None:
+            self.store.append(record)
+        self.records.append(record)
+        self.progress.update(record)
+
+    # -- a worker: one sandbox at a time, replaced when it fails ---------------------
+    async def _worker(self, task: _Task, lanes: int) -> None:
+        env: Any = None
+        try:
+            while task.has_work():
+                if env is None:
+                    env = await self._start(task, lanes)
+                    if env is None:
+                        continue
+                fault = await self._drive(env, task, lanes)
+                if fault is None:
+                    return
+                keep = isinstance(fault.exc, RemoteEnvError) and lanes == 1  # the server stays usable
+                if not keep:
+                    old, env = env, None
+                    await old.close()
+                self._handle(task, fault)
+        finally:
+            if env is not None:
+                await env.close()
+
+    async def _start(self, task: _Task, lanes: int) -> Any:
+        """A started sandbox, or None when its start failed for the env's reason (then recorded)."""
+        attempt = 0
+        while True:
+            env = AsyncSandboxVectorEnv(task.name, lanes, **self.options)
+            try:
+                await env.start()
+            except SandboxStartError as exc:
+                await env.close()
+                task.start_failures += 1
+                self._start_failed(task, exc)
+                return None
+            except Exception as exc:
+                await env.close()
+                if (is_infrastructure(exc) or isinstance(exc, RLMeshTimeoutError)) and attempt < self.retries:
+                    attempt += 1
+                    log.warning("starting a sandbox for %s failed (%s); retry %d of %d", task.name,
+                                str(exc).splitlines()[0], attempt, self.retries)
+                    await asyncio.sleep(min(0.5 * 2 ** attempt, 5.0))
+                    continue
+                raise
+            self.container_starts += 1
+            task.start_failures = 0
+            return env
+
+    def _start_failed(self, task: _Task, exc: SandboxStartError) -> None:
+        error = error_of(exc)
+        queue = task.isolated or task.pending
+        if queue:
+            ep = queue.popleft()
+            ep.attempts += 1
+            self._record(ep, seconds=0.0, error=error)
+        if task.start_failures >= START_FAILURES_PER_TASK:
+            error = dict(error, message=f"not run: the sandbox failed to start {task.start_failures} times in a row "
+                                        f"({error['message']})")
+            for queue in (task.isolated, task.pending):
+                while queue:
+                    self._record(queue.popleft(), seconds=0.0, error=error)
+
+    def _handle(self, task: _Task, fault: _Fault) -> None:
+        now = asyncio.get_running_loop().time()
+        if is_infrastructure(fault.exc):
+            for lane in reversed(fault.lanes):
+                if lane.episode.attempts <= self.retries:
+                    log.warning("episode %d of %s: %s; retrying", lane.episode.index, task.name,
+                                str(fault.exc).splitlines()[0])
+                    task.pending.appendleft(lane.episode)
+                else:
+                    self._record(lane, seconds=now - lane.started, error=error_of(fault.exc))
+        elif len(fault.lanes) == 1:
+            self._record(fault.lanes[0], seconds=now - fault.lanes[0].started, error=error_of(fault.exc))
+        else:
+            for lane in reversed(fault.lanes):
+                lane.episode.isolate = True
+                task.isolated.appendleft(lane.episode)
+
+    # -- the lanes of one sandbox -------------------------------------------------------
+    def _take(self, task: _Task, active: list[_Lane | None]) -> _Episode | None:
+        real = [lane for lane in active if lane is not None]
+        if any(lane.episode.isolate for lane in real):
+            return None
+        if task.isolated:
+            return task.isolated.popleft() if not real else None
+        return task.pending.popleft() if task.pending else None
+
+    async def _call(self, coro: Any, lanes: list[_Lane | None]) -> Any:
+        if self.episode_timeout is None:
+            return await coro
+        deadline = min(lane.started for lane in lanes if lane is not None) + self.episode_timeout
+        try:
+            async with asyncio.timeout_at(deadline) as scope:
+                return await coro
+        except TimeoutError:
+            if scope.expired():
+                raise EpisodeTimeout(self.episode_timeout) from None
+            raise
+
+    async def _drive(self, env: Any, task: _Task, n: int) -> _Fault | None:
+        """Run episodes in ``env``'s lanes until there is nothing to take (None) or it fails (a fault)."""
+        loop = asyncio.get_running_loop()
+        acting = self.acting
+        obs_space, act_space = env.single_observation_space, env.single_action_space
+        actions_buf = create_empty_array(act_space, n)
+        active: list[_Lane | None] = [None] * n
+        reset = np.ones(n, dtype=np.bool_)
+        first = True
+        obs: Any = None
+        while True:
+            for i in np.flatnonzero(reset).tolist():
+                if active[i] is None:
+                    ep = self._take(task, active)
+                    if ep is not None:
+                        ep.attempts += 1
+                        active[i] = _Lane(ep, loop.time())
+            real = [lane for lane in active if lane is not None]
+            if not real:
+                return None
+            try:
+                if reset.any():
+                    seeds: list[int | None] = [None] * n
+                    for i in np.flatnonzero(reset).tolist():
+                        lane = active[i]
+                        seeds[i] = (lane or real[0]).episode.seed  # an idle lane replays a real lane's seed
+                        if lane is not None:
+                            lane.started = loop.time()
+                            if acting.fn is None:
+                                lane.sampler = acting.fresh_sampler(act_space, lane.episode.seed)
+                    options = None if first else {"reset_mask": reset.copy()}
+                    obs, _ = await self._call(env.reset(seed=seeds, options=options), active)
+                    first = False
+                    reset[:] = False
+            except Exception as exc:
+                return _Fault(exc, real)
+            actions = await self._act(obs, obs_space, act_space, active, actions_buf)  # its errors end the run
+            try:
+                obs, rewards, terminations, truncations, infos = await self._call(env.step(actions), active)
+            except Exception as exc:
+                return _Fault(exc, real)
+            now = loop.time()
+            for i, lane in enumerate(active):
+                done = bool(terminations[i]) or bool(truncations[i])
+                if lane is not None:
+                    lane.total += float(rewards[i])
+                    lane.length += 1
+                    task.steps += 1
+                    if done:
+                        self._record(lane, seconds=now - lane.started, terminated=bool(terminations[i]),
+                                     truncated=bool(truncations[i]), success=_success(infos, i))
+                        active[i] = None
+                if done:
+                    reset[i] = True
+
+    async def _act(self, obs: Any, obs_space: Any, act_space: Any, active: list[_Lane | None], buf: Any) -> Any:
+        acting = self.acting
+        if acting.batched:
+            assert acting.fn is not None
+            return await maybe_await(acting.fn(obs))
+        lane = active[0]
+        if acting.fn is None:
+            assert lane is not None
+            action = lane.sampler.sample()
+        else:
+            action = await maybe_await(acting.fn(next(iter(iterate(obs_space, obs)))))
+        return concatenate(act_space, [action], buf)
+
+
+def _success(infos: dict[str, Any], i: int) -> bool | None:
+    for key in ("is_success", "success"):
+        if key in infos:
+            mask = infos.get("_" + key)
+            if mask is not None and not bool(np.asarray(mask)[i]):
+                continue
+            value = np.asarray(infos[key])
+            return bool(value[i]) if value.ndim else bool(value)
+    return None
+
+
+async def _all(coros: list[Any]) -> None:
+    """Run ``coros`` concurrently; the first failure cancels the rest (and is raised as it is).
+
+    Each task is cancelled at most once, so that its clean-up (closing its sandbox) runs to the end.
+    """
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        for t in tasks:
+            t.cancel()
+        await asyncio.wait(tasks)
+        raise
+    for t in pending:
+        t.cancel()
+    if pending:
+        await asyncio.wait(pending)
+    for t in tasks:
+        error = t.exception() if t.done() and not t.cancelled() else None
+        if error is not None:
+            raise error
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Refuse sandbox options that evaluation chooses itself.
+
+    Raises:
+        InvalidArgumentError: ``num_envs`` or ``autoreset_mode`` given.
+    """
+    for name in ("num_envs", "autoreset_mode"):
+        if name in options:
+            raise InvalidArgumentError(
+                f"{name}= is chosen by evaluate: each sandbox runs one episode at a time, or N at once as lanes "
+                "with a batched policy (rlmesh.batched(fn, lanes=N))"
+            )

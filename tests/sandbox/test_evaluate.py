@@ -1,0 +1,181 @@
+"""The evaluation harness against real Docker: the pool, faults, the CLI interrupted and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import rlmesh
+
+from .conftest import OWNER_LABEL, ROOT
+
+FAULTY_PKG = str(Path(__file__).parent / "faulty_pkg")
+FAULTY = "rlmesh_faulty:make"
+
+
+def lean(obs: Any) -> int:
+    """A deterministic CartPole policy whose episodes have different lengths for different seeds."""
+    return int(obs[2] > 0.02)
+
+
+def lean_batch(obs: Any) -> Any:
+    return (obs[:, 2] > 0.02).astype(np.int64)
+
+
+def in_process(seeds: Sequence[int], policy: Callable[[Any], Any] | None = None) -> list[float]:
+    """Returns of the same episodes stepped in process by Gymnasium (``policy`` None: seeded random actions)."""
+    out = []
+    for seed in seeds:
+        env = gym.make("CartPole-v1")
+        obs, _ = env.reset(seed=seed)
+        env.action_space.seed(seed)
+        total, done = 0.0, False
+        while not done:
+            action = env.action_space.sample() if policy is None else policy(obs)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        env.close()
+        out.append(total)
+    return out
+
+
+def container_starts(since: float, until: float, owner: str = OWNER_LABEL) -> int:
+    """Sandbox containers started by ``owner`` between two times, counted from the engine's events."""
+    out = subprocess.run(
+        ["docker", "events", "--since", f"{since:.3f}", "--until", f"{until:.3f}", "--filter", "type=container",
+         "--filter", "event=start", "--filter", "label=rlmesh.sandbox", "--filter", f"label=rlmesh.owner={owner}",
+         "--format", "{{.ID}}"],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout
+    return len(out.split())
+
+
+def read_results(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    lines = path.read_text().splitlines()
+    return json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
+
+
+@pytest.mark.parametrize("kind", ["plain", "batched"])
+def test_pool_parity_and_container_starts(kind: str, tmp_path: Path) -> None:
+    seeds = list(range(100, 112))
+    policy: Any = lean if kind == "plain" else rlmesh.batched(lean_batch, lanes=4)
+    seen: list[dict[str, Any]] = []
+    sigint = signal.getsignal(signal.SIGINT)
+    since = time.time()
+    report = rlmesh.evaluate(policy, "CartPole-v1", episodes=12, seeds=seeds, concurrency=3,
+                             results=str(tmp_path / "results.jsonl"), progress=seen.append)
+    starts = container_starts(since, time.time())
+    assert signal.getsignal(signal.SIGINT) is sigint  # the run's handler is gone
+    assert starts <= 3, f"{starts} containers started for 12 episodes at concurrency 3"
+    assert report.container_starts <= 3
+    want = in_process(seeds, lean)
+    assert len(set(want)) > 3  # the episodes differ, so a mix-up would show
+    assert [r["return"] for r in report.episodes] == want  # bit for bit
+    assert [r["seed"] for r in report.episodes] == seeds
+    assert all(r["error"] is None and r["attempts"] == 1 for r in report.episodes)
+    assert [r["length"] for r in report.episodes] == [int(x) for x in want]
+    assert sorted(r["episode"] for r in seen) == list(range(12))
+    header, records = read_results(tmp_path / "results.jsonl")
+    assert header["run"]["seeds"] == seeds
+    assert sorted((r["task"], r["episode"]) for r in records) == [("CartPole-v1", i) for i in range(12)]
+    assert set(records[0]) == set(report.episodes[0])
+    overall = report.summary["overall"]
+    assert overall["episodes"] == 12 and overall["errors"] == 0
+    assert overall["return_mean"] == pytest.approx(float(np.mean(want)))
+    assert json.loads(report.to_json())["summary"] == report.summary
+
+
+@pytest.mark.parametrize("kind", ["plain", "batched"])
+def test_faults_are_recorded_and_the_run_goes_on(kind: str) -> None:
+    # Seed 2 makes the env exit hard (exit code 3), seed 5 makes it hang; the others are CartPole.
+    policy: Any = lean if kind == "plain" else rlmesh.batched(lean_batch, lanes=4)
+    started = time.monotonic()
+    report = rlmesh.evaluate(policy, FAULTY, episodes=8, concurrency=2, episode_timeout=4, packages=[FAULTY_PKG],
+                             die_seeds=[2], hang_seeds=[5], progress=False)
+    assert time.monotonic() - started < 300  # a hang is bounded by episode_timeout
+    by_seed = {r["seed"]: r for r in report.episodes}
+    died, hung = by_seed.pop(2), by_seed.pop(5)
+    assert died["error"]["type"] == "exit" and died["error"]["exit_code"] == 3, died
+    assert "dying on seed 2" in died["error"]["log_tail"]
+    assert died["return"] is None
+    assert hung["error"]["type"] == "timeout", hung
+    assert "episode_timeout=4" in hung["error"]["message"]
+    want = in_process(list(by_seed), lean)
+    assert [r["return"] for r in by_seed.values()] == want
+    assert all(r["error"] is None for r in by_seed.values())
+    assert report.summary["overall"]["errors"] == 2
+
+
+def _eval_cli(results: Path, episodes: int) -> list[str]:
+    return [sys.executable, "-m", "rlmesh", "eval", FAULTY, "--package", FAULTY_PKG, "--policy", "random",
+            "--episodes", str(episodes), "--concurrency", "2", "--results", str(results),
+            "--env-kwargs", '{"step_delay": 0.02}', "--no-progress"]
+
+
+def _live_sandboxes_of(pid: int) -> list[str]:
+    out = subprocess.run(["docker", "ps", "-a", "--filter", "label=rlmesh.sandbox", "--format",
+                          '{{.ID}} {{.Label "rlmesh.owner"}}'], check=True, capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if f":{pid}:" in line]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_cli_interrupted_then_resumed(sig: signal.Signals, tmp_path: Path) -> None:
+    results = tmp_path / "results.jsonl"
+    episodes = 16
+    proc = subprocess.Popen(_eval_cli(results, episodes), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if results.exists() and len(results.read_text().splitlines()) >= 1 + 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be interrupted:\n" + (proc.stdout.read() if proc.stdout else "")
+        proc.send_signal(sig)
+        sent = time.monotonic()
+        output, _ = proc.communicate(timeout=60)
+        stopped_in = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert stopped_in < 30, f"stopping took {stopped_in:.1f}s"  # a bound on a hang, not a timing claim
+    assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGTERM), output
+    assert _live_sandboxes_of(proc.pid) == []
+    _, first = read_results(results)
+    assert 3 <= len(first) < episodes, output
+    if sig == signal.SIGINT:
+        assert "interrupted" in output and "run the same command again" in output
+
+    again = subprocess.run(_eval_cli(results, episodes), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "overall" in again.stdout
+    _, records = read_results(results)
+    keys = [(r["task"], r["episode"]) for r in records]
+    assert sorted(keys) == [(FAULTY, i) for i in range(episodes)]  # each episode exactly once
+    assert records[: len(first)] == first  # the first run's records stand
+    by_episode = sorted(records, key=lambda r: r["episode"])
+    assert [r["return"] for r in by_episode] == in_process(range(episodes))
+
+
+def test_cli_refuses_results_of_another_run(tmp_path: Path) -> None:
+    results = tmp_path / "results.jsonl"
+    results.write_text(json.dumps({"rlmesh_evaluation": 1, "run": {"sources": ["CartPole-v1"], "seeds": [0, 1],
+                                                                   "policy": "random"}}) + "\n")
+    run = subprocess.run([sys.executable, "-m", "rlmesh", "eval", "CartPole-v1", "--policy", "random", "--episodes", "3",
+                          "--results", str(results)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "holds results of another run" in run.stderr and "seeds" in run.stderr
+    assert os.path.getsize(results) > 0 and len(results.read_text().splitlines()) == 1

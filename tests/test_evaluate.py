@@ -1,0 +1,186 @@
+"""The evaluation harness without Docker: arguments, the results file, the report, the CLI's usage errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import rlmesh
+from rlmesh.cli import main
+from rlmesh.errors import (
+    ConnectionClosedError,
+    DockerUnavailableError,
+    InvalidArgumentError,
+    RemoteEnvError,
+    SandboxExitedError,
+    SandboxStartError,
+)
+from rlmesh.evaluation import EvaluationReport, ResultsMismatchError
+from rlmesh.evaluation.policies import load_policy, policy_name, resolve_policy
+from rlmesh.evaluation.records import EpisodeTimeout, error_of, is_infrastructure, make_record
+from rlmesh.evaluation.results import ResultsFile
+
+
+def policy(obs: Any) -> int:
+    return 0
+
+
+RUN = {"sources": ["CartPole-v1"], "seeds": [0, 1, 2], "policy": "random"}
+
+
+def record(task: str, episode: int, ret: float | None, **kw: Any) -> dict[str, Any]:
+    return make_record(task, episode, episode, total=ret, length=int(ret or 0), seconds=0.5, attempts=1, **kw)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"episodes": 0}, "episodes must be a positive int"),
+    ({"episodes": 3, "seeds": [1, 2]}, "seeds has 2 seed(s) but episodes=3"),
+    ({"episodes": 2, "seeds": [1, -1]}, "non-negative int"),
+    ({"episodes": 2, "concurrency": 0}, "concurrency must be an int >= 1"),
+    ({"episodes": 2, "num_envs": 4}, "num_envs= is chosen by evaluate"),
+    ({"episodes": 2, "pakages": ["x"]}, "did you mean packages=?"),
+])
+def test_bad_arguments_are_clear_errors(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidArgumentError) as err:
+        rlmesh.evaluate(policy, "CartPole-v1", **kwargs)
+    assert message in str(err.value)
+
+
+def test_an_unknown_policy_name_is_refused() -> None:
+    with pytest.raises(InvalidArgumentError, match="unknown policy 'randm'"):
+        rlmesh.evaluate("randm", "CartPole-v1", episodes=2)
+    with pytest.raises(InvalidArgumentError, match="policy must be a callable"):
+        rlmesh.evaluate(42, "CartPole-v1", episodes=2)
+
+
+def test_a_results_file_of_another_run_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    ResultsFile(path, {**RUN, "seeds": [5, 6, 7]}).close()
+    with pytest.raises(ResultsMismatchError) as err:
+        rlmesh.evaluate("random", "CartPole-v1", episodes=3, results=str(path))
+    assert "seeds: [5,6,7] in the file, [0,1,2] now" in str(err.value)
+    assert set(err.value.differences) == {"seeds"}
+    (tmp_path / "other.txt").write_text("hello\n")
+    with pytest.raises(InvalidArgumentError, match="not an rlmesh evaluation results file"):
+        rlmesh.evaluate("random", "CartPole-v1", episodes=3, results=str(tmp_path / "other.txt"))
+
+
+def test_evaluate_refuses_a_running_loop() -> None:
+    import asyncio
+
+    async def inside() -> None:
+        rlmesh.evaluate("random", "CartPole-v1", episodes=1)
+
+    with pytest.raises(InvalidArgumentError, match="evaluate_async"):
+        asyncio.run(inside())
+
+
+def test_results_file_resumes_and_drops_a_cut_record(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "r.jsonl"
+    store = ResultsFile(path, RUN)
+    store.append(record("CartPole-v1", 0, 10.0))
+    store.append(record("CartPole-v1", 1, 12.0))
+    store.close()
+    with path.open("ab") as f:
+        f.write(b'{"task": "CartPole-v1", "epis')  # the machine went away mid-write
+    again = ResultsFile(path, RUN)
+    assert [(r["task"], r["episode"]) for r in again.records] == [("CartPole-v1", 0), ("CartPole-v1", 1)]
+    again.append(record("CartPole-v1", 2, 14.0))
+    again.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 4 and all(json.loads(line) for line in lines)
+    assert json.loads(lines[0]) == {"rlmesh_evaluation": 1, "run": RUN}
+
+
+def test_a_hand_edited_results_line_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    ResultsFile(path, RUN).close()
+    with path.open("a") as f:
+        f.write("not json\n")
+    with pytest.raises(InvalidArgumentError, match="line 2, is not an episode record"):
+        ResultsFile(path, RUN)
+
+
+def test_summary_table_and_json() -> None:
+    episodes = [record("a", 0, 10.0, success=True), record("a", 1, 20.0, success=False),
+                record("b", 0, None, error={"type": "exit", "message": "x", "exit_code": 3, "log_tail": None}),
+                record("b", 1, 5.0)]
+    report = EvaluationReport(episodes, ["a", "b"], RUN, {"a": (30, 2.0), "b": (5, 1.0)}, 4.0)
+    a, b, overall = report.summary["tasks"]["a"], report.summary["tasks"]["b"], report.summary["overall"]
+    assert (a["episodes"], a["errors"], a["return_mean"], a["return_std"], a["success_rate"]) == (2, 0, 15.0, 5.0, 0.5)
+    assert a["env_steps_per_s"] == 15.0
+    assert (b["episodes"], b["errors"], b["return_mean"], b["success_rate"]) == (2, 1, 5.0, None)
+    assert (overall["episodes"], overall["errors"], overall["env_steps"]) == (4, 1, 35)
+    assert overall["return_mean"] == pytest.approx(35 / 3)
+    table = report.table().splitlines()
+    assert table[0].split()[:3] == ["TASK", "EPISODES", "ERRORS"] and table[-1].startswith("overall")
+    assert "50%" in table[1]
+    data = json.loads(report.to_json())
+    assert data["episodes"] == report.episodes and data["run"] == RUN
+
+
+def test_plot_saves_a_png_or_says_matplotlib_is_needed(tmp_path: Path) -> None:
+    report = EvaluationReport([record("a", i, float(i)) for i in range(6)], ["a"], RUN)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        with pytest.raises(InvalidArgumentError, match="pip install matplotlib"):
+            report.plot(tmp_path / "p.png")
+    else:
+        report.plot(tmp_path / "p.png")
+        assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_batched_and_policy_names() -> None:
+    @rlmesh.batched(lanes=8)
+    def act(obs: Any) -> Any:
+        return obs
+
+    assert act.lanes == 8 and act(3) == 3
+    assert rlmesh.batched(policy).lanes == 16
+    assert policy_name(act) == f"batched[8]:{__name__}:test_batched_and_policy_names.<locals>.act"
+    assert policy_name(policy) == f"{__name__}:policy"
+    acting = resolve_policy(act)
+    assert acting.batched and acting.lanes == 8 and not acting.is_async
+
+    async def remote(obs: Any) -> int:
+        return 0
+
+    assert resolve_policy(remote).is_async and not resolve_policy(remote).batched
+    assert resolve_policy("random").fn is None
+    with pytest.raises(InvalidArgumentError, match="lanes must be a positive int"):
+        rlmesh.batched(policy, lanes=0)
+    assert load_policy("tests.test_evaluate:policy") is policy
+    with pytest.raises(InvalidArgumentError, match="has no policy 'nope'"):
+        load_policy("tests.test_evaluate:nope")
+
+
+def test_faults_are_classified() -> None:
+    exited = SandboxExitedError("the sandbox container exited", container_id="c" * 64, exit_code=3, logs="a\nb\n")
+    assert error_of(exited) == {"type": "exit", "message": "the sandbox container exited", "exit_code": 3,
+                                "log_tail": "a\nb"}
+    raised = RemoteEnvError("ValueError", "bad seed", "Traceback...\nValueError: bad seed\n")
+    assert error_of(raised)["type"] == "exception" and error_of(raised)["message"] == "ValueError: bad seed"
+    assert error_of(EpisodeTimeout(2.0))["type"] == "timeout"
+    assert error_of(SandboxStartError("did not start", exit_code=1))["type"] == "start"
+    assert is_infrastructure(DockerUnavailableError("no engine"))
+    assert is_infrastructure(ConnectionClosedError("lost"))
+    for exc in (exited, raised, SandboxStartError("x"), EpisodeTimeout(1.0)):
+        assert not is_infrastructure(exc)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--policy", "random"], "give --episodes N"),
+    (["--policy", "random", "--episodes", "3", "--seeds", "5:3"], "--seeds must be A:B"),
+    (["--policy", "random", "--episodes", "3", "--seeds", "0:2"], "seeds has 2 seed(s) but episodes=3"),
+    (["--policy", "no_such_module_here:act", "--episodes", "3"], "cannot import the policy's module"),
+    (["--policy", "randm", "--episodes", "3"], "must be 'random' or MODULE:NAME"),
+    (["--policy", "random", "--episodes", "0"], "episodes must be a positive int"),
+    (["--policy", "random", "--episodes", "2", "--env-kwargs", "[1]"], "--env-kwargs must be a JSON object"),
+])
+def test_cli_usage_errors_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "CartPole-v1", *argv]) == 2
+    assert message in capsys.readouterr().err
