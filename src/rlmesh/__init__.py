@@ -30,6 +30,7 @@ _EXPORTS = {
     "RLMeshError": "rlmesh.errors",
     "RemoteEnvError": "rlmesh.errors",
     "SandboxError": "rlmesh.errors",
+    "list_tasks": "rlmesh.sandbox.hub_tasks",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from .errors import AuthenticationError, RemoteEnvError, RLMeshError, SandboxError
     from .evaluation import EvaluationReport, batched, evaluate, evaluate_async
     from .sandbox.env import AsyncSandboxEnv, AsyncSandboxVectorEnv
+    from .sandbox.hub_tasks import list_tasks
     from .sandbox.sync import SandboxEnv, SandboxVectorEnv
     from .server.core import EnvServer
     from .sync import RemoteEnv, RemoteVectorEnv

@@ -12,6 +12,8 @@
     rlmesh sandbox ls [--json]                    list sandbox containers (and their owners' PIDs)
     rlmesh sandbox cleanup [--all] [--dry-run]    remove sandboxes whose owner died (or all)
     rlmesh --version                              print rlmesh's version
+    rlmesh hub tasks SOURCE [--trust-remote-code] [--allow-unpinned-hf] [--cfg JSON] [--json]
+                                                  an EnvHub repository's envs (make_env runs in a sandbox)
 """
 
 from __future__ import annotations
@@ -63,6 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     clean = sandbox.add_parser("cleanup", help="remove sandboxes whose owner process died")
     clean.add_argument("--all", action="store_true", help="remove every sandbox, live owners included")
     clean.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+
+    hub = sub.add_parser("hub", help="Hugging Face EnvHub repositories").add_subparsers(dest="hub_command", required=True)
+    tasks = hub.add_parser("tasks", help="list every env of an hf:// repository, one source per line "
+                                         "(its make_env runs in a sandbox)")
+    tasks.add_argument("source", help="hf://owner/repo@SHA[:ENTRY.py][:SUITE]")
+    tasks.add_argument("--trust-remote-code", action="store_true", help="required: the repository's code runs (sandboxed)")
+    tasks.add_argument("--allow-unpinned-hf", action="store_true", help="allow a revision that is not a full commit SHA")
+    tasks.add_argument("--cfg", default=None, metavar="JSON", help="make_env's cfg, a JSON object")
+    tasks.add_argument("--json", action="store_true", help="print a JSON list")
     return parser
 
 
@@ -99,6 +110,8 @@ def _housekeeping(args: argparse.Namespace) -> int:
 
     if args.command == "image":
         return _image(args)
+    if args.command == "hub":
+        return _hub_tasks(args)
     from .sandbox.ownership import cleanup_sandboxes, list_sandboxes
 
     if args.sandbox_command == "ls":
@@ -175,6 +188,21 @@ def _date(epoch: float) -> str:
     import datetime
 
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _hub_tasks(args: argparse.Namespace) -> int:
+    from .errors import InvalidArgumentError
+    from .sandbox.hub_tasks import list_tasks
+
+    options: dict[str, object] = {"trust_remote_code": args.trust_remote_code, "allow_unpinned_hf": args.allow_unpinned_hf}
+    if args.cfg is not None:
+        try:
+            options["cfg"] = orjson.loads(args.cfg)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidArgumentError(f"--cfg must be a JSON object, e.g. --cfg '{{\"episode_length\": 100}}': {exc}") from exc
+    found = list_tasks(args.source, **options)
+    print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode() if args.json else "\n".join(found))
+    return 0
 
 
 def _age(seconds: float) -> str:

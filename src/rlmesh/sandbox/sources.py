@@ -4,9 +4,10 @@ Forms:
 
 * a Gymnasium id (``CartPole-v1``, ``my_pkg:MyEnv-v0``, or explicitly ``gym://CartPole-v1``)
   or a ``module:factory`` (explicitly ``py://module:factory``): rlmesh builds an image and serves it;
-* ``hf://owner/repo[@revision][:suite[/task]]``: a Hugging Face EnvHub repository, fetched on
-  the host and baked into the image; needs ``trust_remote_code=True``, and a full 40-hex commit
-  unless ``allow_unpinned_hf=True``;
+* ``hf://owner/repo[@revision][:ENTRY.py][:suite[/task]]``: a Hugging Face EnvHub repository
+  (its entry file, default ``env.py``, and the env to pick; see :mod:`rlmesh.server.envhub_selector`),
+  fetched on the host and baked into the image; needs ``trust_remote_code=True``, and a full
+  40-hex commit unless ``allow_unpinned_hf=True``;
 * ``docker://image:tag``, ``image://image:tag``, or a bare ``name:tag``: a prebuilt image that
   already serves rlmesh; it is run as it is, never built. A bare name without a tag is used only
   if it exists locally.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ import anyio
 
 from ..errors import SourceError
 from ..protocol.options import FACTORY_PATTERN, is_gym_id
+from ..server.envhub_selector import DEFAULT_ENTRY, HubSelector, parse_selector
 from ._docker import DockerClient
 
 __all__ = ["GymSource", "HubSource", "ImageSource", "Source", "fetch_hub_repo", "parse_source", "resolve_source"]
@@ -36,9 +39,11 @@ __all__ = ["GymSource", "HubSource", "ImageSource", "Source", "fetch_hub_repo", 
 log = logging.getLogger("rlmesh.sandbox.sources")
 
 _HF = re.compile(r"^hf://(?P<repo>[^@:]*)(?:@(?P<rev>[^:]*))?(?::(?P<sel>.*))?$")
+# Near misses of hf:// (hf:/o/r, hf:o/r, hf//o/r, hf:///o/r, HF://o/r): caught on the host, before
+# anything is built. A bare hf/o/r is a valid image name, and hf:name a valid module:factory.
+_HF_NEAR_MISS = re.compile(r"^hf(?::/?(?!/)|:///+|//+|://)(?=[^/])", re.IGNORECASE)
 _REPO_PART = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
 _REVISION = re.compile(r"^[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*$")
-_SELECTOR_PART = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _IMAGE_REF = re.compile(
     r"^(?:[a-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
@@ -71,17 +76,22 @@ class HubSource:
     revision: str | None
     suite: str | None
     task: str | None
+    entry: str | None = None
 
     @property
     def selector(self) -> str | None:
-        """``suite`` or ``suite/task``, or None."""
-        if self.suite is None:
-            return None
-        return self.suite if self.task is None else f"{self.suite}/{self.task}"
+        """``[ENTRY.py][:SUITE[/TASK]]`` as the server reads it, or None."""
+        return str(HubSelector(self.entry, self.suite, self.task)) or None
 
     def describe(self) -> str:
         """How the resolution is logged."""
-        return f"Hugging Face EnvHub repository {self.repo_id}@{self.revision or 'main'}"
+        return (f"Hugging Face EnvHub repository {self.repo_id}@{self.revision or 'main'} "
+                f"(entry file {self.entry or DEFAULT_ENTRY})")
+
+    def with_commit(self, commit: str, suite: str | None = None, task: str | None = None) -> str:
+        """The source string pinned to ``commit``, with the same entry file and ``suite``/``task``."""
+        selector = str(HubSelector(self.entry, suite, task))
+        return f"hf://{self.repo_id}@{commit}" + (f":{selector}" if selector else "")
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,10 @@ def parse_source(source: str, *, trust_remote_code: bool = False, allow_unpinned
     """
     if not isinstance(source, str) or not source.strip():
         raise SourceError(f"source must be a non-empty string, got {source!r}")
+    fixed = _hf_near_miss(source)
+    if fixed is not None:
+        raise SourceError(f"{source!r} is not a source rlmesh reads: did you mean {fixed!r}? "
+                          "(an EnvHub repository is hf://owner/repo[@sha][:...], with two slashes)")
     if source.startswith("hf://"):
         hub = _parse_hf(source)
         if not trust_remote_code:
@@ -118,9 +132,13 @@ def parse_source(source: str, *, trust_remote_code: bool = False, allow_unpinned
                 "you have reviewed it"
             )
         if (hub.revision is None or not _SHA.match(hub.revision)) and not allow_unpinned_hf:
+            what = "no revision" if hub.revision is None else f"revision {hub.revision!r}"
+            selector = f":{hub.selector}" if hub.selector else ""
             raise SourceError(
-                f"{source} is not pinned to a full 40-hex commit SHA: pin it "
-                f"(hf://{hub.repo_id}@<sha>...) or pass allow_unpinned_hf=True"
+                f"{source} is not pinned to a full 40-hex commit SHA ({what}; a branch, tag or short hash "
+                f"can move or be ambiguous): pin it as hf://{hub.repo_id}@<40-hex sha>{selector}, the SHA "
+                f"from `python -c \"from huggingface_hub import HfApi; print(HfApi().model_info("
+                f"'{hub.repo_id}', revision='{hub.revision or 'main'}').sha)\"`, or pass allow_unpinned_hf=True"
             )
         return hub
     for flag, value in (("trust_remote_code", trust_remote_code), ("allow_unpinned_hf", allow_unpinned_hf)):
@@ -152,10 +170,23 @@ def parse_source(source: str, *, trust_remote_code: bool = False, allow_unpinned
     return GymSource(source)
 
 
+def _hf_near_miss(source: str) -> str | None:
+    """The ``hf://`` source that ``source`` was likely meant to be, or None."""
+    m = _HF_NEAR_MISS.match(source)
+    if m is None or (source.startswith("hf://") and not source.startswith("hf:///")):
+        return None
+    rest = source[m.end():]
+    if m.group(0) == "hf:" and ("/" not in rest or re.search(r"-v\d+$", rest)):
+        return None  # hf:name is a module:factory, hf:Ns/Env-v0 a Gymnasium id
+    return "hf://" + rest
+
+
 def _parse_hf(source: str) -> HubSource:
     m = _HF.match(source)
     if m is None:
-        raise SourceError(f"malformed hf source {source!r}: use hf://owner/repo[@revision][:suite[/task]]")
+        raise SourceError(
+            f"malformed hf source {source!r}: use hf://owner/repo[@revision][:ENTRY.py][:SUITE[/TASK]]"
+        )
     repo, rev, sel = m.group("repo"), m.group("rev"), m.group("sel")
     parts = repo.split("/")
     if len(parts) != 2 or not all(_REPO_PART.match(p) and "--" not in p and ".." not in p for p in parts):
@@ -164,13 +195,16 @@ def _parse_hf(source: str) -> HubSource:
         )
     if rev is not None and (not _REVISION.match(rev) or ".." in rev):
         raise SourceError(f"malformed revision {rev!r} in {source!r}: a commit SHA, branch or tag")
-    suite = task = None
+    selector = HubSelector()
     if sel is not None:
-        suite, slash, task_text = sel.partition("/")
-        task = task_text if slash else None
-        if not _SELECTOR_PART.match(suite) or (task is not None and not _SELECTOR_PART.match(task)):
-            raise SourceError(f"malformed selector {sel!r} in {source!r}: use :suite or :suite/task")
-    return HubSource(repo, rev, suite, task)
+        try:
+            selector = parse_selector(sel)
+        except SourceError as exc:
+            raise SourceError(
+                f"malformed selector {sel!r} in {source!r}: {exc} "
+                "(the grammar: [:ENTRY.py][:SUITE[/TASK]], e.g. :envs/task_a.py or :suite_1/0)"
+            ) from None
+    return HubSource(repo, rev, selector.suite, selector.task, selector.entry)
 
 
 async def resolve_source(docker: DockerClient, parsed: Source, *, build_options: bool = False) -> Source:
@@ -213,7 +247,7 @@ def _name(source: Source) -> str:
     if isinstance(source, GymSource):
         return repr(source.source)
     if isinstance(source, HubSource):
-        sel = f":{source.selector}" if source.selector else ""
+        sel = f":{source.selector}" if source.selector else ""  # entry file and env
         rev = f"@{source.revision}" if source.revision else ""
         return f"'hf://{source.repo_id}{rev}{sel}'"
     return repr(source.ref)
@@ -243,4 +277,36 @@ async def fetch_hub_repo(source: HubSource) -> tuple[Path, str]:
         ) from exc
     commit = path.name
     log.info("hf://%s@%s is commit %s", source.repo_id, source.revision or "main", commit)
+    check_snapshot(path, source)
     return path, commit
+
+
+def check_snapshot(path: Path, source: HubSource) -> None:
+    """Check a fetched repository on the host, before it is copied into an image.
+
+    Every symlink must stay inside the repository's cache folder (a Hugging Face snapshot links
+    each file to its blob store, next to it): the image build follows links, so one pointing
+    elsewhere would copy a host file into the sandbox. The entry file must be there.
+
+    Raises:
+        SourceError: A link points outside, or the entry file is missing.
+    """
+    inside = path.parents[1].resolve() if path.parent.name == "snapshots" else path.resolve()
+    name = f"hf://{source.repo_id}@{path.name}"
+    for root, dirs, files in os.walk(path):
+        for item in (*dirs, *files):
+            link = Path(root, item)
+            if link.is_symlink():
+                target = link.resolve()
+                if not target.is_relative_to(inside) or not target.exists():
+                    raise SourceError(
+                        f"{name}: {link.relative_to(path)} is a symlink to {os.readlink(link)}, outside the "
+                        "repository; rlmesh copies no host file into a sandbox. Remove the link from the repository"
+                    )
+    entry = source.entry or DEFAULT_ENTRY
+    if not (path / entry).is_file():
+        found = sorted(str(p.relative_to(path)) for p in path.rglob("*.py"))[:20]
+        hint = f"its Python files: {found}"
+        if source.entry is None and found:
+            hint = f"name the entry file, e.g. hf://{source.repo_id}@{path.name}:{found[0]} ({hint})"
+        raise SourceError(f"{name} has no {entry}: {hint}")

@@ -6,7 +6,7 @@ Sources:
   module is imported first, and the explicit ``gym://CartPole-v1`` form;
 * a ``module:callable`` factory, called with the make kwargs;
 * ``envhub:/abs/dir``, a Hugging Face EnvHub checkout baked into a sandbox image
-  (see :mod:`rlmesh.server.envhub`), with ``selector`` choosing ``suite/task``.
+  (see :mod:`rlmesh.server.envhub`), with ``selector`` naming ``[ENTRY.py][:SUITE[/TASK]]``.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def load_env(
             vector entry point), as in ``gymnasium.make_vec``.
         autoreset_mode: ``next_step``, ``same_step`` or ``disabled``.
         kwargs: Keyword arguments for the env's constructor.
-        selector: ``suite`` or ``suite/task`` for ``envhub:`` sources.
+        selector: ``[ENTRY.py][:SUITE[/TASK]]`` for ``envhub:`` sources (the entry file and the env).
         wrappers: ``(module:Class, kwargs)`` pairs, applied in order to each env (each lane of a
             vector env) before anything is described to clients.
 
@@ -85,9 +85,8 @@ def load_env(
     if source.startswith("envhub:"):
         from .envhub import load_envhub  # noqa: PLC0415
 
-        suite, _, task = (selector or "").partition("/")
         hub_env = _check_mode(load_envhub(
-            source.removeprefix("envhub:"), suite=suite or None, task=task or None,
+            source.removeprefix("envhub:"), selector=selector,
             num_envs=num_envs, vectorization_mode=vectorization_mode, kwargs=kwargs,
         ), mode, source)
         if wrappers and num_envs is not None:

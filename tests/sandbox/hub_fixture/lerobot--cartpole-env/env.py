@@ -1,4 +1,5 @@
-"""A stand-in for an EnvHub repository's env.py (LeRobot convention)."""
+"""A stand-in for an EnvHub repository's env.py (LeRobot convention). A test fixture named
+lerobot/cartpole-env in the tests' Hub cache: it is not the Hub's lerobot/cartpole-env."""
 
 import gymnasium as gym
 
