@@ -78,10 +78,14 @@ class _Relay:
         self.clients: set[_Pipe] = set()
         self.stop = asyncio.Event()
         self.vacant_since = asyncio.get_running_loop().time()
+        # The loop keeps only weak references to tasks: each linking task is held here until done.
+        self.linking: set[asyncio.Future[None]] = set()
 
     def accept(self) -> _Pipe:
         pipe = _Pipe(self)
-        asyncio.ensure_future(self._link(pipe))
+        task = asyncio.ensure_future(self._link(pipe))
+        self.linking.add(task)
+        task.add_done_callback(self.linking.discard)
         return pipe
 
     async def _link(self, client: _Pipe) -> None:
