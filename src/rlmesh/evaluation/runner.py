@@ -241,9 +241,20 @@ class Runner:
         obs_space, act_space = env.single_observation_space, env.single_action_space
         actions_buf = create_empty_array(act_space, n)
         active: list[_Lane | None] = [None] * n
+        # Per-lane sums as arrays (the same IEEE additions, in the same order, as a Python float's).
+        totals = np.zeros(n, dtype=np.float64)
+        lengths = np.zeros(n, dtype=np.int64)
+        is_real = np.zeros(n, dtype=np.bool_)
         reset = np.ones(n, dtype=np.bool_)
         first = True
         obs: Any = None
+
+        def fault(exc: BaseException) -> _Fault:
+            for i, lane in enumerate(active):
+                if lane is not None:
+                    lane.length = int(lengths[i])
+            return _Fault(exc, [lane for lane in active if lane is not None])
+
         while True:
             for i in np.flatnonzero(reset).tolist():
                 if active[i] is None:
@@ -260,6 +271,7 @@ class Runner:
                     for i in np.flatnonzero(reset).tolist():
                         lane = active[i]
                         seeds[i] = (lane or real[0]).episode.seed  # an idle lane replays a real lane's seed
+                        totals[i], lengths[i], is_real[i] = 0.0, 0, lane is not None
                         if lane is not None:
                             lane.started = loop.time()
                             if acting.fn is None:
@@ -269,25 +281,28 @@ class Runner:
                     first = False
                     reset[:] = False
             except Exception as exc:
-                return _Fault(exc, real)
+                return fault(exc)
             actions = await self._act(obs, obs_space, act_space, active, actions_buf)  # its errors end the run
             try:
                 obs, rewards, terminations, truncations, infos = await self._call(env.step(actions), active)
             except Exception as exc:
-                return _Fault(exc, real)
+                return fault(exc)
+            np.add(totals, rewards, out=totals, where=is_real)
+            lengths += is_real
+            task.steps += len(real)
+            done = np.logical_or(terminations, truncations)
+            if not done.any():
+                continue
             now = loop.time()
-            for i, lane in enumerate(active):
-                done = bool(terminations[i]) or bool(truncations[i])
+            for i in np.flatnonzero(done).tolist():
+                reset[i] = True
+                lane = active[i]
                 if lane is not None:
-                    lane.total += float(rewards[i])
-                    lane.length += 1
-                    task.steps += 1
-                    if done:
-                        self._record(lane, seconds=now - lane.started, terminated=bool(terminations[i]),
-                                     truncated=bool(truncations[i]), success=_success(infos, i))
-                        active[i] = None
-                if done:
-                    reset[i] = True
+                    lane.total, lane.length = float(totals[i]), int(lengths[i])
+                    self._record(lane, seconds=now - lane.started, terminated=bool(terminations[i]),
+                                 truncated=bool(truncations[i]), success=_success(infos, i))
+                    active[i] = None
+                    is_real[i] = False
 
     async def _act(self, obs: Any, obs_space: Any, act_space: Any, active: list[_Lane | None], buf: Any) -> Any:
         acting = self.acting
