@@ -49,7 +49,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--vectorization-mode", default="sync", choices=["sync", "async", "vector"])
     p.add_argument("--autoreset-mode", default="next_step", choices=["next_step", "same_step", "disabled"])
     p.add_argument("--kwargs-json", default="{}", help="JSON object of env constructor kwargs")
-    p.add_argument("--selector", default=None, help="suite or suite/task, for envhub: sources")
+    p.add_argument("--selector", default=None, help="[ENTRY.py][:SUITE[/TASK]], for envhub: sources")
     p.add_argument("--wrappers-json", default="[]", metavar="JSON",
                    help='wrappers applied in order to each env: [["module:Class", {kwargs}], ...]')
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
