@@ -22,7 +22,7 @@ FIXTURES = Path(__file__).parent / "sandbox" / "hub_fixture"
 DOCS_CARTPOLE = str(FIXTURES / "envhub-docs--cartpole-env")
 LEISAAC = str(FIXTURES / "lightwheel--leisaac-env")
 ENTRY_MODULES = ("env", "so101_pick_orange", "so101_common", "multitask", "cfg_required", "cfg_optional",
-                 "async_forkserver")
+                 "async_forkserver", "namespaced")
 
 
 @pytest.fixture(autouse=True)
@@ -65,6 +65,14 @@ def test_an_entry_file_away_from_the_root_with_a_sibling_import_and_its_spec_id_
             env.close()
     with pytest.raises(SourceError, match=r"has no env.py: name its entry file, e.g. .*envs/async_forkserver.py"):
         load(LEISAAC, None)
+
+
+def test_a_namespaced_spec_id_is_its_suite_and_no_selector_picks_it() -> None:
+    env = load(LEISAAC, "envs/namespaced.py")
+    try:
+        assert env.spec is not None and env.spec.id == "fixture/Coin-v0"
+    finally:
+        env.close()
 
 
 def test_unselected_tasks_are_closed_at_once_and_the_selected_one_stays_open() -> None:

@@ -234,6 +234,10 @@ def test_list_tasks_runs_make_env_in_a_sandbox_and_gives_pinned_sources(hub_cach
     assert rlmesh.list_tasks(f"hf://{REPO}", trust_remote_code=True, allow_unpinned_hf=True) == [
         f"hf://{REPO}@{SHA}:cartpole_suite/0", f"hf://{REPO}@{SHA}:cartpole_suite/1", f"hf://{REPO}@{SHA}:other_suite/a",
     ]
+    # The only env, named so that no selector can hold it (a namespaced spec id), is listed
+    # without a selector, which picks it.
+    namespaced = f"hf://{LEISAAC}@{LEISAAC_SHA}:envs/namespaced.py"
+    assert rlmesh.list_tasks(namespaced, trust_remote_code=True) == [namespaced]
     # A source that names one env is returned as it is, and nothing starts.
     assert rlmesh.list_tasks(tasks[0], trust_remote_code=True) == [tasks[0]]
     assert rlmesh.list_tasks("CartPole-v1") == ["CartPole-v1"]

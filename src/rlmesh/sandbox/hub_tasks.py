@@ -39,7 +39,9 @@ async def list_tasks_async(source: str, **sandbox_options: Any) -> list[str]:
     was fetched: ``["hf://owner/repo@<sha>:suite_1/0", "hf://owner/repo@<sha>:suite_1/1", ...]``
     (with the entry file, when one was named). A suite without a task lists that suite's tasks.
     A source that already names one env (any other source, or an ``hf://`` one with suite and
-    task) is returned as it is, ``[source]``, and nothing is started.
+    task) is returned as it is, ``[source]``, and nothing is started. The only env of a
+    repository, named so that no selector can hold it (a bare env whose spec id has a namespace,
+    ``ALE/Pong-v5``), is listed without a selector, which picks it.
 
     Args:
         source: The source, as a sandbox takes it.
@@ -77,6 +79,8 @@ async def list_tasks_async(source: str, **sandbox_options: Any) -> list[str]:
         try:
             parse_selector(name)
         except SourceError as exc:
+            if len(names) == 1 and hub.suite is None:  # no selector picks the only env
+                return [hub.with_commit(commit)]
             raise SourceError(
                 f"{pinned.source} has an env named {name!r}, which no selector can name ({exc}); "
                 "rename the suite or task in the repository"
