@@ -134,6 +134,8 @@ def test_a_required_cfg_that_is_missing_is_named_and_an_optional_one_is_not_pass
         env.close()
     with pytest.raises(SourceError, match=r"does not accept \['episode_length'\].*rlmesh extension"):
         load(LEISAAC, "envs/cfg_optional.py", episode_length=3)
+    with pytest.raises(SourceError, match="cfg must be a JSON object"):
+        load(LEISAAC, "envs/cfg_optional.py", cfg=[7])
 
 
 def test_hub_config_reads_by_attribute_and_item_recursively_and_pickles() -> None:

@@ -220,6 +220,8 @@ def _call_arguments(make_env: Any, entry: str, num_envs: int | None, vectorizati
     offered: dict[str, Any] = {"n_envs": num_envs or 1, "use_async_envs": vectorization_mode == "async"}
     given = dict(extra)
     if cfg is not None:
+        if not isinstance(cfg, Mapping):
+            raise SourceError(f"cfg must be a JSON object, e.g. cfg={{'episode_length': 100}}, not {type(cfg).__name__}")
         given["cfg"] = _config_value(cfg)
     try:
         params = inspect.signature(make_env).parameters
