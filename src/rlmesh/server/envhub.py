@@ -187,7 +187,7 @@ def import_entry(root: Path, entry: str) -> ModuleType:
                 if found else "it has no Python file")
         raise SourceError(f"the EnvHub repository has no {entry}: {hint}")
     name = path.stem
-    paths = [str(path.parent), str(root)]
+    paths = list(dict.fromkeys([str(path.parent), str(root)]))  # once each, the file's own directory first
     for p in reversed(paths):
         if p in sys.path:
             sys.path.remove(p)
