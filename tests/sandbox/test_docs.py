@@ -23,7 +23,7 @@ import pytest
 from .conftest import ROOT
 from .test_hf import hub_cache  # noqa: F401  (the fixture)
 
-DOCS = ["quickstart.md", "sandbox.md", "remote.md", "async.md", "troubleshooting.md"]
+DOCS = ["quickstart.md", "sandbox.md", "remote.md", "async.md", "evaluate.md", "troubleshooting.md"]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 ADDRESS = re.compile(r"--address (unix://\S+|tcp://\S+)")
 
@@ -99,7 +99,7 @@ def test_the_readme_links_every_guide() -> None:
 @pytest.mark.parametrize("argv", [
     ["examples/python/sandbox/gym_sandbox.py"],
     ["examples/python/sandbox/async_vector_sandbox.py"],
-    ["examples/python/sandbox/eval_harness.py", "--sandboxes", "4", "--concurrency", "2"],
+    ["examples/python/sandbox/eval_harness.py", "--episodes", "4", "--concurrency", "2"],
 ])
 def test_examples_run(argv: list[str]) -> None:
     result = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=600)

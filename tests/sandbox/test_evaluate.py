@@ -19,6 +19,11 @@ import pytest
 import rlmesh
 
 from .conftest import OWNER_LABEL, ROOT
+from .test_hf import (
+    REPO,
+    SHA,
+    hub_cache,  # noqa: F401  (the fixture)
+)
 
 FAULTY_PKG = str(Path(__file__).parent / "faulty_pkg")
 FAULTY = "rlmesh_faulty:make"
@@ -116,6 +121,19 @@ def test_faults_are_recorded_and_the_run_goes_on(kind: str) -> None:
     assert [r["return"] for r in by_seed.values()] == want
     assert all(r["error"] is None for r in by_seed.values())
     assert report.summary["overall"]["errors"] == 2
+
+
+def test_every_task_of_an_envhub_repository(hub_cache: Path) -> None:  # noqa: F811  (the imported fixture)
+    # hf://owner/repo without a selector: every suite/task its make_env returns, each with its own pool.
+    report = rlmesh.evaluate(lean, f"hf://{REPO}", episodes=3, concurrency=1, trust_remote_code=True,
+                             allow_unpinned_hf=True, progress=False)
+    assert report.tasks == [f"hf://{REPO}@{SHA}:{t}" for t in ("cartpole_suite/0", "cartpole_suite/1", "other_suite/a")]
+    assert list(report.summary["tasks"]) == report.tasks
+    want = in_process(range(3), lean)
+    for task in report.tasks:
+        assert [r["return"] for r in report.episodes if r["task"] == task] == want, task
+    assert report.summary["overall"]["episodes"] == 9 and report.summary["overall"]["errors"] == 0
+    assert report.container_starts == 3  # one sandbox per task at concurrency 1, reused for its 3 episodes
 
 
 def _eval_cli(results: Path, episodes: int) -> list[str]:

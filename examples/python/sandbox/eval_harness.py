@@ -1,16 +1,15 @@
-"""Evaluate a policy on many sandboxes at once with asyncio.gather and a concurrency limit.
+"""Score a policy over seeded episodes in sandboxes with rlmesh.evaluate.
 
-    uv run python examples/python/sandbox/eval_harness.py [--sandboxes 12] [--concurrency 4]
+    uv run python examples/python/sandbox/eval_harness.py [--episodes 12] [--concurrency 4] [--results PATH]
 
-Every sandbox shares one image build and one Docker client; the limit bounds how
-many containers run at the same time.
+A pool of at most --concurrency sandboxes runs the episodes, each sandbox reused across
+episodes by reset(seed=...). With --results, every episode is appended to a JSON Lines file as
+it ends; run the same command again after Ctrl-C and it resumes where it stopped.
 """
 
 import argparse
-import asyncio
-import time
 
-from rlmesh.numpy import AsyncSandboxEnv
+import rlmesh
 
 
 def policy(obs):
@@ -18,31 +17,18 @@ def policy(obs):
     return int(obs[2] + 0.5 * obs[3] > 0)
 
 
-async def evaluate(seed: int, limit: asyncio.Semaphore) -> float:
-    async with limit:
-        async with AsyncSandboxEnv("CartPole-v1", packages=["gymnasium==1.3.0"]) as env:
-            obs, info = await env.reset(seed=seed)
-            total = 0.0
-            while True:
-                obs, reward, terminated, truncated, info = await env.step(policy(obs))
-                total += reward
-                if terminated or truncated:
-                    return total
-
-
-async def main() -> None:
+def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sandboxes", type=int, default=12)
+    parser.add_argument("--episodes", type=int, default=12)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--results", default=None)
     args = parser.parse_args()
-    limit = asyncio.Semaphore(args.concurrency)
-    started = time.perf_counter()
-    returns = await asyncio.gather(*(evaluate(seed, limit) for seed in range(args.sandboxes)))
-    elapsed = time.perf_counter() - started
-    for seed, ret in enumerate(returns):
-        print(f"seed={seed} return={ret:.0f}")
-    print(f"{len(returns)} sandboxes in {elapsed:.1f}s, mean return {sum(returns) / len(returns):.1f}")
+    report = rlmesh.evaluate(policy, "CartPole-v1", episodes=args.episodes, concurrency=args.concurrency,
+                             results=args.results, episode_timeout=60, packages=["gymnasium==1.3.0"])
+    for episode in report.episodes:
+        print(f"seed={episode['seed']} return={episode['return']} error={episode['error']}")
+    print(report.table())
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -54,25 +53,26 @@ def _is_hub_repo(source: str) -> bool:
 
 
 async def _expand(sources: list[str], options: dict[str, Any]) -> list[str]:
-    """Sources to tasks: an EnvHub repository without a selector is every task it has."""
+    """Sources to tasks: an EnvHub repository (or suite) without a task is every task it has."""
+    import rlmesh
+
+    list_tasks = getattr(rlmesh, "list_tasks", None)
+    # Placement options shape the pool's sandboxes, not the listing of a repository's tasks.
+    listing = {k: v for k, v in options.items() if k not in ("shards", "placement")}
     tasks: list[str] = []
     for source in sources:
-        if not _is_hub_repo(source):
+        if not source.startswith("hf://"):
             tasks.append(source)
-            continue
-        import rlmesh
-
-        list_tasks = getattr(rlmesh, "list_tasks", None)
-        if list_tasks is None:
+        elif list_tasks is not None:
+            tasks.extend(await asyncio.to_thread(list_tasks, source, **listing))
+        elif _is_hub_repo(source):
             raise InvalidArgumentError(
                 f"{source} names no task, and this rlmesh cannot list an EnvHub repository's tasks "
                 "(rlmesh.list_tasks): name them, e.g. hf://owner/repo:suite/task"
             )
-        found = await list_tasks(source, **options) if inspect.iscoroutinefunction(list_tasks) else \
-            await asyncio.to_thread(list_tasks, source, **options)
-        tasks.extend(found)
-    seen: set[str] = set()
-    return [t for t in tasks if not (t in seen or seen.add(t))]  # type: ignore[func-returns-value]
+        else:
+            tasks.append(source)
+    return list(dict.fromkeys(tasks))
 
 
 async def evaluate_async(policy: Any, source: str | Sequence[str], *, episodes: int, seeds: Sequence[int] | None = None,
