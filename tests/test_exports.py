@@ -27,6 +27,7 @@ PUBLIC = [
     "batched",
     "evaluate",
     "evaluate_async",
+    "list_tasks",
 ]
 NUMPY = [
     "AsyncRemoteEnv",
