@@ -271,11 +271,11 @@ class RemoteEnv(SyncEnvShell[AsyncRemoteEnv]):
     def __init__(self, address: str, *, connect_timeout: float | None = 10.0, request_timeout: float | None = None,
                  max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, token: str | bytes | None = None,
                  tls: TlsOption = None, strict_actions: bool = False, max_info_size: int = DEFAULT_MAX_INFO_SIZE,
-                 max_variable_size: int = DEFAULT_MAX_VARIABLE_SIZE) -> None:
+                 max_variable_size: int = DEFAULT_MAX_VARIABLE_SIZE, data_plane: str = "auto") -> None:
         super().__init__(AsyncRemoteEnv(
             address, connect_timeout=connect_timeout, request_timeout=request_timeout, max_frame_size=max_frame_size,
             token=token, tls=tls, strict_actions=strict_actions, max_info_size=max_info_size,
-            max_variable_size=max_variable_size,
+            max_variable_size=max_variable_size, data_plane=data_plane,
         ))
 
 
@@ -289,9 +289,9 @@ class RemoteVectorEnv(SyncVectorEnvShell[AsyncRemoteVectorEnv]):
     def __init__(self, address: str | list[str], *, connect_timeout: float | None = 10.0, request_timeout: float | None = None,
                  max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, token: str | bytes | None = None,
                  tls: TlsOption = None, strict_actions: bool = False, max_info_size: int = DEFAULT_MAX_INFO_SIZE,
-                 max_variable_size: int = DEFAULT_MAX_VARIABLE_SIZE) -> None:
+                 max_variable_size: int = DEFAULT_MAX_VARIABLE_SIZE, data_plane: str = "auto") -> None:
         super().__init__(AsyncRemoteVectorEnv(
             address, connect_timeout=connect_timeout, request_timeout=request_timeout, max_frame_size=max_frame_size,
             token=token, tls=tls, strict_actions=strict_actions, max_info_size=max_info_size,
-            max_variable_size=max_variable_size,
+            max_variable_size=max_variable_size, data_plane=data_plane,
         ))

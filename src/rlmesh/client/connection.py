@@ -66,6 +66,7 @@ from ..protocol import (
 )
 from ..protocol import auth as _auth
 from ..protocol.bounds import ReplyBound
+from .data_plane import ClientRegion, open_region
 
 __all__ = ["ClientConnection", "Listener", "ReplySlot", "TlsOption", "make_client_tls"]
 
@@ -133,6 +134,7 @@ class _Protocol(asyncio.Protocol):
         self.reader_thread = 0  # the thread reading, while reader == "thread"
         self.paused = False
         self.sync_wanted = False
+        self.region: ClientRegion | None = None  # the shared-memory data plane, once handed over
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -187,6 +189,9 @@ class _Protocol(asyncio.Protocol):
                     late = slot is None and self.abandoned.pop(rid, _NOT_ABANDONED) is None
                 if slot is None:
                     if late:
+                        region = self.region
+                        if region is not None and region.owner == rid:
+                            region.owner = 0  # nobody copies its arrays: the region is free again
                         continue  # a late reply to a request that timed out
                     if frame.type is MessageType.ERROR and rid == 0:
                         # A connection-level error (busy, protocol, auth, idle): every request fails.
@@ -317,6 +322,8 @@ class _Protocol(asyncio.Protocol):
 
 _NOT_ABANDONED = object()
 _UNBOUNDED = (MessageType.RENDER, MessageType.CALL)  # replies the spaces do not bound
+_SHARED = {MessageType.STEP: MessageType.STEP_SHARED, MessageType.RESET: MessageType.RESET_SHARED}
+_SHARED_TYPES = frozenset(_SHARED.values())
 _READ_SIZE = 1 << 18
 
 
@@ -398,6 +405,12 @@ def _encode_request(p: _Protocol, mtype: MessageType, body: Any) -> tuple[int, b
     # Under p.send_lock: the next request id, and the frame. Encoding comes before the request is
     # registered, so that a body that cannot be encoded leaves nothing pending.
     rid = p.next_id
+    region = p.region
+    if region is not None and region.owner == 0 and mtype in _SHARED:
+        # The region is free: this reply may leave its arrays there (one such request at a time).
+        mtype = _SHARED[mtype]
+        if isinstance(body, ResetRequest):
+            body = {"seed": body.seed, "options": body.options}
     try:
         if isinstance(body, (ResetRequest, CallRequest, ClientHello, AuthProof)):
             data = body.encode(rid)
@@ -407,6 +420,8 @@ def _encode_request(p: _Protocol, mtype: MessageType, body: Any) -> tuple[int, b
         # orjson refuses lone surrogates and very deep nesting.
         raise UnencodableError(f"cannot encode the {mtype.name} request: {type(exc).__name__}: {exc}") from exc
     p.next_id = (rid + 1) & _ID_MASK or 1
+    if region is not None and mtype in _SHARED_TYPES:
+        region.owner = rid
     limits = p.conn.reply_limits
     if limits is not None and mtype in _UNBOUNDED:
         limits[rid] = p.max_frame_size  # its reply is not bounded by the spaces
@@ -458,6 +473,8 @@ class ClientConnection:
         self._closed_here = False
         self.hello: ServerHello | None = None
         self.address = address
+        self._unix = address.startswith("unix://")
+        self.data_plane = "socket"
 
     @classmethod
     async def open(
@@ -469,6 +486,7 @@ class ClientConnection:
         token: bytes | None = None,
         require_auth: bool = False,
         tls: ssl.SSLContext | None = None,
+        data_plane: str = "auto",
     ) -> ClientConnection:
         """Connect to ``address``, authenticate if the server asks, and complete the handshake.
 
@@ -479,6 +497,8 @@ class ClientConnection:
             token: The shared token, for servers that require one.
             require_auth: Refuse a server that does not prove it knows ``token``.
             tls: Encrypt the TCP connection with this context.
+            data_plane: ``auto`` (shared memory where the server offers it over a Unix socket)
+                or ``socket``.
 
         Raises:
             ConnectError: Nothing accepts connections there.
@@ -521,7 +541,9 @@ class ClientConnection:
                 ) from exc
             assert proto is not None
             conn = cls(proto, address)
+            conn._unix = addr.path is not None
             conn.hello = await conn._handshake(max_frame_size, token, require_auth)
+            await conn.open_data_plane(data_plane)
             return conn
 
         try:
@@ -738,6 +760,20 @@ class ClientConnection:
                 conn.reply_limits = {}
 
     @property
+    def region(self) -> ClientRegion | None:
+        """The shared-memory region of the data plane, or None (the socket path)."""
+        return self._p.region
+
+    async def open_data_plane(self, mode: str) -> str:
+        """Hand the server a shared-memory region where it can take one (see
+        :mod:`rlmesh.client.data_plane`); returns the path chosen, in words."""
+        assert self.hello is not None
+        region, note = await open_region(self, self.hello, self._unix, mode)
+        self._p.region = region
+        self.data_plane = note
+        return note
+
+    @property
     def reply_limit(self) -> int:
         """The largest STEP or RESET reply accepted now (``max_frame_size`` until :meth:`bound_replies`)."""
         return self._p.conn.max_frame_size
@@ -763,15 +799,22 @@ class ClientConnection:
             ProtocolError: A reply of the wrong type or a malformed body; the connection is closed.
         """
         ftype = frame.type
-        if ftype is MessageType.ERROR:
-            raise exception_for_error(ErrorBody.decode(frame))
+        region = self._p.region
         try:
-            if ftype is not mtype:
-                raise ProtocolError(f"the server answered a {mtype.name} request with {ftype.name}")
-            return decode(frame)
-        except ProtocolError as exc:
-            self.abort_threadsafe()
-            raise ProtocolError(f"{exc}; the connection was closed") from exc
+            if ftype is MessageType.ERROR:
+                raise exception_for_error(ErrorBody.decode(frame))
+            try:
+                if ftype is not mtype and not (
+                    region is not None and region.owner == frame.request_id and ftype is _SHARED.get(mtype)
+                ):
+                    raise ProtocolError(f"the server answered a {mtype.name} request with {ftype.name}")
+                return decode(frame)
+            except ProtocolError as exc:
+                self.abort_threadsafe()
+                raise ProtocolError(f"{exc}; the connection was closed") from exc
+        finally:
+            if region is not None and region.owner == frame.request_id:
+                region.owner = 0  # its arrays are copied out (or there were none): free again
 
     def abort(self) -> None:
         """Drop the connection at once (on the loop)."""
@@ -812,6 +855,9 @@ class ClientConnection:
         except TimeoutError:
             if p.transport is not None:
                 p.transport.abort()
+        region, p.region = p.region, None
+        if region is not None:
+            region.close()
 
 
 class Listener:
@@ -853,7 +899,7 @@ class Listener:
             raise
         self._sock = sock
 
-    async def accept(self, *, token: bytes | None = None) -> ClientConnection:
+    async def accept(self, *, token: bytes | None = None, data_plane: str = "auto") -> ClientConnection:
         """Wait for the server to dial in, then handshake; only the first connection counts.
 
         Raises:
@@ -869,6 +915,7 @@ class Listener:
         self._adopted = True
         try:
             conn.hello = await conn._handshake(self._max_frame_size, token, False)
+            await conn.open_data_plane(data_plane)
         except BaseException:
             conn.abort()
             raise

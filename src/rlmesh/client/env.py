@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
@@ -32,9 +33,11 @@ from ..protocol.messages import check_attribute_name
 from ..protocol.spaces import opaque_spaces
 from .actions import check_action
 from .connection import ClientConnection, PendingReply, TlsOption, make_client_tls
+from .data_plane import DATA_PLANES
 
 __all__ = ["AsyncRemoteEnv", "AsyncRemoteVectorEnv"]
 
+log = logging.getLogger("rlmesh")
 _SAFE_ID = re.compile(r"^(?:[\w.-]+/)?[\w.:-]+$")
 
 
@@ -72,7 +75,11 @@ class _AsyncRemoteBase:
         strict_actions: bool = False,
         max_info_size: int = DEFAULT_MAX_INFO_SIZE,
         max_variable_size: int = DEFAULT_MAX_VARIABLE_SIZE,
+        data_plane: str = "auto",
     ) -> None:
+        if data_plane not in DATA_PLANES:
+            raise InvalidArgumentError(f"data_plane must be one of {DATA_PLANES}, got {data_plane!r}")
+        self.data_plane = data_plane
         for name, value in (("connect_timeout", connect_timeout), ("request_timeout", request_timeout)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
                 raise InvalidArgumentError(f"{name} must be a positive number of seconds or None, got {value!r}")
@@ -117,7 +124,7 @@ class _AsyncRemoteBase:
             raise InvalidArgumentError("no address to connect to")
         conn = await ClientConnection.open(
             self.address, connect_timeout=self.connect_timeout, max_frame_size=self.max_frame_size,
-            token=self._token, require_auth=self._require_auth, tls=self._tls,
+            token=self._token, require_auth=self._require_auth, tls=self._tls, data_plane=self.data_plane,
         )
         self._adopt(conn)
         return self
@@ -134,6 +141,7 @@ class _AsyncRemoteBase:
             conn.abort()
             raise
         self._conn = conn
+        log.info("%s: data plane: %s", self.address or type(self).__name__, conn.data_plane)
 
     def _apply_hello(self, hello: ServerHello) -> None:
         if hello.vector != self._vector:
@@ -195,7 +203,8 @@ class _AsyncRemoteBase:
         kwargs: dict[str, Any] = {"address": self.address}
         for name, default in (("connect_timeout", 10.0), ("request_timeout", None),
                               ("max_frame_size", DEFAULT_MAX_FRAME_SIZE), ("strict_actions", False),
-                              ("max_info_size", DEFAULT_MAX_INFO_SIZE), ("max_variable_size", DEFAULT_MAX_VARIABLE_SIZE)):
+                              ("max_info_size", DEFAULT_MAX_INFO_SIZE), ("max_variable_size", DEFAULT_MAX_VARIABLE_SIZE),
+                              ("data_plane", "auto")):
             if getattr(self, name) != default:
                 kwargs[name] = getattr(self, name)
         if self._tls_option is not None:
@@ -315,6 +324,10 @@ class _AsyncRemoteBase:
         return self.connection.unwrap(frame, MessageType.STEP, self._decode_step)
 
     def _decode_step(self, frame: Frame) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        if frame.type is MessageType.STEP_SHARED:
+            region = self.connection.region
+            if region is not None:
+                return decode_step_reply(frame, self.num_envs, region.fill_step)
         return decode_step_reply(frame, self.num_envs)
 
     def reset_body(self, seed: Any, options: dict[str, Any] | None) -> ResetRequest:
@@ -328,6 +341,10 @@ class _AsyncRemoteBase:
         return self.connection.unwrap(frame, MessageType.RESET, self._decode_reset)
 
     def _decode_reset(self, frame: Frame) -> tuple[Any, dict[str, Any]]:
+        if frame.type is MessageType.RESET_SHARED:
+            region = self.connection.region
+            if region is not None:
+                return decode_reset_reply(frame, self.num_envs, region.fill_reset)
         return decode_reset_reply(frame, self.num_envs)
 
     def value_result(self, frame: Frame, mtype: MessageType) -> Any:
@@ -406,6 +423,10 @@ class AsyncRemoteEnv(_AsyncRemoteBase):
             header (``ProtocolError``), before it is read.
         max_variable_size: Bytes a reply may spend on Sequence, Graph and custom-space leaves
             together (16 MiB), whose size the spaces do not bound.
+        data_plane: ``"auto"`` (default): over a Unix socket to a server that offers it, the
+            fixed-shape arrays of each step (observations, a vector env's rewards and flags) come
+            through shared memory the host owns (``docs/protocol.md``); elsewhere, and with
+            ``"socket"``, everything crosses the socket. The path chosen is logged (INFO).
     """
 
     async def get_wrapper_attr(self, name: str) -> Any:

@@ -361,9 +361,13 @@ class AsyncShardedVectorEnv(SplitStep):
 
     def named(self, exc: RLMeshError, j: int) -> RLMeshError:
         """``exc``, with the shard ``j`` and its lanes named (attributes and a note)."""
-        a, b = self.bounds[j] if j < len(self.bounds) else (0, self.shards[j].num_envs)
-        exc.shard, exc.lanes = j, (a, b)  # type: ignore[attr-defined]
-        note = f"(in shard {j}, lanes {a}..{b - 1})"
+        if j < len(self.bounds):
+            a, b = self.bounds[j]
+            exc.shard, exc.lanes = j, (a, b)  # type: ignore[attr-defined]
+            note = f"(in shard {j}, lanes {a}..{b - 1})"
+        else:  # it failed before its lanes were known (connecting)
+            exc.shard, exc.lanes = j, None  # type: ignore[attr-defined]
+            note = f"(in shard {j})"
         if note not in getattr(exc, "__notes__", ()):
             exc.add_note(note)
         return exc

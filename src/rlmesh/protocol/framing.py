@@ -84,6 +84,12 @@ class MessageType(IntEnum):
     ERROR = 6
     AUTH = 7
     CALL = 8
+    MAP = 9
+    """Hand the server a shared-memory region (feature ``shm1``; see :mod:`rlmesh.protocol.data_plane`)."""
+    STEP_SHARED = 10
+    """A STEP whose reply may leave its fixed-shape arrays in the region (``None`` in their place)."""
+    RESET_SHARED = 11
+    """A RESET whose reply may leave its fixed-shape arrays in the region."""
 
 
 _TYPES = frozenset(int(t) for t in MessageType)

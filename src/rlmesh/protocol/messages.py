@@ -9,6 +9,7 @@ bodies for other languages.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,6 +204,8 @@ class ServerHello:
         spec: The env's spec as plain data, or None.
         autoreset_mode: The vector env's autoreset mode value (``"NextStep"`` ...), or None.
         proof: The server's authentication proof, when the client had to authenticate.
+        features: Optional parts of the protocol the server supports (``"shm1"``: the shared-memory
+            data plane); an older server names none, and a client uses none it did not name.
     """
 
     vector: bool
@@ -216,6 +219,7 @@ class ServerHello:
     spec: SpecData | None
     autoreset_mode: str | None
     proof: str | None = None
+    features: tuple[str, ...] = ()
 
     def encode_parts(self) -> tuple[dict[str, Any], list[np.ndarray[Any, Any]]]:
         """The body tree (without ``proof``) and its buffers; the server encodes them once."""
@@ -230,6 +234,7 @@ class ServerHello:
             "render_mode": self.render_mode,
             "spec": None if self.spec is None else self.spec.to_tree(buffers),
             "autoreset_mode": self.autoreset_mode,
+            "features": list(self.features),
         }
         if self.vector:
             assert self.single_observation_space is not None and self.single_action_space is not None
@@ -281,12 +286,17 @@ class ServerHello:
             for name, value in (("render_mode", render_mode), ("autoreset_mode", autoreset), ("proof", proof)):
                 if value is not None and (type(value) is not str or len(value) > 100):
                     raise ValueError(f"{name} must be a short string or null")
+            features = tree.get("features", [])  # absent from an older server
+            if type(features) is not list or len(features) > 32 or not all(
+                type(f) is str and len(f) <= 32 for f in features
+            ):
+                raise ValueError("features must be a list of short strings")
         except ProtocolError:
             raise
         except _BAD as exc:
             raise ProtocolError(f"malformed handshake from the server: {type(exc).__name__}: {exc}") from exc
         return cls(vector, num_envs, obs_space, act_space, single_obs, single_act, metadata, render_mode,
-                   spec, autoreset, proof)
+                   spec, autoreset, proof, tuple(features))
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,8 +394,13 @@ def check_attribute_name(name: Any) -> str:
     return name
 
 
-def decode_reset_reply(frame: Frame, num_envs: int | None) -> tuple[Any, dict[str, Any]]:
+def decode_reset_reply(frame: Frame, num_envs: int | None, fill: Fill | None = None) -> tuple[Any, dict[str, Any]]:
     """Check and read a RESET reply: ``(obs, info)``.
+
+    Args:
+        frame: The reply.
+        num_envs: The number of lanes (vector envs), else None.
+        fill: For a ``RESET_SHARED`` reply, puts the region's arrays where the body has ``None``.
 
     Raises:
         ProtocolError: Malformed (the caller closes the connection).
@@ -393,21 +408,31 @@ def decode_reset_reply(frame: Frame, num_envs: int | None) -> tuple[Any, dict[st
     body = frame.value()
     if type(body) is not tuple or len(body) != 2 or type(body[1]) is not dict:
         raise ProtocolError(f"malformed RESET reply: expected (obs, info), got {_kind(body)}")
-    return body
+    return body if fill is None else fill(body)
 
 
-def decode_step_reply(frame: Frame, num_envs: int | None) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+Fill = Callable[[tuple[Any, ...]], tuple[Any, ...]]
+
+
+def decode_step_reply(frame: Frame, num_envs: int | None, fill: Fill | None = None) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
     """Check and read a STEP reply: ``(obs, reward, terminated, truncated, info)``.
 
     For vector envs, rewards, terminations and truncations must be arrays of
     ``num_envs`` items.
 
+    Args:
+        frame: The reply.
+        num_envs: The number of lanes (vector envs), else None.
+        fill: For a ``STEP_SHARED`` reply, puts the region's arrays where the body has ``None``.
+
     Raises:
         ProtocolError: Malformed (the caller closes the connection).
     """
-    body = frame.value()
+    body: tuple[Any, Any, Any, Any, dict[str, Any]] = frame.value()
     if type(body) is not tuple or len(body) != 5 or type(body[4]) is not dict:
         raise ProtocolError(f"malformed STEP reply: expected (obs, reward, terminated, truncated, info), got {_kind(body)}")
+    if fill is not None:
+        body = fill(body)
     if num_envs is None:
         reward = body[1]
         if not isinstance(reward, (int, float, np.number)) or isinstance(reward, np.complexfloating):

@@ -50,10 +50,12 @@ from ..protocol import (
     error_for_exception,
 )
 from ..protocol import auth as _auth
+from ..protocol.data_plane import Layout
 from ..protocol.faults import env_error
 from ..protocol.spaces import space_at
 from ..protocol.values import unencodable
 from ._types import EnvLike
+from .data_plane import FEATURE, RegionHandover, ServerRegion, supported
 from .handoff import HandoffListener
 
 __all__ = ["HELLO_TIMEOUT", "IDLE_TIMEOUT", "EnvServer"]
@@ -171,6 +173,7 @@ class EnvServer:
         self._pending: dict[_ServerProtocol, None] = {}  # in their handshake, oldest first
         self._evicted: set[_ServerProtocol] = set()  # evicted from _pending, told why, closing
         self._hello: tuple[dict[str, Any], list[Any]] | None = None
+        self._layout: Layout | None = None  # the data plane's, from the env's spaces
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_lock = threading.Lock()  # stop() from other threads vs serve_async starting/ending
@@ -270,7 +273,9 @@ class EnvServer:
                 raise
         else:
             env = self.env
-        self._hello = _describe(env).encode_parts()
+        vector = isinstance(env, gym.vector.VectorEnv)
+        self._layout = Layout(env.observation_space, int(env.num_envs) if vector else None)  # type: ignore[union-attr]
+        self._hello = _describe(env, data_plane=bool(self._layout.size) and supported()).encode_parts()
         if self._dial:
             for early in list(self._pending):  # connected above; a HELLO may be waiting
                 early.env_ready()
@@ -393,8 +398,11 @@ class EnvServer:
             while self._waiting and self._active is None:
                 self._waiting.pop(0).promote()
 
-    def handle(self, frame: Frame, reply_limit: int) -> bytes:
-        """Apply one request to the env and return the encoded reply (an ERROR if it failed)."""
+    def handle(self, frame: Frame, reply_limit: int, region: ServerRegion | None = None) -> bytes:
+        """Apply one request to the env and return the encoded reply (an ERROR if it failed).
+
+        ``STEP_SHARED`` and ``RESET_SHARED`` replies leave their fixed-shape arrays in the
+        connection's ``region`` (the data plane)."""
         env = self.env
         mtype = frame.type
         rid = frame.request_id
@@ -404,6 +412,15 @@ class EnvServer:
             elif mtype is MessageType.RESET:
                 req = ResetRequest.decode(frame)
                 reply = encode_message(mtype, rid, env.reset(seed=req.seed, options=req.options))
+            elif mtype is MessageType.STEP_SHARED or mtype is MessageType.RESET_SHARED:
+                if region is None:
+                    raise ProtocolError(f"{mtype.name} without a shared region (MAP)")
+                if mtype is MessageType.STEP_SHARED:
+                    result = region.step(env.step(frame.value()))
+                else:
+                    req = ResetRequest.decode(frame)
+                    result = region.reset(env.reset(seed=req.seed, options=req.options))
+                reply = encode_message(mtype, rid, result)
             elif mtype is MessageType.RENDER:
                 reply = encode_message(mtype, rid, env.render())
             elif mtype is MessageType.CALL:
@@ -462,7 +479,7 @@ def _checked(name: str, value: Any) -> Any:
     return value
 
 
-def _describe(env: EnvLike) -> ServerHello:
+def _describe(env: EnvLike, *, data_plane: bool = False) -> ServerHello:
     vector = isinstance(env, gym.vector.VectorEnv)
     metadata = dict(env.metadata)
     autoreset = metadata.pop("autoreset_mode", None)
@@ -483,6 +500,7 @@ def _describe(env: EnvLike) -> ServerHello:
         render_mode=env.render_mode,
         spec=spec,
         autoreset_mode=None if autoreset is None else str(getattr(autoreset, "value", autoreset)),
+        features=(FEATURE,) if data_plane else (),
     )
 
 
@@ -501,6 +519,7 @@ class _ServerProtocol(asyncio.Protocol):
         self.peer = "client"
         self._timer: asyncio.TimerHandle | None = None
         self._last_seen = 0.0
+        self.handover: RegionHandover | None = None  # the data plane's MAP exchange, once offered
 
     # -- transport callbacks ----------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -538,9 +557,14 @@ class _ServerProtocol(asyncio.Protocol):
             return
         try:
             frames = self.conn.receive_data(data)
-            for frame in frames:
+            for i, frame in enumerate(frames):
                 if self.state == "active":
-                    transport.write(self.server.handle(frame, self.reply_limit))
+                    if frame.type is MessageType.MAP:
+                        self._map(frame, sole=i == len(frames) - 1 and not self.conn.buffered)
+                        continue
+                    handover = self.handover
+                    region = None if handover is None else handover.region
+                    transport.write(self.server.handle(frame, self.reply_limit, region))
                     if frame.type is MessageType.CLOSE:
                         self.release()
                         transport.close()
@@ -565,6 +589,8 @@ class _ServerProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        if self.handover is not None:
+            self.handover.close()
         self._uncount()
         self.server._evicted.discard(self)
         if self in self.server._waiting:
@@ -574,6 +600,29 @@ class _ServerProtocol(asyncio.Protocol):
         self.transport = None
         if self.server._dial:
             self.server.stop()  # the one connection of a dialled server ended
+
+    # -- the data plane ----------------------------------------------------
+    def _map(self, frame: Frame, *, sole: bool) -> None:
+        # A region offered (then checked) by a client on this host: see server/data_plane.py.
+        transport, layout = self.transport, self.server._layout
+        assert transport is not None
+        body = frame.value()
+        rid = frame.request_id
+        if layout is None:
+            raise ProtocolError("MAP before the env is made")
+        if self.handover is None:
+            self.handover = RegionHandover(layout, transport, lambda: self._drop(
+                "protocol", "the region's descriptor did not come after its MAP offer"))
+        handover = self.handover
+        if type(body) is dict and "check" in body:
+            answer = handover.check(body)
+        else:
+            declined = handover.offer(body, sole)
+            answer = {"ready": layout.size} if declined is None else declined
+        if isinstance(answer, str):
+            transport.write(ErrorBody("bad_request", "InvalidArgumentError", f"no shared region: {answer}").encode(rid))
+        else:
+            transport.write(encode_message(MessageType.MAP, rid, answer))
 
     # -- handshake ---------------------------------------------------------
     def _handshake(self, frame: Frame) -> None:
