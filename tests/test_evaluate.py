@@ -42,6 +42,7 @@ def record(task: str, episode: int, ret: float | None, **kw: Any) -> dict[str, A
     ({"episodes": 2, "concurrency": 0}, "concurrency must be an int >= 1"),
     ({"episodes": 2, "num_envs": 4}, "num_envs= is chosen by evaluate"),
     ({"episodes": 2, "pakages": ["x"]}, "did you mean packages=?"),
+    ({"episodes": 2, "shards": 2}, "use a batched policy"),
 ])
 def test_bad_arguments_are_clear_errors(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidArgumentError) as err:

@@ -123,10 +123,11 @@ def test_faults_are_recorded_and_the_run_goes_on(kind: str) -> None:
     assert report.summary["overall"]["errors"] == 2
 
 
-def test_every_task_of_an_envhub_repository(hub_cache: Path) -> None:  # noqa: F811  (the imported fixture)
+def test_every_task_of_an_envhub_repository(hub_cache: Path, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
     # hf://owner/repo without a selector: every suite/task its make_env returns, each with its own pool.
+    caplog.set_level("INFO", logger="rlmesh.evaluation")
     report = rlmesh.evaluate(lean, f"hf://{REPO}", episodes=3, concurrency=1, trust_remote_code=True,
-                             allow_unpinned_hf=True, progress=False)
+                             allow_unpinned_hf=True)
     assert report.tasks == [f"hf://{REPO}@{SHA}:{t}" for t in ("cartpole_suite/0", "cartpole_suite/1", "other_suite/a")]
     assert list(report.summary["tasks"]) == report.tasks
     want = in_process(range(3), lean)
@@ -134,6 +135,39 @@ def test_every_task_of_an_envhub_repository(hub_cache: Path) -> None:  # noqa: F
         assert [r["return"] for r in report.episodes if r["task"] == task] == want, task
     assert report.summary["overall"]["episodes"] == 9 and report.summary["overall"]["errors"] == 0
     assert report.container_starts == 3  # one sandbox per task at concurrency 1, reused for its 3 episodes
+    assert "9/9 episodes, 0 errors, mean return" in caplog.text  # stderr is no terminal here: log lines
+
+
+def test_shards_under_evaluate_with_a_progress_bar(capfd: pytest.CaptureFixture[str]) -> None:
+    # Each pool sandbox is a vector env sharded over two containers; the pool is the same.
+    since = time.time()
+    report = rlmesh.evaluate(rlmesh.batched(lean_batch, lanes=4), "CartPole-v1", episodes=8, concurrency=1, shards=2,
+                             progress=True)
+    assert container_starts(since, time.time()) == 2  # one pool sandbox of two shards, reused for 8 episodes
+    assert [r["return"] for r in report.episodes] == in_process(range(8), lean)
+    err = capfd.readouterr().err
+    assert "evaluate" in err and "8/8" in err and "mean_return" in err  # tqdm's bar, with the running figures
+
+
+def test_ray_placement_under_evaluate() -> None:
+    import ray
+
+    from rlmesh.sandbox.placement import RayPlacement
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # a one-machine cluster, on 127.0.0.1
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        report = rlmesh.evaluate(rlmesh.batched(lean_batch, lanes=4), "CartPole-v1", episodes=8, concurrency=1,
+                                 shards=2, placement=RayPlacement(num_cpus=1, address=cluster.address), progress=False)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    assert [r["return"] for r in report.episodes] == in_process(range(8), lean)
+    assert report.container_starts == 1 and report.summary["overall"]["errors"] == 0
 
 
 def _eval_cli(results: Path, episodes: int) -> list[str]:

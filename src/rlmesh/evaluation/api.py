@@ -13,7 +13,7 @@ from .policies import resolve_policy
 from .progress import EvaluationProgress, ProgressOption, check_progress
 from .report import EvaluationReport
 from .results import ResultsFile
-from .runner import Runner, check_options
+from .runner import Runner, check_options, lanes_for
 from .signals import StopSignals
 
 __all__ = ["evaluate", "evaluate_async"]
@@ -90,7 +90,14 @@ async def evaluate_async(policy: Any, source: str | Sequence[str], *, episodes: 
         raise InvalidArgumentError(f"source must be a sandbox source or a non-empty list of them, got {source!r}")
     check_options(sandbox_options)
     options = {"progress": False if progress is False else None, **sandbox_options}
-    AsyncSandboxVectorEnv(sources[0], 1, **options)  # checks the options now, before anything starts
+    lanes = lanes_for(acting, episodes, concurrency)
+    shards = sandbox_options.get("shards", 1)
+    if not acting.batched and shards not in (1, "auto"):
+        raise InvalidArgumentError(
+            f"shards={shards!r} splits the lanes of a vector sandbox, and a plain policy runs one episode (one lane) "
+            "per sandbox: use a batched policy, rlmesh.batched(fn, lanes=N), or leave shards out"
+        )
+    AsyncSandboxVectorEnv(sources[0], lanes, **options)  # checks the options now, before anything starts
 
     tasks = await _expand(sources, sandbox_options)
     run = {"sources": sources, "seeds": seed_list, "policy": acting.name}

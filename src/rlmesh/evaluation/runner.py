@@ -32,7 +32,7 @@ from .progress import EvaluationProgress
 from .records import EpisodeTimeout, error_of, is_infrastructure, make_record
 from .results import ResultsFile
 
-__all__ = ["Runner"]
+__all__ = ["Runner", "check_options", "lanes_for"]
 
 log = logging.getLogger("rlmesh.evaluation")
 
@@ -116,7 +116,7 @@ class Runner:
             if not pending:
                 continue
             task = _Task(name, pending)
-            lanes = min(self.acting.lanes, math.ceil(len(pending) / self.concurrency)) if self.acting.batched else 1
+            lanes = lanes_for(self.acting, len(self.seeds), self.concurrency)
             workers = min(self.concurrency, math.ceil(len(pending) / lanes))
             started = loop.time()
             try:
@@ -350,6 +350,13 @@ async def _all(coros: list[Any]) -> None:
         error = t.exception() if t.done() and not t.cancelled() else None
         if error is not None:
             raise error
+
+
+def lanes_for(acting: Acting, episodes: int, concurrency: int) -> int:
+    """Lanes per sandbox: one for a plain policy; for a batched one, its ``lanes``, fewer when
+    ``concurrency`` sandboxes need fewer for ``episodes`` (the same on a resumed run, so that
+    ``shards=`` always has its lanes)."""
+    return min(acting.lanes, math.ceil(episodes / concurrency)) if acting.batched else 1
 
 
 def check_options(options: dict[str, Any]) -> None:
