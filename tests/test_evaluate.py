@@ -185,3 +185,22 @@ def test_faults_are_classified() -> None:
 def test_cli_usage_errors_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "CartPole-v1", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_unreachable_engine_is_retried_then_stops_the_run(caplog: pytest.LogCaptureFixture) -> None:
+    # The infrastructure's failure (no engine at that address): retried `retries` times, then raised.
+    caplog.set_level("WARNING", logger="rlmesh.evaluation")
+    with pytest.raises(DockerUnavailableError, match="no Docker engine is reachable"):
+        rlmesh.evaluate("random", "CartPole-v1", episodes=2, concurrency=1, retries=1,
+                        docker_host="tcp://127.0.0.1:1", progress=False)
+    assert "retry 1 of 1" in caplog.text and "retry 2" not in caplog.text
+
+
+def test_cli_says_a_run_could_not_finish_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = tmp_path / "r.jsonl"
+    code = main(["eval", "CartPole-v1", "--policy", "random", "--episodes", "2", "--retries", "0",
+                 "--docker-host", "tcp://127.0.0.1:1", "--results", str(results), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "the run could not finish: no Docker engine is reachable" in err
+    assert f"finished episodes are in {results}; run the same command again to resume" in err
