@@ -103,20 +103,20 @@ def _serve(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_serve_says_in_one_line_why_the_env_cannot_be_made(tmp_path: Path) -> None:
     result = _serve(tmp_path, "CartPol-v1")
-    assert result.returncode == 3
+    assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("rlmesh serve: cannot make the env CartPol-v1: NameNotFound: ")
     assert "Did you mean: `CartPole`?" in lines[0] and "--log-level debug shows the traceback" in lines[0]
     debug = _serve(tmp_path, "CartPol-v1", "--log-level", "debug")
-    assert debug.returncode == 3 and "Traceback (most recent call last)" in debug.stderr
+    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
     assert "gymnasium.error.NameNotFound" in debug.stderr
 
 
 def test_an_unregistered_namespace_names_the_module_to_import(tmp_path: Path) -> None:
     # ale_py is installed here (the dev extra) but not imported, so ALE is not registered.
     result = _serve(tmp_path, "ALE/Pong-v5")
-    assert result.returncode == 3
+    assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "NamespaceNotFound: Namespace ALE not found" in result.stderr
     assert "imports=['ale_py']" in result.stderr and "--import ale_py" in result.stderr
@@ -127,7 +127,7 @@ def test_an_unregistered_namespace_names_the_module_to_import(tmp_path: Path) ->
 
 def test_a_namespace_no_installed_package_registers_says_what_to_add(tmp_path: Path) -> None:
     result = _serve(tmp_path, "NoSuchSpace/Thing-v0")
-    assert result.returncode == 3
+    assert result.returncode == 1
     assert "add the package that registers namespace NoSuchSpace to packages= and its module to imports=" in (
         result.stderr)
 

@@ -13,8 +13,9 @@ Usage::
 Over TCP a token is required: ``RLMESH_TOKEN`` or ``--token-file``. ``--insecure``
 serves without one, on loopback addresses only.
 
-An env that cannot be made is reported in one line (its exception and rlmesh's hint);
-``--log-level debug`` adds the traceback.
+An env that cannot be made is reported in one line (its exception and rlmesh's hint), exit
+status 1; ``--log-level debug`` adds the traceback. With ``--dial`` (a sandbox's server) the
+client has heard the cause already, and the traceback stays in the log for its error's ``logs``.
 """
 
 from __future__ import annotations
@@ -139,12 +140,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"rlmesh serve: {exc}", file=sys.stderr, flush=True)
         return 3
     except Exception as exc:  # the env's own code failed: one line, the traceback at debug level
+        if args.dial:
+            raise  # a sandbox's server: its owner heard the cause; the traceback goes to its logs
         log = logging.getLogger("rlmesh.serve")
         log.debug("the env %s could not be made", args.source, exc_info=True)
         shown = log.isEnabledFor(logging.DEBUG)
         print(f"rlmesh serve: {cannot_make_message(args.source, exc, traceback_shown=shown)}",
               file=sys.stderr, flush=True)
-        return 3
+        return 1
     return 0
 
 

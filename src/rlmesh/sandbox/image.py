@@ -348,7 +348,8 @@ async def remove_replaced_image(host: str | None, image_id: str) -> None:
     """Remove the image a rebuild moved its tag from (see :func:`ensure_image`).
 
     It stays when a container (or a child image) still uses it: ``rlmesh image prune`` finds it
-    then. Any other failure is logged as a warning, never raised: the sandbox runs already.
+    then; one already gone (another shard of the same start removed it) is fine. Any other
+    failure is logged as a warning, never raised: the sandbox runs already.
     """
     try:
         async with docker_client(host) as docker:
@@ -360,7 +361,7 @@ async def remove_replaced_image(host: str | None, image_id: str) -> None:
     if removed:
         log.info("removed the image %s replaced by the rebuild", image_id[:19])
     else:
-        log.info("kept the image %s replaced by the rebuild: still in use", image_id[:19])
+        log.info("kept the image %s replaced by the rebuild: still in use, or already removed", image_id[:19])
 
 
 async def _build(spec: ImageSpec, base_ref: str, tag: str, progress: ProgressOption, host: str | None) -> None:

@@ -13,9 +13,9 @@ Forms:
   if it exists locally.
 
 A bare ``name:tag`` that reads both ways (``my_pkg:make_env``) is an image when one exists
-locally; otherwise a factory, silently when the doubt is settled (build options such as
-``packages=`` or ``imports=`` were given, which images do not take, or its module imports on the
-host), and with a warning naming ``py://`` and ``docker://`` when it is not.
+locally; otherwise a factory, silently when the doubt is settled (a build option, which images
+do not take, was given: ``packages=``, ``system_packages=``, ``base_image=`` or ``rebuild=``; or
+its module imports on the host), and with a warning naming ``py://`` and ``docker://`` when it is not.
 """
 
 from __future__ import annotations
@@ -210,8 +210,8 @@ def _parse_hf(source: str) -> HubSource:
 async def resolve_source(docker: DockerClient, parsed: Source, *, build_options: bool = False) -> Source:
     """Settle bare strings that may name an image, and log what the source resolved to.
 
-    ``build_options``: options only images rlmesh builds take (``packages=``, ``imports=``...)
-    were given, so a bare ``module:factory`` is not a prebuilt image.
+    ``build_options``: options only images rlmesh builds take (``packages=``, ``system_packages=``,
+    ``base_image=``, ``rebuild=``) were given, so a bare ``module:factory`` is not a prebuilt image.
     """
     resolved = parsed
     if isinstance(parsed, GymSource) and not parsed.source.startswith(("gym://", "py://")):
