@@ -6,6 +6,7 @@ cannot pass without exercising them. Every test proves that it left no container
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -31,6 +32,14 @@ PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 OWNER_LABEL = owner().label
+
+# The first line of a child script that a test signals. A test run in the background (`nohup
+# ... &`) ignores SIGINT and SIGHUP, and its children inherit that (Python installs its SIGINT
+# handler only where SIGINT is not ignored): the child restores what a foreground process has.
+DEFAULT_SIGNALS = (
+    "import signal as _signal; _signal.signal(_signal.SIGINT, _signal.default_int_handler); "
+    "_signal.signal(_signal.SIGHUP, _signal.SIG_DFL)\n"
+)
 
 
 def sandbox_containers(*, ours: bool = False) -> set[str]:
@@ -109,18 +118,26 @@ def second_engine(sandbox_image: str) -> Iterator[str]:
     """A second, real Docker engine on this machine, reached over loopback TCP, with a bridge of
     its own (a daemon started with --bridge=none would delete the main engine's docker0), its own
     data root, exec root and pid file, and the sandbox base image loaded into it."""
+    with extra_engine(sandbox_image, "engine2", "rlmesh-br2", "172.29.77.1/24") as (host, _):
+        yield host
+
+
+@contextlib.contextmanager
+def extra_engine(sandbox_image: str, name: str, bridge: str, address: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Start another real dockerd (as :func:`second_engine` describes), named ``name`` (its roots
+    are under /tmp/rlmesh-NAME), with its own ``bridge`` at ``address``; yields its host URL and
+    its process (a test may stop it), and stops it and removes everything at the end."""
     import shutil
     import signal
     import socket
     import time
 
-    root = Path("/tmp/rlmesh-engine2")
+    root = Path(f"/tmp/rlmesh-{name}")
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir()
-    bridge = "rlmesh-br2"
     subprocess.run(["ip", "link", "del", bridge], capture_output=True)
     subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
-    subprocess.run(["ip", "addr", "add", "172.29.77.1/24", "dev", bridge], check=True)
+    subprocess.run(["ip", "addr", "add", address, "dev", bridge], check=True)
     subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -144,7 +161,7 @@ def second_engine(sandbox_image: str) -> Iterator[str]:
             pytest.fail(f"the second dockerd did not come up:\n{(root / 'dockerd.log').read_text()[-3000:]}")
         with subprocess.Popen(["docker", "save", sandbox_image], stdout=subprocess.PIPE) as save:
             subprocess.run(["docker", "-H", host, "load", "-q"], stdin=save.stdout, check=True, capture_output=True)
-        yield host
+        yield host, proc
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -21,7 +21,7 @@ from rlmesh.errors import ImageBuildError, InvalidArgumentError, RemoteEnvError,
 from rlmesh.numpy import AsyncSandboxEnv, SandboxEnv
 from rlmesh.sandbox.options import DEFAULT_PIDS_LIMIT, ContainerOptions, memory_bytes
 
-from .conftest import PROBE_PKG, inspect, sandbox_containers
+from .conftest import DEFAULT_SIGNALS, PROBE_PKG, inspect, sandbox_containers
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE = "rlmesh_probe:make_probe"
@@ -29,7 +29,7 @@ PROBE = "rlmesh_probe:make_probe"
 
 def _script(code: str, timeout: float = 180) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-c", DEFAULT_SIGNALS + textwrap.dedent(code)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
 

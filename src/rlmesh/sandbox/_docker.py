@@ -25,7 +25,7 @@ from aiodocker.multiplexed import multiplexed_result_stream
 
 from ..errors import DockerUnavailableError, ImageBuildError, SandboxError
 
-__all__ = ["DockerClient", "acquire_docker", "release_docker", "docker_client"]
+__all__ = ["DockerClient", "acquire_docker", "docker_client", "not_found", "release_docker"]
 
 T = TypeVar("T")
 
@@ -55,6 +55,12 @@ def _map_errors(what: str) -> Iterator[None]:
         if "docker" in str(exc).lower() or "DOCKER_HOST" in str(exc):
             raise DockerUnavailableError(f"no Docker engine found: {exc}. {_HOW_TO_START}") from exc
         raise
+
+
+def not_found(exc: BaseException) -> bool:
+    """Whether an error from :class:`DockerClient` is the engine's "no such container or image" (HTTP 404)."""
+    cause = exc.__cause__
+    return isinstance(cause, aiodocker.DockerError) and cause.status == 404
 
 
 async def _complete(aw: Awaitable[T]) -> T:
@@ -309,22 +315,55 @@ class DockerClient:
             result = await _complete(self._docker.containers.container(container_id).wait())
         return int(result.get("StatusCode", -1))
 
-    async def wait_exit(self, container_id: str) -> int:
+    async def wait_exit(self, container_id: str, registered: asyncio.Future[None] | None = None) -> int:
         """Wait for the next exit of a container (call it before the start); returns the exit code.
 
         It may wait for the container's whole life, so a cancellation closes the response
         (aiodocker's ``wait`` would leak it).
+
+        Args:
+            container_id: The container.
+            registered: Resolved once the engine holds the wait: since API 1.30 it answers the
+                headers at once, so a start after that cannot exit unseen. An engine that
+                refuses the wait (the container is gone: HTTP 404) raises here, before it.
+
+        Raises:
+            SandboxError: The engine refused the wait (the container no longer exists, say).
         """
         with _map_errors("wait for the sandbox container"):
             async with self._docker._query(
                 f"containers/{container_id}/wait", method="POST", params={"condition": "next-exit"},
                 timeout=aiohttp.ClientTimeout(),
             ) as response:
+                if registered is not None and not registered.done():
+                    registered.set_result(None)
                 try:
                     result = await response.json()
                 finally:
                     response.close()
         return int(result.get("StatusCode", -1)) if isinstance(result, dict) else -1
+
+    async def engine_reachable(self, timeout: float = 2.0) -> bool:
+        """Whether the engine accepts a new connection now.
+
+        A stopping engine closes its listener first and then stops its containers, while the
+        connections it already has (this client's pool) are still answered: only a fresh
+        connection tells that it is going away.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                with _map_errors("reach the engine"):
+                    fresh = aiodocker.Docker(url=self.host)
+                try:
+                    with _map_errors("reach the engine"):
+                        await fresh.version()
+                finally:
+                    await fresh.close()
+        except (DockerUnavailableError, TimeoutError):
+            return False
+        except SandboxError:
+            return True  # it answered, if with an error
+        return True
 
     async def info(self) -> dict[str, Any]:
         """The engine's ``/info`` (memory, runtimes ...), fetched once per client."""
@@ -415,6 +454,14 @@ class DockerClient:
             if isinstance(cause, aiodocker.DockerError) and cause.status in (404, 409):
                 return  # already gone, or removal already in progress
             raise
+
+    async def wait_gone(self, container_id: str, timeout: float = 20.0) -> None:
+        """Wait (at most ``timeout`` s) until the engine no longer has a container: an
+        ``AutoRemove`` container may still be in removal when :meth:`remove` returns (409)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while await self.state(container_id):
+                    await asyncio.sleep(0.05)
 
     async def list_containers(self, labels: Mapping[str, str | None]) -> list[dict[str, Any]]:
         """Containers (running or not) carrying all ``labels`` (a None value matches any)."""

@@ -38,7 +38,7 @@ from ..errors import (
 )
 from ..protocol.faults import remote_error_class
 from . import ownership
-from ._docker import DockerClient, acquire_docker, release_docker
+from ._docker import DockerClient, acquire_docker, not_found, release_docker
 from .options import RUNTIME_DIR_IN_CONTAINER, ContainerOptions, default_memory, memory_bytes
 
 __all__ = ["Engine", "Sandbox", "cleanup_sandboxes", "list_sandboxes"]
@@ -52,6 +52,9 @@ TMPFS_SIZE = 1 << 30  # /tmp in the container; also charged to (and bounded by) 
 LOG_LINES = 100  # the output kept for errors
 LOG_LINE_CHARS = 2000
 REMOVAL_TIMEOUT = 20.0
+# How long a start waits for the engine to hold its exit watcher (an engine before API 1.30
+# answers a wait only at the exit: then it starts anyway, after this).
+WAIT_REGISTRATION_TIMEOUT = 5.0
 
 list_sandboxes = ownership.list_sandboxes
 cleanup_sandboxes = ownership.cleanup_sandboxes
@@ -170,6 +173,10 @@ class Sandbox:
             "NetworkMode": "bridge" if opts.network else "none",
             "Memory": self.memory,
             "MemorySwap": self.memory,  # no swap: a memory bomb ends, it does not thrash
+            # An init as PID 1 (the engine's docker-init, tini): it reaps the zombies of orphaned
+            # processes and forwards signals, so the server (its child) gets the default action of
+            # a signal it does not handle, as any process does, instead of PID 1's "ignore".
+            "Init": _has_init(info),
         }
         if opts.cpus is not None:
             host["NanoCpus"] = int(opts.cpus * 1e9)
@@ -226,17 +233,33 @@ class Sandbox:
     async def _run(self, docker: DockerClient, config: dict[str, Any]) -> str:
         self.container_id = cid = await docker.create(config)
         ownership.register(cid, self.socket_dir, self.engine.host)
-        self._exit = asyncio.ensure_future(docker.wait_exit(cid))
-        await asyncio.sleep(0)  # let the wait reach the engine before the start
+        # The engine must hold the exit watcher before the start, or a quick exit goes unseen.
+        # Whatever the watcher ends with is read (_retrieve), even when nobody asks for it.
+        registered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._exit = exit_task = asyncio.ensure_future(docker.wait_exit(cid, registered))
+        exit_task.add_done_callback(_retrieve)
+        watched: set[asyncio.Future[Any]] = {registered, exit_task}
+        await asyncio.wait(watched, timeout=WAIT_REGISTRATION_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        failure = exit_task.exception() if exit_task.done() and not exit_task.cancelled() else None
+        if failure is not None:
+            if not not_found(failure):
+                raise failure
+            raise SandboxStartError(
+                f"sandbox container {cid[:12]} for {self.source} was removed before it started: something "
+                "outside this process removed it (a `docker rm -f`, `docker container prune` or "
+                "`rlmesh sandbox cleanup --all`); start the env again",
+                container_id=cid,
+            ) from failure
         await docker.start(cid)
         self._follower = asyncio.ensure_future(self._follow(docker, cid))
+        self._follower.add_done_callback(_retrieve)
         log.info("sandbox %s started from %s for %s", cid[:12], self.image, self.source)
         return cid
 
     async def _start_dialled(self, docker: DockerClient, timeout: float | None) -> ClientConnection:
         listener = None
         try:
-            self.socket_dir = tempfile.mkdtemp(prefix=f"{ownership.SOCKET_DIR_PREFIX}{os.getpid()}-",
+            self.socket_dir = tempfile.mkdtemp(prefix=ownership.socket_dir_prefix(),
                                                dir=os.environ.get("RLMESH_RUNTIME_DIR"))
             os.chmod(self.socket_dir, 0o700)
             socket_path = os.path.join(self.socket_dir, HOST_SOCKET)
@@ -246,6 +269,10 @@ class Sandbox:
                 os.chown(socket_path, int(uid), int(gid))
             os.chmod(socket_path, 0o600)
             cid = await self._run(docker, await self._config(docker, socket_path))
+            # The engine mounted the socket when it started the container: its directory has
+            # done its job, and once gone no SIGKILL can leave it behind (the listener and the
+            # mount keep the socket itself alive).
+            self._remove_socket_dir()
             conn = await self._await_server(listener, timeout)
             sock = conn._p.transport.get_extra_info("socket") if conn._p.transport is not None else None
             if sock is not None:
@@ -416,9 +443,11 @@ class Sandbox:
         """``(exit code, who killed it)`` once the container exited (None if unknown).
 
         The second item is ``"memory"`` (the kernel's OOM killer, at the memory limit),
-        ``"engine"`` (a ``docker kill``, ``stop`` or ``rm -f``: not ours, we were still using it)
-        or None (it exited by itself, or nothing says). It comes from the container's state
-        while the engine still has it, then from the engine's recent events.
+        ``"stopped"`` (the engine stopped, or is stopping, and its containers with it; the exit
+        code may then be unknown), ``"engine"`` (a ``docker kill``, ``stop`` or ``rm -f``: not
+        ours, we were still using it) or None (it exited by itself, or nothing says). It comes
+        from the container's state while the engine still has it, then from the engine's recent
+        events.
         """
         if self._exit is None or self._docker is None or self.container_id is None:
             return None, None
@@ -426,6 +455,8 @@ class Sandbox:
             async with asyncio.timeout(wait):
                 await asyncio.shield(self._exit)
         code = self._exit_code()
+        if (code is not None or self._exit.done()) and not await self._docker.engine_reachable():
+            return code, "stopped"
         if code is None:
             return None, None
         state = await self._docker.state(self.container_id)
@@ -437,6 +468,11 @@ class Sandbox:
             return code, "engine"
         return code, None
 
+    def _remove_socket_dir(self) -> None:
+        if self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+            self.socket_dir = None
+
     async def close(self, grace: float = 2.0) -> None:
         """Stop and remove the container (and its relay) and the socket directory; waits until
         they are gone. Idempotent."""
@@ -447,7 +483,7 @@ class Sandbox:
             for container, what in ((cid, "sandbox"), (relay, "relay")):
                 if container is not None and docker is not None:
                     await docker.remove(container, grace=grace if what == "sandbox" else 0)
-                    await _gone(docker, container)
+                    await docker.wait_gone(container, REMOVAL_TIMEOUT)
                     log.info("%s %s removed", what, container[:12])
         finally:
             for container in (cid, relay):
@@ -457,19 +493,21 @@ class Sandbox:
                 if task is not None and not task.done():
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
-            if self.socket_dir is not None:
-                shutil.rmtree(self.socket_dir, ignore_errors=True)
-                self.socket_dir = None
+            self._remove_socket_dir()
             if docker is not None:
                 await release_docker(docker)
 
 
-async def _gone(docker: DockerClient, cid: str) -> None:
-    # An AutoRemove container may still be in removal when `remove` returns (409): wait for it.
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(REMOVAL_TIMEOUT):
-            while await docker.state(cid):
-                await asyncio.sleep(0.05)
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    # Read a background task's outcome, so that a failure nobody waited for (a 404 for a
+    # container removed meanwhile) is not logged as "Task exception was never retrieved".
+    if not task.cancelled():
+        task.exception()
+
+
+def _has_init(info: dict[str, Any]) -> bool:
+    """Whether the engine has its init binary (``docker-init``): it reports ``N/A`` when not."""
+    return (info.get("InitCommit") or {}).get("ID") != "N/A"
 
 
 def _is_gvisor(runtime: str, info: dict[str, Any]) -> bool:

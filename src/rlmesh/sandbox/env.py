@@ -240,12 +240,14 @@ class _SandboxMixin(_AsyncRemoteBase):
         if sandbox is None or sandbox.container_id is None:
             return exc
         code, killer = await sandbox.exit_status()
-        if code is None:
+        if code is None and killer is None:
             return exc
         limit = f"{sandbox.memory / (1 << 20):.0f} MiB" if sandbox.memory else "its limit"
         why = {
             "memory": f" (killed for lack of memory at {limit}: raise memory=)",
             "engine": " (killed through the Docker engine: a `docker kill`, `stop` or `rm -f` from outside rlmesh)",
+            "stopped": " because its Docker engine stopped, and its containers with it: start the engine again "
+                       "(`systemctl start docker`, or `dockerd`), then make the env again",
         }.get(killer or "", " (SIGKILL from outside the engine, or by the kernel)" if code == 137 else "")
         return SandboxExitedError(
             f"the sandbox container for {self.source} exited while serving{why}",

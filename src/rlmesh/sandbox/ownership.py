@@ -12,8 +12,12 @@ How a sandbox ends:
   signal's previous handler (or its default action) runs, so the exit status is what a
   scheduler expects;
 * SIGKILL or a lost host: the server inside dials its owner's socket, so it sees the owner's
-  end as end-of-stream and exits; the engine then removes the container (``AutoRemove``).
-  The lease is the time that takes: about a second.
+  end as end-of-stream (or, still starting, as a socket nobody listens on) and exits; the
+  engine then removes the container (``AutoRemove``). That takes about a second.
+* What a SIGKILL during a start leaves before the container runs (a container created but not
+  started, which ``AutoRemove`` does not cover; a socket directory, which the start removes
+  once the container runs) is removed by the next start's sweep on this host
+  (:func:`reap_dead_owners_once`) or by ``rlmesh sandbox cleanup``.
 * After ``os.fork()`` the child owns none of its parent's sandboxes (it never closes or reaps
   them) and lets go of their connections, so the parent's end still ends them.
 """
@@ -30,6 +34,7 @@ import signal
 import socket
 import tempfile
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -64,12 +69,25 @@ LABEL_SOCKET_DIR = "rlmesh.socket-dir"
 SOCKET_DIR_PREFIX = "rlmesh-sbx-"  # then the owner's pid, so a leak check can tell whose it is
 
 
-def _start_ticks(pid: int) -> str:
+def _stat_fields(pid: int) -> list[str]:
+    # /proc/PID/stat after the command name: state is field 0, start time (ticks) field 19.
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
+            return f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return "?"
+        return []
+
+
+def _start_ticks(pid: int) -> str:
+    fields = _stat_fields(pid)
+    return fields[19] if len(fields) > 19 else "?"
+
+
+def _pid_alive(pid: int, ticks: str) -> bool:
+    """Whether process ``pid``, started at ``ticks``, still runs: not gone, not a zombie that
+    its parent has yet to reap (a SIGKILLed owner is one until then), and not a reused pid."""
+    fields = _stat_fields(pid)
+    return len(fields) > 19 and fields[0] not in ("Z", "X") and (ticks == "?" or fields[19] == ticks)
 
 
 def _pid_namespace() -> str:
@@ -126,14 +144,7 @@ def owner_alive(label: str) -> bool:
     me = _owner
     if host != me.host or pidns != me.pidns or not pid_text.isdigit():
         return True
-    pid = int(pid_text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return _start_ticks(pid) == ticks
+    return _pid_alive(int(pid_text), ticks)
 
 
 # -- this process's live sandboxes -------------------------------------------------
@@ -187,6 +198,7 @@ def remove_all_now(reason: str) -> None:
     async def remove_one(cid: str, entry: _Live) -> None:
         async with docker_client(entry.host) as docker:
             await docker.remove(cid, grace=0)
+            await docker.wait_gone(cid, 10.0)  # gone when the process has exited, not in removal
 
     async def remove_all() -> list[BaseException | None]:
         return await asyncio.gather(*(remove_one(cid, e) for cid, e in leftovers.items()), return_exceptions=True)
@@ -265,15 +277,24 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # -- dead owners -----------------------------------------------------------------------
+REAP_INTERVAL = 30.0  # seconds between two sweeps of one process (each start asks for one)
 _reaped = False
+_reaped_at = 0.0
 
 
 async def reap_dead_owners_once(docker: DockerClient) -> None:
-    """Once per process: remove sandboxes whose owner (on this host and PID namespace) died."""
-    global _reaped
-    if _reaped:
+    """The sweep a start makes (at most once per :data:`REAP_INTERVAL` per process): remove the
+    sandboxes and socket directories whose owner (on this host and PID namespace) died.
+
+    It covers what neither ``AutoRemove`` nor the server's end can: a container created but
+    never started (its owner was killed between the two requests) and a socket directory of
+    an owner killed before its container started.
+    """
+    global _reaped, _reaped_at
+    now = time.monotonic()
+    if _reaped and now - _reaped_at < REAP_INTERVAL:
         return
-    _reaped = True
+    _reaped, _reaped_at = True, now
     try:
         removed = await _reap(docker, only_dead=True)
     except SandboxError as exc:  # someone else's leftovers must not stop this start
@@ -283,16 +304,27 @@ async def reap_dead_owners_once(docker: DockerClient) -> None:
         log.warning("removed %d sandbox container(s) left behind by dead processes", len(removed))
 
 
+def socket_dir_prefix() -> str:
+    """The name prefix of this process's socket directories: ``rlmesh-sbx-PID-TICKS-`` (its
+    pid and start time, so a sweep tells a dead owner from a process that reused its pid)."""
+    return f"{SOCKET_DIR_PREFIX}{_owner.pid}-{_owner.ticks}-"
+
+
 def sweep_socket_dirs() -> int:
-    """Remove socket directories left by processes of this host that died (SIGKILL); returns how many."""
+    """Remove socket directories left by processes of this host that died (SIGKILL); returns how many.
+
+    A start removes its directory once the engine has started the container (the socket is
+    mounted then), so what is left is of an owner killed before that moment.
+    """
     root = os.environ.get("RLMESH_RUNTIME_DIR") or tempfile.gettempdir()
     swept = 0
     with contextlib.suppress(OSError):
         for name in os.listdir(root):
             if not name.startswith(SOCKET_DIR_PREFIX):
                 continue
-            pid_text = name[len(SOCKET_DIR_PREFIX):].split("-", 1)[0]
-            if pid_text.isdigit() and not os.path.exists(f"/proc/{pid_text}"):
+            pid_text, _, rest = name[len(SOCKET_DIR_PREFIX):].partition("-")
+            ticks = rest.split("-", 1)[0] if rest.count("-") else "?"  # older names: PID-RANDOM
+            if pid_text.isdigit() and not _pid_alive(int(pid_text), ticks if ticks.isdigit() else "?"):
                 shutil.rmtree(os.path.join(root, name), ignore_errors=True)
                 swept += 1
     return swept

@@ -238,7 +238,8 @@ class EnvServer:
             install_signal_handlers: Stop on SIGTERM/SIGINT (main thread only).
 
         Raises:
-            ConnectError: Dialling, the address did not accept a connection within ``lease``.
+            ConnectError: Dialling, the address did not exist within ``lease``, or refused the
+                connection (nobody listens there any more: its owner is gone).
         """
         loop = asyncio.get_running_loop()
         with self._stop_lock:
@@ -346,7 +347,12 @@ class EnvServer:
             try:
                 await loop.create_unix_connection(lambda: _ServerProtocol(self), path)
                 return
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
+            except ConnectionRefusedError as exc:
+                # The socket exists but nobody listens on it: its owner closed it or died (a
+                # sandbox's owner listens before it creates the container), so waiting is
+                # pointless. Exiting now lets the engine remove the container at once.
+                raise ConnectError(f"no client listens at {self.address} any more (its owner is gone): {exc}") from exc
+            except FileNotFoundError as exc:
                 if loop.time() > deadline:
                     raise ConnectError(f"no client listens at {self.address}: {exc}") from exc
                 await asyncio.sleep(0.01)
