@@ -6,6 +6,7 @@ run as real processes, and Gymnasium's registry is the real one.
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import struct
@@ -148,3 +149,14 @@ def test_py_scheme_names_a_factory_without_doubt() -> None:
         parse_source("py://CartPole-v1")
     with pytest.raises(SourceError, match="not a py://module:factory"):
         parse_source("py://no-colon")
+
+
+async def test_a_failed_removal_of_a_replaced_image_is_a_warning_not_lost(caplog: pytest.LogCaptureFixture) -> None:
+    from rlmesh.sandbox.image import remove_replaced_image
+
+    caplog.set_level(logging.INFO, logger="rlmesh")
+    # An engine that cannot be reached: the sandbox runs already, so this is a warning, never raised.
+    await remove_replaced_image("unix:///nonexistent/rlmesh-test/docker.sock", "sha256:" + "0" * 64)
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned and "could not remove the image sha256:000000000000 replaced by the rebuild" in warned[0].getMessage()
+    assert "rlmesh image prune" in warned[0].getMessage()
