@@ -211,9 +211,12 @@ def test_cli_interrupted_then_resumed(sig: signal.Signals, tmp_path: Path) -> No
     if sig == signal.SIGINT:
         assert "interrupted" in output and "run the same command again" in output
 
-    again = subprocess.run(_eval_cli(results, episodes), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = subprocess.run([*_eval_cli(results, episodes), "--json", str(tmp_path / "report.json")], cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "overall" in again.stdout
+    summary = json.loads((tmp_path / "report.json").read_text())["summary"]
+    assert summary["overall"]["episodes"] == episodes and summary["overall"]["errors"] == 0
     _, records = read_results(results)
     keys = [(r["task"], r["episode"]) for r in records]
     assert sorted(keys) == [(FAULTY, i) for i in range(episodes)]  # each episode exactly once

@@ -32,7 +32,8 @@ class EpisodeTimeout(Exception):
     """An episode ran past ``episode_timeout`` (raised inside the runner, recorded as a timeout)."""
 
     def __init__(self, seconds: float) -> None:
-        super().__init__(f"the episode ran past episode_timeout={seconds:g}s (the env hung, or is slower than that)")
+        super().__init__(f"the episode ran past episode_timeout={seconds:g}s: the env hung, or needs longer "
+                         "(then raise episode_timeout=)")
         self.seconds = seconds
 
 

@@ -346,10 +346,10 @@ async def _all(coros: list[Any]) -> None:
         t.cancel()
     if pending:
         await asyncio.wait(pending)
-    for t in tasks:
-        error = t.exception() if t.done() and not t.cancelled() else None
-        if error is not None:
-            raise error
+    errors = [t.exception() for t in tasks if not t.cancelled()]  # every one retrieved, the first raised
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first
 
 
 def lanes_for(acting: Acting, episodes: int, concurrency: int) -> int:
