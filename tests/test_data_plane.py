@@ -540,3 +540,46 @@ def test_a_forked_child_cannot_use_the_parents_env_and_the_parent_goes_on(serve:
                 assert_same(env.reset(), local.reset())
     finally:
         env.close()
+
+
+def test_a_sync_sharded_step_waits_on_all_shards_with_one_poll_set(tmp_path: Path, serve: Serve,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # The caller's thread gathers K replies itself: one poll set per step, each connection
+    # registered once (not a new set, re-registering every shard, after each reply).
+    import rlmesh.client.connection as connection
+
+    made: list[int] = []
+    registered: list[int] = []
+    real_poll = connection.select.poll
+
+    class CountingPoll:
+        def __init__(self) -> None:
+            made.append(1)
+            self._poll = real_poll()
+
+        def register(self, fd: Any, mask: int) -> None:
+            registered.append(1)
+            self._poll.register(fd, mask)
+
+        def unregister(self, fd: Any) -> None:
+            self._poll.unregister(fd)
+
+        def poll(self, timeout: Any = None) -> Any:
+            return self._poll.poll(timeout)
+
+    shards = 6
+    addresses = [serve(_make_vec(AutoresetMode.NEXT_STEP, n=2), f"unix://{tmp_path}/{j}.sock") for j in range(shards)]
+    local = _make_vec(AutoresetMode.NEXT_STEP, n=2 * shards)
+    venv = RemoteVectorEnv(addresses)
+    try:
+        assert_same(venv.reset(seed=1), local.reset(seed=1))
+        monkeypatch.setattr(connection.select, "poll", CountingPoll)
+        steps = 50
+        for t in range(steps):
+            action = np.full(2 * shards, t % 2)
+            assert_same(venv.step(action), local.step(action))
+        monkeypatch.undo()
+        assert len(made) <= steps, f"{len(made)} poll sets for {steps} steps"
+        assert len(registered) <= steps * shards, f"{len(registered)} registrations for {steps} steps of {shards} shards"
+    finally:
+        venv.close()

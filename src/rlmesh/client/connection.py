@@ -341,39 +341,63 @@ def read_replies(readers: Sequence[tuple[ClientConnection, ReplySlot]], timeout:
     """Read the sockets of connections this thread reads for (``send_from_thread`` said so) until
     every slot is done, dispatching what comes in; then hand reading back (also when interrupted).
 
+    One poll set serves the whole wait, and only the connections that had something to read are
+    looked at after each wake: a gather over K connections costs O(K), not O(K^2).
+
     Raises:
         TimeoutError: A slot was not done within ``timeout`` seconds.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     active = {conn._p: slot for conn, slot in readers}
+    poller = select.poll()
+    by_fd: dict[int, _Protocol] = {}
+    fd_of: dict[_Protocol, int] = {}
+    check = list(active)
     try:
         while True:
-            for p, slot in list(active.items()):
-                if slot.done():
-                    p.stop_reading_here()
-                    del active[p]
-                elif p.direct is None or p.lost is not None:  # lost meanwhile (the loop failed it)
+            for p in check:
+                slot = active.get(p)
+                if slot is None:
+                    continue
+                if not slot.done() and (p.direct is None or p.lost is not None):  # lost meanwhile (the loop failed it)
                     p.fail_from_thread(p.lost or ConnectionClosedError("the connection to the env server was closed"))
                     if not slot.done():
                         slot.set_exception(p.lost or ConnectionClosedError("the connection was closed"))
+                if slot.done():
+                    del active[p]
+                    fd = fd_of.pop(p, None)
+                    if fd is not None:
+                        poller.unregister(fd)
+                        del by_fd[fd]
+                    p.stop_reading_here()
+                elif p not in fd_of and p.direct is not None:
+                    fd = p.direct.fileno()
+                    fd_of[p], by_fd[fd] = fd, p
+                    poller.register(fd, select.POLLIN)
             if not active:
                 return
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError
-            poller = select.poll()
-            by_fd = {}
-            for p, slot in active.items():
-                if not slot.done() and p.direct is not None:
-                    by_fd[p.direct.fileno()] = p
-                    poller.register(p.direct, select.POLLIN)
-            if not by_fd:
+            wait = _POLL_CAP
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                wait = min(wait, left)
+            events = poller.poll(wait * 1000)
+            if not events:  # a quiet while: look at every connection again
+                check = list(active)
                 continue
-            wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            for fd, _ in poller.poll(None if wait is None else wait * 1000):
-                _read_once(by_fd[fd])
+            check = []
+            for fd, _ in events:
+                ready = by_fd.get(fd)
+                if ready is not None:
+                    _read_once(ready)
+                    check.append(ready)
     finally:
         for p in active:
             p.stop_reading_here()
+
+
+_POLL_CAP = 1.0  # seconds a reading thread waits before it looks at every connection again
 
 
 def _read_once(p: _Protocol) -> None:
@@ -789,7 +813,13 @@ class ClientConnection:
         pending.future.cancel()
         self._p.abandon(pending.rid)
 
-    def unwrap(self, frame: Frame, mtype: MessageType, decode: Callable[[Frame], T]) -> T:
+    def release_region(self, rid: int) -> None:
+        """Free the region held by request ``rid`` (after :meth:`unwrap` with ``keep_region``)."""
+        region = self._p.region
+        if region is not None and region.owner == rid:
+            region.owner = 0
+
+    def unwrap(self, frame: Frame, mtype: MessageType, decode: Callable[[Frame], T], *, keep_region: bool = False) -> T:
         """The body of a reply to a ``mtype`` request, checked by ``decode``.
 
         May be called from any thread.
@@ -800,6 +830,7 @@ class ClientConnection:
         """
         ftype = frame.type
         region = self._p.region
+        keep = False
         try:
             if ftype is MessageType.ERROR:
                 raise exception_for_error(ErrorBody.decode(frame))
@@ -808,12 +839,14 @@ class ClientConnection:
                     region is not None and region.owner == frame.request_id and ftype is _SHARED.get(mtype)
                 ):
                     raise ProtocolError(f"the server answered a {mtype.name} request with {ftype.name}")
-                return decode(frame)
+                value = decode(frame)
+                keep = keep_region
+                return value
             except ProtocolError as exc:
                 self.abort_threadsafe()
                 raise ProtocolError(f"{exc}; the connection was closed") from exc
         finally:
-            if region is not None and region.owner == frame.request_id:
+            if not keep and region is not None and region.owner == frame.request_id:
                 region.owner = 0  # its arrays are copied out (or there were none): free again
 
     def abort(self) -> None:

@@ -59,13 +59,18 @@ class ClientRegion:
         self._vector = layout.num_envs is not None
         self.owner = 0
 
-    def fill_step(self, body: tuple[Any, ...]) -> tuple[Any, ...]:
-        """A STEP_SHARED reply's body with the region's arrays (copied) in place of its ``None``s."""
+    def fill_step(self, body: tuple[Any, ...], copy: bool = True) -> tuple[Any, ...]:
+        """A STEP_SHARED reply's body with the region's arrays (copied; with ``copy=False``, views the
+        caller copies before it frees the region) in place of its ``None``s."""
         if self._memory is None:
             raise ProtocolError("a shared-memory reply after the region was closed")
         if self._vector:
-            return self.layout.fill_flags(body, self._views, True)
-        return (self.layout.fill(body[0], self._views, True), *body[1:])
+            return self.layout.fill_flags(body, self._views, copy)
+        return (self.layout.fill(body[0], self._views, copy), *body[1:])
+
+    def view_step(self, body: tuple[Any, ...]) -> tuple[Any, ...]:
+        """:meth:`fill_step` with views into the region (the caller copies them, then frees it)."""
+        return self.fill_step(body, False)
 
     def fill_reset(self, body: tuple[Any, ...]) -> tuple[Any, ...]:
         """A RESET_SHARED reply's body with the region's arrays (copied) in place of its ``None``s."""

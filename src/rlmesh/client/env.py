@@ -323,6 +323,19 @@ class _AsyncRemoteBase:
         """The checked result of a STEP reply."""
         return self.connection.unwrap(frame, MessageType.STEP, self._decode_step)
 
+    def step_views(self, frame: Frame) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """:meth:`step_result` whose arrays from the shared region are views, not copies: the
+        region stays held until ``connection.release_region(frame.request_id)``, which the caller
+        calls once it has copied them (a sharded step concatenates the shards' views)."""
+        return self.connection.unwrap(frame, MessageType.STEP, self._decode_step_views, keep_region=True)
+
+    def _decode_step_views(self, frame: Frame) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        if frame.type is MessageType.STEP_SHARED:
+            region = self.connection.region
+            if region is not None:
+                return decode_step_reply(frame, self.num_envs, region.view_step)
+        return decode_step_reply(frame, self.num_envs)
+
     def _decode_step(self, frame: Frame) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         if frame.type is MessageType.STEP_SHARED:
             region = self.connection.region

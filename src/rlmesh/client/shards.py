@@ -138,6 +138,7 @@ class AsyncShardedVectorEnv(SplitStep):
         for task in inflight:
             task.cancel()  # started (send yields once), so each forgets its request
         await asyncio.gather(*inflight, return_exceptions=True)
+        self._last_obs = [None] * len(self.shards)
         await asyncio.gather(*(shard.close() for shard in self.shards), return_exceptions=True)
 
     async def __aenter__(self) -> AsyncShardedVectorEnv:
@@ -224,14 +225,27 @@ class AsyncShardedVectorEnv(SplitStep):
         return [(shard, MessageType.STEP, shard.step_body(parts[j])) for j, shard in enumerate(self.shards)]
 
     def step_frames(self, frames: list[Frame]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        """Merge the shards' STEP replies (from :meth:`step_requests`)."""
-        results = []
-        for j, (shard, frame) in enumerate(zip(self.shards, frames, strict=True)):
+        """Merge the shards' STEP replies (from :meth:`step_requests`).
+
+        Arrays from the shards' shared regions are read as views and copied once, by the merge's
+        concatenation, straight into the batch; each region is freed after that."""
+        if len(self.shards) == 1:
             try:
-                results.append((j, shard.step_result(frame)))
+                return tuple(self.shards[0].step_result(frames[0]))
             except RLMeshError as exc:
-                raise self.named(exc, j) from None
-        return self._merge_step(results)
+                raise self.named(exc, 0) from None
+        results = []
+        try:
+            for j, (shard, frame) in enumerate(zip(self.shards, frames, strict=True)):
+                try:
+                    results.append((j, shard.step_views(frame)))
+                except RLMeshError as exc:
+                    raise self.named(exc, j) from None
+            merged = self._merge_step(results, owned=False)
+        finally:
+            for shard, frame in zip(self.shards, frames, strict=True):
+                shard.connection.release_region(frame.request_id)
+        return merged
 
     async def render(self) -> tuple[Any, ...]:
         """Every lane's frame."""
@@ -381,11 +395,15 @@ class AsyncShardedVectorEnv(SplitStep):
         obs = self._concat_obs([(j, self._last_obs[j]) for j in range(len(self.shards))])
         return obs, self._merge_infos([(j, info) for j, (_, info) in reset.items()])
 
-    def _merge_step(self, results: list[tuple[int, Any]], only: list[int] | None = None) -> tuple[Any, ...]:
+    def _merge_step(self, results: list[tuple[int, Any]], only: list[int] | None = None,
+                    owned: bool = True) -> tuple[Any, ...]:
+        # owned=False: the results' arrays may be views into the shards' regions, which the
+        # concatenation below copies. A view is kept for a masked reset all the same: a shard's
+        # region holds its latest observation until its next step, whose result replaces it here.
         for j, r in results:
             self._last_obs[j] = r[0]
         if len(results) == 1 and self._size(results[0][0]) == self.num_envs:
-            return tuple(results[0][1])  # one shard holds every lane: its step is the step, merged already
+            return tuple(results[0][1]) if owned else _own(tuple(results[0][1]))  # one shard: its step is the step
         obs = self._concat_obs([(j, r[0]) for j, r in results])
         rewards, terms, truncs = (np.concatenate([r[k] for _, r in results]) for k in (1, 2, 3))
         return obs, rewards, terms, truncs, self._merge_infos([(j, r[4]) for j, r in results], only=only)
@@ -407,6 +425,17 @@ class AsyncShardedVectorEnv(SplitStep):
             offsets[j] = at
             at += self._size(j)
         return _merge(n, [(offsets[j], self._size(j), info) for j, info in parts])
+
+
+def _own(value: Any) -> Any:
+    """``value`` with every array copied (views into a shared region become the host's own)."""
+    if isinstance(value, np.ndarray):
+        return np.array(value)
+    if type(value) is dict:
+        return {k: _own(v) for k, v in value.items()}
+    if type(value) is tuple:
+        return tuple(_own(v) for v in value)
+    return value
 
 
 def _concat_lanes(space: spaces.Space[Any], lanes: list[Any]) -> Any:

@@ -428,7 +428,7 @@ def decode_step_reply(frame: Frame, num_envs: int | None, fill: Fill | None = No
     Raises:
         ProtocolError: Malformed (the caller closes the connection).
     """
-    body: tuple[Any, Any, Any, Any, dict[str, Any]] = frame.value()
+    body: tuple[Any, Any, Any, Any, dict[str, Any]] = _plain_step(frame) or frame.value()
     if type(body) is not tuple or len(body) != 5 or type(body[4]) is not dict:
         raise ProtocolError(f"malformed STEP reply: expected (obs, reward, terminated, truncated, info), got {_kind(body)}")
     if fill is not None:
@@ -442,6 +442,24 @@ def decode_step_reply(frame: Frame, num_envs: int | None, fill: Fill | None = No
         if type(value) is not np.ndarray or value.shape != (num_envs,):
             raise ProtocolError(f"malformed STEP reply: {name} must be an array of {num_envs} values")
     return body
+
+
+_LEAVES = (type(None), bool, int, float, str)
+
+
+def _plain_step(frame: Frame) -> Any:
+    """A step body with no buffers, plain leaves and an empty info (a shared-memory reply, mostly),
+    read without the general decoder; None for any other."""
+    tree = frame.tree
+    if frame.arrays or type(tree) is not dict or len(tree) != 1:
+        return None
+    items = tree.get("__t__")
+    if type(items) is not list or len(items) != 5 or items[4] != {} or type(items[4]) is not dict:
+        return None
+    a, b, c, d, _ = items
+    if type(a) in _LEAVES and type(b) in _LEAVES and type(c) in _LEAVES and type(d) in _LEAVES:
+        return (a, b, c, d, {})
+    return None
 
 
 def _kind(body: Any) -> str:
