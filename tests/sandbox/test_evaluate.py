@@ -121,6 +121,9 @@ def test_faults_are_recorded_and_the_run_goes_on(kind: str) -> None:
     assert [r["return"] for r in by_seed.values()] == want
     assert all(r["error"] is None for r in by_seed.values())
     assert report.summary["overall"]["errors"] == 2
+    # Plain: one episode per sandbox, so each fault is its episode's. Batched (4 lanes, seeds 0-3 and
+    # 4-7 in two sandboxes): nobody can tell which lane failed, so each lane's episode ran again alone.
+    assert {r["attempts"] for r in report.episodes} == ({1} if kind == "plain" else {2})
 
 
 def test_every_task_of_an_envhub_repository(hub_cache: Path, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
