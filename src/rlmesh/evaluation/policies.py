@@ -15,7 +15,7 @@ import copy
 import importlib
 import inspect
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -23,7 +23,8 @@ import gymnasium as gym
 
 from ..errors import InvalidArgumentError
 
-__all__ = ["DEFAULT_LANES", "BatchedPolicy", "Policy", "batched", "load_policy", "policy_name", "resolve_policy"]
+__all__ = ["DEFAULT_LANES", "Acting", "BatchedPolicy", "Policy", "batched", "load_policy", "maybe_await", "policy_name",
+           "resolve_policy"]
 
 DEFAULT_LANES = 16
 
@@ -176,5 +177,3 @@ async def maybe_await(value: Any) -> Any:
         return await value
     return value
 
-
-ActFn = Callable[[Any], Any | Awaitable[Any]]
