@@ -173,6 +173,24 @@ def test_ray_placement_under_evaluate() -> None:
     assert report.container_starts == 1 and report.summary["overall"]["errors"] == 0
 
 
+def test_a_remote_engine_under_evaluate(second_engine: str) -> None:
+    # docker_host=: the pool's sandboxes run on another engine, reached through relays; same pool.
+    since = time.time()
+    report = rlmesh.evaluate(lean, "CartPole-v1", episodes=6, concurrency=2, docker_host=second_engine,
+                             progress=False)
+    until = time.time()
+    assert [r["return"] for r in report.episodes] == in_process(range(6), lean)
+    assert report.container_starts == 2
+    starts = subprocess.run(
+        ["docker", "-H", second_engine, "events", "--since", f"{since:.3f}", "--until", f"{until:.3f}", "--filter",
+         "event=start", "--filter", "label=rlmesh.sandbox", "--filter", f"label=rlmesh.owner={OWNER_LABEL}",
+         "--format", "{{.ID}}"], check=True, capture_output=True, text=True, timeout=60).stdout.split()
+    assert len(starts) <= 4  # two sandboxes, each with its relay
+    left = subprocess.run(["docker", "-H", second_engine, "ps", "-aq", "--filter", "label=rlmesh.sandbox"],
+                          check=True, capture_output=True, text=True).stdout.split()
+    assert left == []
+
+
 def _eval_cli(results: Path, episodes: int) -> list[str]:
     return [sys.executable, "-m", "rlmesh", "eval", FAULTY, "--package", FAULTY_PKG, "--policy", "random",
             "--episodes", str(episodes), "--concurrency", "2", "--results", str(results),
