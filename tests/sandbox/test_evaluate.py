@@ -255,3 +255,21 @@ def test_cli_refuses_results_of_another_run(tmp_path: Path) -> None:
     assert run.returncode == 2, run.stdout + run.stderr
     assert "holds results of another run" in run.stderr and "seeds" in run.stderr
     assert os.path.getsize(results) > 0 and len(results.read_text().splitlines()) == 1
+
+
+def test_cli_records_an_env_that_cannot_be_made_and_exits_0(tmp_path: Path) -> None:
+    # Every episode gets a record, errors included: exit 0. Three failed starts in a row, then the
+    # task's other episodes are recorded unrun.
+    results = tmp_path / "results.jsonl"
+    run = subprocess.run([sys.executable, "-m", "rlmesh", "eval", "CartPol-v1", "--policy", "random", "--episodes", "5",
+                          "--concurrency", "1", "--results", str(results), "--no-progress"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "5 episode(s) recorded as errors; the first: episode 0 of CartPol-v1: start:" in run.stdout
+    assert "Did you mean" in run.stdout and f"every record is in {results}" in run.stdout
+    _, records = read_results(results)
+    assert [r["episode"] for r in records] == [0, 1, 2, 3, 4]
+    assert [r["error"]["type"] for r in records] == ["start"] * 5
+    assert all(r["error"]["exit_code"] is not None and "CartPol" in r["error"]["log_tail"] for r in records[:3])
+    assert all(r["error"]["message"].startswith("not run: the sandbox failed to start 3 times in a row")
+               for r in records[3:])

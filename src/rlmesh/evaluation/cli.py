@@ -122,6 +122,13 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"rlmesh eval: interrupted{where}", file=sys.stderr)
         return INTERRUPTED
     print(report.table())
+    failed = [r for r in report.episodes if r["error"] is not None]
+    if failed:
+        first, error = failed[0], failed[0]["error"]
+        code = f", exit code {error['exit_code']}" if error["exit_code"] is not None else ""
+        where = args.results or args.json
+        print(f"{len(failed)} episode(s) recorded as errors; the first: episode {first['episode']} of {first['task']}: "
+              f"{error['type']}: {error['message']}{code}" + (f" (every record is in {where})" if where else ""))
     if args.json is not None:
         with open(args.json, "w") as f:
             f.write(report.to_json())
