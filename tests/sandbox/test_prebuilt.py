@@ -11,9 +11,8 @@ from pathlib import Path
 import gymnasium as gym
 import pytest
 
-from rlmesh.errors import InvalidArgumentError, SandboxStartError
-from rlmesh.numpy import AsyncSandboxEnv, AsyncSandboxVectorEnv, SandboxEnv, SandboxVectorEnv
-from rlmesh.sandbox.options import ContainerOptions
+from rlmesh.errors import SandboxStartError
+from rlmesh.numpy import AsyncSandboxEnv, SandboxEnv, SandboxVectorEnv
 
 from .conftest import PY, inspect
 from .test_sandbox import _same
@@ -63,12 +62,6 @@ def test_tagless_bare_name_is_used_when_local(prebuilt: str) -> None:
         assert envs.reset(seed=0)[0].shape == (2, 4)
 
 
-def test_build_options_on_a_prebuilt_image_say_where_they_belong() -> None:
-    for kwargs in ({"packages": ["gymnasium"]}, {"base_image": "x:1"}, {"rebuild": True}):
-        with pytest.raises(InvalidArgumentError, match="applies to images rlmesh builds"):
-            AsyncSandboxEnv(f"docker://{IMAGE}", **kwargs)
-
-
 async def test_tagless_missing_image_is_never_pulled_or_built(caplog: pytest.LogCaptureFixture) -> None:
     # A tagless name that is no local image is a Gymnasium id, never an image to pull.
     caplog.set_level("INFO", logger="rlmesh")
@@ -78,60 +71,6 @@ async def test_tagless_missing_image_is_never_pulled_or_built(caplog: pytest.Log
     assert "rlmesh-test-no-such-image-xyz" in err.value.logs  # gymnasium's NameNotFound, from inside
     assert not any(r.getMessage().startswith("pulling") for r in caplog.records)
     assert any("resolved as a Gymnasium id" in r.getMessage() for r in caplog.records)
-
-
-def test_misplaced_options_are_errors_not_env_kwargs() -> None:
-    with pytest.raises(InvalidArgumentError, match="for a vector env use AsyncSandboxVectorEnv"):
-        AsyncSandboxEnv("CartPole-v1", num_envs=4)
-    with pytest.raises(InvalidArgumentError, match="for a vector env use AsyncSandboxVectorEnv"):
-        AsyncSandboxEnv("CartPole-v1", autoreset_mode="same_step")
-    with pytest.raises(InvalidArgumentError, match="RemoteEnv"):
-        AsyncSandboxEnv("CartPole-v1", address="unix:///tmp/x.sock")
-    with pytest.raises(InvalidArgumentError, match="env="):
-        AsyncSandboxEnv("CartPole-v1", environment={"A": "1"})
-    with pytest.raises(InvalidArgumentError, match="vectorization_mode"):
-        AsyncSandboxVectorEnv("CartPole-v1", 2, vectorization_mode="threads")
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"gpus": 0}, "gpus"),
-        ({"gpus": "some"}, "gpus"),
-        ({"gpus": [""]}, "gpus"),
-        ({"devices": "/dev/null"}, "must be a list"),
-        ({"devices": ["/dev/definitely-missing"]}, "does not exist"),
-        ({"devices": ["/dev/null:/dev/x:rwz"]}, "permissions"),
-        ({"devices": ["relative"]}, "must be"),
-        ({"volumes": ["/tmp"]}, "must be"),
-        ({"volumes": {"/definitely/missing": "/data"}}, "does not exist"),
-        ({"volumes": ["/tmp:/data:rx"]}, "ro or rw"),
-        ({"volumes": ["/tmp:/rlmesh"]}, "reserved"),
-        ({"user": "0"}, "never runs a sandbox as root"),
-        ({"user": "0:0"}, "never runs a sandbox as root"),
-        ({"user": "nobody"}, "numbers"),
-        ({"env": {"A=B": "1"}}, "env"),
-        ({"env": {"A": 1}}, "env"),
-        ({"network": "yes"}, "network"),
-        ({"memory": 0}, "memory"),
-        ({"cpus": True}, "cpus"),
-        ({"pids_limit": 0}, "pids_limit"),
-    ],
-)
-def test_runtime_options_are_validated(kwargs: dict, match: str) -> None:
-    with pytest.raises(InvalidArgumentError, match=match):
-        AsyncSandboxEnv("CartPole-v1", **kwargs)
-
-
-def test_runtime_options_map_to_docker_config() -> None:
-    opts = ContainerOptions(gpus="all", devices=["/dev/null:/dev/probe-null:r"], volumes={"/tmp": "/data"},
-                            user="1234:4321", env={"A": "1"})
-    assert opts.device_requests() == [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]
-    assert ContainerOptions(gpus=2).device_requests()[0]["Count"] == 2
-    assert ContainerOptions(gpus=["GPU-1"]).device_requests()[0]["DeviceIDs"] == ["GPU-1"]
-    assert opts.device_mappings() == [{"PathOnHost": "/dev/null", "PathInContainer": "/dev/probe-null",
-                                       "CgroupPermissions": "r"}]
-    assert opts.binds() == ["/tmp:/data"] and opts.run_as() == "1234:4321"
 
 
 async def test_devices_volumes_and_user_reach_the_container(prebuilt: str, tmp_path: Path) -> None:
