@@ -132,6 +132,6 @@ def pyplot() -> Any:
         plt = importlib.import_module("matplotlib.pyplot")
     except ImportError as exc:
         raise InvalidArgumentError(
-            f"plotting needs matplotlib, which rlmesh does not install ({exc}): pip install matplotlib"
+            f"plotting needs matplotlib, which rlmesh does not install ({exc}): pip install matplotlib, or the extra rlmesh[plot]"
         ) from None
     return plt
