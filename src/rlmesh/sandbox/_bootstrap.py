@@ -8,7 +8,6 @@ are not), the result is post-processed and packed into ``rootfs.tar`` next to a
 
 from __future__ import annotations
 
-import collections
 import glob
 import os
 import pathlib
@@ -20,6 +19,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 
 from ..errors import BootstrapError
+from .output_tail import OutputTail
 
 __all__ = [
     "DEBIAN_SUITE_FOR_PYTHON",
@@ -174,7 +174,7 @@ def _remove_rootfs(root: pathlib.Path, log: Callable[[str], None]) -> None:
 
 def _run(cmd: Sequence[str], step: str, log: Callable[[str], None] | None, what: str) -> str:
     """Run ``cmd``, streaming lines to ``log`` if given; return its output or raise."""
-    tail: collections.deque[str] = collections.deque(maxlen=40)
+    tail = OutputTail()
     proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             errors="replace", start_new_session=True, env={
                                 "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
@@ -182,9 +182,9 @@ def _run(cmd: Sequence[str], step: str, log: Callable[[str], None] | None, what:
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
-            tail.append(line.rstrip("\n"))
+            kept = tail.add(line)
             if log is not None:
-                log(tail[-1])
+                log(kept)
         code = proc.wait()
     finally:
         if proc.poll() is None:  # interrupted: stop the whole process group
@@ -194,7 +194,9 @@ def _run(cmd: Sequence[str], step: str, log: Callable[[str], None] | None, what:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    output = "\n".join(tail)
+        if proc.stdout is not None:
+            proc.stdout.close()  # unclosed, it is a ResourceWarning when collected
+    output = tail.text()
     if code != 0:
         raise BootstrapError(f"{what} (exit code {code})", step=step, output=output)
     return output

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import ImageBuildError, InvalidArgumentError
 from ._docker import DockerClient
+from .output_tail import last_lines
 
 __all__ = ["check_system_packages", "fetch_debs"]
 
@@ -111,7 +112,7 @@ async def _run(args: list[str], packages: Sequence[str]) -> str:
             f"apt-get on the host could not resolve system_packages {list(packages)}: {hint}"
             "if the package exists, run `apt-get update` on the host (apt uses its lists), or, offline, "
             "fill the cache first",
-            exit_code=proc.returncode, logs="\n".join(text.splitlines()[-40:]),
+            exit_code=proc.returncode, logs=last_lines(text),
         )
     return text
 

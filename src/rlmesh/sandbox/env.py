@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from .._checks import check_num_envs, is_number
 from ..client.env import AsyncRemoteEnv, AsyncRemoteVectorEnv, _AsyncRemoteBase
 from ..client.shards import AsyncShardedVectorEnv, resolve_shards, split_lanes
 from ..errors import EnvClosedError, InvalidArgumentError, SandboxError, SandboxExitedError, TransportError
@@ -189,7 +190,7 @@ class _SandboxMixin(_AsyncRemoteBase):
             gpus=gpus, devices=devices, volumes=volumes, user=user,
             allow_engine_socket=allow_engine_socket, runtime=runtime,
         )
-        if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not lease > 0:
+        if not is_number(lease) or not lease > 0:
             raise InvalidArgumentError(f"lease must be a positive number of seconds, got {lease!r}")
         self.lease = float(lease)
         self.engine = Engine.choose(docker_host, transport)
@@ -477,7 +478,7 @@ class AsyncSandboxVectorEnv(_SandboxMixin, AsyncRemoteVectorEnv):
                 **kwargs: Any) -> Any:
         # shards > 1: N lanes over K sandboxes, presented as one vector env (AsyncShardedVectorEnv);
         # placement="ray": each shard placed by Ray on some node (AsyncRayShardedVectorEnv).
-        _check_num_envs(num_envs)
+        check_num_envs(num_envs)
         count = resolve_shards(shards, num_envs)
         ray = RayPlacement.of(placement)
         if ray is not None:
@@ -490,18 +491,13 @@ class AsyncSandboxVectorEnv(_SandboxMixin, AsyncRemoteVectorEnv):
     def __init__(self, source: str, num_envs: int = 1, *, vectorization_mode: str = "sync",
                  autoreset_mode: str = "next_step", shards: int | str = 1, placement: Any = None,
                  **kwargs: Any) -> None:
-        _check_num_envs(num_envs)
+        check_num_envs(num_envs)
         vectorization_mode = parse_vectorization_mode(vectorization_mode)
         parse_autoreset_mode(autoreset_mode)
         self._num_envs = num_envs
         self._vectorization_mode = vectorization_mode
         self._autoreset_mode = autoreset_mode
         super().__init__(source, **kwargs)
-
-
-def _check_num_envs(num_envs: Any) -> None:
-    if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
-        raise InvalidArgumentError(f"num_envs must be a positive int, got {num_envs!r}")
 
 
 AsyncSandboxEnv.__doc__ = (AsyncSandboxEnv.__doc__ or "") + _OPTION_DOCS

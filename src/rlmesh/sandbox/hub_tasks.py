@@ -23,6 +23,7 @@ from . import ownership
 from ._docker import acquire_docker, docker_client
 from .container import Sandbox
 from .env import AsyncSandboxEnv, AsyncSandboxVectorEnv
+from .output_tail import last_lines
 from .ownership import install_signal_handlers
 from .sources import HubSource, fetch_hub_repo
 
@@ -103,7 +104,7 @@ def list_tasks(source: str, **sandbox_options: Any) -> list[str]:
 
 
 def _read_listing(source: str, code: int | None, lines: list[str], listing: _Listing) -> list[str]:
-    tail = "\n".join(lines[-40:])
+    tail = last_lines(lines)
     if code != 0:
         cause = next((line.removeprefix("rlmesh: ") for line in reversed(lines) if line.startswith("rlmesh: ")),
                      "make_env failed")

@@ -43,6 +43,7 @@ from ._docker import DockerClient, docker_client
 from .debs import fetch_debs
 from .housekeeping import image_labels, record_use
 from .options import UNPRIVILEGED_UID
+from .output_tail import OutputTail
 from .progress import ProgressOption, Reporter
 
 __all__ = [
@@ -457,11 +458,9 @@ async def _resolve_wheels(
         *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
     assert proc.stdout is not None
-    tail: list[str] = []
+    tail = OutputTail()
     async for raw in proc.stdout:
-        line = raw.decode(errors="replace").rstrip()
-        tail.append(line)
-        del tail[:-40]
+        line = tail.add(raw.decode(errors="replace").rstrip())
         # What pip fetches or builds is progress worth seeing on a long resolution.
         progress = line.startswith(("Collecting ", "Downloading ", "Building wheel", "Saved "))
         level = logging.INFO if progress else logging.DEBUG
@@ -474,7 +473,7 @@ async def _resolve_wheels(
         raise ImageBuildError(
             f"pip could not resolve the sandbox packages {list(packages)} on the host (exit {code}). "
             "Check the package names and versions, and that pip on this host can reach its index.",
-            exit_code=code, logs="\n".join(tail),
+            exit_code=code, logs=tail.text(),
         )
     if not share:
         return

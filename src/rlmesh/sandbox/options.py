@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._checks import is_int, is_number
 from ..errors import InvalidArgumentError
 
 __all__ = [
@@ -58,7 +59,7 @@ def memory_bytes(value: Any) -> int:
         InvalidArgumentError: Anything else, or less than 6 MiB (Docker's minimum).
     """
     number: float | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
+    if is_int(value):
         number = value
     elif isinstance(value, str):
         m = _MEMORY.match(value)
@@ -134,9 +135,9 @@ class ContainerOptions:
                 raise InvalidArgumentError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.runtime is not None and (not isinstance(self.runtime, str) or not re.match(r"^[\w.-]{1,64}$", self.runtime)):
             raise InvalidArgumentError(f"runtime must be a runtime name such as 'runc' or 'runsc', got {self.runtime!r}")
-        if self.cpus is not None and (isinstance(self.cpus, bool) or not isinstance(self.cpus, (int, float)) or self.cpus <= 0):
+        if self.cpus is not None and (not is_number(self.cpus) or self.cpus <= 0):
             raise InvalidArgumentError(f"cpus must be a positive number, got {self.cpus!r}")
-        if self.pids_limit is not None and (isinstance(self.pids_limit, bool) or not isinstance(self.pids_limit, int) or self.pids_limit < 1):
+        if self.pids_limit is not None and (not is_int(self.pids_limit) or self.pids_limit < 1):
             raise InvalidArgumentError(f"pids_limit must be a positive int, got {self.pids_limit!r}")
         if not isinstance(self.env, Mapping) or not all(
             isinstance(k, str) and k and "=" not in k and isinstance(v, str) for k, v in self.env.items()
@@ -154,7 +155,7 @@ class ContainerOptions:
             return []
         if gpus == "all":
             return [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]
-        if isinstance(gpus, int) and not isinstance(gpus, bool) and gpus > 0:
+        if is_int(gpus) and gpus > 0:
             return [{"Driver": "", "Count": gpus, "Capabilities": [["gpu"]]}]
         if not isinstance(gpus, (str, bytes)) and isinstance(gpus, Sequence) and gpus and all(
             isinstance(g, str) and g.strip() for g in gpus

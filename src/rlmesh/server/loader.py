@@ -20,6 +20,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode
 
+from .._checks import check_num_envs
 from ..errors import InvalidArgumentError, SourceError
 from ..protocol.options import FACTORY_PATTERN, is_gym_id, parse_autoreset_mode, parse_vectorization_mode
 from ._types import EnvLike
@@ -74,8 +75,7 @@ def load_env(
         InvalidArgumentError: An option is out of range.
     """
     kwargs = dict(kwargs or {})
-    if num_envs is not None and (isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1):
-        raise InvalidArgumentError(f"num_envs must be a positive int or None, got {num_envs!r}")
+    check_num_envs(num_envs, optional=True)
     vectorization_mode = parse_vectorization_mode(vectorization_mode)
     mode = parse_autoreset_mode(autoreset_mode)
 
