@@ -17,30 +17,14 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import ImageBuildError, InvalidArgumentError
+from ..errors import ImageBuildError
 from ._docker import DockerClient
+from .options import check_system_packages
 from .output_tail import last_lines
 
 __all__ = ["check_system_packages", "fetch_debs"]
 
 log = logging.getLogger("rlmesh.sandbox.image")
-
-_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]{1,100}(?:=[A-Za-z0-9.+:~-]{1,100})?$")
-
-
-def check_system_packages(packages: object) -> tuple[str, ...]:
-    """``system_packages=``: Debian package names (``name`` or ``name=version``).
-
-    Raises:
-        InvalidArgumentError: Not a list of such names.
-    """
-    if isinstance(packages, (str, bytes)) or not isinstance(packages, Sequence):
-        raise InvalidArgumentError(f"system_packages must be a list, e.g. system_packages=[{packages!r}]")
-    for name in packages:
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise InvalidArgumentError(f"system_packages: {name!r} is not a Debian package name")
-    return tuple(packages)
-
 
 def _cache() -> Path:
     from .image import cache_dir  # noqa: PLC0415  (image imports this module)

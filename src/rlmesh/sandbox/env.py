@@ -12,26 +12,33 @@ import asyncio
 import contextlib
 import dataclasses
 import difflib
+import inspect
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import orjson
 
-from .._checks import check_num_envs, is_number
+from .._checks import check_num_envs
 from ..client.env import AsyncRemoteEnv, AsyncRemoteVectorEnv, _AsyncRemoteBase
 from ..client.shards import AsyncShardedVectorEnv, resolve_shards, split_lanes
 from ..errors import EnvClosedError, InvalidArgumentError, SandboxError, SandboxExitedError, TransportError
 from ..protocol import DEFAULT_MAX_FRAME_SIZE, parse_autoreset_mode, parse_vectorization_mode
-from ..protocol.options import FACTORY_PATTERN
 from ._docker import DockerClient, docker_client
 from .container import Engine, Sandbox
-from .debs import check_system_packages
 from .image import ImageSpec, ensure_image, remove_replaced_image, try_pull
-from .options import DEFAULT_LEASE, DEFAULT_PIDS_LIMIT, DEFAULT_REQUEST_TIMEOUT, ContainerOptions
+from .options import (
+    BUILD_OPTIONS,
+    CLIENT_OPTIONS,
+    OPTION_NAMES,
+    SandboxOptions,
+    option_default,
+    option_fields,
+    options_doc,
+    wrappers_wire_form,
+)
 from .ownership import install_signal_handlers
 from .placement import AsyncRayShardedVectorEnv, RayPlacement
-from .progress import ProgressOption, check_progress
 from .sources import HubSource, ImageSource, Source, fetch_hub_repo, parse_source, resolve_source
 
 __all__ = ["AsyncSandboxEnv", "AsyncSandboxVectorEnv", "check_single_env_options"]
@@ -42,27 +49,15 @@ log = logging.getLogger("rlmesh.sandbox")
 # Options that belong to a class or a kind of source; passed elsewhere they are errors,
 # never silently forwarded to the env's constructor.
 _VECTOR_ONLY = ("num_envs", "vectorization_mode", "autoreset_mode")
-_BUILD_ONLY = ("packages", "system_packages", "base_image", "rebuild")
 _ELSEWHERE = {
     "address": "address belongs to RemoteEnv / RemoteVectorEnv; a sandbox serves on its own socket",
     "environment": "the container's environment variables are passed as env={...}",
     "kwargs": "env kwargs are passed as keyword arguments directly, e.g. SandboxEnv(id, render_mode='rgb_array')",
 }
 ENVHUB_DIR = "/opt/rlmesh/envhub"
-_OPTION_NAMES = (
-    "packages", "imports", "base_image", "rebuild", "trust_remote_code", "allow_unpinned_hf", "network", "memory",
-    "cpus", "pids_limit", "env", "gpus", "devices", "volumes", "user", "allow_engine_socket", "runtime", "lease",
-    "docker_host", "transport",
-    "connect_timeout", "request_timeout", "max_frame_size", "strict_actions", "env_kwargs", "num_envs", "progress",
-    "vectorization_mode", "autoreset_mode", "system_packages", "wrappers",
-)
-_SPEC_OPTIONS: dict[str, Any] = {
-    "packages": (), "imports": (), "system_packages": (), "base_image": None, "rebuild": False, "trust_remote_code": False,
-    "allow_unpinned_hf": False, "network": False, "memory": None, "cpus": None, "pids_limit": DEFAULT_PIDS_LIMIT,
-    "env": None, "gpus": None, "devices": (), "volumes": (), "user": None, "allow_engine_socket": False,
-    "runtime": None, "docker_host": None, "transport": None, "lease": DEFAULT_LEASE, "wrappers": (), "connect_timeout": 60.0, "request_timeout": DEFAULT_REQUEST_TIMEOUT,
-    "max_frame_size": DEFAULT_MAX_FRAME_SIZE, "strict_actions": False,
-}
+# What a keyword close to one of these names is taken for: a typo (an env kwarg that looks like
+# an option goes through env_kwargs=).
+_OPTION_NAMES = (*OPTION_NAMES, "env_kwargs", *_VECTOR_ONLY)
 
 
 def check_single_env_options(called: str, source: Any, kwargs: Mapping[str, Any]) -> None:
@@ -84,80 +79,23 @@ def check_single_env_options(called: str, source: Any, kwargs: Mapping[str, Any]
             )
 
 
-def _check_wrappers(wrappers: Any) -> list[list[Any]]:
-    """``wrappers=`` in its wire form, ``[["module:Class", {kwargs}], ...]``, checked for form only."""
-    if isinstance(wrappers, (str, bytes)) or not isinstance(wrappers, Sequence):
-        raise InvalidArgumentError(f"wrappers must be a list, e.g. wrappers=[{wrappers!r}]")
-    out: list[list[Any]] = []
-    for item in wrappers:
-        path: Any = None
-        kwargs: Any = {}
-        if isinstance(item, str):
-            path = item
-        elif isinstance(item, (tuple, list)) and len(item) in (1, 2):
-            path, kwargs = (item[0], item[1] if len(item) == 2 else {})
-        if not isinstance(path, str) or not FACTORY_PATTERN.match(path) or not isinstance(kwargs, Mapping):
-            raise InvalidArgumentError(
-                f"each wrapper is 'module:Class' or ('module:Class', {{kwargs}}), got {item!r}"
-            )
-        try:
-            orjson.dumps(dict(kwargs))
-        except TypeError as exc:
-            raise InvalidArgumentError(f"the kwargs of wrapper {path!r} must be JSON-serialisable: {exc}") from exc
-        out.append([path, dict(kwargs)])
-    return out
-
-
-class _SandboxMixin(_AsyncRemoteBase):
+class _AsyncSandboxBase(_AsyncRemoteBase):
     """Source, image, container and connection lifecycle shared by both sandbox kinds."""
 
     _entry_point = "rlmesh:SandboxEnv"
+    __signature__: ClassVar[inspect.Signature]  # every option, from SandboxOptions (set below)
 
     _num_envs: int | None = None
     _vectorization_mode = "sync"
     _autoreset_mode = "next_step"
 
-    def __init__(
-        self,
-        source: str,
-        *,
-        packages: Sequence[str] = (),
-        imports: Sequence[str] = (),
-        system_packages: Sequence[str] = (),
-        base_image: str | None = None,
-        rebuild: bool = False,
-        trust_remote_code: bool = False,
-        allow_unpinned_hf: bool = False,
-        network: bool = False,
-        memory: int | str | None = None,
-        cpus: float | None = None,
-        pids_limit: int | None = DEFAULT_PIDS_LIMIT,
-        env: Mapping[str, str] | None = None,
-        gpus: str | int | Sequence[str] | None = None,
-        devices: Sequence[str] = (),
-        volumes: Mapping[str, str] | Sequence[str] = (),
-        user: str | int | None = None,
-        allow_engine_socket: bool = False,
-        runtime: str | None = None,
-        docker_host: str | None = None,
-        transport: str | None = None,
-        lease: float = DEFAULT_LEASE,
-        connect_timeout: float | None = 60.0,
-        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
-        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-        strict_actions: bool = False,
-        wrappers: Sequence[str | tuple[str, Mapping[str, Any]] | list[Any]] = (),
-        progress: ProgressOption = None,
-        env_kwargs: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, source: str, *, env_kwargs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        # The sandbox options (SandboxOptions' fields) out of the keywords; the rest are env kwargs.
+        given = {name: kwargs.pop(name) for name in OPTION_NAMES if name in kwargs}
+        if "env" in given and given["env"] is None:  # env=None: no extra variables
+            del given["env"]
+        super().__init__(None, **{name: given.get(name, option_default(name)) for name in CLIENT_OPTIONS})
         env_kwargs_extra, env_kwargs = env_kwargs, kwargs
-        given = {name: value for name, value in locals().items() if name in _SPEC_OPTIONS}
-        super().__init__(None, connect_timeout=connect_timeout, request_timeout=request_timeout,
-                         max_frame_size=max_frame_size, strict_actions=strict_actions)
-        # What gym.make(env.spec) needs to make an equivalent sandbox: options that differ
-        # from their defaults, and the env kwargs.
-        self._spec_options = {k: v for k, v in given.items() if v != _SPEC_OPTIONS[k]}
         if not self._vector:
             check_single_env_options(type(self).__name__, source, env_kwargs)
         for key in env_kwargs:
@@ -173,30 +111,25 @@ class _SandboxMixin(_AsyncRemoteBase):
             if not isinstance(env_kwargs_extra, Mapping) or not all(isinstance(k, str) for k in env_kwargs_extra):
                 raise InvalidArgumentError(f"env_kwargs must map names to values, got {env_kwargs_extra!r}")
             env_kwargs = {**env_kwargs, **env_kwargs_extra}
-        for name, seq in (("packages", packages), ("imports", imports)):
-            if isinstance(seq, (str, bytes)):
-                raise InvalidArgumentError(f"{name} must be a list of strings, e.g. {name}=[{seq!r}]")
+        options = SandboxOptions(**given)  # every option's check (the client's ran above)
+        self.options: SandboxOptions = options
+        # What gym.make(env.spec) needs to make an equivalent sandbox: options that differ
+        # from their defaults, and the env kwargs.
+        self._spec_options = options.spec_kwargs()
         self.parsed_source: Source = parse_source(
-            source, trust_remote_code=trust_remote_code, allow_unpinned_hf=allow_unpinned_hf
+            source, trust_remote_code=options.trust_remote_code, allow_unpinned_hf=options.allow_unpinned_hf
         )
         self.source = source
-        self.image_spec = ImageSpec(packages=tuple(packages), imports=tuple(imports), source=source,
-                                    system_packages=check_system_packages(system_packages))
-        self.base_image = base_image
-        self.rebuild = rebuild
+        self.image_spec = ImageSpec(packages=tuple(options.packages), imports=tuple(options.imports), source=source,
+                                    system_packages=tuple(options.system_packages))
+        self.base_image = options.base_image
+        self.rebuild = options.rebuild
         self._check_build_options(self.parsed_source)
-        self.options = ContainerOptions(
-            network=network, memory=memory, cpus=cpus, pids_limit=pids_limit, env=dict(env or {}),
-            gpus=gpus, devices=devices, volumes=volumes, user=user,
-            allow_engine_socket=allow_engine_socket, runtime=runtime,
-        )
-        if not is_number(lease) or not lease > 0:
-            raise InvalidArgumentError(f"lease must be a positive number of seconds, got {lease!r}")
-        self.lease = float(lease)
-        self.engine = Engine.choose(docker_host, transport)
+        self.lease = float(options.lease)
+        self.engine = Engine.choose(options.docker_host, options.transport)
         self.relay_address_host: str | None = None
-        self.wrappers = _check_wrappers(wrappers)
-        self.progress = check_progress(progress)
+        self.wrappers = wrappers_wire_form(options.wrappers)
+        self.progress = options.progress
         self.env_kwargs = dict(env_kwargs)
         try:
             self._kwargs_json = orjson.dumps(self.env_kwargs).decode()
@@ -211,8 +144,7 @@ class _SandboxMixin(_AsyncRemoteBase):
     def _check_build_options(self, source: Source) -> None:
         if not isinstance(source, ImageSource):
             return
-        given = [name for name in _BUILD_ONLY if getattr(self, name, None) or (name == "packages" and self.image_spec.packages)
-                 or (name == "system_packages" and self.image_spec.system_packages)]
+        given = [name for name in BUILD_OPTIONS if getattr(self.options, name)]
         if given:
             raise InvalidArgumentError(
                 f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to images rlmesh builds; "
@@ -272,8 +204,7 @@ class _SandboxMixin(_AsyncRemoteBase):
 
     async def _prepare(self, docker: DockerClient) -> tuple[str, list[str]]:
         """Resolve the source and the image; returns ``(image, container command)``."""
-        build_options = bool(self.image_spec.packages or self.image_spec.system_packages or self.base_image
-                             or self.rebuild)
+        build_options = any(getattr(self.options, name) for name in BUILD_OPTIONS)
         source = await resolve_source(docker, self.parsed_source, build_options=build_options)
         serve = ["python", "-m", "rlmesh.serve"]
         if isinstance(source, ImageSource):
@@ -392,56 +323,19 @@ def _log_removal_failure(task: asyncio.Task[None]) -> None:
         log.warning("could not remove the image replaced by a rebuild: %r", task.exception())
 
 
-_OPTION_DOCS = """
+_OPTION_DOCS = f"""
     Args:
         source: A Gymnasium id (``CartPole-v1``, ``module:Env-v0``, ``gym://id``), a
             ``module:factory``, ``hf://owner/repo[@rev][:suite[/task]]``, or a prebuilt image
             (``docker://image:tag``, ``image://...``, bare ``name:tag``).
-        packages: pip requirements, local wheels or project dirs installed in the image.
-        imports: Modules checked at build time and again at start.
-        system_packages: Debian packages installed in the image (resolved and downloaded on the
-            host with its apt, installed offline), e.g. ``["libosmesa6"]`` for MuJoCo's osmesa.
-        base_image: The base image (default ``python:X.Y-slim``, or ``RLMESH_BASE_IMAGE``).
-        rebuild: Build the image even if it exists.
-        trust_remote_code: Required for ``hf://`` sources.
-        allow_unpinned_hf: Allow an ``hf://`` revision that is not a full commit SHA.
-        network: Give the container a network (off by default).
-        memory: Memory limit (bytes or ``"2g"``; default a quarter of the engine's memory, at
-            least 1 GiB; no swap).
-        cpus: CPU limit.
-        pids_limit: Process and thread limit (default 1024; None for none).
-        env: Extra environment variables for the container.
-        gpus: ``"all"``, a count, or GPU ids (needs the NVIDIA container runtime).
-        devices: Host devices to expose (``"/dev/x[:/dev/y[:rwm]]"``).
-        volumes: Extra bind mounts (``{host: container}`` or ``"host:container[:ro]"``).
-        user: ``"uid[:gid]"`` to run as (never root, never group 0).
-        allow_engine_socket: Allow a volume that exposes the container engine's socket.
-        runtime: Container runtime: ``"runc"``, ``"runsc"`` (gVisor), or another the engine has.
-        docker_host: The Docker engine (``tcp://HOST:PORT``, with TLS from ``DOCKER_TLS_VERIFY`` and
-            ``DOCKER_CERT_PATH`` as for the Docker CLI); default ``DOCKER_HOST``, else this machine's.
-            The image is built there. An engine on another machine is reached through a relay.
-        transport: ``"unix"`` (a socket the sandbox dials; this machine's engine only) or ``"tcp"``
-            (a relay container publishing one port, with a fresh token); default: ``unix`` for
-            this machine's engine, ``tcp`` for others.
-        lease: Seconds the server inside may wait for its owner's connection (default 60). Once
-            connected, a sandbox ends with its owner: when the owner's process ends, however it
-            ends (SIGKILL included), the server sees its connection close and exits, and the
-            engine removes the container.
-        connect_timeout: Seconds allowed from container start to a connected env.
-        request_timeout: Seconds allowed for each reply (default 300); None waits forever.
-        max_frame_size: The largest frame either side accepts (bytes, at least 64 KiB).
-        strict_actions: Check actions against the action space on the host before sending them.
-        progress: Image build progress: None (a status line when stderr is a terminal, else log
-            records), True, False (log records only), or a callable taking ``BuildProgress``.
-        wrappers: Gymnasium wrappers applied inside the sandbox, in order, before the spaces are
-            described: ``"module:Class"`` or ``("module:Class", {kwargs})``. Not part of the image.
+{options_doc()}
         env_kwargs: Env kwargs given as a mapping, for one whose name looks like an rlmesh option
             (a keyword close to an option's name, ``package=`` say, is an error naming the option).
         **kwargs: Passed to the env's constructor (must be JSON-serialisable).
 """
 
 
-class AsyncSandboxEnv(_SandboxMixin, AsyncRemoteEnv):
+class AsyncSandboxEnv(_AsyncSandboxBase, AsyncRemoteEnv):
     """A single env in a Docker container that rlmesh builds, starts, owns and removes.
 
     ``env.spec`` makes an equivalent sandbox: ``gym.make(env.spec)`` works, and so does
@@ -454,7 +348,7 @@ class AsyncSandboxEnv(_SandboxMixin, AsyncRemoteEnv):
     """
 
 
-class AsyncSandboxVectorEnv(_SandboxMixin, AsyncRemoteVectorEnv):
+class AsyncSandboxVectorEnv(_AsyncSandboxBase, AsyncRemoteVectorEnv):
     """A vector env (``num_envs`` lanes) in a Docker container that rlmesh owns.
 
     Example::
@@ -500,5 +394,26 @@ class AsyncSandboxVectorEnv(_SandboxMixin, AsyncRemoteVectorEnv):
         super().__init__(source, **kwargs)
 
 
+def options_signature(*leading: inspect.Parameter) -> inspect.Signature:
+    """The signature of a sandbox class: ``leading`` parameters, then every option of
+    :class:`~rlmesh.sandbox.options.SandboxOptions` with its default, ``env_kwargs`` and the env kwargs."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    options = [inspect.Parameter(f.name, keyword, default=option_default(f.name), annotation=f.type)
+               for f in option_fields()]
+    return inspect.Signature([
+        inspect.Parameter("source", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="str"), *leading, *options,
+        inspect.Parameter("env_kwargs", keyword, default=None, annotation="Mapping[str, Any] | None"),
+        inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD, annotation="Any"),
+    ])
+
+
+def _vector_parameters() -> list[inspect.Parameter]:
+    init = inspect.signature(AsyncSandboxVectorEnv.__init__).parameters
+    return [init[name] for name in ("num_envs", "vectorization_mode", "autoreset_mode", "shards", "placement")]
+
+
 AsyncSandboxEnv.__doc__ = (AsyncSandboxEnv.__doc__ or "") + _OPTION_DOCS
 AsyncSandboxVectorEnv.__doc__ = (AsyncSandboxVectorEnv.__doc__ or "") + _OPTION_DOCS
+# help() and inspect.signature() show every option, though __init__ takes them as **kwargs.
+AsyncSandboxEnv.__signature__ = options_signature()
+AsyncSandboxVectorEnv.__signature__ = options_signature(*_vector_parameters())

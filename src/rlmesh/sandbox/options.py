@@ -1,4 +1,11 @@
-"""Container options: what a sandbox may use, validated, with safe defaults.
+"""Sandbox options: one model, :class:`SandboxOptions`, from which everything about them comes.
+
+Each option is a field, declared once with its default and its documentation. From the fields
+come the validation (each check written once, in ``__post_init__``), the defaults, what
+``env.spec`` records (:meth:`SandboxOptions.spec_kwargs`), the typo hints (:data:`OPTION_NAMES`),
+the options handed on to the client (:data:`CLIENT_OPTIONS`) and the ``Args:`` of the sandbox
+classes' docstrings (:func:`options_doc`). :class:`ContainerOptions` is the part that says how the
+container runs; a :class:`SandboxOptions` is one, so the container layer takes either.
 
 Every option is checked when the sandbox object is made, before anything is built or
 started. The defaults are for untrusted code (see the README's security table): a pids
@@ -8,26 +15,42 @@ finite request timeout, no network, and no writable host directory.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from .._checks import is_int, is_number
 from ..errors import InvalidArgumentError
+from ..protocol import DEFAULT_MAX_FRAME_SIZE
+from ..protocol.options import FACTORY_PATTERN
+from .progress import ProgressOption, check_progress
 
 __all__ = [
+    "BUILD_OPTIONS",
+    "CLIENT_OPTIONS",
     "DEFAULT_LEASE",
     "DEFAULT_PIDS_LIMIT",
     "DEFAULT_REQUEST_TIMEOUT",
     "MIN_MEMORY",
+    "OPTION_NAMES",
     "RUNTIME_DIR_IN_CONTAINER",
     "UNPRIVILEGED_UID",
     "ContainerOptions",
+    "SandboxOptions",
+    "check_system_packages",
     "default_memory",
     "memory_bytes",
+    "option_default",
+    "option_fields",
+    "options_doc",
+    "wrappers_wire_form",
 ]
 
 DEFAULT_PIDS_LIMIT = 1024
@@ -43,6 +66,7 @@ RUNTIME_DIR_IN_CONTAINER = "/rlmesh"
 UNPRIVILEGED_UID = 65534
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_DEBIAN_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]{1,100}(?:=[A-Za-z0-9.+:~-]{1,100})?$")
 # Paths that give whoever can write them control of a container engine.
 _ENGINE_SOCKETS = ("docker.sock", "containerd.sock", "podman.sock", "crio.sock", "dockershim.sock")
 
@@ -93,39 +117,42 @@ def _exposes_engine(path: str) -> bool:
     return False
 
 
+def _option(default: Any = None, doc: str = "", *, group: str, spec: bool = True, factory: Any = None) -> Any:
+    """A field of an options model: its default, its documentation, its group, and whether
+    ``env.spec`` records it."""
+    metadata = {"doc": doc, "group": group, "spec": spec}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class ContainerOptions:
-    """How a sandbox container runs. Every field is validated on construction.
+    """How a sandbox container runs. Every field is validated on construction."""
 
-    Attributes:
-        network: Give the container a network (off by default).
-        memory: Memory limit, bytes or a string like ``"2g"`` (default: a quarter of the engine's
-            memory, at least 1 GiB; swap is off).
-        cpus: CPU limit, as a number of CPUs.
-        pids_limit: Maximum number of processes and threads (default 1024).
-        env: Extra environment variables.
-        gpus: ``"all"``, a GPU count, or a list of GPU ids/UUIDs (needs the NVIDIA runtime).
-        devices: Host devices, ``"/dev/x"`` or ``"/dev/x:/dev/y[:rwm]"``.
-        volumes: Extra bind mounts, ``{host_path: container_path}`` or ``"host:container[:ro|rw]"``.
-        user: ``"uid[:gid]"`` to run as; never root, never group 0. Default: the host user, or
-            65534 for root.
-        allow_engine_socket: Allow a volume that exposes the container engine's socket (which
-            gives the env full control of the engine). Off, such a volume is refused.
-        runtime: The container runtime (``runc``, ``runsc`` for gVisor, or another name the
-            engine has); None uses the engine's default.
-    """
-
-    network: bool = False
-    memory: int | str | None = None  # None: the default, a quarter of the engine's memory
-    cpus: float | None = None
-    pids_limit: int | None = DEFAULT_PIDS_LIMIT
-    env: Mapping[str, str] = field(default_factory=dict)
-    gpus: str | int | Sequence[str] | None = None
-    devices: Sequence[str] = ()
-    volumes: Mapping[str, str] | Sequence[str] = ()
-    user: str | int | None = None
-    allow_engine_socket: bool = False
-    runtime: str | None = None
+    network: bool = _option(False, "Give the container a network (off by default).", group="container")
+    memory: int | str | None = _option(
+        None, "Memory limit (bytes or ``\"2g\"``; default a quarter of the engine's memory, at least 1 GiB; "
+        "no swap).", group="container")
+    cpus: float | None = _option(None, "CPU limit, as a number of CPUs.", group="container")
+    pids_limit: int | None = _option(DEFAULT_PIDS_LIMIT, "Process and thread limit (default 1024; None for none).",
+                                     group="container")
+    env: Mapping[str, str] = _option(doc="Extra environment variables for the container.", group="container",
+                                     factory=dict)
+    gpus: str | int | Sequence[str] | None = _option(
+        None, "``\"all\"``, a count, or GPU ids (needs the NVIDIA container runtime).", group="container")
+    devices: Sequence[str] = _option((), "Host devices to expose (``\"/dev/x[:/dev/y[:rwm]]\"``).", group="container")
+    volumes: Mapping[str, str] | Sequence[str] = _option(
+        (), "Extra bind mounts (``{host: container}`` or ``\"host:container[:ro]\"``).", group="container")
+    user: str | int | None = _option(
+        None, "``\"uid[:gid]\"`` to run as (never root, never group 0; default: the host user, or 65534 for "
+        "root).", group="container")
+    allow_engine_socket: bool = _option(
+        False, "Allow a volume that exposes the container engine's socket (which gives the env full control of "
+        "the engine); off, such a volume is refused.", group="container")
+    runtime: str | None = _option(
+        None, "Container runtime: ``\"runc\"``, ``\"runsc\"`` (gVisor), or another the engine has; None uses "
+        "the engine's default.", group="container")
 
     def __post_init__(self) -> None:
         if self.memory is not None:
@@ -233,3 +260,149 @@ def _container_user() -> tuple[int, int]:
     if uid == 0:
         return UNPRIVILEGED_UID, UNPRIVILEGED_UID
     return uid, gid
+
+
+def check_system_packages(packages: object) -> tuple[str, ...]:
+    """``system_packages=``: Debian package names (``name`` or ``name=version``).
+
+    Raises:
+        InvalidArgumentError: Not a list of such names.
+    """
+    if isinstance(packages, (str, bytes)) or not isinstance(packages, Sequence):
+        raise InvalidArgumentError(f"system_packages must be a list, e.g. system_packages=[{packages!r}]")
+    for name in packages:
+        if not isinstance(name, str) or not _DEBIAN_NAME.match(name):
+            raise InvalidArgumentError(f"system_packages: {name!r} is not a Debian package name")
+    return tuple(packages)
+
+
+def wrappers_wire_form(wrappers: Any) -> list[list[Any]]:
+    """``wrappers=`` in its wire form, ``[["module:Class", {kwargs}], ...]``, checked for form only.
+
+    Raises:
+        InvalidArgumentError: Not a list of ``"module:Class"`` or ``("module:Class", {kwargs})``.
+    """
+    if isinstance(wrappers, (str, bytes)) or not isinstance(wrappers, Sequence):
+        raise InvalidArgumentError(f"wrappers must be a list, e.g. wrappers=[{wrappers!r}]")
+    out: list[list[Any]] = []
+    for item in wrappers:
+        path: Any = None
+        kwargs: Any = {}
+        if isinstance(item, str):
+            path = item
+        elif isinstance(item, (tuple, list)) and len(item) in (1, 2):
+            path, kwargs = (item[0], item[1] if len(item) == 2 else {})
+        if not isinstance(path, str) or not FACTORY_PATTERN.match(path) or not isinstance(kwargs, Mapping):
+            raise InvalidArgumentError(
+                f"each wrapper is 'module:Class' or ('module:Class', {{kwargs}}), got {item!r}"
+            )
+        try:
+            orjson.dumps(dict(kwargs))
+        except TypeError as exc:
+            raise InvalidArgumentError(f"the kwargs of wrapper {path!r} must be JSON-serialisable: {exc}") from exc
+        out.append([path, dict(kwargs)])
+    return out
+
+
+@dataclass(frozen=True)
+class SandboxOptions(ContainerOptions):
+    """Every option of a sandbox: the container's (:class:`ContainerOptions`), the image build's,
+    the source's, the engine's and the client's. Every field is validated on construction
+    (the client's by the client, and the engine's by :meth:`~rlmesh.sandbox.container.Engine.choose`)."""
+
+    packages: Sequence[str] = _option((), "pip requirements, local wheels or project dirs installed in the image.",
+                                      group="build")
+    imports: Sequence[str] = _option((), "Modules checked at build time and again at start.", group="image")
+    system_packages: Sequence[str] = _option(
+        (), "Debian packages installed in the image (resolved and downloaded on the host with its apt, installed "
+        "offline), e.g. ``[\"libosmesa6\"]`` for MuJoCo's osmesa.", group="build")
+    base_image: str | None = _option(
+        None, "The base image (default ``python:X.Y-slim``, or ``RLMESH_BASE_IMAGE``).", group="build")
+    rebuild: bool = _option(False, "Build the image even if it exists.", group="build")
+    trust_remote_code: bool = _option(False, "Required for ``hf://`` sources.", group="source")
+    allow_unpinned_hf: bool = _option(False, "Allow an ``hf://`` revision that is not a full commit SHA.",
+                                      group="source")
+    docker_host: str | None = _option(
+        None, "The Docker engine (``tcp://HOST:PORT``, with TLS from ``DOCKER_TLS_VERIFY`` and ``DOCKER_CERT_PATH`` "
+        "as for the Docker CLI); default ``DOCKER_HOST``, else this machine's. The image is built there. An engine "
+        "on another machine is reached through a relay.", group="engine")
+    transport: str | None = _option(
+        None, "``\"unix\"`` (a socket the sandbox dials; this machine's engine only) or ``\"tcp\"`` (a relay "
+        "container publishing one port, with a fresh token); default: ``unix`` for this machine's engine, ``tcp`` "
+        "for others.", group="engine")
+    lease: float = _option(
+        DEFAULT_LEASE, "Seconds the server inside may wait for its owner's connection (default 60). Once connected, "
+        "a sandbox ends with its owner: when the owner's process ends, however it ends (SIGKILL included), the "
+        "server sees its connection close and exits, and the engine removes the container.", group="sandbox")
+    connect_timeout: float | None = _option(60.0, "Seconds allowed from container start to a connected env.",
+                                            group="client")
+    request_timeout: float | None = _option(
+        DEFAULT_REQUEST_TIMEOUT, "Seconds allowed for each reply (default 300); None waits forever.", group="client")
+    max_frame_size: int = _option(DEFAULT_MAX_FRAME_SIZE, "The largest frame either side accepts (bytes, at least "
+                                  "64 KiB).", group="client")
+    strict_actions: bool = _option(False, "Check actions against the action space on the host before sending them.",
+                                   group="client")
+    progress: ProgressOption = _option(
+        None, "Image build progress: None (a status line when stderr is a terminal, else log records), True, False "
+        "(log records only), or a callable taking ``BuildProgress``.", group="sandbox", spec=False)
+    wrappers: Sequence[str | tuple[str, Mapping[str, Any]] | list[Any]] = _option(
+        (), "Gymnasium wrappers applied inside the sandbox, in order, before the spaces are described: "
+        "``\"module:Class\"`` or ``(\"module:Class\", {kwargs})``. Not part of the image.", group="sandbox")
+
+    def __post_init__(self) -> None:
+        for name in ("packages", "imports"):
+            if isinstance(getattr(self, name), (str, bytes)):
+                raise InvalidArgumentError(f"{name} must be a list of strings, e.g. {name}=[{getattr(self, name)!r}]")
+        check_system_packages(self.system_packages)
+        super().__post_init__()
+        if not is_number(self.lease) or not self.lease > 0:
+            raise InvalidArgumentError(f"lease must be a positive number of seconds, got {self.lease!r}")
+        wrappers_wire_form(self.wrappers)
+        check_progress(self.progress)
+
+    def spec_kwargs(self) -> dict[str, Any]:
+        """The options ``env.spec`` records: those that differ from their defaults."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.metadata["spec"] and getattr(self, f.name) != _default(f)}
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def option_default(name: str) -> Any:
+    """The default of the sandbox option ``name``."""
+    return _default(next(f for f in dataclasses.fields(SandboxOptions) if f.name == name))
+
+
+def _names(group: str | None = None) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(SandboxOptions) if group is None or f.metadata["group"] == group)
+
+
+OPTION_NAMES = _names()
+"""Every sandbox option's name (a keyword close to one is a typo, not an env kwarg)."""
+CLIENT_OPTIONS = _names("client")
+"""The options a sandbox hands on to the client that connects to it."""
+BUILD_OPTIONS = _names("build")
+"""The options that apply only to images rlmesh builds (a prebuilt image refuses them)."""
+
+
+_DOC_ORDER = {"build": 0, "image": 0, "source": 0, "container": 1}  # then the engine, the sandbox, the client
+
+
+def option_fields(cls: type[ContainerOptions] = SandboxOptions) -> list[dataclasses.Field[Any]]:
+    """``cls``'s fields in the order the docs list them: what goes into the image, the container, the rest."""
+    return sorted(dataclasses.fields(cls), key=lambda f: _DOC_ORDER.get(f.metadata["group"], 2))
+
+
+def options_doc(cls: type[ContainerOptions] = SandboxOptions, indent: int = 8) -> str:
+    """The ``name: doc`` lines of ``cls``'s fields, as a docstring's ``Args:`` or ``Attributes:`` has them."""
+    lines = []
+    for f in option_fields(cls):
+        lines += textwrap.wrap(f"{f.name}: {f.metadata['doc']}", width=110, initial_indent=" " * indent,
+                               subsequent_indent=" " * (indent + 4), break_on_hyphens=False)
+    return "\n".join(lines)
+
+
+ContainerOptions.__doc__ = f"{ContainerOptions.__doc__}\n\n    Attributes:\n{options_doc(ContainerOptions)}\n"
+SandboxOptions.__doc__ = f"{SandboxOptions.__doc__}\n\n    Attributes:\n{options_doc(SandboxOptions)}\n"

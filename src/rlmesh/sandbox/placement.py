@@ -18,6 +18,7 @@ from typing import Any
 from ..client.env import AsyncRemoteVectorEnv
 from ..client.shards import AsyncShardedVectorEnv
 from ..errors import EnvClosedError, InvalidArgumentError, SandboxError
+from .options import CLIENT_OPTIONS
 
 __all__ = ["AsyncRayShardedVectorEnv", "RayPlacement", "start_ray_shards"]
 
@@ -159,8 +160,7 @@ class AsyncRayShardedVectorEnv(AsyncShardedVectorEnv):
         """Start the shards' actors and sandboxes, then connect to each sandbox directly."""
         if self.closed:
             raise EnvClosedError("this env was closed; create a new one")
-        client_options = {k: self._kwargs[k] for k in ("connect_timeout", "request_timeout", "max_frame_size",
-                                                        "strict_actions") if k in self._kwargs}
+        client_options = {k: self._kwargs[k] for k in CLIENT_OPTIONS if k in self._kwargs}
         self.endpoints, self.actors = await start_ray_shards(self.placement, self._source, self._lane_counts,
                                                              self._kwargs)
         here = _ray().util.get_node_ip_address()

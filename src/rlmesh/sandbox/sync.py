@@ -6,7 +6,8 @@ all on rlmesh's one shared event-loop thread.
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import Any, ClassVar
 
 from ..sync import SyncEnvShell, SyncVectorEnvShell
 from .env import AsyncSandboxEnv, AsyncSandboxVectorEnv, check_single_env_options
@@ -29,6 +30,8 @@ class SandboxEnv(SyncEnvShell[AsyncSandboxEnv]):
     Takes the arguments of :class:`~rlmesh.sandbox.env.AsyncSandboxEnv`.
     """
 
+    __signature__: ClassVar[inspect.Signature] = inspect.signature(AsyncSandboxEnv)
+
     def __init__(self, source: str, **kwargs: Any) -> None:
         install_signal_handlers()  # here: the start itself runs on rlmesh's loop thread
         check_single_env_options(type(self).__name__, source, kwargs)  # the error names this class, not the core's
@@ -49,6 +52,8 @@ class SandboxVectorEnv(SyncVectorEnvShell[AsyncSandboxVectorEnv]):
 
     Takes the arguments of :class:`~rlmesh.sandbox.env.AsyncSandboxVectorEnv`.
     """
+
+    __signature__: ClassVar[inspect.Signature] = inspect.signature(AsyncSandboxVectorEnv)
 
     def __init__(self, source: str, num_envs: int = 1, **kwargs: Any) -> None:
         install_signal_handlers()
