@@ -32,7 +32,7 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
     from .evaluation.cli import add_eval_parser
-    from .serve import build_parser
+    from .server.serve import build_parser
 
     parser = argparse.ArgumentParser(prog="rlmesh", description="Run Gymnasium envs out of process.")
     parser.add_argument("--version", action="version", version=f"rlmesh {__version__}")
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rlmesh`` console script."""
     args = _parser().parse_args(argv)
     if args.command == "serve":
-        from .serve import run
+        from .server.serve import run
 
         return run(args)
     if args.command == "eval":

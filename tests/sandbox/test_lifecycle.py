@@ -247,3 +247,33 @@ async def test_the_socket_is_private_while_it_exists_and_its_directory_gone_once
         assert not os.path.exists(os.path.dirname(seen["path"]))  # gone, yet the sandbox serves
         await env.reset(seed=0)
         await env.step(0)
+
+
+async def test_one_client_watches_more_than_fifty_sandboxes_and_still_answers(sandbox_image: str) -> None:
+    # A sandbox holds two requests for its life (exit watcher, output). aiohttp's default pool of
+    # 100 connections made the 51st sandbox's requests wait forever: the 256-start storm's exit
+    # watchers queued there and reached the engine after their containers were gone. Created,
+    # never-started containers with a held wait each stand in for running sandboxes here.
+    count = 101
+    labels = {ownership.LABEL: "1", ownership.LABEL_OWNER: ownership.owner().label}
+    docker = await _docker.acquire_docker()
+    ids: list[str] = []
+    waits: list[asyncio.Future[int]] = []
+    try:
+        async with asyncio.timeout(120):
+            ids = list(await asyncio.gather(*(
+                docker.create({"Image": sandbox_image, "Cmd": ["true"], "Labels": labels, "NetworkDisabled": True})
+                for _ in range(count))))
+            for cid in ids:
+                registered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                waits.append(asyncio.ensure_future(docker.wait_exit(cid, registered)))
+                await asyncio.wait({registered, waits[-1]}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+                assert registered.done(), f"the engine never got the wait of container {len(waits)} of {count}"
+            async with asyncio.timeout(30):
+                assert len(await docker.list_containers(labels)) == count
+    finally:
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+        await asyncio.gather(*(docker.remove(cid, grace=0) for cid in ids), return_exceptions=True)
+        await _docker.release_docker(docker)

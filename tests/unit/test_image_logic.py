@@ -13,7 +13,7 @@ import pytest
 
 from rlmesh.errors import BootstrapError, ImageBuildError, InvalidArgumentError
 from rlmesh.sandbox import housekeeping, image
-from rlmesh.sandbox._bootstrap import suite_for_python
+from rlmesh.sandbox.debian_rootfs import suite_for_python
 from rlmesh.sandbox.debs import check_system_packages
 from rlmesh.sandbox.image import ImageSpec, explain_build_failure, server_requirements
 from rlmesh.sandbox.progress import check_progress, status_text

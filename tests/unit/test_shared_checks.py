@@ -9,7 +9,7 @@ import pytest
 
 from rlmesh._checks import check_num_envs, is_int, is_number
 from rlmesh.errors import BootstrapError, InvalidArgumentError
-from rlmesh.sandbox._bootstrap import _run
+from rlmesh.sandbox.debian_rootfs import _run
 from rlmesh.sandbox.output_tail import TAIL_LINES, OutputTail, last_lines
 
 

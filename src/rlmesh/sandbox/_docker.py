@@ -91,6 +91,13 @@ class DockerClient:
     def __init__(self, host: str | None = None) -> None:
         with _map_errors("connect"):
             self._docker = aiodocker.Docker(url=host)
+        # Each sandbox holds two requests for its whole life (its exit watcher and its output):
+        # with aiohttp's default pool of 100 connections, every further request (a 51st start,
+        # a removal) waited forever once 50 sandboxes shared this client. The engine is ours to
+        # load; its connections are not a resource to ration here.
+        connector = self._docker.session.connector
+        if connector is not None and isinstance(getattr(connector, "_limit", None), int):
+            connector._limit = 0  # aiohttp's "no limit" (BaseConnector(limit=0))
         self.host = host
         self.users = 0
         self._info: dict[str, Any] | None = None

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import anyio
 
-from ._bootstrap import build_rootfs_context
 from ._docker import docker_client
+from .debian_rootfs import build_rootfs_context
 from .image import PY_VERSION, bootstrap_tag
 
 __all__ = ["bootstrap_base_image"]

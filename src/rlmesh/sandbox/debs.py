@@ -14,11 +14,13 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ImageBuildError
-from ._docker import DockerClient
+from ._docker import DockerClient, docker_client
+from .cache import cache_dir
 from .options import check_system_packages
 from .output_tail import last_lines
 
@@ -27,8 +29,6 @@ __all__ = ["check_system_packages", "fetch_debs"]
 log = logging.getLogger("rlmesh.sandbox.image")
 
 def _cache() -> Path:
-    from .image import cache_dir  # noqa: PLC0415  (image imports this module)
-
     return cache_dir() / "debs"
 
 
@@ -104,10 +104,7 @@ async def _run(args: list[str], packages: Sequence[str]) -> str:
 async def prefetch(packages: Sequence[str], base_image: str | None = None) -> list[str]:
     """Download ``packages`` (for the default base image, or ``base_image``) into the cache, so that
     later builds work with ``RLMESH_APT_OFFLINE=1``; returns the ``.deb`` files."""
-    import tempfile  # noqa: PLC0415
-
-    from ._docker import docker_client  # noqa: PLC0415
-    from .image import resolve_base_image  # noqa: PLC0415
+    from .image import resolve_base_image  # noqa: PLC0415  (image imports this module for fetch_debs)
 
     async with docker_client() as docker:
         base_ref, base_id = await resolve_base_image(docker, base_image)

@@ -20,17 +20,12 @@ from typing import Any
 from .. import __version__
 from ..errors import InvalidArgumentError
 from ._docker import docker_client
+from .cache import cache_dir
 
 __all__ = ["LABEL_IMAGE", "image_labels", "inspect_image", "list_images", "parse_age", "prune_images", "record_use"]
 
 LABEL_IMAGE = "rlmesh.image"
 _MAX_LABEL = 4000
-
-
-def _cache_root() -> Path:
-    from .image import cache_dir  # noqa: PLC0415  (image imports this module)
-
-    return cache_dir()
 
 
 def image_labels(*, packages: Sequence[str], imports: Sequence[str], source: str,
@@ -48,7 +43,7 @@ def image_labels(*, packages: Sequence[str], imports: Sequence[str], source: str
 
 
 def _uses_file() -> Path:
-    return _cache_root() / "images-used.json"
+    return cache_dir() / "images-used.json"
 
 
 def _read_uses() -> dict[str, float]:

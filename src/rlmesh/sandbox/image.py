@@ -40,6 +40,7 @@ from packaging.utils import canonicalize_name
 from .. import __version__
 from ..errors import BaseImageError, ImageBuildError, InvalidArgumentError, SandboxError
 from ._docker import DockerClient, docker_client
+from .cache import cache_dir
 from .debs import fetch_debs
 from .housekeeping import image_labels, record_use
 from .options import UNPRIVILEGED_UID
@@ -111,14 +112,6 @@ def default_base_image() -> str:
 def bootstrap_tag() -> str:
     """The tag ``rlmesh image bootstrap`` gives the base it builds from Debian packages."""
     return f"rlmesh/base:py{PY_VERSION}"
-
-
-def cache_dir() -> Path:
-    """rlmesh's cache directory (``RLMESH_CACHE_DIR`` or ``$XDG_CACHE_HOME/rlmesh``)."""
-    root = os.environ.get("RLMESH_CACHE_DIR")
-    if root:
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rlmesh"
 
 
 @dataclass(frozen=True)

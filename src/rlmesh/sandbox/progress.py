@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import InvalidArgumentError
+
 __all__ = ["BuildProgress", "ProgressOption", "Reporter", "status_text"]
 
 log = logging.getLogger("rlmesh.sandbox.image")
@@ -52,8 +54,6 @@ def check_progress(option: Any) -> ProgressOption:
     Raises:
         InvalidArgumentError: Not None, a bool, or a callable.
     """
-    from ..errors import InvalidArgumentError  # noqa: PLC0415
-
     if option is None or isinstance(option, bool) or callable(option):
         return option  # type: ignore[no-any-return]
     raise InvalidArgumentError(f"progress must be None, True, False or a callable, got {option!r}")

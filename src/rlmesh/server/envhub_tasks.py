@@ -18,6 +18,7 @@ from ..errors import RLMeshError, SourceError
 from .envhub import close_catalog, list_catalog, make_catalog
 from .envhub_selector import HubSelector, parse_selector
 from .loader import check_imports
+from .serve import build_parser  # serve's own argument list, address included
 
 __all__ = ["END_LINE", "TASK_LINE", "main"]
 
@@ -49,8 +50,6 @@ def list_envs(directory: str, selector: HubSelector, *, num_envs: int | None, ve
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0, or 3 with the cause on stderr)."""
-    from ..serve import build_parser  # noqa: PLC0415  (serve's own argument list, address included)
-
     args = build_parser().parse_args(argv)
     try:
         if not args.source.startswith("envhub:"):
