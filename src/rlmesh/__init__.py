@@ -3,6 +3,17 @@
 Public names are imported lazily, so that the env server (which runs inside
 sandboxes with only numpy, orjson and gymnasium installed) can import
 ``rlmesh.server`` without pulling in the client's dependencies.
+
+What lives here (``docs/architecture.md`` draws how it fits together):
+
+    protocol    the wire contract, sans-I/O: frames, bodies, spaces, errors, auth, reply bounds
+    server      the env server, the only code that runs inside a sandbox (``rlmesh serve``)
+    client      the async client core: connections, remote envs, shards, the data plane
+    sandbox     envs in containers rlmesh builds, starts, owns and removes; Ray placement
+    evaluation  ``evaluate`` / ``rlmesh eval``, a harness on top of the sandboxes
+    sync        the sync classes (gymnasium.Env / VectorEnv) over the async core; _portal, their loop
+    relay       the relay container's program (TCP clients handed to a sandbox's server)
+    errors      every exception rlmesh raises;  numpy: the public API;  cli: the ``rlmesh`` command
 """
 
 from __future__ import annotations
