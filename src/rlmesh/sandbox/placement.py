@@ -71,9 +71,9 @@ class _ShardHost:
         self.env: Any = None
 
     async def start(self, source: str, num_envs: int, kwargs: dict[str, Any]) -> dict[str, Any]:
-        import ray  # noqa: PLC0415
+        import ray  # noqa: PLC0415  (the extra rlmesh[ray])
 
-        from .env import AsyncSandboxVectorEnv  # noqa: PLC0415
+        from .env import AsyncSandboxVectorEnv  # noqa: PLC0415  (env imports this module)
 
         node_ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
         kwargs = {k: v for k, v in kwargs.items() if k != "transport"}  # a placed shard is always relayed

@@ -15,7 +15,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode
@@ -83,7 +83,7 @@ def load_env(
     if wrappers and num_envs is not None and vectorization_mode == "vector":
         raise InvalidArgumentError("wrappers apply to single envs: use vectorization_mode 'sync' or 'async'")
     if source.startswith("envhub:"):
-        from .envhub import load_envhub  # noqa: PLC0415
+        from .envhub import load_envhub  # noqa: PLC0415  (imported only for envhub: sources)
 
         hub_env = _check_mode(load_envhub(
             source.removeprefix("envhub:"), selector=selector,
@@ -218,7 +218,7 @@ def _import_factory(source: str) -> Callable[..., Any]:
             raise SourceError(f"module {module_name!r} has no attribute {attr!r}") from exc
     if not callable(obj):
         raise SourceError(f"{source!r} is not callable")
-    return obj  # type: ignore[no-any-return]
+    return cast(Callable[..., Any], obj)
 
 
 def _check_mode(env: EnvLike, mode: AutoresetMode, source: str) -> EnvLike:
