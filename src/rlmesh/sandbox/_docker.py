@@ -366,8 +366,8 @@ class DockerClient:
                         await fresh.version()
                 finally:
                     await fresh.close()
-        except (DockerUnavailableError, TimeoutError):
-            return False
+        except (DockerUnavailableError, TimeoutError, OSError, ValueError):
+            return False  # refused, no socket any more, or no answer
         except SandboxError:
             return True  # it answered, if with an error
         return True
