@@ -5,6 +5,10 @@ mounted into the container, read-only: the server inside dials it (``rlmesh serv
 So the container has no writable host directory, no port is published, readiness is the
 server's own connection and handshake (nothing the env prints can fake it), and the server
 ends when its owner does, after which the engine removes the container (``AutoRemove``).
+The directory is removed as soon as the engine has started the container (the mount and the
+listener keep the socket alive), and the server runs under the engine's init (not as PID 1).
+What each moment of a start leaves after a SIGKILL, and what removes it, is in
+:mod:`rlmesh.sandbox.ownership`.
 
 While it runs, a sandbox follows the container's output into a bounded ring (for the log tail
 of errors) and waits for its exit (for the exit code): with ``AutoRemove`` both would be gone
