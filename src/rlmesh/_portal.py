@@ -289,6 +289,7 @@ def request_many(requests: list[tuple[_AsyncRemoteBase, MessageType, Any]]) -> l
     timeouts = [core.request_timeout for core, _, _ in requests if core.request_timeout is not None]
     timeout = min(timeouts) if timeouts else None
     start = time.monotonic()
+    handed_back = False
     try:
         rest, reading = [], []
         for conn, slot, (_, mtype, body) in zip(conns, slots, requests, strict=True):
@@ -309,10 +310,12 @@ def request_many(requests: list[tuple[_AsyncRemoteBase, MessageType, Any]]) -> l
                 raise RLMeshError(f"rlmesh's event loop is not running: {exc}") from exc
         if reading:
             with contextlib.suppress(TimeoutError):  # judged below, slot by slot
-                read_replies(reading, timeout)
+                read_replies(reading, timeout)  # hands every connection back as it returns
+        handed_back = True
     finally:
-        for conn in conns:  # a no-op unless interrupted while this thread still reads
-            conn._p.stop_reading_here()
+        if not handed_back:  # interrupted while this thread may still read: hand reading back
+            for conn in conns:
+                conn._p.stop_reading_here()
     all_in = countdown.wait(None if timeout is None else max(timeout - (time.monotonic() - start), 0.0))
     frames: list[Frame] = []
     failure: tuple[int, BaseException] | None = None

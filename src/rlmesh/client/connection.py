@@ -750,6 +750,8 @@ class ClientConnection:
                     del p.pending[rid]
                     if p.conn.reply_limits is not None:
                         p.conn.reply_limits.pop(rid, None)
+                    if p.region is not None and p.region.owner == rid:
+                        p.region.owner = 0  # never sent: the loop sends it again, under a new id
                     return 0  # the loop's write reports the failure (and the loss) as usual
                 if sent < len(data):
                     p.backlog.append(data[sent:])
