@@ -6,7 +6,8 @@ This package is the only place that talks to Docker (through ``_docker``). What 
     sync          SandboxEnv / SandboxVectorEnv, the sync classes over them
     options       SandboxOptions, the one options model (defaults, checks, docs); ContainerOptions
     sources       source strings (Gymnasium id, module:factory, hf://, prebuilt image) and their gates
-    image         base image, wheels resolved on the host, cached offline builds
+    base_image    the base an image builds on, pulls, and remembered pull failures
+    image         wheels resolved on the host, cached offline builds
     debs          Debian packages resolved on the host (system_packages=)
     bootstrap     ``rlmesh image bootstrap``: a base image with no registry (debian_rootfs builds it)
     housekeeping  ``rlmesh image ls | inspect | prune``

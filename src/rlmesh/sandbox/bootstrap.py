@@ -10,8 +10,8 @@ from pathlib import Path
 import anyio
 
 from ._docker import docker_client
+from .base_image import PY_VERSION, bootstrap_tag
 from .debian_rootfs import build_rootfs_context
-from .image import PY_VERSION, bootstrap_tag
 
 __all__ = ["bootstrap_base_image"]
 

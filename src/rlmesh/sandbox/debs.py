@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import ImageBuildError
 from ._docker import DockerClient, docker_client
+from .base_image import resolve_base_image
 from .cache import cache_dir
 from .options import check_system_packages
 from .output_tail import last_lines
@@ -104,8 +105,6 @@ async def _run(args: list[str], packages: Sequence[str]) -> str:
 async def prefetch(packages: Sequence[str], base_image: str | None = None) -> list[str]:
     """Download ``packages`` (for the default base image, or ``base_image``) into the cache, so that
     later builds work with ``RLMESH_APT_OFFLINE=1``; returns the ``.deb`` files."""
-    from .image import resolve_base_image  # noqa: PLC0415  (image imports this module for fetch_debs)
-
     async with docker_client() as docker:
         base_ref, base_id = await resolve_base_image(docker, base_image)
         with tempfile.TemporaryDirectory(prefix="rlmesh-debs-") as tmp:
