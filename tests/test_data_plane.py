@@ -447,12 +447,18 @@ def _memfd(size: int, seals: int) -> int:
     return fd
 
 
+def _pipe_reader() -> int:
+    reader, writer = os.pipe()
+    os.close(writer)
+    return reader
+
+
 ALL_SEALS = fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
 FORGED = {
     "unsealed memfd": lambda size: [_memfd(size, 0)],
     "a memfd that may still grow": lambda size: [_memfd(size, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)],
     "another size": lambda size: [_memfd(size * 2, ALL_SEALS)],
-    "a pipe": lambda size: [os.pipe()[0]],
+    "a pipe": lambda size: [_pipe_reader()],
     "two descriptors": lambda size: [_memfd(size, ALL_SEALS), _memfd(size, ALL_SEALS)],
 }
 
