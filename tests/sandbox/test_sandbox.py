@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 
+import anyio
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from rlmesh.errors import (
     ImageBuildError,
     InvalidArgumentError,
     RLMeshError,
+    RLMeshTimeoutError,
     SandboxExitedError,
     SandboxStartError,
 )
@@ -400,3 +402,30 @@ def _owned_by(pid: int) -> set[str]:
         check=True, capture_output=True, text=True,
     ).stdout
     return {line.split()[0] for line in out.splitlines() if f":{pid}:" in line}
+
+
+async def test_connect_timeout_is_a_deadline_over_the_engine_s_work_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A busy engine (256 starts at once) took seconds to create and start containers, and
+    # connect_timeout only began once they ran: 15 s fired at 17.4 s. The engine's work now counts.
+    # The engine is made slow here by delaying its create call (the real call follows the delay).
+    from rlmesh.sandbox._docker import DockerClient
+
+    env = AsyncSandboxEnv("CartPole-v1", connect_timeout=3.0)
+    await env.start()  # the image, outside the deadline (builds have none)
+    await env.close()
+    real_create = DockerClient.create
+    created: list[str] = []
+
+    async def slow_create(self: DockerClient, config: dict[str, object], name: str | None = None) -> str:
+        await asyncio.sleep(30)
+        cid = await real_create(self, config, name)
+        created.append(cid)
+        return cid
+
+    monkeypatch.setattr(DockerClient, "create", slow_create)
+    env = AsyncSandboxEnv("CartPole-v1", connect_timeout=1.0)
+    with pytest.raises(RLMeshTimeoutError, match=r"connect_timeout=1.0s: the Docker engine was still creating"):
+        with anyio.fail_after(25):  # the old code waited for the create (30 s), then started
+            await env.start()
+    await env.close()
+    assert not created and not sandbox_containers(ours=True)

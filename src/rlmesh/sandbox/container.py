@@ -26,6 +26,7 @@ import re
 import secrets
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,6 +146,8 @@ class Sandbox:
         self.socket_dir: str | None = None
         self.memory: int | None = None
         self.exit_code: int | None = None
+        self._timeout: float | None = None  # connect_timeout, and its deadline on the loop's clock
+        self._deadline: float | None = None
         self._docker: DockerClient | None = None
         self._exit: asyncio.Task[int] | None = None
         self._follower: asyncio.Task[None] | None = None
@@ -220,12 +223,16 @@ class Sandbox:
 
         Raises:
             SandboxStartError: The container exited before its server was ready.
-            RLMeshTimeoutError: It was not ready within ``timeout`` seconds.
+            RLMeshTimeoutError: It was not ready within ``timeout`` seconds, the engine's work
+                (creating and starting the container) included: a deadline, not a wait.
             ProtocolError: Its server broke the protocol during the handshake.
         """
+        self._timeout = timeout
+        self._deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         self._docker = docker = await acquire_docker(self.engine.host)
         try:
-            await ownership.reap_dead_owners_once(docker)
+            with self._engine_deadline("removing the sandboxes of dead owners"):
+                await ownership.reap_dead_owners_once(docker)
             if self.engine.relay:
                 return await self._start_relayed(docker, timeout)
             return await self._start_dialled(docker, timeout)
@@ -272,7 +279,8 @@ class Sandbox:
                 uid, _, gid = self.options.run_as().partition(":")
                 os.chown(socket_path, int(uid), int(gid))
             os.chmod(socket_path, 0o600)
-            cid = await self._run(docker, await self._config(docker, socket_path))
+            with self._engine_deadline("creating and starting the container"):
+                cid = await self._run(docker, await self._config(docker, socket_path))
             # The engine mounted the socket when it started the container: its directory has
             # done its job, and once gone no SIGKILL can leave it behind (the listener and the
             # mount keep the socket itself alive).
@@ -290,22 +298,23 @@ class Sandbox:
         # The env container keeps no network: its server listens in a volume it shares with a
         # relay container, which publishes one port. A fresh token per sandbox guards it.
         self.token = token = secrets.token_urlsafe(32)
-        config = await self._config(docker, None, token)
-        self.relay_id = await docker.create(self._relay_config(config))
-        ownership.register(self.relay_id, None, self.engine.host)
-        await docker.start(self.relay_id)
-        port = await docker.published_port(self.relay_id, RELAY_PORT)
-        config["HostConfig"]["VolumesFrom"] = [self.relay_id]
-        await self._run(docker, config)
-        self.address = f"tcp://{self.engine.address_host}:{port}"
-        if self.engine.local:
-            # On this machine the relay's own address skips the engine's port proxy (a hop
-            # that costs as much as a step); the published port serves other hosts.
-            relay_ip = await docker.container_ip(self.relay_id)
-            if relay_ip is not None:
-                self.local_address = f"tcp://{relay_ip}:7000"
-                if not self.engine.published:
-                    self.address = self.local_address
+        with self._engine_deadline("creating and starting the relay and the container"):
+            config = await self._config(docker, None, token)
+            self.relay_id = await docker.create(self._relay_config(config))
+            ownership.register(self.relay_id, None, self.engine.host)
+            await docker.start(self.relay_id)
+            port = await docker.published_port(self.relay_id, RELAY_PORT)
+            config["HostConfig"]["VolumesFrom"] = [self.relay_id]
+            await self._run(docker, config)
+            self.address = f"tcp://{self.engine.address_host}:{port}"
+            if self.engine.local:
+                # On this machine the relay's own address skips the engine's port proxy (a hop
+                # that costs as much as a step); the published port serves other hosts.
+                relay_ip = await docker.container_ip(self.relay_id)
+                if relay_ip is not None:
+                    self.local_address = f"tcp://{relay_ip}:7000"
+                    if not self.engine.published:
+                        self.address = self.local_address
         return await self._await_relayed(self.local_address or self.address, token, timeout)
 
     @property
@@ -340,7 +349,7 @@ class Sandbox:
     async def _await_relayed(self, address: str, token: str, timeout: float | None) -> ClientConnection:
         assert self._exit is not None and self.container_id is not None
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        deadline = self._deadline
         while True:
             left = None if deadline is None else deadline - loop.time()
             if left is not None and left <= 0:
@@ -374,7 +383,7 @@ class Sandbox:
         assert self._exit is not None and self.container_id is not None
         accept = asyncio.ensure_future(listener.accept())
         try:
-            with anyio.fail_after(timeout):
+            with anyio.fail_after(self._left()):
                 await asyncio.wait({accept, self._exit}, return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError as exc:
             raise RLMeshTimeoutError(
@@ -471,6 +480,27 @@ class Sandbox:
         if "kill" in actions:
             return code, "engine"
         return code, None
+
+    def _left(self) -> float | None:
+        """What is left of connect_timeout (None: no deadline)."""
+        if self._deadline is None:
+            return None
+        return max(self._deadline - asyncio.get_running_loop().time(), 0.0)
+
+    @contextlib.contextmanager
+    def _engine_deadline(self, what: str) -> Iterator[None]:
+        """Bound engine calls by what is left of connect_timeout: a slow engine counts against it."""
+        try:
+            with anyio.fail_after(self._left()):
+                yield
+        except TimeoutError as exc:
+            if isinstance(exc, RLMeshTimeoutError):
+                raise
+            raise RLMeshTimeoutError(
+                f"sandbox for {self.source} was not ready within connect_timeout={self._timeout}s: the Docker "
+                f"engine was still {what} (a busy or stuck engine: raise connect_timeout, or look at "
+                "`docker info`)"
+            ) from exc
 
     def _remove_socket_dir(self) -> None:
         if self.socket_dir is not None:
