@@ -334,7 +334,7 @@ class SandboxOptions(ContainerOptions):
         DEFAULT_LEASE, "Seconds the server inside may wait for its owner's connection (default 60). Once connected, "
         "a sandbox ends with its owner: when the owner's process ends, however it ends (SIGKILL included), the "
         "server sees its connection close and exits, and the engine removes the container.", group="sandbox")
-    connect_timeout: float | None = _option(60.0, "Seconds allowed from container start to a connected env.",
+    connect_timeout: float | None = _option(60.0, "Seconds allowed from the start (the engine creating and starting the container included; the image build not) to a connected env: a deadline.",
                                             group="client")
     request_timeout: float | None = _option(
         DEFAULT_REQUEST_TIMEOUT, "Seconds allowed for each reply (default 300); None waits forever.", group="client")
