@@ -170,7 +170,11 @@ def test_faults_are_classified() -> None:
     assert error_of(SandboxStartError("did not start", exit_code=1))["type"] == "start"
     assert is_infrastructure(DockerUnavailableError("no engine"))
     assert is_infrastructure(ConnectionClosedError("lost"))
-    for exc in (exited, raised, SandboxStartError("x"), EpisodeTimeout(1.0)):
+    # A container killed through the engine, or by its engine stopping, is not the env's doing.
+    for killer in ("engine", "stopped"):
+        assert is_infrastructure(SandboxExitedError("killed", exit_code=137, killed_by=killer))
+    oom = SandboxExitedError("killed for lack of memory", exit_code=137, oom_killed=True, killed_by="memory")
+    for exc in (exited, oom, raised, SandboxStartError("x"), EpisodeTimeout(1.0)):
         assert not is_infrastructure(exc)
 
 

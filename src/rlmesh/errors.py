@@ -239,9 +239,14 @@ class SandboxExitedError(SandboxError, ConnectionClosedError):
     Attributes:
         oom_killed: Whether it was killed for lack of memory (by the engine's account, or a
             SIGKILL under the memory limit once the engine removed it).
+        killed_by: Who ended it, where that is known: ``"memory"`` (the kernel's OOM killer at
+            the memory limit), ``"engine"`` (a ``docker kill``, ``stop`` or ``rm -f`` from outside
+            rlmesh), ``"stopped"`` (its Docker engine stopped), or None (it exited by itself, or
+            nothing says). ``"engine"`` and ``"stopped"`` are not the env's doing.
     """
 
     def __init__(self, message: str, *, container_id: str | None = None, exit_code: int | None = None,
-                 logs: str = "", oom_killed: bool = False) -> None:
+                 logs: str = "", oom_killed: bool = False, killed_by: str | None = None) -> None:
         super().__init__(message, container_id=container_id, exit_code=exit_code, logs=logs)
         self.oom_killed = oom_killed
+        self.killed_by = killed_by

@@ -68,7 +68,7 @@ async def test_a_memory_bomb_ends_the_sandbox_flagged_out_of_memory() -> None:
             await env.call("memory_bomb")
         elapsed = time.monotonic() - started
         err = info.value
-        assert err.oom_killed and err.exit_code == 137 and "lack of memory" in str(err)
+        assert err.oom_killed and err.killed_by == "memory" and err.exit_code == 137 and "lack of memory" in str(err)
         assert isinstance(err, ConnectionError)
     print(f"memory bomb contained in {elapsed:.2f} s")
 
@@ -82,7 +82,7 @@ async def test_a_docker_kill_is_not_called_out_of_memory() -> None:
         with pytest.raises(SandboxExitedError) as info:
             await env.step(0)
         err = info.value
-        assert err.exit_code == 137 and not err.oom_killed
+        assert err.exit_code == 137 and not err.oom_killed and err.killed_by == "engine"
         assert "docker kill" in str(err) and "memory" not in str(err).split("\n")[0]
 
 

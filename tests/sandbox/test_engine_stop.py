@@ -28,7 +28,7 @@ def test_a_sandbox_whose_engine_stops_says_that_the_engine_stopped(sandbox_image
             message = str(info.value)
             # It used to blame "a docker kill, stop or rm -f from outside rlmesh", with exit code 0.
             assert "Docker engine stopped" in message and "start the engine again" in message, message
-            assert "from outside rlmesh" not in message
+            assert "from outside rlmesh" not in message and info.value.killed_by == "stopped"
             dockerd.wait(60)
         finally:
             with contextlib.suppress(DockerUnavailableError):  # nothing is left to remove it from

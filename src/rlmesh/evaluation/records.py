@@ -90,10 +90,13 @@ def error_of(exc: BaseException) -> dict[str, Any]:
 def is_infrastructure(exc: BaseException) -> bool:
     """Whether a failure is the infrastructure's (retried), not the env's (recorded).
 
-    The engine going away and a connection lost while the container is not known to have
-    exited are the infrastructure's. A container that exited (crash, ``os._exit``, out of
-    memory), an env that raised or hung, and a start whose container exited are the env's.
+    The engine going away, a container killed through the engine or by its engine stopping
+    (``SandboxExitedError.killed_by``), and a connection lost while the container is not known to
+    have exited are the infrastructure's. A container that exited by itself (crash, ``os._exit``,
+    out of memory), an env that raised or hung, and a start whose container exited are the env's.
     """
-    if isinstance(exc, (SandboxExitedError, SandboxStartError, RemoteEnvError)):
+    if isinstance(exc, SandboxExitedError):
+        return exc.killed_by in ("engine", "stopped")
+    if isinstance(exc, (SandboxStartError, RemoteEnvError)):
         return False
     return isinstance(exc, (DockerUnavailableError, TransportError))

@@ -185,6 +185,7 @@ class _AsyncSandboxBase(_AsyncRemoteBase):
         return SandboxExitedError(
             f"the sandbox container for {self.source} exited while serving{why}",
             container_id=sandbox.container_id, exit_code=code, logs=sandbox.logs, oom_killed=killer == "memory",
+            killed_by=killer,
         )
 
     def _serve_args(self) -> list[str]:
