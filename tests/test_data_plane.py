@@ -589,3 +589,29 @@ def test_a_sync_sharded_step_waits_on_all_shards_with_one_poll_set(tmp_path: Pat
         assert len(registered) <= steps * shards, f"{len(registered)} registrations for {steps} steps of {shards} shards"
     finally:
         venv.close()
+
+
+async def test_an_async_sharded_env_gathers_through_the_regions(tmp_path: Path, serve: Serve) -> None:
+    from rlmesh import AsyncRemoteVectorEnv
+
+    mode = AutoresetMode.SAME_STEP
+    a = serve(_make_vec(mode, n=3), f"unix://{tmp_path}/a.sock")
+    b = serve(_make_vec(mode, n=3), f"unix://{tmp_path}/b.sock")
+    local = _make_vec(mode, n=6)
+    async with AsyncRemoteVectorEnv([a, b]) as venv:
+        assert all(shard.connection.data_plane.startswith("shared memory") for shard in venv.shards)
+        actions = copy.deepcopy(local.action_space)
+        actions.seed(2)
+        assert_same(await venv.reset(seed=3), local.reset(seed=3))
+        kept = []
+        for t in range(150):
+            action = actions.sample()
+            got = await venv.step(action)
+            assert_same(got, local.step(action), f"step {t}")
+            kept.append((got[0], got[0].copy()))
+            if t % 3 == 0:  # the split step takes the same gather
+                await venv.step_async(action)
+                got = await venv.step_wait()
+                assert_same(got, local.step(action), f"split step {t}")
+        for obs, snapshot in kept:
+            assert_same(obs, snapshot)

@@ -186,17 +186,17 @@ class AsyncShardedVectorEnv(SplitStep):
         """The merged result of a step sent by :meth:`begin_step`. Every request was written
         before this waits, so the replies are collected in shard order; the first failure (in
         that order) is raised, naming its shard, and the rest are dropped."""
-        results: list[tuple[int, Any]] = []
+        frames: list[tuple[int, Frame]] = []
         try:
             for j, one in sent:
                 try:
-                    results.append((j, await self.shards[j].end_step(one)))
+                    frames.append((j, await self.shards[j].reply(one)))
                 except RLMeshError as exc:
                     raise self.named(exc, j) from None
         except BaseException:
-            self.drop(sent[len(results) + 1:])
+            self.drop(sent[len(frames) + 1:])
             raise
-        return self._merge_step(results)
+        return self._merge_frames(frames)
 
     def drop(self, sent: list[tuple[int, Sent]]) -> None:
         """Forget the shards' requests of a step whose result will not be awaited."""
@@ -225,26 +225,35 @@ class AsyncShardedVectorEnv(SplitStep):
         return [(shard, MessageType.STEP, shard.step_body(parts[j])) for j, shard in enumerate(self.shards)]
 
     def step_frames(self, frames: list[Frame]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        """Merge the shards' STEP replies (from :meth:`step_requests`).
+        """Merge the shards' STEP replies (from :meth:`step_requests`)."""
+        return self._merge_frames(list(enumerate(frames)))
+
+    def _merge_frames(self, frames: list[tuple[int, Frame]]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """Check and merge STEP reply frames, in shard order; the first failure names its shard.
 
         Arrays from the shards' shared regions are read as views and copied once, by the merge's
         concatenation, straight into the batch; each region is freed after that."""
-        if len(self.shards) == 1:
+        if len(frames) == 1 and self._size(frames[0][0]) == self.num_envs:
+            j, frame = frames[0]
             try:
-                return tuple(self.shards[0].step_result(frames[0]))
+                result = self.shards[j].step_result(frame)
             except RLMeshError as exc:
-                raise self.named(exc, 0) from None
+                raise self.named(exc, j) from None
+            self._last_obs[j] = result[0]
+            return result
         results = []
         try:
-            for j, (shard, frame) in enumerate(zip(self.shards, frames, strict=True)):
+            for j, frame in frames:
                 try:
-                    results.append((j, shard.step_views(frame)))
+                    results.append((j, self.shards[j].step_views(frame)))
                 except RLMeshError as exc:
                     raise self.named(exc, j) from None
             merged = self._merge_step(results, owned=False)
         finally:
-            for shard, frame in zip(self.shards, frames, strict=True):
-                shard.connection.release_region(frame.request_id)
+            for j, frame in frames:
+                conn = self.shards[j]._conn
+                if conn is not None:
+                    conn.release_region(frame.request_id)
         return merged
 
     async def render(self) -> tuple[Any, ...]:
