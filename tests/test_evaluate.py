@@ -167,6 +167,7 @@ def test_faults_are_classified() -> None:
     raised = RemoteEnvError("ValueError", "bad seed", "Traceback...\nValueError: bad seed\n")
     assert error_of(raised)["type"] == "exception" and error_of(raised)["message"] == "ValueError: bad seed"
     assert error_of(EpisodeTimeout(2.0))["type"] == "timeout"
+    assert error_of(EpisodeTimeout(2.0, logs="started\nhanging\n"))["log_tail"] == "started\nhanging"
     assert error_of(SandboxStartError("did not start", exit_code=1))["type"] == "start"
     assert is_infrastructure(DockerUnavailableError("no engine"))
     assert is_infrastructure(ConnectionClosedError("lost"))

@@ -117,6 +117,7 @@ def test_faults_are_recorded_and_the_run_goes_on(kind: str) -> None:
     assert died["return"] is None
     assert hung["error"]["type"] == "timeout", hung
     assert "episode_timeout=4" in hung["error"]["message"]
+    assert "hanging on seed 5" in hung["error"]["log_tail"]  # what the env said before it hung
     want = in_process(list(by_seed), lean)
     assert [r["return"] for r in by_seed.values()] == want
     assert all(r["error"] is None for r in by_seed.values())

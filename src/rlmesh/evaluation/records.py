@@ -31,10 +31,11 @@ LOG_TAIL_LINES = 20
 class EpisodeTimeout(Exception):
     """An episode ran past ``episode_timeout`` (raised inside the runner, recorded as a timeout)."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, logs: str = "") -> None:
         super().__init__(f"the episode ran past episode_timeout={seconds:g}s: the env hung, or needs longer "
                          "(then raise episode_timeout=)")
         self.seconds = seconds
+        self.logs = logs  # what the container had printed when the episode was given up
 
 
 def make_record(task: str, episode: int, seed: int, *, total: float | None, length: int, terminated: bool = False,
@@ -65,6 +66,8 @@ def error_of(exc: BaseException) -> dict[str, Any]:
     log_tail: str | None = None
     if isinstance(exc, (EpisodeTimeout, RLMeshTimeoutError, TimeoutError)):
         kind = "timeout"
+        if isinstance(exc, EpisodeTimeout):
+            log_tail = _tail(exc.logs)
     elif isinstance(exc, RemoteEnvError):
         kind = "exception"
         log_tail = _tail(exc.remote_traceback)

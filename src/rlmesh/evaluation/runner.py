@@ -250,6 +250,8 @@ class Runner:
         obs: Any = None
 
         def fault(exc: BaseException) -> _Fault:
+            if isinstance(exc, EpisodeTimeout):  # what the hung env said last
+                exc.logs = getattr(env, "container_logs", "")
             for i, lane in enumerate(active):
                 if lane is not None:
                     lane.length = int(lengths[i])

@@ -167,6 +167,12 @@ class _AsyncSandboxBase(_AsyncRemoteBase):
         """The running container's id, or None."""
         return self._sandbox.container_id if self._sandbox is not None else None
 
+    @property
+    def container_logs(self) -> str:
+        """The last lines the container printed (up to 100), while it runs and after: what a hung
+        env said before it hung, say. Empty before the start."""
+        return self._sandbox.logs if self._sandbox is not None else ""
+
     async def explain(self, exc: TransportError) -> Exception:
         # A lost connection usually means the container died: say how.
         sandbox = self._sandbox

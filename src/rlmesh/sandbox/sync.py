@@ -42,6 +42,11 @@ class SandboxEnv(SyncEnvShell[AsyncSandboxEnv]):
         """The running container's id, or None."""
         return self._core.container_id
 
+    @property
+    def container_logs(self) -> str:
+        """The last lines the container printed (up to 100), while it runs and after."""
+        return self._core.container_logs
+
 
 class SandboxVectorEnv(SyncVectorEnvShell[AsyncSandboxVectorEnv]):
     """A ``gymnasium.vector.VectorEnv`` running in a Docker container that rlmesh owns.
