@@ -24,6 +24,7 @@ from aiodocker.jsonstream import json_stream_stream
 from aiodocker.multiplexed import multiplexed_result_stream
 
 from ..errors import DockerUnavailableError, ImageBuildError, SandboxError
+from .output_tail import OutputTail
 
 __all__ = ["DockerClient", "acquire_docker", "docker_client", "not_found", "release_docker"]
 
@@ -145,7 +146,7 @@ class DockerClient:
         Raises:
             ImageBuildError: The build failed.
         """
-        tail: list[str] = []
+        tail = OutputTail()
         with _map_errors(f"build image {tag}"):
             try:
                 await self._build_stream(context, tag, labels, on_output, tail)
@@ -154,12 +155,12 @@ class DockerClient:
                     raise
                 # aiodocker raises failed steps (found in the 200 OK stream) with status 0.
                 raise ImageBuildError(
-                    f"building sandbox image {tag} failed: {exc.message}", logs="\n".join(tail)
+                    f"building sandbox image {tag} failed: {exc.message}", logs=tail.text()
                 ) from exc
 
     async def _build_stream(
         self, context: IO[bytes], tag: str, labels: Mapping[str, str],
-        on_output: Callable[[str], None], tail: list[str],
+        on_output: Callable[[str], None], tail: OutputTail,
     ) -> None:
         # aiodocker's images.build cannot set the build's network mode; this is its query with
         # `networkmode=none`: builds install from wheels resolved on the host and need no network.
@@ -184,13 +185,12 @@ class DockerClient:
                                 m = _STEP_IMAGE.match(line)
                                 if m and not cached:
                                     created.append(m.group(1))
-                            tail.append(line)
+                            tail.add(line)
                             on_output(line)
-                        del tail[:-40]
                         if "error" in event or "errorDetail" in event:
                             message = event.get("error") or (event.get("errorDetail") or {}).get("message", "")
                             raise ImageBuildError(f"building sandbox image {tag} failed: {message}",
-                                                  logs="\n".join(tail))
+                                                  logs=tail.text())
                 finally:
                     response.close()
         except BaseException:
@@ -262,16 +262,6 @@ class DockerClient:
                 await self.remove(container_id)
             raise
 
-    async def run(self, config: dict[str, Any], name: str | None = None) -> str:
-        """Create and start a container; returns its id (never pulls).
-
-        Raises:
-            SandboxError: Creation or start failed (the container is removed).
-        """
-        container_id = await self.create(config, name)
-        await self.start(container_id)
-        return container_id
-
     async def read_image_file(self, image: str, path: str) -> bytes:
         """The bytes of one file of an image (through a container that is created, never started).
 
@@ -315,12 +305,6 @@ class DockerClient:
             if str(binding.get("HostPort", "")).isdigit():
                 return int(binding["HostPort"])
         raise SandboxError(f"the engine published no host port for {port} of container {container_id[:12]}")
-
-    async def wait(self, container_id: str) -> int:
-        """Wait for a container to exit; returns its exit code."""
-        with _map_errors("wait for the sandbox container"):
-            result = await _complete(self._docker.containers.container(container_id).wait())
-        return int(result.get("StatusCode", -1))
 
     async def wait_exit(self, container_id: str, registered: asyncio.Future[None] | None = None) -> int:
         """Wait for the next exit of a container (call it before the start); returns the exit code.
@@ -413,17 +397,6 @@ class DockerClient:
         except Exception:  # noqa: BLE001  (a hint for an error message: it must never replace the error)
             pass
         return None
-
-    async def logs(self, container_id: str, tail: int = 40) -> str:
-        """The last ``tail`` lines of a container's output ('' if unavailable)."""
-        try:
-            with _map_errors("read container logs"):
-                chunks = await _complete(
-                    self._docker.containers.container(container_id).log(stdout=True, stderr=True, tail=tail)
-                )
-        except SandboxError:
-            return ""
-        return "".join(chunks)
 
     async def follow_logs(self, container_id: str) -> AsyncGenerator[str, None]:
         """Yield a container's output as it comes, from the start (non-TTY containers).

@@ -18,7 +18,6 @@ once it exited.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
@@ -45,6 +44,7 @@ from ..protocol.faults import remote_error_class
 from . import ownership
 from ._docker import DockerClient, acquire_docker, not_found, release_docker
 from .options import RUNTIME_DIR_IN_CONTAINER, ContainerOptions, default_memory, memory_bytes
+from .output_tail import OutputTail
 
 __all__ = ["Engine", "Sandbox", "cleanup_sandboxes", "list_sandboxes"]
 
@@ -152,12 +152,12 @@ class Sandbox:
         self._exit: asyncio.Task[int] | None = None
         self._follower: asyncio.Task[None] | None = None
         self._gvisor = False  # runs under gVisor (the runtime asked for, else the engine's default)
-        self._lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
+        self._output = OutputTail(LOG_LINES)
 
     @property
     def logs(self) -> str:
         """The last lines of the container's output (each cut to 2000 characters)."""
-        return "\n".join(self._lines)
+        return self._output.text()
 
     async def _config(self, docker: DockerClient, socket_path: str | None, token: str | None = None) -> dict[str, Any]:
         opts = self.options
@@ -440,10 +440,11 @@ class Sandbox:
                     # Hostile output is bounded: a line is cut, only the last lines are kept.
                     partial += chunk[: LOG_LINE_CHARS * 4]
                     *lines, partial = partial.split("\n")
-                    self._lines.extend(line[:LOG_LINE_CHARS] for line in lines)
+                    for line in lines:
+                        self._output.add(line[:LOG_LINE_CHARS])
                     partial = partial[-LOG_LINE_CHARS:]
         if partial:
-            self._lines.append(partial[:LOG_LINE_CHARS])
+            self._output.add(partial[:LOG_LINE_CHARS])
 
     async def _drain_output(self) -> None:
         # The output stream ends when the container exits; let it deliver its last lines.

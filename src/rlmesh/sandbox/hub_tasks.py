@@ -8,7 +8,6 @@ sandbox, and no socket) prints the envs and exits.
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 from typing import Any
 
@@ -23,7 +22,7 @@ from . import ownership
 from ._docker import acquire_docker, docker_client
 from .container import Sandbox
 from .env import AsyncSandboxEnv, AsyncSandboxVectorEnv
-from .output_tail import last_lines
+from .output_tail import OutputTail, last_lines
 from .ownership import install_signal_handlers
 from .sources import HubSource, fetch_hub_repo
 
@@ -133,7 +132,7 @@ class _Listing(Sandbox):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self._lines = collections.deque(maxlen=MAX_TASKS)
+        self._output = OutputTail(MAX_TASKS)  # the listing: every line it may print is kept
         self.last_id: str | None = None
 
     async def run_to_exit(self, timeout: float | None) -> tuple[int | None, list[str]]:
@@ -157,7 +156,7 @@ class _Listing(Sandbox):
                     "raise connect_timeout, or look for a make_env that hangs"
                 ) from None
             await self._drain_output()
-            return self._exit_code(), list(self._lines)
+            return self._exit_code(), self._output.lines()
         finally:
             with anyio.CancelScope(shield=True):
                 await self.close()

@@ -35,6 +35,10 @@ class OutputTail:
         """The kept lines, one per line."""
         return "\n".join(self._lines)
 
+    def lines(self) -> list[str]:
+        """The kept lines, oldest first."""
+        return list(self._lines)
+
 
 def last_lines(output: str | Iterable[str], lines: int = TAIL_LINES) -> str:
     """The last ``lines`` lines of ``output`` (a text, or its lines), one per line."""
