@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from .._checks import is_int, is_number
 from ..errors import InvalidArgumentError
 from ..sandbox.env import AsyncSandboxVectorEnv
 from .policies import resolve_policy
@@ -20,7 +21,7 @@ __all__ = ["evaluate", "evaluate_async"]
 
 
 def _check_seeds(episodes: Any, seeds: Sequence[int] | None) -> list[int]:
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+    if not is_int(episodes) or episodes < 1:
         raise InvalidArgumentError(f"episodes must be a positive int (episodes per task), got {episodes!r}")
     if seeds is None:
         return list(range(episodes))
@@ -33,7 +34,7 @@ def _check_seeds(episodes: Any, seeds: Sequence[int] | None) -> list[int]:
             f"(or leave seeds out for range({episodes}))"
         )
     for seed in out:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        if not is_int(seed) or seed < 0:
             raise InvalidArgumentError(f"each seed must be a non-negative int, got {seed!r}")
     return out
 
@@ -41,8 +42,7 @@ def _check_seeds(episodes: Any, seeds: Sequence[int] | None) -> list[int]:
 def _check_number(name: str, value: Any, *, minimum: float, integer: bool = False, optional: bool = False) -> None:
     if optional and value is None:
         return
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not value >= minimum:
+    if not (is_int(value) if integer else is_number(value)) or not value >= minimum:
         what = "an int" if integer else "a number"
         raise InvalidArgumentError(f"{name} must be {what} >= {minimum:g}{' or None' if optional else ''}, got {value!r}")
 

@@ -21,6 +21,7 @@ from typing import Any, overload
 
 import gymnasium as gym
 
+from .._checks import is_int
 from ..errors import InvalidArgumentError
 
 __all__ = ["DEFAULT_LANES", "Acting", "BatchedPolicy", "Policy", "batched", "load_policy", "maybe_await", "policy_name",
@@ -42,7 +43,7 @@ class BatchedPolicy:
     def __init__(self, fn: Callable[[Any], Any], lanes: int = DEFAULT_LANES) -> None:
         if not callable(fn):
             raise InvalidArgumentError(f"batched() takes a callable obs[N, ...] -> actions[N], got {fn!r}")
-        if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
+        if not is_int(lanes) or lanes < 1:
             raise InvalidArgumentError(f"lanes must be a positive int, got {lanes!r}")
         self.fn = fn
         self.lanes = lanes
