@@ -67,3 +67,14 @@ def test_a_gvisor_sandbox_falls_back_to_the_socket() -> None:
         _vector_parity(env, ref, 200)
     finally:
         env.close()
+
+
+def test_data_plane_socket_forces_the_socket_for_a_sandbox() -> None:
+    env = SandboxVectorEnv("CartPole-v1", num_envs=3, shards=3, data_plane="socket")
+    try:
+        planes = _planes(env)
+        assert len(planes) == 3 and not any(p.startswith("shared memory") for p in planes), planes
+        _vector_parity(env, gym.make_vec("CartPole-v1", num_envs=3, vectorization_mode="sync"), 120)
+        assert env.spec is not None and env.spec.kwargs["data_plane"] == "socket"
+    finally:
+        env.close()

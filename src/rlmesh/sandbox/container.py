@@ -130,7 +130,8 @@ class Sandbox:
     """
 
     def __init__(self, image: str, command: list[str], options: ContainerOptions, source: str,
-                 max_frame_size: int, engine: Engine | None = None, lease: float = 60.0) -> None:
+                 max_frame_size: int, engine: Engine | None = None, lease: float = 60.0,
+                 data_plane: str = "auto") -> None:
         self.engine = engine or Engine.choose(None, None)
         self.lease = lease
         self.relay_id: str | None = None
@@ -142,6 +143,7 @@ class Sandbox:
         self.options = options
         self.source = source
         self.max_frame_size = max_frame_size
+        self.data_plane = data_plane  # what the dialled connection offers (see ClientConnection.accept)
         self.container_id: str | None = None
         self.socket_dir: str | None = None
         self.memory: int | None = None
@@ -381,7 +383,7 @@ class Sandbox:
 
     async def _await_server(self, listener: Any, timeout: float | None) -> ClientConnection:
         assert self._exit is not None and self.container_id is not None
-        accept = asyncio.ensure_future(listener.accept())
+        accept = asyncio.ensure_future(listener.accept(data_plane=self.data_plane))
         try:
             with anyio.fail_after(self._left()):
                 await asyncio.wait({accept, self._exit}, return_when=asyncio.FIRST_COMPLETED)

@@ -262,7 +262,7 @@ class _AsyncSandboxBase(_AsyncRemoteBase):
             async with docker_client(self.engine.host) as docker:
                 self.image, command = await self._prepare(docker)
                 self._sandbox = Sandbox(self.image, command, self.options, self.source, self.max_frame_size,
-                                        self.engine, self.lease)
+                                        self.engine, self.lease, self.data_plane)
                 conn = await self._sandbox.start(self.connect_timeout)
             self.address = conn.address
             self._adopt(conn)

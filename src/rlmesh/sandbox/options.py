@@ -29,6 +29,7 @@ import orjson
 from .._checks import is_int, is_number
 from ..errors import InvalidArgumentError
 from ..protocol import DEFAULT_MAX_FRAME_SIZE
+from ..protocol.bounds import DEFAULT_MAX_INFO_SIZE, DEFAULT_MAX_VARIABLE_SIZE
 from ..protocol.options import FACTORY_PATTERN
 from .progress import ProgressOption, check_progress
 
@@ -342,6 +343,16 @@ class SandboxOptions(ContainerOptions):
                                   "64 KiB).", group="client")
     strict_actions: bool = _option(False, "Check actions against the action space on the host before sending them.",
                                    group="client")
+    data_plane: str = _option(
+        "auto", "``\"auto\"``: observations, rewards and flags cross in shared memory the host creates (a sealed "
+        "memfd) where the server can map it (a Unix-socket sandbox under runc), else the socket; ``\"socket\"``: "
+        "always the socket. The path chosen is logged once.", group="client")
+    max_info_size: int = _option(
+        DEFAULT_MAX_INFO_SIZE, "Bytes a STEP or RESET reply may spend on its info dict (part of the reply bound).",
+        group="client")
+    max_variable_size: int = _option(
+        DEFAULT_MAX_VARIABLE_SIZE, "Bytes a reply may spend on variable-size leaves (Text, Sequence, Graph, custom "
+        "spaces).", group="client")
     progress: ProgressOption = _option(
         None, "Image build progress: None (a status line when stderr is a terminal, else log records), True, False "
         "(log records only), or a callable taking ``BuildProgress``.", group="sandbox", spec=False)
