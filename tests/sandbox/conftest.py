@@ -26,6 +26,10 @@ os.environ["PIP_NO_INDEX"] = "1"
 os.environ["PIP_FIND_LINKS"] = str(WHEELHOUSE)
 os.environ["RLMESH_APT_OFFLINE"] = "1"  # Debian packages from the cache set-up filled
 os.environ.setdefault("RLMESH_CACHE_DIR", str(ROOT / ".cache" / "rlmesh"))
+# Ray's switch for single-machine clusters: every node, and every address, on 127.0.0.1 (nothing
+# here talks to the machine's other addresses). Ray reads it once, when it is first imported, so it
+# is set before any test imports ray; its workers inherit it.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 PROBE_PKG = str(Path(__file__).parent / "probe_pkg")
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -172,3 +176,20 @@ def extra_engine(sandbox_image: str, name: str, bridge: str, address: str) -> It
         log.close()
         subprocess.run(["ip", "link", "del", bridge], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """A two-node Ray cluster on this machine, every address on 127.0.0.1; its address."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    cluster.add_node(num_cpus=2)
+    try:
+        assert cluster.address.startswith("127.0.0.1:"), cluster.address
+        yield cluster.address
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()

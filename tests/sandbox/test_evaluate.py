@@ -153,23 +153,17 @@ def test_shards_under_evaluate_with_a_progress_bar(capfd: pytest.CaptureFixture[
     assert "evaluate" in err and "8/8" in err and "mean_return" in err  # tqdm's bar, with the running figures
 
 
-def test_ray_placement_under_evaluate() -> None:
+def test_ray_placement_under_evaluate(ray_cluster: str) -> None:
     import ray
 
     from rlmesh.sandbox.placement import RayPlacement
 
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # a one-machine cluster, on 127.0.0.1
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    ray.init(address=cluster.address, log_to_driver=False)
+    ray.init(address=ray_cluster, log_to_driver=False)
     try:
         report = rlmesh.evaluate(rlmesh.batched(lean_batch, lanes=4), "CartPole-v1", episodes=8, concurrency=1,
-                                 shards=2, placement=RayPlacement(num_cpus=1, address=cluster.address), progress=False)
+                                 shards=2, placement=RayPlacement(num_cpus=1, address=ray_cluster), progress=False)
     finally:
         ray.shutdown()
-        cluster.shutdown()
-        os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     assert [r["return"] for r in report.episodes] == in_process(range(8), lean)
     assert report.container_starts == 1 and report.summary["overall"]["errors"] == 0
 

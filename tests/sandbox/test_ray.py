@@ -7,11 +7,9 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import gymnasium as gym
-import pytest
 
 from rlmesh.numpy import SandboxVectorEnv
 from rlmesh.sandbox.placement import AsyncRayShardedVectorEnv, RayPlacement
@@ -19,30 +17,6 @@ from rlmesh.sandbox.placement import AsyncRayShardedVectorEnv, RayPlacement
 from ..helpers import assert_same, assert_same_steps
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[str]:
-    # Ray's switch for single-machine clusters: every node, and every address, on 127.0.0.1
-    # (nothing here talks to the machine's other addresses). Workers inherit it.
-    previous = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    import ray
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    cluster.add_node(num_cpus=2)
-    try:
-        assert cluster.address.startswith("127.0.0.1:")
-        yield cluster.address
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        cluster.shutdown()
-        if previous is None:
-            os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
-        else:
-            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = previous
 
 
 def _labelled() -> set[str]:
