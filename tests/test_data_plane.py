@@ -28,7 +28,7 @@ from gymnasium.vector import AutoresetMode
 
 from rlmesh import RemoteEnv, RemoteVectorEnv
 from rlmesh.errors import EnvClosedError, ProtocolError
-from rlmesh.protocol import Connection, MessageType, encode_message
+from rlmesh.protocol import Connection, ErrorBody, MessageType, encode_message
 from rlmesh.protocol.data_plane import FEATURE, PROBE_SIZE, Layout
 
 from .envs import BIG_OBS_ID, KITCHEN_SINK_ID
@@ -236,13 +236,15 @@ class _RawServer:
 
     def __init__(self, path: str, reply: Callable[[Any], Any], *, features: tuple[str, ...] = (FEATURE,),
                  misbehave: Callable[[socket.socket, mmap.mmap, int], None] | None = None,
-                 answer_ready: Callable[[int], Any] | None = None) -> None:
+                 answer_ready: Callable[[int], Any] | None = None, decline: bool = False,
+                 hello: dict[str, Any] | None = None) -> None:
         self.address = f"unix://{path}"
         self.region: mmap.mmap | None = None
         self.sock: socket.socket | None = None
         self.errors: list[BaseException] = []
         self._reply, self._features, self._misbehave = reply, features, misbehave
         self._answer_ready = answer_ready or (lambda size: {"ready": size})
+        self._decline, self._hello = decline, hello or {}
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(path)
         self._listener.listen(1)
@@ -267,10 +269,13 @@ class _RawServer:
                     for frame in conn.receive_data(data):
                         rid = frame.request_id
                         if frame.type is MessageType.HELLO:
-                            sock.sendall(cartpole_hello(rid, features=self._features))
+                            sock.sendall(cartpole_hello(rid, features=self._features, **self._hello))
                         elif frame.type is MessageType.CLOSE:
                             sock.sendall(encode_message(MessageType.CLOSE, rid, None))
                             return
+                        elif frame.type is MessageType.MAP and self._decline:
+                            sock.sendall(ErrorBody("bad_request", "InvalidArgumentError",
+                                                   "no shared region: declined by the test").encode(rid))
                         elif frame.type is MessageType.MAP and "size" in frame.value():
                             body = frame.value()
                             probe = bytes.fromhex(body["probe"])
@@ -466,7 +471,8 @@ FORGED = {
 @pytest.mark.parametrize("forge", FORGED.values(), ids=FORGED.keys())
 def test_the_server_declines_a_forged_region_and_keeps_serving(serve: Serve, forge: Callable[[int], list[int]]) -> None:
     address = serve(gym.make("CartPole-v1"))
-    size = Layout(gym.make("CartPole-v1").observation_space, None).size
+    layout = Layout(gym.make("CartPole-v1").observation_space, None)
+    size = layout.size
     probe = os.urandom(PROBE_SIZE)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(10)
@@ -475,7 +481,7 @@ def test_the_server_declines_a_forged_region_and_keeps_serving(serve: Serve, for
     with sock:
         hello = _hello(sock, conn)
         assert FEATURE in hello.tree["features"]
-        ready = _offer(sock, conn, 2, {"size": size, "probe": probe.hex()})
+        ready = _offer(sock, conn, 2, {"size": size, "probe": probe.hex(), "layout": layout.fingerprint()})
         assert ready.type is MessageType.MAP and ready.value() == {"ready": size}
         fds = forge(size)
         for fd in fds:
@@ -615,3 +621,101 @@ async def test_an_async_sharded_env_gathers_through_the_regions(tmp_path: Path, 
                 assert_same(got, local.step(action), f"split step {t}")
         for obs, snapshot in kept:
             assert_same(obs, snapshot)
+
+
+# --------------------------------------------------------------------------- found by review
+
+
+def test_a_region_is_never_bigger_than_a_reply_may_be(raw: Any) -> None:
+    # The region is sized from the server's HELLO: a MultiBinary announced at 2**40 elements cost
+    # nothing to send and made the host map (then copy) a TiB. Past max_frame_size: the socket.
+    server = raw(lambda frame: None, hello={"observation_space": gym.spaces.MultiBinary([1 << 20, 1 << 20])})
+    env = RemoteEnv(server.address, max_frame_size=1 << 20)
+    try:
+        note = env._core.connection.data_plane
+        assert note.startswith("socket (the spaces' arrays need") and "max_frame_size=1048576" in note, note
+    finally:
+        env.close()
+
+
+def test_dict_observations_in_insertion_order_fill_the_right_keys(serve: Serve) -> None:
+    # The env's Dict keeps insertion order (b before a); the client's, rebuilt from the handshake,
+    # is sorted. Both sides must place the keys alike, or each key reads another's array.
+    import collections
+
+    class Ordered(gym.Env[Any, Any]):
+        observation_space = gym.spaces.Dict(collections.OrderedDict(
+            [("b", gym.spaces.Box(-9, 9, (4,), np.float32)), ("a", gym.spaces.Box(-9, 9, (2,), np.float64))]))
+        action_space = gym.spaces.Discrete(2)
+
+        def _obs(self) -> dict[str, Any]:
+            return {"b": np.full(4, 2.0, np.float32), "a": np.full(2, float(self.t), np.float64)}
+
+        def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+            self.t = 0
+            return self._obs(), {}
+
+        def step(self, action: Any) -> Any:
+            self.t += 1
+            return self._obs(), 0.0, False, False, {}
+
+    address = serve(Ordered)
+    env = RemoteEnv(address)
+    try:
+        assert env._core.connection.data_plane.startswith("shared memory")
+        ref = Ordered()
+        assert_same(env.reset(seed=0), ref.reset(seed=0))
+        for _ in range(3):
+            assert_same(env.step(0), ref.step(0))
+    finally:
+        env.close()
+
+
+def test_a_declined_offer_leaves_no_descriptor_behind(raw: Any) -> None:
+    def fds() -> int:  # this process's memfd descriptors (the raw servers' listeners live on)
+        out = 0
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                out += os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:")
+        return out
+
+    def reply(frame: Any) -> bytes:
+        return encode_message(frame.type, frame.request_id, (np.zeros(4, np.float32), {}))
+
+    for _ in range(3):  # warm up whatever opens once
+        env = RemoteEnv(raw(reply, decline=True).address)
+        env.close()
+    before = fds()
+    for _ in range(20):
+        env = RemoteEnv(raw(reply, decline=True).address)
+        assert env._core.connection.data_plane.startswith("socket (the server declined"), env._core.connection.data_plane
+        env.close()
+    gc.collect()
+    assert fds() == before
+
+
+def test_a_malformed_map_answer_is_a_protocol_error(raw: Any) -> None:
+    server = raw(lambda frame: None, answer_ready=lambda size: {"ready": np.arange(3)})
+    with pytest.raises(ProtocolError, match="answered a"):
+        RemoteEnv(server.address)
+
+
+def test_an_env_with_too_many_arrays_for_a_region_is_served_over_the_socket(serve: Serve) -> None:
+    space = gym.spaces.Dict({f"k{i:04d}": gym.spaces.Box(0, 1, (1,), np.float32) for i in range(5000)})
+
+    class Wide(gym.Env[Any, Any]):
+        observation_space = space
+        action_space = gym.spaces.Discrete(2)
+
+        def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+            return {k: np.zeros(1, np.float32) for k in space.spaces}, {}
+
+        def step(self, action: Any) -> Any:
+            return {k: np.ones(1, np.float32) for k in space.spaces}, 0.0, False, False, {}
+
+    env = RemoteEnv(serve(Wide))
+    try:
+        assert env._core.connection.data_plane.startswith("socket"), env._core.connection.data_plane
+        assert env.step(0)[0]["k4999"][0] == 1.0 if env.reset()[0]["k0000"][0] == 0.0 else False
+    finally:
+        env.close()

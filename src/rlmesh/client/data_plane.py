@@ -124,6 +124,10 @@ async def open_region(conn: ClientConnection, hello: ServerHello, unix: bool, mo
         return None, f"socket ({exc})"
     if not layout.size:
         return None, "socket (no fixed-shape arrays in the observations)"
+    if layout.size > conn._p.max_frame_size:
+        # The region is sized from what the server announced: no bigger than a reply may be.
+        return None, (f"socket (the spaces' arrays need {layout.size} bytes, more than "
+                      f"max_frame_size={conn._p.max_frame_size})")
     p = conn._p
     if p.direct is None:
         return None, "socket (no descriptor of the socket to send with)"
@@ -132,15 +136,18 @@ async def open_region(conn: ClientConnection, hello: ServerHello, unix: bool, mo
         probe = os.urandom(PROBE_SIZE)
         memory[:PROBE_SIZE] = probe
         size = layout.size
+        offer = {"size": size, "probe": probe.hex(), "layout": layout.fingerprint()}
         try:
-            ready = await conn.request(MessageType.MAP, {"size": size, "probe": probe.hex()}, _MAP_TIMEOUT)
+            ready = await conn.request(MessageType.MAP, offer, _MAP_TIMEOUT)
             answer = conn.unwrap(ready, MessageType.MAP, _body)
         except RLMeshError as exc:
             if conn.is_closed:
                 raise
+            os.close(fd)
+            fd = -1
             memory.close()
             return None, f"socket (the server declined shared memory: {exc})"
-        if answer != {"ready": size}:
+        if not _answers(answer, {"ready": size}):
             conn.abort()
             raise ProtocolError(f"the server answered a {size}-byte region with {answer!r:.100}; the connection was closed")
         with p.send_lock:
@@ -160,7 +167,7 @@ async def open_region(conn: ClientConnection, hello: ServerHello, unix: bool, mo
             memory.close()
             return None, f"socket (the server could not map the region: {exc})"
         echoed = memory[PROBE_SIZE : 2 * PROBE_SIZE]
-        if answer != {"mapped": size, "probe": probe.hex()} or echoed != probe[::-1]:
+        if not _answers(answer, {"mapped": size, "probe": probe.hex()}) or echoed != probe[::-1]:
             conn.abort()
             raise ProtocolError(
                 f"the server's answer to the shared region does not match what was handed over ({answer!r:.120}); "
@@ -174,6 +181,13 @@ async def open_region(conn: ClientConnection, hello: ServerHello, unix: bool, mo
         if not memory.closed:
             memory.close()
         raise
+
+
+def _answers(answer: Any, expected: dict[str, Any]) -> bool:
+    # Compared key by key and type by type: a hostile body may hold arrays, which == would not
+    # answer with a bool.
+    return (type(answer) is dict and answer.keys() == expected.keys()
+            and all(type(answer[k]) is type(v) and answer[k] == v for k, v in expected.items()))
 
 
 def _body(frame: Any) -> Any:

@@ -33,6 +33,7 @@ socket stays). Nothing here does I/O.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,13 +119,24 @@ class Layout:
             return None
         if type(space) is spaces.Dict:
             assert isinstance(space, spaces.Dict)
-            plan = {k: self._plan(s, (*path, k), depth + 1) for k, s in space.spaces.items()}
+            # Keys in one canonical order: the env's Dict may keep insertion order (an OrderedDict)
+            # while the client's, rebuilt from the handshake, is sorted; both must place alike.
+            keys = sorted(space.spaces) if all(type(k) is str for k in space.spaces) else list(space.spaces)
+            plan = {k: self._plan(space.spaces[k], (*path, k), depth + 1) for k in keys}
             return plan if any(v is not None for v in plan.values()) else None
         if type(space) is spaces.Tuple:
             assert isinstance(space, spaces.Tuple)
             items = tuple(self._plan(s, (*path, i), depth + 1) for i, s in enumerate(space.spaces))
             return items if any(v is not None for v in items) else None
         return None
+
+    def fingerprint(self) -> str:
+        """A digest of every leaf's path, shape, dtype and offset: the two sides' layouts must agree
+        on all of it, not only on the size."""
+        digest = hashlib.sha256()
+        for leaf in self.leaves:
+            digest.update(repr((leaf.path, leaf.shape, leaf.dtype.str, leaf.offset)).encode())
+        return digest.hexdigest()[:32]
 
     def views(self, buffer: Any) -> list[np.ndarray[Any, Any]]:
         """Each leaf's array over ``buffer`` (a region of exactly :attr:`size` bytes), in leaf order."""

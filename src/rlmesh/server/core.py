@@ -275,8 +275,13 @@ class EnvServer:
         else:
             env = self.env
         vector = isinstance(env, gym.vector.VectorEnv)
-        self._layout = Layout(env.observation_space, int(env.num_envs) if vector else None)  # type: ignore[union-attr]
-        self._hello = _describe(env, data_plane=bool(self._layout.size) and supported()).encode_parts()
+        try:
+            self._layout = Layout(env.observation_space, int(env.num_envs) if vector else None)  # type: ignore[union-attr]
+        except ValueError as exc:  # too many arrays to place: served over the socket, as before
+            log.info("no shared memory for this env: %s", exc)
+            self._layout = None
+        data_plane = self._layout is not None and bool(self._layout.size) and supported()
+        self._hello = _describe(env, data_plane=data_plane).encode_parts()
         if self._dial:
             for early in list(self._pending):  # connected above; a HELLO may be waiting
                 early.env_ready()

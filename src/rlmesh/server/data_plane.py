@@ -93,10 +93,10 @@ class RegionHandover:
         self._timer: asyncio.TimerHandle | None = None
 
     def offer(self, body: Any, sole: bool) -> str | None:
-        """Take a client's offer (``{"size", "probe"}``): None when the descriptor is now awaited
-        (reading paused; answer ``{"ready": size}``), else why the offer is declined."""
-        if type(body) is not dict or set(body) != {"size", "probe"}:
-            return "a MAP offer is {size, probe}"
+        """Take a client's offer (``{"size", "probe", "layout"}``): None when the descriptor is now
+        awaited (reading paused; answer ``{"ready": size}``), else why the offer is declined."""
+        if type(body) is not dict or set(body) != {"size", "probe", "layout"}:
+            return "a MAP offer is {size, probe, layout}"
         size, probe = body["size"], body["probe"]
         if self.region is not None or self._dup is not None:
             return "this connection has a region already"
@@ -106,6 +106,8 @@ class RegionHandover:
             return "this server takes no region (no fixed-shape arrays, or no memfd seals here)"
         if type(size) is not int or size != self.layout.size:
             return f"a region of {size!r:.20} bytes does not fit this env's layout ({self.layout.size} bytes)"
+        if body["layout"] != self.layout.fingerprint():
+            return "the client places the arrays otherwise than this server (another layout of the same size)"
         try:
             self._probe = bytes.fromhex(probe) if type(probe) is str else b""
         except ValueError:
