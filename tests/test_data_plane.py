@@ -719,3 +719,25 @@ def test_an_env_with_too_many_arrays_for_a_region_is_served_over_the_socket(serv
         assert env.step(0)[0]["k4999"][0] == 1.0 if env.reset()[0]["k0000"][0] == 0.0 else False
     finally:
         env.close()
+
+
+def test_a_refused_handshake_unmaps_its_region_at_once(serve: Serve) -> None:
+    # A single-env class pointed at a vector server: the connection is refused after its region was
+    # handed over. The region must go with the connection, not whenever the garbage collector runs.
+    from rlmesh.errors import InvalidArgumentError
+
+    address = serve(gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync"))
+
+    def mapped() -> int:
+        with open("/proc/self/maps") as f:
+            return sum("rlmesh-data-plane" in line for line in f)
+
+    gc.disable()
+    try:
+        before = mapped()
+        for _ in range(5):
+            with pytest.raises(InvalidArgumentError):
+                RemoteEnv(address)
+        assert mapped() == before
+    finally:
+        gc.enable()

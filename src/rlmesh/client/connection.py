@@ -852,10 +852,13 @@ class ClientConnection:
                 region.owner = 0  # its arrays are copied out (or there were none): free again
 
     def abort(self) -> None:
-        """Drop the connection at once (on the loop)."""
+        """Drop the connection at once (on the loop), and unmap its region."""
         self._closed_here = True
         if self._p.transport is not None:
             self._p.transport.abort()
+        region, self._p.region = self._p.region, None
+        if region is not None:
+            region.close()
 
     def abort_threadsafe(self) -> None:
         """:meth:`abort`, from any thread."""

@@ -131,7 +131,10 @@ async def open_region(conn: ClientConnection, hello: ServerHello, unix: bool, mo
     p = conn._p
     if p.direct is None:
         return None, "socket (no descriptor of the socket to send with)"
-    fd, memory = _create(layout.size)
+    try:
+        fd, memory = _create(layout.size)
+    except OSError as exc:  # memfds refused here (a seccomp profile, the descriptor limit)
+        return None, f"socket (no shared region could be made here: {exc})"
     try:
         probe = os.urandom(PROBE_SIZE)
         memory[:PROBE_SIZE] = probe
