@@ -477,6 +477,10 @@ class Sandbox:
             return None, None
         state = await self._docker.state(self.container_id)
         actions = await self._docker.container_events(self.container_id) or []
+        if code == 137 and not state.get("OOMKilled") and not {"oom", "kill"} & set(actions):
+            # A SIGKILL with no cause on record yet: on a busy engine the events may be slow to
+            # come (a second was not enough under a full test run); ask once more, for longer.
+            actions = await self._docker.container_events(self.container_id, wait=5.0) or actions
         await self._drain_output()
         if state.get("OOMKilled") or "oom" in actions:
             return code, "memory"
