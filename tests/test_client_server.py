@@ -22,7 +22,8 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 
 from rlmesh import AsyncRemoteEnv, AsyncRemoteVectorEnv, RemoteEnv, RemoteVectorEnv, _portal
-from rlmesh.client.connection import read_replies
+from rlmesh.client.caller_thread import read_replies
+from rlmesh.client.transport import Reader
 from rlmesh.errors import (
     ConnectError,
     ConnectionClosedError,
@@ -640,7 +641,7 @@ def test_sync_requests_written_from_the_caller_s_thread_survive_partial_writes(s
     address = serve(_EchoActionEnv())
     with RemoteEnv(address) as env:
         env.reset(seed=0)
-        p = env._core.connection._p
+        p = env._core.connection.protocol
         assert p.direct is not None
         p.direct.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         flushes = []
@@ -663,7 +664,7 @@ def test_a_loop_write_queued_before_a_split_direct_write_goes_after_it(serve: Se
     with RemoteEnv(address) as env:
         env.reset(seed=0)
         core = env._core
-        p = core.connection._p
+        p = core.connection.protocol
         assert p.direct is not None
         p.direct.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         x = np.full(14000, 0.25, np.float32)
@@ -749,13 +750,13 @@ def test_a_sync_caller_reads_its_own_reply_once_the_loop_is_idle(serve: Serve, m
     with RemoteEnv(address, request_timeout=10) as env:
         ref = gym.make("CartPole-v1")
         assert_same(env.reset(seed=1), ref.reset(seed=1))
-        p = env._core.connection._p
+        p = env._core.connection.protocol
 
         def idle() -> bool:  # the loop stops reading right after it delivered the last reply
             deadline = time.monotonic() + 5
-            while not (p.reader == "none" and p.paused) and time.monotonic() < deadline:
+            while not (p.reader is Reader.NONE and p.paused) and time.monotonic() < deadline:
                 time.sleep(0.001)
-            return p.reader == "none" and p.paused
+            return p.reader is Reader.NONE and p.paused
 
         assert idle()  # idle: the loop stopped reading
         reads = []
@@ -763,7 +764,7 @@ def test_a_sync_caller_reads_its_own_reply_once_the_loop_is_idle(serve: Serve, m
         monkeypatch.setattr(_portal, "read_replies", lambda *a: (reads.append(1), real(*a)))
         for t in range(5):
             assert_same(env.step(t % 2), ref.step(t % 2))
-        assert len(reads) == 5 and p.reader == "none"
+        assert len(reads) == 5 and p.reader is Reader.NONE
         # A request of the loop's own (the spaces' description goes through the portal) takes
         # reading back, then leaves it idle again.
         assert env.get_wrapper_attr("spec").id == "CartPole-v1"
@@ -790,7 +791,7 @@ def test_an_interrupted_sharded_step_leaves_every_connection_usable(tmp_path: Pa
             with pytest.raises(KeyboardInterrupt):
                 envs.step(np.zeros(4, np.int64))
             second.send_from_thread = real  # type: ignore[method-assign]
-            assert first._p.reader != "thread"
+            assert first.protocol.reader is not Reader.THREAD
             # The first shard's reply to the interrupted step is read (and dropped as nobody's)
             # by the loop; every later request, sync or through the loop, is answered.
             assert envs.get_attr("np_random_seed") is not None
@@ -807,7 +808,7 @@ def test_an_interrupted_read_drops_the_connection_instead_of_hanging(serve: Serv
     with RemoteEnv(address, request_timeout=10) as env:
         env.reset(seed=0)
         env.step(0)
-        p = env._core.connection._p
+        p = env._core.connection.protocol
 
         def interrupted(frames: Any, *, on_loop: bool) -> None:
             del p.dispatch  # once

@@ -558,7 +558,7 @@ def test_a_sync_sharded_step_waits_on_all_shards_with_one_poll_set(tmp_path: Pat
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     # The caller's thread gathers K replies itself: one poll set per step, each connection
     # registered once (not a new set, re-registering every shard, after each reply).
-    import rlmesh.client.connection as connection
+    import rlmesh.client.caller_thread as connection
 
     made: list[int] = []
     registered: list[int] = []

@@ -286,8 +286,12 @@ def test_remote_error_classes_are_only_builtin_or_gymnasium() -> None:
 ])
 def test_a_missing_shared_library_note_names_the_debian_package(message: str, traceback: str, fix: str) -> None:
     from rlmesh.protocol.faults import ErrorBody, exception_for_error
+    from rlmesh.sandbox.library_hints import add_missing_library_note
 
     err = exception_for_error(ErrorBody("env", "builtins.ImportError", message, traceback))
+    assert not getattr(err, "__notes__", None)  # the protocol knows nothing of Debian: a sandbox adds the note
+    assert isinstance(err, RemoteEnvError)
+    add_missing_library_note(err)
     assert fix in "".join(err.__notes__)
 
 
@@ -305,19 +309,19 @@ def test_a_hostile_error_message_is_searched_in_bounded_time(message: str, tmp_p
     (tmp_path / "message.txt").write_text(message)
     code = (
         "import pathlib, sys\n"
-        "from rlmesh.protocol.faults import ErrorBody, exception_for_error\n"
+        "from rlmesh.sandbox.library_hints import missing_library_note\n"
         "m = pathlib.Path(sys.argv[1]).read_text()\n"
-        "exception_for_error(ErrorBody('env', 'builtins.OSError', m, m * 4))\n"
+        "missing_library_note(m, (m * 4)[-4000:])\n"
+        "missing_library_note(m * 4, m)\n"
     )
     # a hang detector (linear: milliseconds, plus the interpreter's start), not a timing assertion
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "message.txt")], check=True, timeout=20)
 
 
 def test_an_env_error_without_a_missing_library_has_no_note() -> None:
-    from rlmesh.protocol.faults import ErrorBody, exception_for_error
+    from rlmesh.sandbox.library_hints import missing_library_note
 
-    err = exception_for_error(ErrorBody("env", "builtins.ValueError", "libGL is great", "OpenGL"))
-    assert not getattr(err, "__notes__", None)
+    assert missing_library_note("libGL is great", "OpenGL") is None
 
 
 # --------------------------------------------------------------------------- authentication and TLS
@@ -454,7 +458,7 @@ async def test_tls_with_a_self_signed_certificate(tcp_server: Any, tmp_path: Pat
     obs, _ = await env.reset(seed=3)
     assert np.array_equal(obs, local.reset(seed=3)[0])
     core = env.env if flavour == "async" else env.env._core
-    assert core.connection._p.direct is None  # TLS bytes are the SSL object's: only the loop writes them
+    assert core.connection.protocol.direct is None  # TLS bytes are the SSL object's: only the loop writes them
     for t in range(5):
         got, want = await env.step(t % 2), local.step(t % 2)
         assert np.array_equal(got[0], want[0])
@@ -600,9 +604,9 @@ async def test_a_leased_server_outlives_its_client_by_the_lease(tmp_path: Path) 
 
 
 async def test_a_dialling_server_serves_one_listener_and_ends_with_it(tmp_path: Path) -> None:
-    from rlmesh.client.connection import ClientConnection
+    from rlmesh.client.listener import Listener
 
-    listener = await ClientConnection.listen(str(tmp_path / "host.sock"))
+    listener = await Listener.open(str(tmp_path / "host.sock"))
     st = ServerThread(gym.make("CartPole-v1"), f"unix://{tmp_path}/host.sock", dial=True)
     st._thread.start()
     try:

@@ -25,9 +25,9 @@ __version__ = "0.2.0.dev0"
 
 _EXPORTS = {
     "AsyncRemoteEnv": "rlmesh.client.env",
-    "AsyncRemoteVectorEnv": "rlmesh.client.env",
+    "AsyncRemoteVectorEnv": "rlmesh.client.vector",
     "AsyncSandboxEnv": "rlmesh.sandbox.env",
-    "AsyncSandboxVectorEnv": "rlmesh.sandbox.env",
+    "AsyncSandboxVectorEnv": "rlmesh.sandbox.vector",
     "EnvServer": "rlmesh.server.core",
     "RemoteEnv": "rlmesh.sync",
     "RemoteVectorEnv": "rlmesh.sync",
@@ -47,12 +47,14 @@ _EXPORTS = {
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:
-    from .client.env import AsyncRemoteEnv, AsyncRemoteVectorEnv
+    from .client.env import AsyncRemoteEnv
+    from .client.vector import AsyncRemoteVectorEnv
     from .errors import AuthenticationError, RemoteEnvError, RLMeshError, SandboxError
     from .evaluation import EvaluationReport, batched, evaluate, evaluate_async
-    from .sandbox.env import AsyncSandboxEnv, AsyncSandboxVectorEnv
+    from .sandbox.env import AsyncSandboxEnv
     from .sandbox.hub_tasks import list_tasks
     from .sandbox.sync import SandboxEnv, SandboxVectorEnv
+    from .sandbox.vector import AsyncSandboxVectorEnv
     from .server.core import EnvServer
     from .sync import RemoteEnv, RemoteVectorEnv
 

@@ -9,9 +9,9 @@ forgotten env cannot hang interpreter exit; an ``atexit`` hook stops the loop
 
 The hot path (:func:`request`) does not start a portal task at all: the request
 is written on the socket from the caller's own thread
-(:meth:`~rlmesh.client.connection.ClientConnection.send_from_thread`; where only the
+(:func:`~rlmesh.client.caller_thread.send_from_thread`; where only the
 loop can write it, TLS for one, with one ``call_soon_threadsafe``). While the loop
-is idle the caller reads the reply itself (:func:`~rlmesh.client.connection.read_replies`);
+is idle the caller reads the reply itself (:func:`~rlmesh.client.caller_thread.read_replies`);
 otherwise the reply wakes the waiting thread straight from the connection's
 ``data_received``.
 
@@ -27,21 +27,22 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from .client.connection import read_replies
+from .client.caller_thread import SendPath, read_replies
 from .errors import RLMeshError, RLMeshTimeoutError, TransportError
 
 if TYPE_CHECKING:
     from .client.connection import ClientConnection
+    from .client.core import Exchange, Request
     from .client.env import _AsyncRemoteBase
     from .protocol import Frame, MessageType
 
-__all__ = ["call", "check_caller", "get_portal", "in_portal_thread", "request", "request_many"]
+__all__ = ["call", "check_caller", "exchange", "get_portal", "in_portal_thread", "request", "request_many"]
 
 T = TypeVar("T")
 log = logging.getLogger("rlmesh")
@@ -226,15 +227,14 @@ def _submit(conn: ClientConnection, mtype: MessageType, body: Any, slot: _Thread
             raise
 
 
-def _send_here(conn: ClientConnection, mtype: MessageType, body: Any, slot: _ThreadSlot) -> int:
+def _send_here(conn: ClientConnection, mtype: MessageType, body: Any, slot: _ThreadSlot) -> SendPath:
     # Write the request from this thread when the connection allows it (one thread hop fewer
-    # per request); a failure goes to the slot, as on the loop. 0: the loop must send it; 1:
-    # sent, the loop delivers the reply; 2: sent, and this thread reads the reply.
+    # per request); a failure goes to the slot, as on the loop.
     try:
         return conn.send_from_thread(mtype, body, slot)
     except Exception as exc:  # noqa: BLE001  (reported through the slot, like the loop's)
         slot.set_exception(exc)
-        return 1
+        return SendPath.LOOP_READS
 
 
 def request(core: _AsyncRemoteBase, mtype: MessageType, body: Any) -> Frame:
@@ -251,12 +251,12 @@ def request(core: _AsyncRemoteBase, mtype: MessageType, body: Any) -> Frame:
     timeout = core.request_timeout
     try:
         sent = _send_here(conn, mtype, body, slot)
-        if not sent:
+        if sent is SendPath.LOOP_SENDS:
             try:
                 loop.call_soon_threadsafe(_submit, conn, mtype, body, slot)
             except RuntimeError as exc:  # the loop is closed
                 raise RLMeshError(f"rlmesh's event loop is not running: {exc}") from exc
-        if sent == 2:
+        if sent is SendPath.THREAD_READS:
             read_replies([(conn, slot)], timeout)
             return slot.result()
         return slot.wait(timeout)
@@ -269,10 +269,30 @@ def request(core: _AsyncRemoteBase, mtype: MessageType, body: Any) -> Frame:
             raise
         raise explained from exc
     finally:
-        conn._p.stop_reading_here()  # a no-op unless interrupted while this thread still reads
+        conn.stop_reading_here()  # a no-op unless interrupted while this thread still reads
 
 
-def request_many(requests: list[tuple[_AsyncRemoteBase, MessageType, Any]]) -> list[Frame]:
+def exchange(ex: Exchange[T]) -> T:
+    """Write an exchange's requests from this (non-loop) thread, wait for their replies (once),
+    and return its result (see :mod:`rlmesh.client.core`).
+
+    Raises:
+        RLMeshError: The first failure, by request order, named by the exchange (a shard).
+    """
+    requests = ex.requests
+    if len(requests) == 1:
+        core, mtype, body = requests[0]
+        return ex.finish([request(core, mtype, body)])
+    try:
+        frames = request_many(requests)
+    except RLMeshError as exc:
+        if ex.name_error is None:
+            raise
+        raise ex.name_error(exc, getattr(exc, "request_index", 0)) from None
+    return ex.finish(frames)
+
+
+def request_many(requests: Sequence[Request]) -> list[Frame]:
     """:func:`request` to several cores at once (the shards of a vector env): every request is
     written before any reply is awaited (from this thread; those only the loop can write, in
     one hop to it), and this thread is woken once, when the last reply is in.
@@ -294,9 +314,9 @@ def request_many(requests: list[tuple[_AsyncRemoteBase, MessageType, Any]]) -> l
         rest, reading = [], []
         for conn, slot, (_, mtype, body) in zip(conns, slots, requests, strict=True):
             sent = _send_here(conn, mtype, body, slot)
-            if not sent:
+            if sent is SendPath.LOOP_SENDS:
                 rest.append((conn, slot, mtype, body))
-            elif sent == 2:
+            elif sent is SendPath.THREAD_READS:
                 reading.append((conn, slot))
 
         def submit_rest() -> None:  # on the loop
@@ -315,7 +335,7 @@ def request_many(requests: list[tuple[_AsyncRemoteBase, MessageType, Any]]) -> l
     finally:
         if not handed_back:  # interrupted while this thread may still read: hand reading back
             for conn in conns:
-                conn._p.stop_reading_here()
+                conn.stop_reading_here()
     all_in = countdown.wait(None if timeout is None else max(timeout - (time.monotonic() - start), 0.0))
     frames: list[Frame] = []
     failure: tuple[int, BaseException] | None = None

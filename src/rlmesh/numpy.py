@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
-from .client.env import AsyncRemoteEnv, AsyncRemoteVectorEnv
+from .client.env import AsyncRemoteEnv
+from .client.vector import AsyncRemoteVectorEnv
 from .evaluation import batched, evaluate, evaluate_async
-from .sandbox.env import AsyncSandboxEnv, AsyncSandboxVectorEnv
+from .sandbox.env import AsyncSandboxEnv
 from .sandbox.sync import SandboxEnv, SandboxVectorEnv
+from .sandbox.vector import AsyncSandboxVectorEnv
 from .sync import RemoteEnv, RemoteVectorEnv
 
 __all__ = [

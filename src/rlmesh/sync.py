@@ -8,31 +8,31 @@ that hand-off, so the sync and async APIs behave identically.
 from __future__ import annotations
 
 import functools
-from typing import Any, Generic, Literal, TypeVar
+import inspect
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import VectorEnv
 
 from . import _portal
-from .client.connection import TlsOption
-from .client.env import AsyncRemoteEnv, AsyncRemoteVectorEnv, _AsyncRemoteBase
-from .client.shards import AsyncShardedVectorEnv
-from .errors import RemoteEnvError, RLMeshError
-from .protocol import DEFAULT_MAX_FRAME_SIZE, MessageType
-from .protocol.bounds import DEFAULT_MAX_INFO_SIZE, DEFAULT_MAX_VARIABLE_SIZE
+from .client.core import AsyncEnvCore, AsyncVectorCore
+from .client.env import AsyncRemoteEnv
+from .client.vector import AsyncRemoteVectorEnv
+from .errors import RemoteEnvError
 
 __all__ = ["RemoteEnv", "RemoteVectorEnv", "SyncEnvShell", "SyncVectorEnvShell"]
 
-CoreT = TypeVar("CoreT", bound=_AsyncRemoteBase)
+EnvCoreT = TypeVar("EnvCoreT", bound=AsyncEnvCore)
+VectorCoreT = TypeVar("VectorCoreT", bound=AsyncVectorCore)
 
 
-def _start_and_adopt(shell: Any, core: _AsyncRemoteBase) -> None:
+def _start(shell: Any, core: AsyncEnvCore | AsyncVectorCore) -> None:
     # Start the core on the shared loop (close it again if that fails or is interrupted),
-    # then take over its spaces and metadata.
+    # then take over its spaces.
     shell._core = core
     try:
-        _portal.call(_start, core)
+        _portal.call(core.start)
     except BaseException:
         _portal.call(core.close)
         raise
@@ -42,30 +42,10 @@ def _start_and_adopt(shell: Any, core: _AsyncRemoteBase) -> None:
     shell.spec = core.spec
 
 
-async def _start(core: _AsyncRemoteBase) -> None:
-    # Sandboxes start (build, run, connect); remote envs connect.
-    start = getattr(core, "start", None)
-    if start is not None:
-        await start()
-    else:
-        await core.connect()
-
-
 def _close(shell: Any) -> None:
     core = shell.__dict__.get("_core")
     if core is not None and not core.closed:
         _portal.call(core.close)
-
-
-def _reset(shell: Any, seed: Any, options: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
-    core = shell._core
-    if isinstance(core, AsyncShardedVectorEnv):
-        return _call(core, "reset", seed=seed, options=options)  # type: ignore[no-any-return]
-    return core.reset_result(_portal.request(core, MessageType.RESET, core.reset_body(seed, options)))  # type: ignore[no-any-return]
-
-
-def _call(core: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-    return _portal.call(functools.partial(getattr(core, method), *args, **kwargs))
 
 
 class _AnyRenderMode(tuple[str, ...]):
@@ -89,40 +69,41 @@ class _RemoteMetadata:
     def __get__(self, shell: Any, owner: type | None = None) -> dict[str, Any]:
         if shell is None:
             return {"render_modes": _AnyRenderMode()}
-        own = shell.__dict__.get("_own_metadata")
-        return own if own is not None else shell._core.metadata  # type: ignore[no-any-return]
+        own: dict[str, Any] | None = shell.__dict__.get("_own_metadata")
+        if own is not None:
+            return own
+        remote: dict[str, Any] = shell._core.metadata
+        return remote
 
     def __set__(self, shell: Any, value: dict[str, Any]) -> None:
         shell._own_metadata = value  # the shell's own; the core keeps what the remote env said
 
 
-class SyncEnvShell(gym.Env[Any, Any], Generic[CoreT]):
+class SyncEnvShell(gym.Env[Any, Any], Generic[EnvCoreT]):
     """A ``gymnasium.Env`` that runs an async single-env core on the shared loop.
 
     Attributes that the shell does not have are read from the remote env
     (``env.unwrapped.gravity``), as are :meth:`get_wrapper_attr` lookups.
     """
 
-    _core: CoreT
+    _core: EnvCoreT
     metadata = _RemoteMetadata()
 
-    def __init__(self, core: CoreT) -> None:
-        _start_and_adopt(self, core)
+    def __init__(self, core: EnvCoreT) -> None:
+        _start(self, core)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """Reset the env, as ``gymnasium.Env.reset``."""
         super().reset(seed=seed)
-        return _reset(self, seed, options)
+        return _portal.exchange(self._core.reset_exchange(seed, options))
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
         """Step the env, as ``gymnasium.Env.step``."""
-        core = self._core
-        return core.step_result(_portal.request(core, MessageType.STEP, core.step_body(action)))
+        return _portal.exchange(self._core.step_exchange(action))
 
     def render(self) -> Any:
         """Render the env; rgb frames come back as arrays."""
-        core = self._core
-        return core.value_result(_portal.request(core, MessageType.RENDER, None), MessageType.RENDER)
+        return _portal.exchange(self._core.render_exchange())
 
     def close(self) -> None:
         """Close the env (and its sandbox, if any). Idempotent."""
@@ -143,32 +124,32 @@ class SyncEnvShell(gym.Env[Any, Any], Generic[CoreT]):
         try:
             return object.__getattribute__(self, name)
         except AttributeError:
-            return _call(self._core, "get_wrapper_attr", name)
+            return _portal.call(functools.partial(self._core.get_wrapper_attr, name))
 
     def set_wrapper_attr(self, name: str, value: Any, *, force: bool = True) -> bool:
         """Set the remote env's attribute ``name`` (the shell's own attributes are local)."""
         if name in self.__dict__ or hasattr(type(self), name):
             setattr(self, name, value)
         else:
-            _call(self._core, "set_wrapper_attr", name, value)
+            _portal.call(functools.partial(self._core.set_wrapper_attr, name, value))
         return True
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call the remote env's method ``name``."""
-        return _call(self._core, "call", name, *args, **kwargs)
+        return _portal.call(functools.partial(self._core.call, name, *args, **kwargs))
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: public names are the remote env's.
         if name.startswith("_") or "_core" not in self.__dict__ or self._core.closed:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         try:
-            return _call(self._core, "get_wrapper_attr", name)
+            return _portal.call(functools.partial(self._core.get_wrapper_attr, name))
         except RemoteEnvError as exc:
             if isinstance(exc, AttributeError):
                 raise AttributeError(f"neither {type(self).__name__} nor the remote env has an attribute {name!r}") from exc
             raise
 
-    def __enter__(self) -> SyncEnvShell[CoreT]:
+    def __enter__(self) -> SyncEnvShell[EnvCoreT]:
         return self
 
     def __exit__(self, *exc_info: object) -> Literal[False]:
@@ -179,17 +160,17 @@ class SyncEnvShell(gym.Env[Any, Any], Generic[CoreT]):
         return repr(self._core).replace("Async", "", 1)
 
 
-class SyncVectorEnvShell(VectorEnv[Any, Any, Any], Generic[CoreT]):
+class SyncVectorEnvShell(VectorEnv[Any, Any, Any], Generic[VectorCoreT]):
     """A ``gymnasium.vector.VectorEnv`` that runs an async vector core on the shared loop."""
 
-    _core: CoreT
+    _core: VectorCoreT
     metadata = _RemoteMetadata()
 
-    def __init__(self, core: CoreT) -> None:
-        _start_and_adopt(self, core)
-        self.num_envs = core.num_envs  # type: ignore[assignment]
-        self.single_observation_space = core.single_observation_space  # type: ignore[attr-defined]
-        self.single_action_space = core.single_action_space  # type: ignore[attr-defined]
+    def __init__(self, core: VectorCoreT) -> None:
+        _start(self, core)
+        self.num_envs = core.num_envs
+        self.single_observation_space = core.single_observation_space
+        self.single_action_space = core.single_action_space
 
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
@@ -197,38 +178,27 @@ class SyncVectorEnvShell(VectorEnv[Any, Any, Any], Generic[CoreT]):
         """Reset all lanes (or those in ``options["reset_mask"]``), as ``VectorEnv.reset``."""
         if isinstance(seed, int) and not isinstance(seed, bool):
             self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
-        return _reset(self, seed, options)
+        return _portal.exchange(self._core.reset_exchange(seed, options))
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any], dict[str, Any]]:
-        """Step every lane, as ``VectorEnv.step``."""
-        core = self._core
-        if isinstance(core, AsyncShardedVectorEnv):  # several connections: every shard's request goes at once
-            requests = core.step_requests(actions)
-            try:
-                frames = _portal.request_many(requests)
-            except RLMeshError as exc:
-                raise core.named(exc, getattr(exc, "request_index", 0)) from None
-            return core.step_frames(frames)
-        return core.step_result(_portal.request(core, MessageType.STEP, core.step_body(actions)))
+        """Step every lane, as ``VectorEnv.step`` (every shard's request is written at once)."""
+        return _portal.exchange(self._core.step_exchange(actions))
 
     def render(self) -> Any:
         """Render every lane."""
-        core = self._core
-        if isinstance(core, AsyncShardedVectorEnv):
-            return _portal.call(core.render)
-        return core.value_result(_portal.request(core, MessageType.RENDER, None), MessageType.RENDER)
+        return _portal.exchange(self._core.render_exchange())
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Call ``name`` on every lane, as ``VectorEnv.call``."""
-        return _call(self._core, "call", name, *args, **kwargs)  # type: ignore[no-any-return]
+        return _portal.call(functools.partial(self._core.call, name, *args, **kwargs))
 
     def get_attr(self, name: str) -> tuple[Any, ...]:
         """Every lane's attribute ``name``, as ``VectorEnv.get_attr``."""
-        return _call(self._core, "get_attr", name)  # type: ignore[no-any-return]
+        return _portal.call(functools.partial(self._core.get_attr, name))
 
     def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
         """Set ``name`` on every lane (one value, or one per lane), as ``VectorEnv.set_attr``."""
-        _call(self._core, "set_attr", name, values)
+        _portal.call(functools.partial(self._core.set_attr, name, values))
 
     @property
     def remote_spec(self) -> Any:
@@ -247,7 +217,7 @@ class SyncVectorEnvShell(VectorEnv[Any, Any, Any], Generic[CoreT]):
         """Close the connection (and the sandbox, if any)."""
         _close(self)
 
-    def __enter__(self) -> SyncVectorEnvShell[CoreT]:
+    def __enter__(self) -> SyncVectorEnvShell[VectorCoreT]:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -268,15 +238,10 @@ class RemoteEnv(SyncEnvShell[AsyncRemoteEnv]):
     Takes the arguments of :class:`~rlmesh.client.env.AsyncRemoteEnv`.
     """
 
-    def __init__(self, address: str, *, connect_timeout: float | None = 10.0, request_timeout: float | None = None,
-                 max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, token: str | bytes | None = None,
-                 tls: TlsOption = None, strict_actions: bool = False, max_info_size: int = DEFAULT_MAX_INFO_SIZE,
-                 max_variable_size: int = DEFAULT_MAX_VARIABLE_SIZE, data_plane: str = "auto") -> None:
-        super().__init__(AsyncRemoteEnv(
-            address, connect_timeout=connect_timeout, request_timeout=request_timeout, max_frame_size=max_frame_size,
-            token=token, tls=tls, strict_actions=strict_actions, max_info_size=max_info_size,
-            max_variable_size=max_variable_size, data_plane=data_plane,
-        ))
+    __signature__: ClassVar[inspect.Signature] = inspect.signature(AsyncRemoteEnv)
+
+    def __init__(self, address: str, **options: Any) -> None:
+        super().__init__(AsyncRemoteEnv(address, **options))
 
 
 class RemoteVectorEnv(SyncVectorEnvShell[AsyncRemoteVectorEnv]):
@@ -286,12 +251,7 @@ class RemoteVectorEnv(SyncVectorEnvShell[AsyncRemoteVectorEnv]):
     one vector env over those servers, lanes in order, seeds offset per server.
     """
 
-    def __init__(self, address: str | list[str], *, connect_timeout: float | None = 10.0, request_timeout: float | None = None,
-                 max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, token: str | bytes | None = None,
-                 tls: TlsOption = None, strict_actions: bool = False, max_info_size: int = DEFAULT_MAX_INFO_SIZE,
-                 max_variable_size: int = DEFAULT_MAX_VARIABLE_SIZE, data_plane: str = "auto") -> None:
-        super().__init__(AsyncRemoteVectorEnv(
-            address, connect_timeout=connect_timeout, request_timeout=request_timeout, max_frame_size=max_frame_size,
-            token=token, tls=tls, strict_actions=strict_actions, max_info_size=max_info_size,
-            max_variable_size=max_variable_size, data_plane=data_plane,
-        ))
+    __signature__: ClassVar[inspect.Signature] = inspect.signature(AsyncRemoteVectorEnv)
+
+    def __init__(self, address: str | list[str], **options: Any) -> None:
+        super().__init__(AsyncRemoteVectorEnv(address, **options))

@@ -12,7 +12,7 @@ from pathlib import Path
 import gymnasium as gym
 
 from rlmesh.numpy import SandboxVectorEnv
-from rlmesh.sandbox.placement import AsyncRayShardedVectorEnv, RayPlacement
+from rlmesh.sandbox.placement import RayPlacement, RayShards
 
 from ..helpers import assert_same, assert_same_steps
 
@@ -34,9 +34,10 @@ def test_ray_places_shards_on_both_nodes_and_parity_holds(ray_cluster: str) -> N
                                 placement=RayPlacement(num_cpus=1, address=ray_cluster))
         try:
             core = envs._core
-            assert isinstance(core, AsyncRayShardedVectorEnv)
-            assert len({e["node_id"] for e in core.endpoints}) == 2  # SPREAD: one shard per node
-            assert all(e["address"].startswith("tcp://127.0.0.1:") for e in core.endpoints)
+            assert isinstance(core._ray, RayShards)
+            endpoints = core._ray.endpoints
+            assert len({e["node_id"] for e in endpoints}) == 2  # SPREAD: one shard per node
+            assert all(e["address"].startswith("tcp://127.0.0.1:") for e in endpoints)
             ref = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync")
             assert_same(envs.reset(seed=5), ref.reset(seed=5))
             assert_same_steps(envs, ref, 300, action_seed=2)

@@ -65,7 +65,7 @@ def test_a_sandbox_on_another_engine_builds_and_runs_there(second_engine: str) -
 def test_a_relayed_vector_sandbox_on_this_engine(second_engine: str) -> None:
     before = sandbox_containers()
     with SandboxVectorEnv("CartPole-v1", num_envs=3, transport="tcp") as envs:
-        sandbox = envs._core._sandbox
+        sandbox = envs._core.shards[0]._sandbox
         relay = json.loads(subprocess.run(["docker", "inspect", sandbox.relay_id], capture_output=True, text=True,
                                           check=True).stdout)[0]
         assert "--handoff" in relay["Config"]["Cmd"]  # it hands clients to the server, then steps aside

@@ -101,7 +101,7 @@ def test_the_spec_keeps_only_options_that_differ_from_their_defaults() -> None:
     env = AsyncSandboxEnv("CartPole-v1", memory="2g", network=False, render_mode="rgb_array")
     assert env._spec_kwargs() == {"source": "CartPole-v1", "memory": "2g", "env_kwargs": {"render_mode": "rgb_array"}}
     envs = AsyncSandboxVectorEnv("CartPole-v1", 3, autoreset_mode="same_step", cpus=1.5)
-    assert envs._spec_kwargs() == {"source": "CartPole-v1", "cpus": 1.5, "autoreset_mode": "same_step"}
+    assert envs.shards[0]._spec_kwargs() == {"source": "CartPole-v1", "cpus": 1.5, "autoreset_mode": "same_step"}
 
 
 def test_placement_is_local_ray_or_a_ray_placement() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .connection import ClientConnection
-from .env import AsyncRemoteEnv, AsyncRemoteVectorEnv
+from .env import AsyncRemoteEnv, RemoteShard
+from .shards import AsyncShardedVectorEnv
+from .vector import AsyncRemoteVectorEnv
 
-__all__ = ["AsyncRemoteEnv", "AsyncRemoteVectorEnv", "ClientConnection"]
+__all__ = ["AsyncRemoteEnv", "AsyncRemoteVectorEnv", "AsyncShardedVectorEnv", "ClientConnection", "RemoteShard"]

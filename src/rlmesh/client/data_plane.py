@@ -124,11 +124,11 @@ async def open_region(conn: ClientConnection, hello: ServerHello, unix: bool, mo
         return None, f"socket ({exc})"
     if not layout.size:
         return None, "socket (no fixed-shape arrays in the observations)"
-    if layout.size > conn._p.max_frame_size:
+    p = conn.protocol
+    if layout.size > p.max_frame_size:
         # The region is sized from what the server announced: no bigger than a reply may be.
         return None, (f"socket (the spaces' arrays need {layout.size} bytes, more than "
-                      f"max_frame_size={conn._p.max_frame_size})")
-    p = conn._p
+                      f"max_frame_size={p.max_frame_size})")
     if p.direct is None:
         return None, "socket (no descriptor of the socket to send with)"
     try:

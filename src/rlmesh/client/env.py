@@ -1,4 +1,8 @@
-"""The asyncio core: AsyncRemoteEnv and AsyncRemoteVectorEnv."""
+"""The asyncio core over one connection: AsyncRemoteEnv, and RemoteShard (a vector env's lanes on one server).
+
+:class:`~rlmesh.client.vector.AsyncRemoteVectorEnv` is a vector env over one or more
+:class:`RemoteShard`.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from gymnasium.envs.registration import EnvSpec
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode
 
-from ..errors import EnvClosedError, InvalidArgumentError, ProtocolError, TransportError, UnsupportedSpaceError
+from ..errors import EnvClosedError, InvalidArgumentError, TransportError, UnsupportedSpaceError
 from ..protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     CallRequest,
@@ -29,13 +33,15 @@ from ..protocol import (
 )
 from ..protocol import auth as _auth
 from ..protocol.bounds import DEFAULT_MAX_INFO_SIZE, DEFAULT_MAX_VARIABLE_SIZE, ReplyBound, reply_bound
-from ..protocol.messages import check_attribute_name
+from ..protocol.messages import check_attribute_name, decode_lane_values
 from ..protocol.spaces import opaque_spaces
 from .actions import check_action
-from .connection import ClientConnection, PendingReply, TlsOption, make_client_tls
-from .data_plane import DATA_PLANES
+from .connection import ClientConnection, PendingReply
+from .core import Exchange
+from .options import ClientOptions
+from .tls import TlsOption, make_client_tls
 
-__all__ = ["AsyncRemoteEnv", "AsyncRemoteVectorEnv"]
+__all__ = ["AsyncRemoteEnv", "RemoteShard", "SplitStep"]
 
 log = logging.getLogger("rlmesh")
 _SAFE_ID = re.compile(r"^(?:[\w.-]+/)?[\w.:-]+$")
@@ -77,27 +83,22 @@ class _AsyncRemoteBase:
         max_variable_size: int = DEFAULT_MAX_VARIABLE_SIZE,
         data_plane: str = "auto",
     ) -> None:
-        if data_plane not in DATA_PLANES:
-            raise InvalidArgumentError(f"data_plane must be one of {DATA_PLANES}, got {data_plane!r}")
-        self.data_plane = data_plane
-        for name, value in (("connect_timeout", connect_timeout), ("request_timeout", request_timeout)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
-                raise InvalidArgumentError(f"{name} must be a positive number of seconds or None, got {value!r}")
-        for name, size in (("max_info_size", max_info_size), ("max_variable_size", max_variable_size)):
-            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise InvalidArgumentError(f"{name} must be a number of bytes (an int >= 0), got {size!r}")
-        self.max_info_size = max_info_size
-        self.max_variable_size = max_variable_size
-        if not isinstance(strict_actions, bool):
-            raise InvalidArgumentError(f"strict_actions must be True or False, got {strict_actions!r}")
+        options = ClientOptions(
+            connect_timeout=connect_timeout, request_timeout=request_timeout, max_frame_size=max_frame_size,
+            token=token, tls=tls, strict_actions=strict_actions, max_info_size=max_info_size,
+            max_variable_size=max_variable_size, data_plane=data_plane,
+        )
+        self.client_options = options
         self.address = address
-        self.connect_timeout = connect_timeout
-        self.request_timeout = request_timeout
-        self.max_frame_size = max_frame_size
-        self.strict_actions = strict_actions
+        self.connect_timeout = options.connect_timeout
+        self.request_timeout = options.request_timeout
+        self.max_frame_size = options.max_frame_size
+        self.strict_actions = options.strict_actions
+        self.max_info_size = options.max_info_size
+        self.max_variable_size = options.max_variable_size
+        self.data_plane = options.data_plane
         self._require_auth = token is not None
         self._token = _auth.load_token(token)
-        self._tls_option = tls
         self._tls = make_client_tls(tls)
         self._conn: ClientConnection | None = None
         self._closed = False
@@ -128,6 +129,10 @@ class _AsyncRemoteBase:
         )
         self._adopt(conn)
         return self
+
+    async def start(self) -> Any:
+        """The same as :meth:`connect` (a sandbox starts its container first); returns ``self``."""
+        return await self.connect()
 
     def _adopt(self, conn: ClientConnection) -> None:
         """Take a handshaken connection (aborted if its handshake does not fit this class)."""
@@ -200,16 +205,7 @@ class _AsyncRemoteBase:
 
     def _spec_kwargs(self) -> dict[str, Any]:
         """The constructor arguments that make an equivalent env (for ``gym.make(env.spec)``)."""
-        kwargs: dict[str, Any] = {"address": self.address}
-        for name, default in (("connect_timeout", 10.0), ("request_timeout", None),
-                              ("max_frame_size", DEFAULT_MAX_FRAME_SIZE), ("strict_actions", False),
-                              ("max_info_size", DEFAULT_MAX_INFO_SIZE), ("max_variable_size", DEFAULT_MAX_VARIABLE_SIZE),
-                              ("data_plane", "auto")):
-            if getattr(self, name) != default:
-                kwargs[name] = getattr(self, name)
-        if self._tls_option is not None:
-            kwargs["tls"] = self._tls_option
-        return kwargs
+        return {"address": self.address, **self.client_options.spec_kwargs()}
 
     def _host_spec(self, remote: SpecData | None) -> EnvSpec:
         # Built here, from the host's own classes: nothing the server named is ever imported.
@@ -298,6 +294,12 @@ class _AsyncRemoteBase:
         except TransportError as exc:
             await self._raise_explained(exc)
 
+    def release_region(self, request_id: int) -> None:
+        """Free the shared region that a reply read with :meth:`step_views` still holds."""
+        conn = self._conn
+        if conn is not None:
+            conn.release_region(request_id)
+
     @staticmethod
     def drop(sent: Sent) -> None:
         """Forget a request sent by :meth:`begin_request` whose reply will not be awaited."""
@@ -363,6 +365,28 @@ class _AsyncRemoteBase:
     def value_result(self, frame: Frame, mtype: MessageType) -> Any:
         """The value of a RENDER or CALL reply."""
         return self.connection.unwrap(frame, mtype, Frame.value)
+
+    # -- the exchanges the sync shells write from their own thread (rlmesh.client.core) --
+    def reset_exchange(self, seed: Any, options: dict[str, Any] | None) -> Exchange[tuple[Any, dict[str, Any]]]:
+        """A reset, for a sync shell."""
+        return Exchange(((self, MessageType.RESET, self.reset_body(seed, options)),), self._reset_frames)
+
+    def _reset_frames(self, frames: list[Frame]) -> tuple[Any, dict[str, Any]]:
+        return self.reset_result(frames[0])
+
+    def step_exchange(self, action: Any) -> Exchange[tuple[Any, Any, Any, Any, dict[str, Any]]]:
+        """A step, for a sync shell."""
+        return Exchange(((self, MessageType.STEP, self.step_body(action)),), self._step_frames)
+
+    def _step_frames(self, frames: list[Frame]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        return self.step_result(frames[0])
+
+    def render_exchange(self) -> Exchange[Any]:
+        """A render, for a sync shell."""
+        return Exchange(((self, MessageType.RENDER, None),), self._render_frames)
+
+    def _render_frames(self, frames: list[Frame]) -> Any:
+        return self.value_result(frames[0], MessageType.RENDER)
 
     async def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """Reset the env, as ``gymnasium.Env.reset``."""
@@ -500,32 +524,23 @@ class SplitStep:
             self.drop(sent)
 
 
-class AsyncRemoteVectorEnv(SplitStep, _AsyncRemoteBase):
-    """A vector env served by ``rlmesh serve --num-envs N``, stepped with asyncio.
+class RemoteShard(SplitStep, _AsyncRemoteBase):
+    """A vector env's lanes on one server (``rlmesh serve --num-envs N``), over one connection.
 
     It follows ``gymnasium.vector.VectorEnv`` exactly: an int seed means seed+i
     per lane, ``options["reset_mask"]`` resets some lanes, and the server's
     autoreset mode (``metadata["autoreset_mode"]``) decides what a step after
-    an episode end returns.
+    an episode end returns. The public vector classes
+    (:class:`~rlmesh.client.vector.AsyncRemoteVectorEnv`,
+    :class:`~rlmesh.sandbox.vector.AsyncSandboxVectorEnv`) are made of one or more shards.
 
-    Takes the arguments of :class:`AsyncRemoteEnv`. Given a list of addresses, it is one vector
-    env over those servers' lanes in order (an
-    :class:`~rlmesh.client.shards.AsyncShardedVectorEnv`, seeds offset per server).
+    Takes the arguments of :class:`AsyncRemoteEnv`.
     """
 
     _vector = True
     _entry_point = "rlmesh:RemoteEnv"
     _vector_entry_point = "rlmesh:RemoteVectorEnv"
 
-    def __new__(cls, address: Any = None, *args: Any, **kwargs: Any) -> Any:
-        # A list of addresses: one vector env over those servers (an AsyncShardedVectorEnv).
-        if isinstance(address, (list, tuple)):
-            from .shards import AsyncShardedVectorEnv  # noqa: PLC0415  (shards imports this module)
-
-            if not address:
-                raise InvalidArgumentError("a list of server addresses must not be empty")
-            return AsyncShardedVectorEnv([cls(a, *args, **kwargs) for a in address])
-        return super().__new__(cls)
     num_envs: int
     single_observation_space: spaces.Space[Any]
     single_action_space: spaces.Space[Any]
@@ -537,10 +552,7 @@ class AsyncRemoteVectorEnv(SplitStep, _AsyncRemoteBase):
         self.num_envs = hello.num_envs
         self.single_observation_space = hello.single_observation_space
         self.single_action_space = hello.single_action_space
-        try:
-            self.metadata["autoreset_mode"] = AutoresetMode(hello.autoreset_mode or "NextStep")
-        except ValueError as exc:
-            raise ProtocolError(f"malformed handshake: unknown autoreset mode {hello.autoreset_mode!r:.40}") from exc
+        self.metadata["autoreset_mode"] = AutoresetMode(hello.autoreset_mode or "NextStep")  # checked by decode
 
     @property
     def autoreset_mode(self) -> AutoresetMode:
@@ -553,10 +565,7 @@ class AsyncRemoteVectorEnv(SplitStep, _AsyncRemoteBase):
         return self.connection.unwrap(frame, MessageType.CALL, self._decode_lanes)
 
     def _decode_lanes(self, frame: Frame) -> tuple[Any, ...]:
-        value = frame.value()
-        if type(value) not in (tuple, list) or len(value) != self.num_envs:
-            raise ProtocolError(f"malformed CALL reply: expected {self.num_envs} per-lane values")
-        return tuple(value)
+        return decode_lane_values(frame, self.num_envs)
 
     async def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Call ``name`` on every lane, as ``VectorEnv.call``; one result per lane."""
@@ -571,7 +580,7 @@ class AsyncRemoteVectorEnv(SplitStep, _AsyncRemoteBase):
         await self._call("set_attr", name, (values,))
 
     # -- a split step (SplitStep), and EnvPool-style send/recv -----------------
-    # One server steps its lanes together; sharded envs (AsyncShardedVectorEnv) step parts.
+    # One server steps its lanes together; a vector env of several shards steps whole shards.
     batch_size: int | None = None
 
     def _check_can_step(self) -> None:

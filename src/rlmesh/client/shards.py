@@ -1,4 +1,9 @@
-"""One vector env over several vector cores (shards), each with its own connection and process.
+"""One vector env over one or more shards, each with its own connection and process.
+
+:class:`AsyncShardedVectorEnv` is what the public vector classes are:
+:class:`~rlmesh.client.vector.AsyncRemoteVectorEnv` (shards: servers) and
+:class:`~rlmesh.sandbox.vector.AsyncSandboxVectorEnv` (shards: sandboxes). With one shard,
+every call is the shard's own; the rest of this docstring is about several.
 
 ``N`` lanes split over ``K`` shards as evenly as possible, lanes in order. The semantics are
 those of one in-process ``SyncVectorEnv`` of ``N`` lanes: ``reset(seed=s)`` seeds lane ``i``
@@ -24,12 +29,14 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
+from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from ..errors import EnvClosedError, InvalidArgumentError, ProtocolError, RLMeshError
-from ..protocol import Frame, MessageType
-from .env import AsyncRemoteVectorEnv, Sent, SplitStep
+from ..protocol import Frame, MessageType, SpecData
+from .core import Exchange, Request
+from .env import RemoteShard, Sent, SplitStep
 
 __all__ = ["AsyncShardedVectorEnv", "resolve_shards", "split_lanes"]
 
@@ -60,15 +67,17 @@ def split_lanes(num_envs: int, shards: int) -> list[int]:
 
 
 class AsyncShardedVectorEnv(SplitStep):
-    """A vector env of ``N`` lanes over several vector cores, stepped concurrently.
+    """A vector env of ``N`` lanes over one or more shards, stepped concurrently.
 
     Args:
-        shards: Vector cores (``AsyncSandboxVectorEnv`` or ``AsyncRemoteVectorEnv``), not yet
-            started; their lanes, in order, are this env's lanes.
+        shards: The shards (:class:`~rlmesh.client.env.RemoteShard`, sandboxes among them), not
+            yet started; their lanes, in order, are this env's lanes. A subclass may leave them to
+            :meth:`_open_shards` (Ray places them as they start).
     """
 
-    def __init__(self, shards: Sequence[AsyncRemoteVectorEnv]) -> None:
-        self.shards = list(shards)
+    def __init__(self, shards: Sequence[RemoteShard]) -> None:
+        self.shards: list[RemoteShard] = list(shards)
+        self._one: RemoteShard | None = None  # the shard, when there is one: every call is its own
         self._closed = False
         self._pending: asyncio.Task[Any] | None = None
         self._inflight: dict[asyncio.Task[Any], int] = {}
@@ -76,17 +85,22 @@ class AsyncShardedVectorEnv(SplitStep):
         self.num_envs = 0
         self.bounds: list[tuple[int, int]] = []
         self._last_obs: list[Any] = [None] * len(self.shards)
+        self.spec: EnvSpec | None = None  # the first shard's, once started
+        self.remote_spec: SpecData | None = None
+        self.render_mode: str | None = None
+        self.metadata: dict[str, Any] = {}
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> AsyncShardedVectorEnv:
         """Start (or connect) every shard at once; returns ``self``. A failure closes them all."""
         if self._closed:
             raise EnvClosedError("this env was closed; create a new one")
-        if not self.shards:
-            raise InvalidArgumentError("a sharded vector env needs at least one shard")
-        self._last_obs = [None] * len(self.shards)
         try:
-            await self._each(lambda shard: shard.connect())
+            self.shards = await self._open_shards()
+            if not self.shards:
+                raise InvalidArgumentError("a sharded vector env needs at least one shard")
+            self._last_obs = [None] * len(self.shards)
+            await self._each(lambda shard: shard.start())
         except BaseException:
             await asyncio.shield(self.close())
             raise
@@ -103,16 +117,37 @@ class AsyncShardedVectorEnv(SplitStep):
         self.bounds = [(int(starts[j]), int(starts[j + 1])) for j in range(len(sizes))]
         self.single_observation_space = first.single_observation_space
         self.single_action_space = first.single_action_space
-        # As SyncVectorEnv does: batched from the first lane's spaces (their generator state too).
-        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
-        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        if len(self.shards) == 1:  # the server's own batched spaces
+            self.observation_space, self.action_space = first.observation_space, first.action_space
+        else:  # as SyncVectorEnv does: batched from the first lane's spaces (their generator state too)
+            self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+            self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.metadata = dict(first.metadata)
         self.render_mode = first.render_mode
         self.spec = first.spec
         self.remote_spec = first.remote_spec
+        self._one = first if len(self.shards) == 1 else None
         return self
 
-    connect = start
+    async def connect(self) -> Any:
+        """The same as :meth:`start`."""
+        return await self.start()
+
+    async def _open_shards(self) -> list[RemoteShard]:
+        """The shards to start (those given, unless a subclass places them itself)."""
+        return self.shards
+
+    @property
+    def connection(self) -> Any:
+        """The one shard's connection (see :class:`~rlmesh.client.connection.ClientConnection`).
+
+        Raises:
+            InvalidArgumentError: There are several shards: ``shards[j].connection`` is shard j's.
+        """
+        if len(self.shards) != 1:
+            raise InvalidArgumentError(f"this env has {len(self.shards)} shards, each with its own connection: "
+                                       "use shards[j].connection")
+        return self.shards[0].connection
 
     @property
     def closed(self) -> bool:
@@ -141,6 +176,11 @@ class AsyncShardedVectorEnv(SplitStep):
         self._last_obs = [None] * len(self.shards)
         await asyncio.gather(*(shard.close() for shard in self.shards), return_exceptions=True)
 
+    def __repr__(self) -> str:
+        spec_id = self.spec.id if self.spec is not None else "?"
+        where = self.shards[0].address if len(self.shards) == 1 else f"{len(self.shards)} shards"
+        return f"<{type(self).__name__} {spec_id} at {where}>"
+
     async def __aenter__(self) -> AsyncShardedVectorEnv:
         return await self.start()
 
@@ -151,27 +191,46 @@ class AsyncShardedVectorEnv(SplitStep):
     async def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """Reset every lane (or those in ``options["reset_mask"]``), as ``VectorEnv.reset``."""
         self._check_open()
+        if self._one is not None:
+            return await self._one.reset(seed=seed, options=options)
+        calls = [(j, self.shards[j].reset(seed=s, options=o)) for j, s, o in self._reset_parts(seed, options)]
+        return self._merge_reset(await self._gather(calls))
+
+    def _reset_parts(self, seed: Any, options: dict[str, Any] | None) -> list[tuple[int, Any, dict[str, Any] | None]]:
+        # Each shard's seed and options; a shard with no lane in the reset mask is left out.
         seeds = self._split_seed(seed)
         mask = None if options is None else options.get("reset_mask")
-        calls = []
+        if mask is not None and np.asarray(mask).shape != (self.num_envs,):
+            raise ValueError(f"`options['reset_mask']` must have shape `({self.num_envs},)`, got {np.shape(mask)}")
+        parts = []
         for j, (a, b) in enumerate(self.bounds):
             shard_options = options
-            if mask is not None:
+            if options is not None and mask is not None:
                 part = np.asarray(mask)[a:b]
                 if not part.any():
                     continue  # a shard with no lane to reset is not asked (Gymnasium refuses an empty mask)
-                shard_options = {**options, "reset_mask": part}  # type: ignore[dict-item]
-            calls.append((j, self.shards[j].reset(seed=seeds[j], options=shard_options)))
-        if mask is not None and np.asarray(mask).shape != (self.num_envs,):
-            for _, call in calls:
-                call.close()
-            raise ValueError(f"`options['reset_mask']` must have shape `({self.num_envs},)`, got {np.shape(mask)}")
-        results = await self._gather(calls)
-        return self._merge_reset(results)
+                shard_options = {**options, "reset_mask": part}
+            parts.append((j, seeds[j], shard_options))
+        return parts
 
     async def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """Step every lane, as ``VectorEnv.step``: every shard at once."""
+        if self._one is not None and not self._closed:
+            return await self._one.step(actions)
         return await self.end_step(await self.begin_step(actions))
+
+    async def step_async(self, actions: Any) -> None:
+        """Send a step and return once it is sent; :meth:`step_wait` returns its result."""
+        if self._one is not None and not self._closed:
+            await self._one.step_async(actions)
+        else:
+            await super().step_async(actions)
+
+    async def step_wait(self) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """The result of the step sent by :meth:`step_async`."""
+        if self._one is not None and not self._closed:
+            return await self._one.step_wait()
+        return await super().step_wait()
 
     async def begin_step(self, actions: Any) -> list[tuple[int, Sent]]:
         """Send every shard its part of a step now; :meth:`end_step` returns the merged result."""
@@ -218,15 +277,55 @@ class AsyncShardedVectorEnv(SplitStep):
             raise
         return sent
 
-    def step_requests(self, actions: Any) -> list[tuple[AsyncRemoteVectorEnv, MessageType, Any]]:
-        """The STEP request of each shard (the sync classes send them all from their thread)."""
+    # -- the exchanges the sync shell writes from its own thread (rlmesh.client.core) --
+    def step_exchange(self, actions: Any) -> Exchange[tuple[Any, Any, Any, Any, dict[str, Any]]]:
+        """A step: each shard's STEP request, and the merge of their replies."""
         self._check_open()
+        if self._one is not None:
+            return self._one.step_exchange(actions)
         parts = self.split_actions(actions)
-        return [(shard, MessageType.STEP, shard.step_body(parts[j])) for j, shard in enumerate(self.shards)]
+        requests: list[Request] = [(shard, MessageType.STEP, shard.step_body(parts[j])) for j, shard in enumerate(self.shards)]
+        return Exchange(requests, self._step_frames, self.named)
 
-    def step_frames(self, frames: list[Frame]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        """Merge the shards' STEP replies (from :meth:`step_requests`)."""
+    def _step_frames(self, frames: list[Frame]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         return self._merge_frames(list(enumerate(frames)))
+
+    def reset_exchange(self, seed: Any, options: dict[str, Any] | None) -> Exchange[tuple[Any, dict[str, Any]]]:
+        """A reset: the RESET request of each shard that has a lane to reset, and the merge."""
+        self._check_open()
+        if self._one is not None:
+            return self._one.reset_exchange(seed, options)
+        parts = self._reset_parts(seed, options)
+        shards = [j for j, _, _ in parts]
+
+        def finish(frames: list[Frame]) -> tuple[Any, dict[str, Any]]:
+            results = []
+            for j, frame in zip(shards, frames, strict=True):
+                try:
+                    results.append((j, self.shards[j].reset_result(frame)))
+                except RLMeshError as exc:
+                    raise self.named(exc, j) from None
+            return self._merge_reset(results)
+
+        requests: list[Request] = [(self.shards[j], MessageType.RESET, self.shards[j].reset_body(s, o)) for j, s, o in parts]
+        return Exchange(requests, finish, lambda exc, i: self.named(exc, shards[i]))
+
+    def render_exchange(self) -> Exchange[tuple[Any, ...]]:
+        """A render: every shard's frames, in lane order."""
+        self._check_open()
+        if self._one is not None:
+            return self._one.render_exchange()
+
+        def finish(frames: list[Frame]) -> tuple[Any, ...]:
+            values = []
+            for j, frame in enumerate(frames):
+                try:
+                    values.extend(self.shards[j].value_result(frame, MessageType.RENDER))
+                except RLMeshError as exc:
+                    raise self.named(exc, j) from None
+            return tuple(values)
+
+        return Exchange([(shard, MessageType.RENDER, None) for shard in self.shards], finish, self.named)
 
     def _merge_frames(self, frames: list[tuple[int, Frame]]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """Check and merge STEP reply frames, in shard order; the first failure names its shard.
@@ -251,13 +350,13 @@ class AsyncShardedVectorEnv(SplitStep):
             merged = self._merge_step(results, owned=False)
         finally:
             for j, frame in frames:
-                conn = self.shards[j]._conn
-                if conn is not None:
-                    conn.release_region(frame.request_id)
+                self.shards[j].release_region(frame.request_id)
         return merged
 
     async def render(self) -> tuple[Any, ...]:
         """Every lane's frame."""
+        if self._one is not None:
+            return tuple(await self._one.render())
         results = await self._gather([(j, shard.render()) for j, shard in enumerate(self.shards)])
         return tuple(frame for _, frames in results for frame in frames)
 
@@ -288,6 +387,9 @@ class AsyncShardedVectorEnv(SplitStep):
         ``actions`` has one action per lane of those shards, in lane order.
         """
         self._check_open()
+        if self._one is not None:
+            await self._one.send(actions, env_ids)
+            return
         self._check_no_pending()
         shard_ids = self._shards_of(env_ids)
         busy = set(self._inflight.values()) & set(shard_ids)
@@ -307,6 +409,8 @@ class AsyncShardedVectorEnv(SplitStep):
         """Results of the first shards to finish, at least ``batch_size`` lanes (all in flight when
         ``batch_size`` is None); ``info["env_id"]`` says which lanes, in the order returned."""
         self._check_open()
+        if self._one is not None:
+            return await self._one.recv()
         if not self._inflight:
             raise InvalidArgumentError("recv without send")
         want = self.batch_size or sum(self._size(j) for j in self._inflight.values())

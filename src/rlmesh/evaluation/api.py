@@ -9,7 +9,7 @@ from typing import Any
 
 from .._checks import is_int, is_number
 from ..errors import InvalidArgumentError
-from ..sandbox.env import AsyncSandboxVectorEnv
+from ..sandbox.vector import AsyncSandboxVectorEnv
 from .policies import resolve_policy
 from .progress import EvaluationProgress, ProgressOption, check_progress
 from .report import EvaluationReport

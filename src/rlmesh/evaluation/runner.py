@@ -1,7 +1,7 @@
 """The evaluation runner: a pool of vector sandboxes per task, reused by ``reset(seed=...)``.
 
 Each task gets at most ``concurrency`` workers; each worker holds one
-:class:`~rlmesh.sandbox.env.AsyncSandboxVectorEnv` of ``lanes`` lanes (one lane for a plain
+:class:`~rlmesh.sandbox.vector.AsyncSandboxVectorEnv` of ``lanes`` lanes (one lane for a plain
 policy, up to ``batched(fn, lanes=N)`` for a batched one) and runs episodes in its lanes, each
 lane reset with its episode's seed through ``options["reset_mask"]``. A sandbox is replaced only
 when it fails. A lane without an episode to run replays the seed of one that has (so that it can
@@ -26,7 +26,7 @@ import numpy as np
 from gymnasium.vector.utils import concatenate, create_empty_array, iterate
 
 from ..errors import InvalidArgumentError, RemoteEnvError, RLMeshTimeoutError, SandboxStartError
-from ..sandbox.env import AsyncSandboxVectorEnv
+from ..sandbox.vector import AsyncSandboxVectorEnv
 from .policies import Acting, maybe_await
 from .progress import EvaluationProgress
 from .records import EpisodeTimeout, error_of, is_infrastructure, make_record
@@ -86,7 +86,7 @@ class Runner:
         concurrency: Sandboxes per task at most.
         episode_timeout: Seconds per episode, or None.
         retries: Retries of the infrastructure's failures per episode, and per start.
-        options: Sandbox options for :class:`~rlmesh.sandbox.env.AsyncSandboxVectorEnv`.
+        options: Sandbox options for :class:`~rlmesh.sandbox.vector.AsyncSandboxVectorEnv`.
         store: The results file, or None.
         progress: Progress display.
     """

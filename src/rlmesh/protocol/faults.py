@@ -11,7 +11,6 @@ An ERROR frame answers a request (its request id) or the connection as a whole
 from __future__ import annotations
 
 import builtins
-import re
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +41,8 @@ KINDS: dict[str, tuple[str, bool]] = {
     "idle": ("the client was idle past the server's idle timeout; the server closes the connection", False),
 }
 
+# The exception each side raises for a kind that closes the connection (exception_for_error).
+_CLOSING_TYPES = {"protocol": "ProtocolError", "auth": "AuthenticationError", "idle": "ConnectionClosedError"}
 _MAX_MESSAGE = 64 << 10
 _MAX_TRACEBACK = 256 << 10
 
@@ -69,6 +70,21 @@ class ErrorBody:
         body = {"kind": self.kind, "type": self.type, "message": self.message[:_MAX_MESSAGE],
                 "traceback": self.traceback[-_MAX_TRACEBACK:], "space": self.space[:_MAX_MESSAGE]}
         return encode_message(MessageType.ERROR, request_id, body)
+
+    @classmethod
+    def bad_request(cls, message: str) -> ErrorBody:
+        """A well-framed request that cannot be accepted (the connection stays usable)."""
+        return cls("bad_request", "InvalidArgumentError", message)
+
+    @classmethod
+    def busy(cls, message: str) -> ErrorBody:
+        """The server cannot take this client now; it closes the connection."""
+        return cls("busy", "ServerBusyError", message)
+
+    @classmethod
+    def closing(cls, kind: str, reason: str) -> ErrorBody:
+        """Why the sender closes the connection: ``protocol``, ``auth`` or ``idle`` (see :data:`KINDS`)."""
+        return cls(kind, _CLOSING_TYPES[kind], reason)
 
     @classmethod
     def decode(cls, frame: Frame) -> ErrorBody:
@@ -109,9 +125,6 @@ def exception_for_error(body: ErrorBody) -> RLMeshError:
     kind = body.kind
     if kind == "env":
         error: RemoteEnvError = remote_error_class(body.type)(body.type, body.message, body.traceback)
-        note = missing_library_note(body.message, body.traceback[-4000:])
-        if note:
-            error.add_note(note)
         return error
     if kind == "invalid_action":
         return InvalidActionError(body.message, space=body.space)
@@ -124,60 +137,6 @@ def exception_for_error(body: ErrorBody) -> RLMeshError:
     if kind == "idle":
         return ConnectionClosedError(body.message)
     return ProtocolError(f"the server reported a protocol error: {body.message}")
-
-
-# The env's message and traceback are hostile input (up to 64 KiB and 256 KiB): they are searched
-# for literals first and a pattern only ever runs on a bounded token, so the cost stays linear.
-_CANNOT_OPEN = ": cannot open shared object file"
-_SONAME = re.compile(r"[^\s'\"]{1,200}?\.so(?:\.\d{1,9}){0,4}")
-_OTHER_MISSING = re.compile(
-    r"OpenGL platform library has not been loaded|[Cc]ould not (?:find|load) (?:the )?(?:library|OSMesa|EGL)"
-)
-# Debian (bookworm) packages for the shared libraries env packages most often miss, by soname
-# stem, and for PyOpenGL's platforms (MuJoCo picks one from MUJOCO_GL).
-_DEBIAN_PACKAGE = {
-    "libGL": "libgl1", "libEGL": "libegl1", "libOSMesa": "libosmesa6", "libGLU": "libglu1-mesa",
-    "libglib-2.0": "libglib2.0-0", "libgthread-2.0": "libglib2.0-0", "libSM": "libsm6", "libICE": "libice6",
-    "libXext": "libxext6", "libXrender": "libxrender1", "libX11": "libx11-6", "libgomp": "libgomp1",
-    "libsndfile": "libsndfile1", "libSDL2-2.0": "libsdl2-2.0-0",
-}
-_PYOPENGL_PLATFORM = re.compile(r"[/\\](osmesa|egl|glx)[/\\]__init__\.py|OpenGL[/\\]platform[/\\](osmesa|egl|glx)\.py")
-_PLATFORM_PACKAGE = {"osmesa": "libosmesa6", "egl": "libegl1", "glx": "libgl1"}
-
-
-def missing_library_note(message: str, traceback_tail: str) -> str | None:
-    """A note for an env error caused by a shared library missing where the env runs: which
-    Debian package to add to ``system_packages`` when it is a well-known one."""
-    soname = _missing_soname(message) or _missing_soname(traceback_tail)
-    missing = soname is not None or any(_OTHER_MISSING.search(text) for text in (message, traceback_tail))
-    pyopengl = "OpenGL" in traceback_tail and "'NoneType' object has no attribute 'gl" in message
-    if not (missing or pyopengl):
-        return None
-    package = _DEBIAN_PACKAGE.get(soname.split(".so")[0].rsplit("/", 1)[-1]) if soname else None
-    platform = _PYOPENGL_PLATFORM.search(traceback_tail) if package is None else None
-    if platform:
-        package = _PLATFORM_PACKAGE[platform.group(1) or platform.group(2)]
-        soname = f"PyOpenGL's {platform.group(1) or platform.group(2)} platform"
-    what = f" ({soname})" if soname else ""
-    fix = (f'add system_packages=["{package}"]' if package else
-           "add the Debian package that does to system_packages=[...] "
-           "(find it with `apt-file search` or on packages.debian.org)")
-    return (f"A shared library{what} is missing where the env runs. A pip package cannot provide it: "
-            f"in a sandbox, {fix}.")
-
-
-def _missing_soname(text: str) -> str | None:
-    """``libGL.so.1`` from "...: libGL.so.1: cannot open shared object file ..." (None if absent)."""
-    at = -1
-    for _ in range(8):  # a few occurrences, each looked at in bounded time
-        at = text.find(_CANNOT_OPEN, at + 1)
-        if at < 0:
-            return None
-        words = text[max(0, at - 256):at].split()
-        token = words[-1].lstrip("'\"([{,") if words else ""  # PyOpenGL quotes it in a tuple's repr
-        if _SONAME.fullmatch(token):
-            return token
-    return None
 
 
 _classes: dict[tuple[type, str], type] = {}

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.registration import EnvSpec
+from gymnasium.vector import AutoresetMode
 
 from ..errors import InvalidArgumentError, ProtocolError
 from .auth import valid_nonce
@@ -31,10 +32,12 @@ __all__ = [
     "ResetRequest",
     "ServerHello",
     "SpecData",
+    "decode_lane_values",
     "decode_reset_reply",
     "decode_step_reply",
 ]
 
+_AUTORESET_VALUES = frozenset(mode.value for mode in AutoresetMode)
 _BAD = (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError, OverflowError)
 
 
@@ -286,6 +289,8 @@ class ServerHello:
             for name, value in (("render_mode", render_mode), ("autoreset_mode", autoreset), ("proof", proof)):
                 if value is not None and (type(value) is not str or len(value) > 100):
                     raise ValueError(f"{name} must be a short string or null")
+            if autoreset is not None and autoreset not in _AUTORESET_VALUES:
+                raise ValueError(f"unknown autoreset mode {autoreset!r:.40}")
             features = tree.get("features", [])  # absent from an older server
             if type(features) is not list or len(features) > 32 or not all(
                 type(f) is str and len(f) <= 32 for f in features
@@ -467,3 +472,14 @@ def _kind(body: Any) -> str:
         return f"a {len(body)}-tuple"
     return f"a {type(body).__name__}"
 
+
+def decode_lane_values(frame: Frame, num_envs: int) -> tuple[Any, ...]:
+    """A vector env's CALL reply: one value per lane.
+
+    Raises:
+        ProtocolError: Not a list of ``num_envs`` values.
+    """
+    value = frame.value()
+    if type(value) not in (tuple, list) or len(value) != num_envs:
+        raise ProtocolError(f"malformed CALL reply: expected {num_envs} per-lane values")
+    return tuple(value)

@@ -2,7 +2,8 @@
 
 This package is the only place that talks to Docker (through ``_docker``). What lives here:
 
-    env           AsyncSandboxEnv / AsyncSandboxVectorEnv: source -> image -> container -> client
+    env           AsyncSandboxEnv / SandboxShard: source -> image -> container -> client
+    vector        AsyncSandboxVectorEnv: a vector env over one or more SandboxShards
     sync          SandboxEnv / SandboxVectorEnv, the sync classes over them
     options       SandboxOptions, the one options model (defaults, checks, docs); ContainerOptions
     sources       source strings (Gymnasium id, module:factory, hf://, prebuilt image) and their gates
@@ -23,7 +24,8 @@ This package is the only place that talks to Docker (through ``_docker``). What 
 
 from __future__ import annotations
 
-from .env import AsyncSandboxEnv, AsyncSandboxVectorEnv
+from .env import AsyncSandboxEnv
 from .sync import SandboxEnv, SandboxVectorEnv
+from .vector import AsyncSandboxVectorEnv
 
 __all__ = ["AsyncSandboxEnv", "AsyncSandboxVectorEnv", "SandboxEnv", "SandboxVectorEnv"]

@@ -32,6 +32,7 @@ from typing import Any
 import anyio
 
 from ..client.connection import ClientConnection
+from ..client.listener import Listener
 from ..errors import (
     InvalidArgumentError,
     RemoteEnvError,
@@ -43,6 +44,7 @@ from ..errors import (
 from ..protocol.faults import remote_error_class
 from . import ownership
 from ._docker import DockerClient, acquire_docker, not_found, release_docker
+from .library_hints import add_missing_library_note
 from .options import RUNTIME_DIR_IN_CONTAINER, ContainerOptions, default_memory, memory_bytes
 from .output_tail import OutputTail
 
@@ -276,7 +278,7 @@ class Sandbox:
                                                dir=os.environ.get("RLMESH_RUNTIME_DIR"))
             os.chmod(self.socket_dir, 0o700)
             socket_path = os.path.join(self.socket_dir, HOST_SOCKET)
-            listener = await ClientConnection.listen(socket_path, max_frame_size=self.max_frame_size)
+            listener = await Listener.open(socket_path, max_frame_size=self.max_frame_size)
             if os.getuid() == 0:  # the unprivileged container user must be able to connect
                 uid, _, gid = self.options.run_as().partition(":")
                 os.chown(socket_path, int(uid), int(gid))
@@ -288,7 +290,8 @@ class Sandbox:
             # mount keep the socket itself alive).
             self._remove_socket_dir()
             conn = await self._await_server(listener, timeout)
-            sock = conn._p.transport.get_extra_info("socket") if conn._p.transport is not None else None
+            transport = conn.protocol.transport
+            sock = transport.get_extra_info("socket") if transport is not None else None
             if sock is not None:
                 ownership.set_connection_fd(cid, sock.fileno())
             return conn
@@ -412,6 +415,7 @@ class Sandbox:
                     f"{failure.remote_type.rpartition('.')[2]}: {failure.remote_message}",
                     container_id=self.container_id, exit_code=code, logs=self.logs,
                 )
+                add_missing_library_note(failure)
                 for note in getattr(failure, "__notes__", ()):
                     error.add_note(note)
                 raise error from failure

@@ -1,4 +1,4 @@
-"""AsyncSandboxEnv and AsyncSandboxVectorEnv: an env in a container rlmesh owns.
+"""AsyncSandboxEnv and SandboxShard: an env, or a vector env's lanes, in a container rlmesh owns.
 
 A sandbox resolves its image (building it when needed), starts a container
 whose server listens on a Unix socket in a private host directory, then
@@ -20,13 +20,14 @@ from typing import Any, ClassVar
 import orjson
 
 from .._checks import check_num_envs
-from ..client.env import AsyncRemoteEnv, AsyncRemoteVectorEnv, _AsyncRemoteBase
-from ..client.shards import AsyncShardedVectorEnv, resolve_shards, split_lanes
+from ..client.env import AsyncRemoteEnv, RemoteShard, _AsyncRemoteBase
+from ..client.options import ClientOptions
 from ..errors import EnvClosedError, InvalidArgumentError, SandboxError, SandboxExitedError, TransportError
 from ..protocol import DEFAULT_MAX_FRAME_SIZE, parse_autoreset_mode, parse_vectorization_mode
 from ._docker import DockerClient, docker_client
 from .container import Engine, Sandbox
 from .image import ImageSpec, ensure_image, remove_replaced_image, try_pull
+from .library_hints import add_missing_library_note
 from .options import (
     BUILD_OPTIONS,
     CLIENT_OPTIONS,
@@ -38,10 +39,9 @@ from .options import (
     wrappers_wire_form,
 )
 from .ownership import install_signal_handlers
-from .placement import AsyncRayShardedVectorEnv, RayPlacement
 from .sources import HubSource, ImageSource, Source, fetch_hub_repo, parse_source, resolve_source
 
-__all__ = ["AsyncSandboxEnv", "AsyncSandboxVectorEnv", "check_single_env_options"]
+__all__ = ["AsyncSandboxEnv", "SandboxArguments", "SandboxShard", "check_single_env_options"]
 
 log = logging.getLogger("rlmesh.sandbox")
 
@@ -79,6 +79,64 @@ def check_single_env_options(called: str, source: Any, kwargs: Mapping[str, Any]
             )
 
 
+@dataclasses.dataclass(frozen=True)
+class SandboxArguments:
+    """A sandbox's arguments, checked: its options (every check of :class:`SandboxOptions`), its
+    source and its env kwargs (every keyword that is not an option).
+
+    Attributes:
+        options: The options.
+        parsed_source: The source, parsed (nothing fetched yet).
+        env_kwargs: The env kwargs (those given as keywords, and ``env_kwargs=``).
+        kwargs_json: The env kwargs as JSON, as they reach the sandbox.
+    """
+
+    options: SandboxOptions
+    parsed_source: Source
+    env_kwargs: dict[str, Any]
+    kwargs_json: str
+
+    @classmethod
+    def check(cls, called: str, source: str, kwargs: Mapping[str, Any], *, vector: bool) -> SandboxArguments:
+        """Split and check the keywords given to the class ``called`` for ``source``.
+
+        Raises:
+            InvalidArgumentError: A bad option (typos named), a vector option given to a
+                single env, an option that belongs elsewhere, or env kwargs JSON cannot carry.
+            SourceError: A malformed source, or an ``hf://`` source not allowed by the options.
+        """
+        kwargs = dict(kwargs)
+        env_kwargs_extra = kwargs.pop("env_kwargs", None)
+        given = {name: kwargs.pop(name) for name in OPTION_NAMES if name in kwargs}
+        if "env" in given and given["env"] is None:  # env=None: no extra variables
+            del given["env"]
+        if not vector:
+            check_single_env_options(called, source, kwargs)
+        for key in kwargs:
+            if key in _ELSEWHERE:
+                raise InvalidArgumentError(f"{key}= is not an env kwarg: {_ELSEWHERE[key]}")
+            close = difflib.get_close_matches(key, _OPTION_NAMES, n=1, cutoff=0.8)
+            if close:
+                raise InvalidArgumentError(
+                    f"{key}= is not an rlmesh option: did you mean {close[0]}=? (An env kwarg that happens "
+                    f"to look like one goes through env_kwargs={{{key!r}: ...}}.)"
+                )
+        env_kwargs = kwargs
+        if env_kwargs_extra is not None:
+            if not isinstance(env_kwargs_extra, Mapping) or not all(isinstance(k, str) for k in env_kwargs_extra):
+                raise InvalidArgumentError(f"env_kwargs must map names to values, got {env_kwargs_extra!r}")
+            env_kwargs = {**env_kwargs, **env_kwargs_extra}
+        options = SandboxOptions(**given)  # every option's check
+        ClientOptions(**{name: getattr(options, name) for name in CLIENT_OPTIONS})  # the client's
+        parsed = parse_source(source, trust_remote_code=options.trust_remote_code,
+                              allow_unpinned_hf=options.allow_unpinned_hf)
+        try:
+            kwargs_json = orjson.dumps(env_kwargs).decode()
+        except TypeError as exc:
+            raise InvalidArgumentError(f"env kwargs must be JSON-serialisable to reach the sandbox: {exc}") from exc
+        return cls(options, parsed, env_kwargs, kwargs_json)
+
+
 class _AsyncSandboxBase(_AsyncRemoteBase):
     """Source, image, container and connection lifecycle shared by both sandbox kinds."""
 
@@ -90,35 +148,15 @@ class _AsyncSandboxBase(_AsyncRemoteBase):
     _autoreset_mode = "next_step"
 
     def __init__(self, source: str, *, env_kwargs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-        # The sandbox options (SandboxOptions' fields) out of the keywords; the rest are env kwargs.
-        given = {name: kwargs.pop(name) for name in OPTION_NAMES if name in kwargs}
-        if "env" in given and given["env"] is None:  # env=None: no extra variables
-            del given["env"]
-        super().__init__(None, **{name: given.get(name, option_default(name)) for name in CLIENT_OPTIONS})
-        env_kwargs_extra, env_kwargs = env_kwargs, kwargs
-        if not self._vector:
-            check_single_env_options(type(self).__name__, source, env_kwargs)
-        for key in env_kwargs:
-            if key in _ELSEWHERE:
-                raise InvalidArgumentError(f"{key}= is not an env kwarg: {_ELSEWHERE[key]}")
-            close = difflib.get_close_matches(key, _OPTION_NAMES, n=1, cutoff=0.8)
-            if close:
-                raise InvalidArgumentError(
-                    f"{key}= is not an rlmesh option: did you mean {close[0]}=? (An env kwarg that happens "
-                    f"to look like one goes through env_kwargs={{{key!r}: ...}}.)"
-                )
-        if env_kwargs_extra is not None:
-            if not isinstance(env_kwargs_extra, Mapping) or not all(isinstance(k, str) for k in env_kwargs_extra):
-                raise InvalidArgumentError(f"env_kwargs must map names to values, got {env_kwargs_extra!r}")
-            env_kwargs = {**env_kwargs, **env_kwargs_extra}
-        options = SandboxOptions(**given)  # every option's check (the client's ran above)
+        arguments = SandboxArguments.check(type(self).__name__, source, {**kwargs, "env_kwargs": env_kwargs},
+                                           vector=self._vector)
+        options = arguments.options
+        super().__init__(None, **{name: getattr(options, name) for name in CLIENT_OPTIONS})
         self.options: SandboxOptions = options
         # What gym.make(env.spec) needs to make an equivalent sandbox: options that differ
         # from their defaults, and the env kwargs.
         self._spec_options = options.spec_kwargs()
-        self.parsed_source: Source = parse_source(
-            source, trust_remote_code=options.trust_remote_code, allow_unpinned_hf=options.allow_unpinned_hf
-        )
+        self.parsed_source: Source = arguments.parsed_source
         self.source = source
         self.image_spec = ImageSpec(packages=tuple(options.packages), imports=tuple(options.imports), source=source,
                                     system_packages=tuple(options.system_packages))
@@ -130,11 +168,8 @@ class _AsyncSandboxBase(_AsyncRemoteBase):
         self.relay_address_host: str | None = None
         self.wrappers = wrappers_wire_form(options.wrappers)
         self.progress = options.progress
-        self.env_kwargs = dict(env_kwargs)
-        try:
-            self._kwargs_json = orjson.dumps(self.env_kwargs).decode()
-        except TypeError as exc:
-            raise InvalidArgumentError(f"env kwargs must be JSON-serialisable to reach the sandbox: {exc}") from exc
+        self.env_kwargs = arguments.env_kwargs
+        self._kwargs_json = arguments.kwargs_json
         self.image: str | None = None
         self._sandbox: Sandbox | None = None
         self._start_task: asyncio.Task[Any] | None = None
@@ -265,6 +300,7 @@ class _AsyncSandboxBase(_AsyncRemoteBase):
                                         self.engine, self.lease, self.data_plane)
                 conn = await self._sandbox.start(self.connect_timeout)
             self.address = conn.address
+            conn.on_env_error = add_missing_library_note
             self._adopt(conn)
         except BaseException:
             await asyncio.shield(self._teardown())
@@ -330,7 +366,7 @@ def _log_removal_failure(task: asyncio.Task[None]) -> None:
         log.warning("could not remove the image replaced by a rebuild: %r", task.exception())
 
 
-_OPTION_DOCS = f"""
+OPTION_DOCS = f"""
     Args:
         source: A Gymnasium id (``CartPole-v1``, ``module:Env-v0``, ``gym://id``), a
             ``module:factory``, ``hf://owner/repo[@rev][:suite[/task]]``, or a prebuilt image
@@ -355,43 +391,19 @@ class AsyncSandboxEnv(_AsyncSandboxBase, AsyncRemoteEnv):
     """
 
 
-class AsyncSandboxVectorEnv(_AsyncSandboxBase, AsyncRemoteVectorEnv):
-    """A vector env (``num_envs`` lanes) in a Docker container that rlmesh owns.
+class SandboxShard(_AsyncSandboxBase, RemoteShard):
+    """A vector env's lanes (``num_envs``) in one container: a shard of
+    :class:`~rlmesh.sandbox.vector.AsyncSandboxVectorEnv`, which is made of one or more.
 
-    Example::
-
-        async with AsyncSandboxVectorEnv("CartPole-v1", num_envs=8) as envs:
-            obs, info = await envs.reset(seed=0)
-            obs, rewards, terminations, truncations, infos = await envs.step(envs.action_space.sample())
-
-    Takes ``num_envs``, ``vectorization_mode`` (``sync``, ``async`` or ``vector``, as in
-    ``gymnasium.make_vec``), ``autoreset_mode`` (``next_step``, ``same_step``, ``disabled``) and
-    ``shards`` (a count, or ``"auto"`` for one per available core, capped by ``num_envs``; with
-    more than one, the lanes run in that many sandboxes and the object made is an
-    :class:`~rlmesh.client.shards.AsyncShardedVectorEnv` with the same API) besides the options
-    below.
+    Takes the arguments of :class:`~rlmesh.sandbox.vector.AsyncSandboxVectorEnv` but ``shards``
+    and ``placement``.
     """
 
     _entry_point = "rlmesh:SandboxEnv"
     _vector_entry_point = "rlmesh:SandboxVectorEnv"
 
-    def __new__(cls, source: str, num_envs: int = 1, *, shards: int | str = 1, placement: Any = None,
-                **kwargs: Any) -> Any:
-        # shards > 1: N lanes over K sandboxes, presented as one vector env (AsyncShardedVectorEnv);
-        # placement="ray": each shard placed by Ray on some node (AsyncRayShardedVectorEnv).
-        check_num_envs(num_envs)
-        count = resolve_shards(shards, num_envs)
-        ray = RayPlacement.of(placement)
-        if ray is not None:
-            cls(source, 1, **kwargs)  # checks the options here, before any actor starts
-            return AsyncRayShardedVectorEnv(ray, source, split_lanes(num_envs, count), kwargs)
-        if count == 1:
-            return super().__new__(cls)
-        return AsyncShardedVectorEnv([cls(source, n, **kwargs) for n in split_lanes(num_envs, count)])
-
     def __init__(self, source: str, num_envs: int = 1, *, vectorization_mode: str = "sync",
-                 autoreset_mode: str = "next_step", shards: int | str = 1, placement: Any = None,
-                 **kwargs: Any) -> None:
+                 autoreset_mode: str = "next_step", **kwargs: Any) -> None:
         check_num_envs(num_envs)
         vectorization_mode = parse_vectorization_mode(vectorization_mode)
         parse_autoreset_mode(autoreset_mode)
@@ -414,13 +426,6 @@ def options_signature(*leading: inspect.Parameter) -> inspect.Signature:
     ])
 
 
-def _vector_parameters() -> list[inspect.Parameter]:
-    init = inspect.signature(AsyncSandboxVectorEnv.__init__).parameters
-    return [init[name] for name in ("num_envs", "vectorization_mode", "autoreset_mode", "shards", "placement")]
-
-
-AsyncSandboxEnv.__doc__ = (AsyncSandboxEnv.__doc__ or "") + _OPTION_DOCS
-AsyncSandboxVectorEnv.__doc__ = (AsyncSandboxVectorEnv.__doc__ or "") + _OPTION_DOCS
+AsyncSandboxEnv.__doc__ = (AsyncSandboxEnv.__doc__ or "") + OPTION_DOCS
 # help() and inspect.signature() show every option, though __init__ takes them as **kwargs.
 AsyncSandboxEnv.__signature__ = options_signature()
-AsyncSandboxVectorEnv.__signature__ = options_signature(*_vector_parameters())

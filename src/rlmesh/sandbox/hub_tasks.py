@@ -21,10 +21,11 @@ from ..server.envhub_tasks import END_LINE, TASK_LINE
 from . import ownership
 from ._docker import acquire_docker, docker_client
 from .container import Sandbox
-from .env import AsyncSandboxEnv, AsyncSandboxVectorEnv
+from .env import AsyncSandboxEnv
 from .output_tail import OutputTail, last_lines
 from .ownership import install_signal_handlers
 from .sources import HubSource, fetch_hub_repo
+from .vector import AsyncSandboxVectorEnv
 
 __all__ = ["list_tasks", "list_tasks_async"]
 

@@ -15,12 +15,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..client.env import AsyncRemoteVectorEnv
-from ..client.shards import AsyncShardedVectorEnv
-from ..errors import EnvClosedError, InvalidArgumentError, SandboxError
+from ..client.env import RemoteShard
+from ..errors import InvalidArgumentError, SandboxError
+from .env import SandboxShard
 from .options import CLIENT_OPTIONS
 
-__all__ = ["AsyncRayShardedVectorEnv", "RayPlacement", "start_ray_shards"]
+__all__ = ["RayPlacement", "RayShards", "start_ray_shards"]
 
 
 @dataclass(frozen=True)
@@ -73,11 +73,9 @@ class _ShardHost:
     async def start(self, source: str, num_envs: int, kwargs: dict[str, Any]) -> dict[str, Any]:
         import ray  # noqa: PLC0415  (the extra rlmesh[ray])
 
-        from .env import AsyncSandboxVectorEnv  # noqa: PLC0415  (env imports this module)
-
         node_ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
         kwargs = {k: v for k, v in kwargs.items() if k != "transport"}  # a placed shard is always relayed
-        env = AsyncSandboxVectorEnv(source, num_envs, transport="tcp", **kwargs)
+        env = SandboxShard(source, num_envs, transport="tcp", **kwargs)
         env.relay_address_host = node_ip
         await env.start()
         self.env = env
@@ -139,8 +137,8 @@ def _reach(endpoint: dict[str, Any], here: str) -> str:
     return str(local) if local and endpoint.get("node_ip") == here else str(endpoint["address"])
 
 
-class AsyncRayShardedVectorEnv(AsyncShardedVectorEnv):
-    """Shards placed by Ray (see the module docstring); the API of :class:`AsyncShardedVectorEnv`.
+class RayShards:
+    """The shards of a vector sandbox placed by Ray (see the module docstring).
 
     Args:
         placement: The placement.
@@ -150,34 +148,26 @@ class AsyncRayShardedVectorEnv(AsyncShardedVectorEnv):
     """
 
     def __init__(self, placement: RayPlacement, source: str, lane_counts: list[int], kwargs: dict[str, Any]) -> None:
-        super().__init__([])
         self.placement = placement
         self._source, self._lane_counts, self._kwargs = source, lane_counts, kwargs
         self.actors: list[Any] = []
         self.endpoints: list[dict[str, Any]] = []
 
-    async def start(self) -> AsyncShardedVectorEnv:
-        """Start the shards' actors and sandboxes, then connect to each sandbox directly."""
-        if self.closed:
-            raise EnvClosedError("this env was closed; create a new one")
+    async def start(self) -> list[RemoteShard]:
+        """Start the shards' actors and sandboxes; returns a client for each sandbox, reached directly."""
         client_options = {k: self._kwargs[k] for k in CLIENT_OPTIONS if k in self._kwargs}
         self.endpoints, self.actors = await start_ray_shards(self.placement, self._source, self._lane_counts,
                                                              self._kwargs)
         here = _ray().util.get_node_ip_address()
-        self.shards = [AsyncRemoteVectorEnv(_reach(e, here), token=e["token"], **client_options) for e in self.endpoints]
-        return await super().start()
-
-    connect = start
+        return [RemoteShard(_reach(e, here), token=e["token"], **client_options) for e in self.endpoints]
 
     @property
     def container_ids(self) -> list[str | None]:
         """Each shard's container id (on its node's engine)."""
         return [e.get("container_id") for e in self.endpoints]
 
-    async def close(self) -> None:
-        """Close the connections, then have each actor remove its sandbox. Idempotent."""
-        await super().close()
+    async def stop(self) -> None:
+        """Have each actor remove its sandbox, then end the actors. Idempotent."""
         actors, self.actors = self.actors, []
         if actors:
             await stop_ray_shards(actors)
-

@@ -10,8 +10,9 @@ import inspect
 from typing import Any, ClassVar
 
 from ..sync import SyncEnvShell, SyncVectorEnvShell
-from .env import AsyncSandboxEnv, AsyncSandboxVectorEnv, check_single_env_options
+from .env import AsyncSandboxEnv, check_single_env_options
 from .ownership import install_signal_handlers
+from .vector import AsyncSandboxVectorEnv
 
 __all__ = ["SandboxEnv", "SandboxVectorEnv"]
 
@@ -55,7 +56,7 @@ class SandboxVectorEnv(SyncVectorEnvShell[AsyncSandboxVectorEnv]):
 
         envs = SandboxVectorEnv("CartPole-v1", num_envs=2)
 
-    Takes the arguments of :class:`~rlmesh.sandbox.env.AsyncSandboxVectorEnv`.
+    Takes the arguments of :class:`~rlmesh.sandbox.vector.AsyncSandboxVectorEnv`.
     """
 
     __signature__: ClassVar[inspect.Signature] = inspect.signature(AsyncSandboxVectorEnv)
@@ -67,11 +68,9 @@ class SandboxVectorEnv(SyncVectorEnvShell[AsyncSandboxVectorEnv]):
     @property
     def container_id(self) -> str | None:
         """The running container's id (the first shard's, with ``shards``), or None."""
-        ids = self.container_ids
-        return ids[0] if ids else None
+        return self._core.container_id
 
     @property
     def container_ids(self) -> list[str | None]:
         """Every shard's container id (one, without ``shards``)."""
-        core: Any = self._core
-        return list(core.container_ids) if hasattr(core, "container_ids") else [core.container_id]
+        return self._core.container_ids

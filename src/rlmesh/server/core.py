@@ -30,15 +30,12 @@ from typing import Any, cast
 import gymnasium as gym
 
 from .._address import Address, parse_address
-from ..errors import ConnectError, InvalidArgumentError, ProtocolError
+from ..errors import AuthenticationError, ConnectError, InvalidArgumentError, ProtocolError
 from ..protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     MIN_FRAME_SIZE,
     READY_LINE_PREFIX,
-    AuthChallenge,
-    AuthProof,
     CallRequest,
-    ClientHello,
     Connection,
     ErrorBody,
     Frame,
@@ -52,6 +49,7 @@ from ..protocol import (
 from ..protocol import auth as _auth
 from ..protocol.data_plane import Layout
 from ..protocol.faults import env_error
+from ..protocol.session import ServerHandshake, ServerHandshakeState
 from ..protocol.spaces import space_at
 from ..protocol.values import unencodable
 from ._types import EnvLike
@@ -446,9 +444,9 @@ class EnvServer:
             log.debug("request %s failed", mtype.name, exc_info=True)
             return error_for_exception(exc).encode(rid)
         if len(reply) > reply_limit:
-            return ErrorBody("bad_request", "InvalidArgumentError", (
+            return ErrorBody.bad_request(
                 f"the {mtype.name} reply is {len(reply)} bytes, over the client's max_frame_size={reply_limit}; "
-                "raise max_frame_size on the client")).encode(rid)
+                "raise max_frame_size on the client").encode(rid)
         return reply
 
 
@@ -522,10 +520,8 @@ class _ServerProtocol(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.conn = Connection(MIN_FRAME_SIZE)
-        self.state = "new"  # new -> auth -> waiting -> active -> closed
-        self.hello: ClientHello | None = None
-        self.hello_rid = 0
-        self.server_nonce = ""
+        self.state = "new"  # new (-> early) -> auth -> waiting -> active -> closed
+        self.handshake = ServerHandshake(server._token)
         self.reply_limit = DEFAULT_MAX_FRAME_SIZE
         self.peer = "client"
         self._timer: asyncio.TimerHandle | None = None
@@ -547,9 +543,9 @@ class _ServerProtocol(asyncio.Protocol):
             oldest._uncount()
             if oldest.transport is not None and len(server._evicted) < MAX_EVICTED:
                 server._evicted.add(oldest)
-                oldest.transport.write(ErrorBody("busy", "ServerBusyError", (
+                oldest.transport.write(ErrorBody.busy(
                     f"the server at {server.address} has {MAX_PENDING} connections in their handshake and dropped "
-                    "this one, the oldest; retry later")).encode(0))
+                    "this one, the oldest; retry later").encode(0))
                 oldest._close_after_write()
             elif oldest.transport is not None:
                 oldest.transport.abort()
@@ -631,19 +627,26 @@ class _ServerProtocol(asyncio.Protocol):
             declined = handover.offer(body, sole)
             answer = {"ready": layout.size} if declined is None else declined
         if isinstance(answer, str):
-            transport.write(ErrorBody("bad_request", "InvalidArgumentError", f"no shared region: {answer}").encode(rid))
+            transport.write(ErrorBody.bad_request(f"no shared region: {answer}").encode(rid))
         else:
             transport.write(encode_message(MessageType.MAP, rid, answer))
 
     # -- handshake ---------------------------------------------------------
     def _handshake(self, frame: Frame) -> None:
+        # The sequence is protocol.session's; this decides when to answer (the env made, the slot free).
         server = self.server
+        handshake = self.handshake
+        if self.state not in ("new", "auth"):
+            raise ProtocolError(f"unexpected {frame.type.name} while waiting for the server to be free")
+        try:
+            handshake.receive(frame)
+        except AuthenticationError as exc:
+            log.warning("authentication failed for %s: wrong token", self.peer)
+            self._drop("auth", str(exc))
+            return
         if self.state == "new":
-            if frame.type is not MessageType.HELLO:
-                raise ProtocolError(f"first message was {frame.type.name}, expected HELLO")
-            self.hello = ClientHello.decode(frame)
-            self.hello_rid = frame.request_id
-            self.reply_limit = self.hello.max_frame_size
+            assert handshake.hello is not None
+            self.reply_limit = handshake.hello.max_frame_size
             if server._startup_error is not None:  # the env could not be made: say why, then end
                 self._report_startup_error()
                 return
@@ -652,28 +655,16 @@ class _ServerProtocol(asyncio.Protocol):
                 # (uvloop reads right after connecting): it is answered once the env is there.
                 self.state = "early"
                 return
+        self._answer_hello()
 
-            if server._token is None:
-                self._authenticated()
-                return
-            self.server_nonce = _auth.new_nonce()
+    def _answer_hello(self) -> None:
+        # The HELLO is in (and the env made): challenge, or go on to the slot.
+        if self.handshake.state is ServerHandshakeState.AUTH:
             self.state = "auth"
             assert self.transport is not None
-            self.transport.write(AuthChallenge(self.server_nonce).encode(frame.request_id))
-            return
-        if self.state == "auth":
-            if frame.type is not MessageType.AUTH:
-                raise ProtocolError(f"expected AUTH, got {frame.type.name}")
-            assert self.hello is not None and server._token is not None
-            expected = _auth.proof(server._token, "client", self.hello.nonce, self.server_nonce)
-            self.hello_rid = frame.request_id  # the HELLO answers the proof
-            if not _auth.verify(expected, AuthProof.decode(frame).proof):
-                log.warning("authentication failed for %s: wrong token", self.peer)
-                self._drop("auth", "authentication failed: the client's token does not match the server's")
-                return
+            self.transport.write(self.handshake.challenge())
+        else:
             self._authenticated()
-            return
-        raise ProtocolError(f"unexpected {frame.type.name} while waiting for the server to be free")
 
     def _authenticated(self) -> None:
         self._cancel_timer()
@@ -686,7 +677,7 @@ class _ServerProtocol(asyncio.Protocol):
 
     def _report_startup_error(self) -> None:
         assert self.transport is not None and self.server._startup_error is not None
-        self.transport.write(env_error(self.server._startup_error).encode(self.hello_rid))
+        self.transport.write(env_error(self.server._startup_error).encode(self.handshake.reply_id))
         self._close_after_write()
         self.server.stop()
 
@@ -697,12 +688,8 @@ class _ServerProtocol(asyncio.Protocol):
         self.state = "new"
         if self.server._startup_error is not None:
             self._report_startup_error()
-        elif self.server._token is None:
-            self._authenticated()
         else:
-            self.server_nonce = _auth.new_nonce()
-            self.state = "auth"
-            self.transport.write(AuthChallenge(self.server_nonce).encode(self.hello_rid))
+            self._answer_hello()
 
     def promote(self) -> None:
         """Called by the server when the slot frees while this connection waits for it."""
@@ -717,12 +704,8 @@ class _ServerProtocol(asyncio.Protocol):
         self.state = "active"
         self._uncount()
         self.conn.max_frame_size = server._max_frame_size
-        proof = None
-        if server._token is not None:
-            assert self.hello is not None
-            proof = _auth.proof(server._token, "server", self.hello.nonce, self.server_nonce)
         assert self.transport is not None and server._hello is not None
-        self.transport.write(ServerHello.frame(server._hello, self.hello_rid, proof))
+        self.transport.write(self.handshake.accept(server._hello))
         log.info("serving client %s", self.peer)
         if server._idle_timeout is not None:
             self._last_seen = self._loop_time()
@@ -733,8 +716,8 @@ class _ServerProtocol(asyncio.Protocol):
             self.server._waiting.remove(self)
         log.warning("rejecting %s: already serving a client", self.peer)
         assert self.transport is not None
-        self.transport.write(ErrorBody("busy", "ServerBusyError", (
-            f"the server at {self.server.address} already serves a client; it serves one client at a time")).encode(0))
+        self.transport.write(ErrorBody.busy(
+            f"the server at {self.server.address} already serves a client; it serves one client at a time").encode(0))
         self._close_after_write()
 
     # -- timers and teardown -------------------------------------------------
@@ -759,7 +742,7 @@ class _ServerProtocol(asyncio.Protocol):
         log.warning("closing connection from %s: %s", self.peer, reason)
         if self.transport is None or self.transport.is_closing():
             return
-        self.transport.write(ErrorBody(kind, "ProtocolError" if kind == "protocol" else kind, reason).encode(0))
+        self.transport.write(ErrorBody.closing(kind, reason).encode(0))
         self.release()
         self._close_after_write()
 
