@@ -18,8 +18,9 @@ What lives here (``docs/architecture.md`` draws how it fits together):
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._imports import lazy_exports
 
 __version__ = "0.2.0.dev0"
 
@@ -31,8 +32,8 @@ _EXPORTS = {
     "EnvServer": "rlmesh.server.core",
     "RemoteEnv": "rlmesh.sync",
     "RemoteVectorEnv": "rlmesh.sync",
-    "SandboxEnv": "rlmesh.sandbox.sync",
-    "SandboxVectorEnv": "rlmesh.sandbox.sync",
+    "SandboxEnv": "rlmesh.sandbox.sync_sandbox",
+    "SandboxVectorEnv": "rlmesh.sandbox.sync_sandbox",
     "EvaluationReport": "rlmesh.evaluation",
     "batched": "rlmesh.evaluation",
     "evaluate": "rlmesh.evaluation",
@@ -53,20 +54,9 @@ if TYPE_CHECKING:
     from .evaluation import EvaluationReport, batched, evaluate, evaluate_async
     from .sandbox.env import AsyncSandboxEnv
     from .sandbox.hub_tasks import list_tasks
-    from .sandbox.sync import SandboxEnv, SandboxVectorEnv
+    from .sandbox.sync_sandbox import SandboxEnv, SandboxVectorEnv
     from .sandbox.vector import AsyncSandboxVectorEnv
     from .server.core import EnvServer
     from .sync import RemoteEnv, RemoteVectorEnv
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'rlmesh' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -9,7 +9,7 @@ from .client.env import AsyncRemoteEnv
 from .client.vector import AsyncRemoteVectorEnv
 from .evaluation import batched, evaluate, evaluate_async
 from .sandbox.env import AsyncSandboxEnv
-from .sandbox.sync import SandboxEnv, SandboxVectorEnv
+from .sandbox.sync_sandbox import SandboxEnv, SandboxVectorEnv
 from .sandbox.vector import AsyncSandboxVectorEnv
 from .sync import RemoteEnv, RemoteVectorEnv
 

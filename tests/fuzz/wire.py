@@ -1,7 +1,7 @@
 """Fuzz the wire protocol against a live server and a live client.
 
 ``python -m tests.fuzz.wire [--cases N] [--seed S]`` runs N mutated cases in each direction and
-prints what happened; ``tests/test_fuzz.py`` runs a small number of them in CI.
+prints what happened; ``tests/integration/test_fuzz.py`` runs a small number of them in CI.
 
 * **Server**: ``python -m rlmesh.serve`` in a subprocess (a Dict/Tuple/Text kitchen-sink env, so
   actions have structure). Each case opens a connection, says a valid HELLO (or, one case in
@@ -312,10 +312,10 @@ def _server_frames() -> tuple[Callable[[int], bytes], list[Callable[[int], bytes
     import gymnasium as gym
 
     import tests.envs  # noqa: F401
-    from rlmesh.server.core import _describe
+    from rlmesh.server.dispatch import describe
 
     env = gym.make("rlmesh-test/KitchenSink-v0", render_mode="rgb_array")
-    parts = _describe(env).encode_parts()
+    parts = describe(env).encode_parts()
     reset = env.reset(seed=0)
     step = env.step(env.action_space.sample())
     frame = env.render()

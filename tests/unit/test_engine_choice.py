@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from rlmesh.errors import InvalidArgumentError
-from rlmesh.sandbox.container import Engine
+from rlmesh.sandbox.engine import Engine
 
 
 def test_this_machine_s_engine_is_dialled_over_a_unix_socket(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
 from .._address import parse_address
+from .._checks import is_int
 from ..errors import (
     ConnectError,
     ConnectionClosedError,
@@ -114,7 +115,7 @@ class ClientConnection:
             ProtocolError: The server broke the protocol.
             RLMeshTimeoutError: It took longer than ``connect_timeout``.
         """
-        if isinstance(max_frame_size, bool) or not isinstance(max_frame_size, int) or max_frame_size < MIN_FRAME_SIZE:
+        if not is_int(max_frame_size) or max_frame_size < MIN_FRAME_SIZE:
             raise InvalidArgumentError(f"max_frame_size must be an int of at least {MIN_FRAME_SIZE}, got {max_frame_size!r}")
         addr = parse_address(address)
         if tls is not None and addr.path is not None:

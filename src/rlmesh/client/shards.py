@@ -23,7 +23,6 @@ finish (at least ``batch_size`` lanes), with ``info["env_id"]``. See ``docs/scal
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,39 +30,16 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode
-from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
+from gymnasium.vector.utils import batch_space, iterate
 
 from ..errors import EnvClosedError, InvalidArgumentError, ProtocolError, RLMeshError
 from ..protocol import Frame, MessageType, SpecData
 from .core import Exchange, Request
-from .env import RemoteShard, Sent, SplitStep
+from .env import Sent
+from .lanes import concat_lanes, copied, merge_infos
+from .remote_shard import RemoteShard, SplitStep
 
-__all__ = ["AsyncShardedVectorEnv", "resolve_shards", "split_lanes"]
-
-
-def resolve_shards(shards: int | str, num_envs: int) -> int:
-    """``shards`` as a count: ``"auto"`` is one per available core, capped by ``num_envs``.
-
-    Raises:
-        InvalidArgumentError: Not a positive int or ``"auto"``, or more shards than lanes.
-    """
-    if shards == "auto":
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            cores = os.cpu_count() or 1
-        return max(1, min(cores, num_envs))
-    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
-        raise InvalidArgumentError(f"shards must be a positive int or 'auto', got {shards!r}")
-    if shards > num_envs:
-        raise InvalidArgumentError(f"shards={shards} is more than num_envs={num_envs}: each shard needs a lane")
-    return shards
-
-
-def split_lanes(num_envs: int, shards: int) -> list[int]:
-    """Lanes per shard, as even as possible (the first shards take one more)."""
-    base, extra = divmod(num_envs, shards)
-    return [base + (1 if j < extra else 0) for j in range(shards)]
+__all__ = ["AsyncShardedVectorEnv"]
 
 
 class AsyncShardedVectorEnv(SplitStep):
@@ -399,7 +375,7 @@ class AsyncShardedVectorEnv(SplitStep):
         parts, at = [], 0
         for j in shard_ids:
             n = self._size(j)
-            parts.append((j, _concat_lanes(self.single_action_space, lanes[at:at + n])))
+            parts.append((j, concat_lanes(self.single_action_space, lanes[at:at + n])))
             at += n
         for j, one in await self._begin_steps(parts):  # sent now; recv collects the results
             self._inflight[asyncio.ensure_future(self._tagged(j, one))] = j
@@ -471,7 +447,7 @@ class AsyncShardedVectorEnv(SplitStep):
         lanes = list(iterate(self.action_space, actions))
         if len(lanes) != self.num_envs:
             raise ValueError(f"expected actions for {self.num_envs} lanes, got {len(lanes)}")
-        return [_concat_lanes(self.single_action_space, lanes[a:b]) for a, b in self.bounds]
+        return [concat_lanes(self.single_action_space, lanes[a:b]) for a, b in self.bounds]
 
     async def _each(self, make: Any) -> list[Any]:
         return await self._gather([(j, make(shard)) for j, shard in enumerate(self.shards)])
@@ -516,7 +492,7 @@ class AsyncShardedVectorEnv(SplitStep):
         for j, r in results:
             self._last_obs[j] = r[0]
         if len(results) == 1 and self._size(results[0][0]) == self.num_envs:
-            return tuple(results[0][1]) if owned else _own(tuple(results[0][1]))  # one shard: its step is the step
+            return tuple(results[0][1]) if owned else copied(tuple(results[0][1]))  # one shard: its step is the step
         obs = self._concat_obs([(j, r[0]) for j, r in results])
         rewards, terms, truncs = (np.concatenate([r[k] for _, r in results]) for k in (1, 2, 3))
         return obs, rewards, terms, truncs, self._merge_infos([(j, r[4]) for j, r in results], only=only)
@@ -528,7 +504,7 @@ class AsyncShardedVectorEnv(SplitStep):
         if all(isinstance(v, np.ndarray) for v in values):
             return np.concatenate(values, axis=0)
         lanes = [x for j, v in parts for x in iterate(self.shards[j].observation_space, v)]
-        return _concat_lanes(self.single_observation_space, lanes)
+        return concat_lanes(self.single_observation_space, lanes)
 
     def _merge_infos(self, parts: list[tuple[int, dict[str, Any]]], only: list[int] | None = None) -> dict[str, Any]:
         n = self.num_envs if only is None else sum(self._size(j) for j in only)
@@ -537,43 +513,4 @@ class AsyncShardedVectorEnv(SplitStep):
         for j in only if only is not None else range(len(self.shards)):
             offsets[j] = at
             at += self._size(j)
-        return _merge(n, [(offsets[j], self._size(j), info) for j, info in parts])
-
-
-def _own(value: Any) -> Any:
-    """``value`` with every array copied (views into a shared region become the host's own)."""
-    if isinstance(value, np.ndarray):
-        return np.array(value)
-    if type(value) is dict:
-        return {k: _own(v) for k, v in value.items()}
-    if type(value) is tuple:
-        return tuple(_own(v) for v in value)
-    return value
-
-
-def _concat_lanes(space: spaces.Space[Any], lanes: list[Any]) -> Any:
-    out = create_empty_array(space, len(lanes))
-    assert out is not None
-    return concatenate(space, lanes, out)
-
-
-def _merge(n: int, parts: list[tuple[int, int, dict[str, Any]]]) -> dict[str, Any]:
-    # Shard infos are batched already (arrays of the shard's lanes, with `_key` masks): place each
-    # in its lanes of arrays sized for all lanes, as SyncVectorEnv's _add_info would have built them.
-    out: dict[str, Any] = {}
-    for offset, size, info in parts:
-        _merge_into(out, n, offset, size, info)
-    return out
-
-
-def _merge_into(out: dict[str, Any], n: int, offset: int, size: int, info: dict[str, Any]) -> None:
-    for key, value in info.items():
-        if isinstance(value, dict):
-            _merge_into(out.setdefault(key, {}), n, offset, size, value)
-            continue
-        arr = np.asarray(value)
-        target = out.get(key)
-        if target is None:
-            target = np.full(n, None, dtype=object) if arr.dtype == object else np.zeros((n, *arr.shape[1:]), arr.dtype)
-            out[key] = target
-        target[offset:offset + size] = arr
+        return merge_infos(n, [(offsets[j], self._size(j), info) for j, info in parts])

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from ..errors import InvalidArgumentError
-from .env import AsyncRemoteEnv, RemoteShard
+from .env import AsyncRemoteEnv
+from .remote_shard import RemoteShard
 from .shards import AsyncShardedVectorEnv
 
 __all__ = ["AsyncRemoteVectorEnv"]

@@ -17,8 +17,9 @@ Names load lazily, so that ``rlmesh``'s command line can add ``eval`` without im
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._imports import lazy_exports
 
 _EXPORTS = {
     "BatchedPolicy": "rlmesh.evaluation.policies",
@@ -37,15 +38,4 @@ if TYPE_CHECKING:
     from .report import EvaluationReport
     from .results import ResultsMismatchError
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'rlmesh.evaluation' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

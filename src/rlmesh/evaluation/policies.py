@@ -12,7 +12,6 @@ A policy is one of:
 from __future__ import annotations
 
 import copy
-import importlib
 import inspect
 import sys
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from typing import Any, overload
 import gymnasium as gym
 
 from .._checks import is_int
+from .._imports import import_attribute
 from ..errors import InvalidArgumentError
 
 __all__ = ["DEFAULT_LANES", "Acting", "BatchedPolicy", "Policy", "batched", "load_policy", "maybe_await", "policy_name",
@@ -118,14 +118,11 @@ def load_policy(spec: str) -> Policy:
     if "" not in sys.path:
         sys.path.insert(0, "")
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj = import_attribute(module_name, attr)
     except ImportError as exc:
         raise InvalidArgumentError(f"cannot import the policy's module {module_name!r}: {exc}") from exc
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise InvalidArgumentError(f"module {module_name!r} has no policy {attr!r}") from None
+    except AttributeError:
+        raise InvalidArgumentError(f"module {module_name!r} has no policy {attr!r}") from None
     if not callable(obj):
         raise InvalidArgumentError(f"policy {spec!r} is not callable")
     return obj  # type: ignore[no-any-return]

@@ -4,8 +4,11 @@
 * :mod:`rlmesh.protocol.values` encodes values (arrays as raw buffers).
 * :mod:`rlmesh.protocol.spaces` describes Gymnasium spaces.
 * :mod:`rlmesh.protocol.messages` builds and checks every message body.
-* :mod:`rlmesh.protocol.faults` maps ERROR kinds to exceptions and back.
+* :mod:`rlmesh.protocol.faults` maps ERROR kinds to exceptions and back, and builds ERROR bodies.
 * :mod:`rlmesh.protocol.auth` is the token challenge and response.
+* :mod:`rlmesh.protocol.session` is the handshake, both sides, as state machines.
+* :mod:`rlmesh.protocol.bounds` bounds a STEP or RESET reply by what the spaces allow.
+* :mod:`rlmesh.protocol.data_plane` lays the spaces' fixed-shape arrays out in a shared region.
 * :mod:`rlmesh.protocol.options` holds what the host and server agree on outside frames
   (source grammar, vectorization and autoreset modes, the ready line).
 
@@ -38,7 +41,7 @@ from .messages import (
 )
 from .options import READY_LINE_PREFIX, VECTORIZATION_MODES, parse_autoreset_mode, parse_vectorization_mode
 from .spaces import decode_space, encode_space
-from .values import Decoder, decode_value, encode_value
+from .values import Decoder, encode_value
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -62,7 +65,6 @@ __all__ = [
     "decode_reset_reply",
     "decode_space",
     "decode_step_reply",
-    "decode_value",
     "encode_value",
     "encode_frame",
     "encode_message",

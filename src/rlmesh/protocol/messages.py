@@ -399,12 +399,11 @@ def check_attribute_name(name: Any) -> str:
     return name
 
 
-def decode_reset_reply(frame: Frame, num_envs: int | None, fill: Fill | None = None) -> tuple[Any, dict[str, Any]]:
+def decode_reset_reply(frame: Frame, fill: Fill | None = None) -> tuple[Any, dict[str, Any]]:
     """Check and read a RESET reply: ``(obs, info)``.
 
     Args:
         frame: The reply.
-        num_envs: The number of lanes (vector envs), else None.
         fill: For a ``RESET_SHARED`` reply, puts the region's arrays where the body has ``None``.
 
     Raises:

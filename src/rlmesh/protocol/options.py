@@ -14,10 +14,12 @@ from gymnasium.vector import AutoresetMode
 from ..errors import InvalidArgumentError
 
 __all__ = [
+    "AUTORESET_MODES",
     "FACTORY_PATTERN",
     "READY_LINE_PREFIX",
     "VECTORIZATION_MODES",
     "is_gym_id",
+    "is_versioned",
     "parse_autoreset_mode",
     "parse_vectorization_mode",
 ]
@@ -38,11 +40,16 @@ FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _VERSIONED = re.compile(r"-v\d+$")
 
 
+def is_versioned(name: str) -> bool:
+    """Whether ``name`` ends in a Gymnasium version, ``-vN`` (``CartPole-v1``)."""
+    return _VERSIONED.search(name) is not None
+
+
 def is_gym_id(source: str) -> bool:
     """Whether ``source`` names a Gymnasium id rather than a ``module:callable`` factory."""
     if source.startswith("gym://"):
         return True
-    if FACTORY_PATTERN.match(source) and not _VERSIONED.search(source):
+    if FACTORY_PATTERN.match(source) and not is_versioned(source):
         return False
     return bool(_GYM_ID.match(source))
 
@@ -60,6 +67,10 @@ def parse_vectorization_mode(value: str) -> str:
     return value
 
 
+AUTORESET_MODES = tuple(mode.name.lower() for mode in AutoresetMode)
+"""The autoreset modes by name (``next_step``, ``same_step``, ``disabled``), as options take them."""
+
+
 def parse_autoreset_mode(value: str | AutoresetMode) -> AutoresetMode:
     """Accept an ``AutoresetMode``, its value (``"NextStep"``) or its name (``"next_step"``).
 
@@ -75,5 +86,4 @@ def parse_autoreset_mode(value: str | AutoresetMode) -> AutoresetMode:
     try:
         return AutoresetMode[str(value).upper()]
     except KeyError:
-        names = [m.name.lower() for m in AutoresetMode]
-        raise InvalidArgumentError(f"autoreset_mode must be one of {names}, got {value!r}") from None
+        raise InvalidArgumentError(f"autoreset_mode must be one of {list(AUTORESET_MODES)}, got {value!r}") from None

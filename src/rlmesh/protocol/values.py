@@ -36,10 +36,9 @@ from typing import Any
 import numpy as np
 from gymnasium.spaces import GraphInstance
 
-__all__ = ["MAX_DEPTH", "MAX_REPR", "BufferMeta", "Decoder", "decode_value", "encode_value", "unencodable"]
+__all__ = ["MAX_DEPTH", "MAX_REPR", "Decoder", "encode_value", "unencodable"]
 
 # A buffer is described by (dtype.str, shape) in the header.
-BufferMeta = tuple[str, tuple[int, ...]]
 
 MAX_DEPTH = 100
 """Deepest nesting of lists, dicts and tags a decoded value may have."""
@@ -292,22 +291,3 @@ class Decoder:
         for i, v in enumerate(items):
             out_arr[i] = v
         return out_arr.reshape(shape)
-
-
-def decode_value(tree: Any, arrays: list[np.ndarray[Any, Any]]) -> Any:
-    """Rebuild one value encoded by :func:`encode_value` that uses all of ``arrays``.
-
-    Args:
-        tree: The decoded JSON tree.
-        arrays: The buffers, already viewed as arrays (the list is consumed).
-
-    Returns:
-        The original value.
-
-    Raises:
-        ValueError: The tree is malformed or does not use each buffer exactly once.
-    """
-    decoder = Decoder(arrays)
-    value = decoder.value(tree)
-    decoder.finish()
-    return value

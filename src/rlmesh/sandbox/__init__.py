@@ -4,7 +4,7 @@ This package is the only place that talks to Docker (through ``_docker``). What 
 
     env           AsyncSandboxEnv / SandboxShard: source -> image -> container -> client
     vector        AsyncSandboxVectorEnv: a vector env over one or more SandboxShards
-    sync          SandboxEnv / SandboxVectorEnv, the sync classes over them
+    sync_sandbox  SandboxEnv / SandboxVectorEnv, the sync classes over them
     options       SandboxOptions, the one options model (defaults, checks, docs); ContainerOptions
     sources       source strings (Gymnasium id, module:factory, hf://, prebuilt image) and their gates
     base_image    the base an image builds on, pulls, and remembered pull failures
@@ -15,7 +15,9 @@ This package is the only place that talks to Docker (through ``_docker``). What 
     cache         the host's cache directory
     progress      build progress: a status line, log records or a callback
     output_tail   the last lines of a command's output, for errors
-    container     one container: start, readiness, removal; the Engine it runs on
+    library_hints the Debian package a missing shared library needs, for env errors
+    container     one container: start, readiness, removal
+    engine        Engine: which Docker engine a sandbox runs on, and how it is reached
     ownership     owners' labels, and sandboxes that end with their owner
     placement     shards placed with Ray
     hub_tasks     list_tasks: an EnvHub repository's envs, listed in a sandbox
@@ -25,7 +27,7 @@ This package is the only place that talks to Docker (through ``_docker``). What 
 from __future__ import annotations
 
 from .env import AsyncSandboxEnv
-from .sync import SandboxEnv, SandboxVectorEnv
+from .sync_sandbox import SandboxEnv, SandboxVectorEnv
 from .vector import AsyncSandboxVectorEnv
 
 __all__ = ["AsyncSandboxEnv", "AsyncSandboxVectorEnv", "SandboxEnv", "SandboxVectorEnv"]

@@ -20,12 +20,14 @@ from typing import Any, ClassVar
 import orjson
 
 from .._checks import check_num_envs
-from ..client.env import AsyncRemoteEnv, RemoteShard, _AsyncRemoteBase
+from ..client.env import AsyncRemoteEnv, _AsyncRemoteBase
 from ..client.options import ClientOptions
+from ..client.remote_shard import RemoteShard
 from ..errors import EnvClosedError, InvalidArgumentError, SandboxError, SandboxExitedError, TransportError
 from ..protocol import DEFAULT_MAX_FRAME_SIZE, parse_autoreset_mode, parse_vectorization_mode
 from ._docker import DockerClient, docker_client
-from .container import Engine, Sandbox
+from .container import Sandbox
+from .engine import Engine
 from .image import ImageSpec, ensure_image, remove_replaced_image, try_pull
 from .library_hints import add_missing_library_note
 from .options import (

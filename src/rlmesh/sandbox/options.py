@@ -309,7 +309,7 @@ def wrappers_wire_form(wrappers: Any) -> list[list[Any]]:
 class SandboxOptions(ContainerOptions):
     """Every option of a sandbox: the container's (:class:`ContainerOptions`), the image build's,
     the source's, the engine's and the client's. Every field is validated on construction
-    (the client's by the client, and the engine's by :meth:`~rlmesh.sandbox.container.Engine.choose`)."""
+    (the client's by the client, and the engine's by :meth:`~rlmesh.sandbox.engine.Engine.choose`)."""
 
     packages: Sequence[str] = _option((), "pip requirements, local wheels or project dirs installed in the image.",
                                       group="build")

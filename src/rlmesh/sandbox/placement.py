@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..client.env import RemoteShard
+from ..client.remote_shard import RemoteShard
 from ..errors import InvalidArgumentError, SandboxError
 from .env import SandboxShard
 from .options import CLIENT_OPTIONS

@@ -30,7 +30,7 @@ from pathlib import Path
 import anyio
 
 from ..errors import SourceError
-from ..protocol.options import _VERSIONED, FACTORY_PATTERN, is_gym_id  # _VERSIONED: the protocol's -vN rule
+from ..protocol.options import FACTORY_PATTERN, is_gym_id, is_versioned
 from ..server.envhub_selector import DEFAULT_ENTRY, HubSelector, parse_selector
 from ._docker import DockerClient
 
@@ -176,7 +176,7 @@ def _hf_near_miss(source: str) -> str | None:
     if m is None or (source.startswith("hf://") and not source.startswith("hf:///")):
         return None
     rest = source[m.end():]
-    if m.group(0) == "hf:" and ("/" not in rest or _VERSIONED.search(rest)):
+    if m.group(0) == "hf:" and ("/" not in rest or is_versioned(rest)):
         return None  # hf:name is a module:factory, hf:Ns/Env-v0 a Gymnasium id
     return "hf://" + rest
 
@@ -216,7 +216,7 @@ async def resolve_source(docker: DockerClient, parsed: Source, *, build_options:
     resolved = parsed
     if isinstance(parsed, GymSource) and not parsed.source.startswith(("gym://", "py://")):
         text = parsed.source
-        if _IMAGE_REF.match(text) and not re.search(r"-v\d+$", text):
+        if _IMAGE_REF.match(text) and not is_versioned(text):
             if await docker.image_id(text) is not None:
                 resolved = ImageSource(text, explicit=False)
             elif ":" in text.rsplit("/", 1)[-1]:

@@ -6,8 +6,9 @@ import inspect
 from typing import Any, ClassVar
 
 from .._checks import check_num_envs
-from ..client.env import RemoteShard
-from ..client.shards import AsyncShardedVectorEnv, resolve_shards, split_lanes
+from ..client.lanes import resolve_shards, split_lanes
+from ..client.remote_shard import RemoteShard
+from ..client.shards import AsyncShardedVectorEnv
 from ..protocol import parse_autoreset_mode, parse_vectorization_mode
 from .env import OPTION_DOCS, SandboxArguments, SandboxShard, options_signature
 from .placement import RayPlacement, RayShards

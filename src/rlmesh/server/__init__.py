@@ -2,7 +2,10 @@
 
 It imports numpy, orjson and gymnasium only (plus the standard library). What lives here:
 
-    core             EnvServer: one env served to one client at a time over a stream
+    core             EnvServer: one env served to one client at a time over a stream (its lifecycle)
+    options          ServerOptions: every server option, checked once
+    connection       each connection's side of the handshake, and the one client slot
+    dispatch         a request applied to the env, its reply encoded (no sockets)
     loader           a source (Gymnasium id, module:factory, envhub: checkout) -> the env
     serve            the ``rlmesh serve`` command (``python -m rlmesh.serve`` is its entry point)
     data_plane       the shared-memory region a client on the same host hands over

@@ -21,6 +21,7 @@ import gymnasium as gym
 from gymnasium.vector import AutoresetMode
 
 from .._checks import check_num_envs
+from .._imports import import_attribute
 from ..errors import InvalidArgumentError, SourceError
 from ..protocol.options import FACTORY_PATTERN, is_gym_id, parse_autoreset_mode, parse_vectorization_mode
 from ._types import EnvLike
@@ -208,14 +209,11 @@ def _import_factory(source: str) -> Callable[..., Any]:
         )
     module_name, attr = source.split(":", 1)
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj = import_attribute(module_name, attr)
     except ImportError as exc:
         raise SourceError(f"cannot import module {module_name!r} for source {source!r}: {exc}") from exc
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError as exc:
-            raise SourceError(f"module {module_name!r} has no attribute {attr!r}") from exc
+    except AttributeError as exc:
+        raise SourceError(f"module {module_name!r} has no attribute {attr!r}") from exc
     if not callable(obj):
         raise SourceError(f"{source!r} is not callable")
     return cast(Callable[..., Any], obj)

@@ -28,9 +28,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from gymnasium.vector import AutoresetMode
 
-from ..protocol.options import VECTORIZATION_MODES
+from ..protocol.options import AUTORESET_MODES, VECTORIZATION_MODES
 
 __all__ = ["build_parser", "cannot_make_message", "main"]
 
@@ -51,7 +50,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--address", required=True, help="unix:///abs/path.sock, tcp://host:port or host:port")
     p.add_argument("--num-envs", type=int, default=None, help="serve a vector env with N lanes")
     p.add_argument("--vectorization-mode", default="sync", choices=VECTORIZATION_MODES)
-    p.add_argument("--autoreset-mode", default="next_step", choices=[mode.name.lower() for mode in AutoresetMode])
+    p.add_argument("--autoreset-mode", default="next_step", choices=AUTORESET_MODES)
     p.add_argument("--kwargs-json", default="{}", help="JSON object of env constructor kwargs")
     p.add_argument("--selector", default=None, help="[ENTRY.py][:SUITE[/TASK]], for envhub: sources")
     p.add_argument("--wrappers-json", default="[]", metavar="JSON",

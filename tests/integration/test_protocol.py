@@ -30,7 +30,7 @@ from rlmesh.protocol import (
 )
 from rlmesh.protocol.spaces import OpaqueSpace, make_discrete, opaque_spaces
 
-from .helpers import assert_same
+from ..helpers import assert_same
 
 # The wire header, restated here so that a change to the format fails a test.
 HEADER = struct.Struct("<2sBBIII")

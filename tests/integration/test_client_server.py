@@ -37,10 +37,10 @@ from rlmesh.errors import (
 )
 from rlmesh.protocol import PROTOCOL_VERSION, ClientHello, Connection, MessageType, SpecData, encode_message
 
-from .envs import BIG_OBS_ID, FAULTY_ID, KITCHEN_SINK_ID
-from .helpers import ServerThread, assert_same, assert_same_episodes, open_env
+from ..envs import BIG_OBS_ID, FAULTY_ID, KITCHEN_SINK_ID
+from ..helpers import ServerThread, assert_same, assert_same_episodes, open_env
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 Serve = Callable[..., str]
 
 

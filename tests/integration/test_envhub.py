@@ -18,7 +18,7 @@ from rlmesh.errors import SourceError
 from rlmesh.server.envhub import HubConfig, SingleLaneEnv, load_envhub, normalize
 from rlmesh.server.envhub_selector import HubSelector, parse_selector
 
-FIXTURES = Path(__file__).parent / "sandbox" / "hub_fixture"
+FIXTURES = Path(__file__).parents[1] / "docker" / "hub_fixture"
 DOCS_CARTPOLE = str(FIXTURES / "envhub-docs--cartpole-env")
 LEISAAC = str(FIXTURES / "lightwheel--leisaac-env")
 ENTRY_MODULES = ("env", "so101_pick_orange", "so101_common", "multitask", "cfg_required", "cfg_optional",

@@ -23,9 +23,9 @@ from rlmesh.protocol import PROTOCOL_VERSION, MessageType, encode_message
 from rlmesh.protocol.bounds import DEFAULT_MAX_INFO_SIZE, reply_bound, space_bound
 from rlmesh.protocol.framing import HEADER
 
-from .helpers import FakeServer, open_env
+from ..helpers import FakeServer, open_env
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

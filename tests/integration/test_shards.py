@@ -12,11 +12,12 @@ import pytest
 from gymnasium.vector import AutoresetMode
 
 from rlmesh import AsyncRemoteVectorEnv, RemoteVectorEnv
-from rlmesh.client.shards import AsyncShardedVectorEnv, resolve_shards, split_lanes
+from rlmesh.client.lanes import resolve_shards, split_lanes
+from rlmesh.client.shards import AsyncShardedVectorEnv
 from rlmesh.errors import EnvClosedError, InvalidArgumentError, RemoteEnvError
 
-from .envs import FAULTY_ID
-from .helpers import ServerThread, assert_same, assert_same_steps
+from ..envs import FAULTY_ID
+from ..helpers import ServerThread, assert_same, assert_same_steps
 
 MODES = [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP, AutoresetMode.DISABLED]
 

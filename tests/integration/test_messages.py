@@ -19,7 +19,7 @@ import pytest
 from rlmesh.errors import InvalidArgumentError, SourceError
 from rlmesh.sandbox.env import AsyncSandboxEnv
 from rlmesh.sandbox.sources import GymSource, parse_source
-from rlmesh.sandbox.sync import SandboxEnv
+from rlmesh.sandbox.sync_sandbox import SandboxEnv
 from rlmesh.sandbox.vector import AsyncSandboxVectorEnv
 
 # What a build reports, line by line: pip on the host, then the engine's legacy builder.

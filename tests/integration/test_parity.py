@@ -20,8 +20,8 @@ from gymnasium.vector import AutoresetMode
 
 from rlmesh import RemoteEnv
 
-from .envs import BIG_OBS_ID, KITCHEN_SINK_ID
-from .helpers import assert_same
+from ..envs import BIG_OBS_ID, KITCHEN_SINK_ID
+from ..helpers import assert_same
 
 Serve = Callable[..., str]
 
@@ -84,7 +84,7 @@ def _checked(env: gym.Env[Any, Any], skip_render_check: bool) -> list[str]:
     # from env.spec. For a RemoteEnv those are more clients of the same server, which serves
     # one client at a time (ServerBusyError while the first is open), so they are skipped
     # here and the env's own render mode is checked directly; sandboxes pass check_env whole
-    # (tests/sandbox).
+    # (tests/docker).
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         check_env(env, skip_render_check=True, skip_close_check=True)

@@ -31,8 +31,8 @@ from rlmesh.errors import EnvClosedError, ProtocolError
 from rlmesh.protocol import Connection, ErrorBody, MessageType, encode_message
 from rlmesh.protocol.data_plane import FEATURE, PROBE_SIZE, Layout
 
-from .envs import BIG_OBS_ID, KITCHEN_SINK_ID
-from .helpers import assert_same, cartpole_hello
+from ..envs import BIG_OBS_ID, KITCHEN_SINK_ID
+from ..helpers import assert_same, cartpole_hello
 
 Serve = Callable[..., str]
 PATHS = ("auto", "socket")

@@ -46,10 +46,10 @@ from rlmesh.protocol import auth as wire_auth
 from rlmesh.protocol.framing import HEADER
 from rlmesh.server import EnvServer
 
-from .envs import FAULTY_ID
-from .helpers import FakeServer, ServerThread, cartpole_hello, open_env
+from ..envs import FAULTY_ID
+from ..helpers import FakeServer, ServerThread, cartpole_hello, open_env
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOKEN = "a-test-token-of-sufficient-length"
 Serve = Callable[..., str]
 

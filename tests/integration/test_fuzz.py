@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .fuzz.wire import fuzz_client, fuzz_server
+from ..fuzz.wire import fuzz_client, fuzz_server
 
 
 def test_fuzzed_frames_never_crash_or_hang_the_server() -> None:

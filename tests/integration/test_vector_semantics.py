@@ -1,7 +1,7 @@
 """Layer 3: Gymnasium's vector semantics, with SyncVectorEnv as the oracle for every rlmesh class.
 
 Each test runs against ``SyncVectorEnv`` itself and against ``RemoteVectorEnv`` serving the same
-lanes (the sandboxed form is in tests/sandbox/test_vector_sandbox.py), with the same assertions.
+lanes (the sandboxed form is in tests/docker/test_vector_sandbox.py), with the same assertions.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from gymnasium.vector import SyncVectorEnv
 from rlmesh import RemoteVectorEnv
 from rlmesh.errors import RemoteEnvError
 
-from .envs import LENIENT_ID
-from .helpers import ServerThread
+from ..envs import LENIENT_ID
+from ..helpers import ServerThread
 
 KINDS = ["gymnasium", "rlmesh-remote"]
 
@@ -154,7 +154,7 @@ def test_a_custom_space_crosses_as_an_opaque_space_the_server_answers(serve: Any
     from rlmesh import RemoteEnv
     from rlmesh.protocol.spaces import OpaqueSpace
 
-    from .envs import CUSTOM_SPACE_ID, WordSpace
+    from ..envs import CUSTOM_SPACE_ID, WordSpace
 
     with RemoteEnv(serve(gym.make(CUSTOM_SPACE_ID, disable_env_checker=True))) as env:
         mission = env.observation_space["mission"]
@@ -173,7 +173,7 @@ def test_a_custom_space_crosses_as_an_opaque_space_the_server_answers(serve: Any
 
 
 def test_custom_spaces_are_batched_as_gymnasium_batches_them(vec: Callable[..., Any]) -> None:
-    from .envs import CUSTOM_SPACE_ID, WordSpace
+    from ..envs import CUSTOM_SPACE_ID, WordSpace
 
     envs = vec([lambda: gym.make(CUSTOM_SPACE_ID, disable_env_checker=True) for _ in range(2)])
     assert isinstance(envs.action_space, gym.spaces.Tuple) and len(envs.action_space.spaces) == 2
@@ -188,7 +188,7 @@ async def test_an_opaque_space_in_async_code_says_to_await(serve: Any) -> None:
     from rlmesh import AsyncRemoteEnv
     from rlmesh.errors import UnsupportedSpaceError
 
-    from .envs import CUSTOM_SPACE_ID, WordSpace
+    from ..envs import CUSTOM_SPACE_ID, WordSpace
 
     async with AsyncRemoteEnv(serve(gym.make(CUSTOM_SPACE_ID, disable_env_checker=True))) as env:
         with pytest.raises(UnsupportedSpaceError, match="space_call"):

@@ -20,9 +20,9 @@ from rlmesh import RemoteEnv
 from rlmesh.errors import AuthenticationError
 from rlmesh.server.handoff import MAX_FDS_PER_MESSAGE, MAX_HANDOFF_PEERS, hand_off
 
-from .helpers import ServerThread, assert_same_episodes
+from ..helpers import ServerThread, assert_same_episodes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOKEN = "handoff-test-token-0123456789abcdef"
 
 
@@ -130,7 +130,7 @@ def _ended(sock: socket.socket) -> bool:
 
 def _adopted_clients(st: ServerThread) -> int:
     server = st.server
-    return len(server._pending) + len(server._waiting) + (server._active is not None)
+    return len(server.slots.pending) + len(server.slots.waiting) + (server.slots.active is not None)
 
 
 def test_hostile_handoff_peers_cannot_hurt_the_server(tmp_path: Path) -> None:

@@ -155,9 +155,9 @@ def test_batched_and_policy_names() -> None:
     assert resolve_policy("random").fn is None
     with pytest.raises(InvalidArgumentError, match="lanes must be a positive int"):
         rlmesh.batched(policy, lanes=0)
-    assert load_policy("tests.test_evaluate:policy") is policy
+    assert load_policy("tests.integration.test_evaluate:policy") is policy
     with pytest.raises(InvalidArgumentError, match="has no policy 'nope'"):
-        load_policy("tests.test_evaluate:nope")
+        load_policy("tests.integration.test_evaluate:nope")
 
 
 def test_faults_are_classified() -> None:
