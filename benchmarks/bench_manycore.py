@@ -64,14 +64,14 @@ def _import_for(workload: dict[str, Any]) -> None:
         sys.path.insert(0, str(Path(HEAVY_PKG) / "src"))
         __import__("rlmesh_bench_heavy")
     if workload["id"].startswith("ALE/"):
-        import ale_py  # noqa: PLC0415
-        import gymnasium as gym  # noqa: PLC0415
+        import ale_py
+        import gymnasium as gym
 
         gym.register_envs(ale_py)
 
 
 def _gym_factory(workload: dict[str, Any]) -> Callable[[], Any]:
-    import gymnasium as gym  # noqa: PLC0415
+    import gymnasium as gym
 
     env_id = workload["id"]
 
@@ -83,7 +83,7 @@ def _gym_factory(workload: dict[str, Any]) -> Callable[[], Any]:
 
 
 def _serve_shards(servers: Servers, workload: dict[str, Any], n: int, k: int) -> list[str]:
-    from rlmesh.client.shards import split_lanes  # noqa: PLC0415
+    from rlmesh.client.lanes import split_lanes
 
     env = dict(os.environ)
     if workload["id"].startswith("rlmesh_bench_heavy"):
@@ -101,7 +101,7 @@ def _serve_shards(servers: Servers, workload: dict[str, Any], n: int, k: int) ->
 
 def _contestants(workload: dict[str, Any], n: int, shards: list[int], backend: str,
                  cleanup: list[Callable[[], Any]]) -> list[tuple[str, Any]]:
-    import gymnasium as gym  # noqa: PLC0415
+    import gymnasium as gym
 
     out: list[tuple[str, Any]] = []
     sync = gym.vector.SyncVectorEnv([_gym_factory(workload) for _ in range(n)])
@@ -111,7 +111,7 @@ def _contestants(workload: dict[str, Any], n: int, shards: list[int], backend: s
     cleanup.append(asyn.close)
     out.append(("gymnasium Async", asyn))
     if backend == "sandbox":
-        from rlmesh.numpy import SandboxVectorEnv  # noqa: PLC0415
+        from rlmesh.numpy import SandboxVectorEnv
 
         for k in shards:
             env = SandboxVectorEnv(workload["id"], num_envs=n, shards=k, packages=workload["packages"],
@@ -119,7 +119,7 @@ def _contestants(workload: dict[str, Any], n: int, shards: list[int], backend: s
             cleanup.append(env.close)
             out.append((f"rlmesh K={k}", env))
         return out
-    from rlmesh import RemoteVectorEnv  # noqa: PLC0415
+    from rlmesh import RemoteVectorEnv
 
     servers = Servers()
     cleanup.append(servers.close)
@@ -199,10 +199,10 @@ def print_result(result: dict[str, Any]) -> None:
 def plot(results: list[dict[str, Any]], path: str) -> None:
     """Throughput against shards, each workload beside its Gymnasium baselines."""
     try:
-        import matplotlib  # noqa: PLC0415
+        import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
+        import matplotlib.pyplot as plt
     except ImportError:
         print("--plot needs matplotlib (pip install matplotlib)")
         return
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         try:
             results.append(run_workload(name, sizes[name], shards, backend, rounds, seconds))
-        except Exception as exc:  # noqa: BLE001  (a benchmark reports and goes on)
+        except Exception as exc:  # a benchmark reports and goes on
             print(f"{name}: could not run: {type(exc).__name__}: {exc}")
     for result in results:
         print_result(result)

@@ -56,7 +56,7 @@ _atexit_registered = False
 
 def _backend() -> tuple[str, dict[str, Any]]:
     try:
-        import uvloop  # noqa: F401, PLC0415
+        import uvloop  # noqa: F401  (imported only to see whether it is installed)
     except ImportError:
         return "asyncio", {}
     return "asyncio", {"use_uvloop": True}
@@ -232,7 +232,7 @@ def _send_here(conn: ClientConnection, mtype: MessageType, body: Any, slot: _Thr
     # per request); a failure goes to the slot, as on the loop.
     try:
         return conn.send_from_thread(mtype, body, slot)
-    except Exception as exc:  # noqa: BLE001  (reported through the slot, like the loop's)
+    except Exception as exc:  # reported through the slot, like the loop's
         slot.set_exception(exc)
         return SendPath.LOOP_READS
 
@@ -347,7 +347,7 @@ def request_many(requests: Sequence[Request]) -> list[Frame]:
             continue
         try:
             frames.append(slot.result())
-        except BaseException as err:  # noqa: BLE001  (the first failure is raised once all are in)
+        except BaseException as err:  # the first failure is raised once all are in
             failure = failure or (i, err)
     if failure is not None:
         index, error = failure
@@ -356,7 +356,7 @@ def request_many(requests: Sequence[Request]) -> list[Frame]:
             if explained is not error:
                 explained.__cause__ = error
                 error = explained
-        error.request_index = index  # type: ignore[attr-defined]
+        error.request_index = index  # type: ignore[attr-defined]  # which request failed, for the exchange to name it
         raise error
     return frames
 
@@ -374,7 +374,7 @@ def _shutdown() -> None:
         return
     try:
         portal.call(portal.stop)
-    except Exception as exc:  # noqa: BLE001  (exit-time: report, never raise)
+    except Exception as exc:  # exit-time: report, never raise
         log.debug("stopping rlmesh's event loop: %r", exc)
 
 

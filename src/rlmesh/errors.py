@@ -66,7 +66,15 @@ __all__ = [
 
 
 class RLMeshError(Exception):
-    """Root of every exception raised by rlmesh."""
+    """Root of every exception raised by rlmesh.
+
+    Attributes:
+        shard: In a vector env of several shards, the shard it came from (else absent).
+        lanes: That shard's lanes, ``(first, end)``, or None if they were not known yet.
+    """
+
+    shard: int
+    lanes: tuple[int, int] | None
 
 
 class InvalidArgumentError(RLMeshError, ValueError):

@@ -290,9 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lease", type=float, default=60.0, help="stop after this many seconds without a client")
     args = p.parse_args(argv)
     try:
-        import uvloop  # noqa: PLC0415  (optional speed-up)
+        import uvloop  # optional speed-up
     except ImportError:
-        uvloop = None  # type: ignore[assignment]
+        uvloop = None  # type: ignore[assignment]  # the module, or None when not installed
     if args.handoff is not None:
         from ._address import parse_address
 

@@ -147,7 +147,7 @@ def extra_engine(sandbox_image: str, name: str, bridge: str, address: str) -> It
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     host = f"tcp://127.0.0.1:{port}"
-    log = open(root / "dockerd.log", "w")  # noqa: SIM115
+    log = open(root / "dockerd.log", "w")
     proc = subprocess.Popen(
         ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
          "--pidfile", str(root / "docker.pid"), "-H", host, "--bridge", bridge,

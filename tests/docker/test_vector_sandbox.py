@@ -48,7 +48,7 @@ def test_errors_match(pair: tuple[SyncVectorEnv, SandboxVectorEnv]) -> None:
     sandbox.reset(seed=0)
     try:
         oracle.reset(options={"reset_mask": np.array([True])})
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         expected = type(exc)
     with pytest.raises(expected):
         sandbox.reset(options={"reset_mask": np.array([True])})

@@ -212,7 +212,7 @@ async def test_the_env_judges_actions_as_in_process(
     local.reset(seed=0)
     try:
         expected: Any = local.step(bad)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         expected = exc
     env = await connect(serve(gym.make(env_id)))
     await env.reset(seed=0)
@@ -427,7 +427,7 @@ def run_serve(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[s
     procs: list[subprocess.Popen[str]] = []
 
     def start(*args: str) -> tuple[subprocess.Popen[str], str]:
-        log = open(tmp_path / f"serve-{len(procs)}.log", "w")  # noqa: SIM115
+        log = open(tmp_path / f"serve-{len(procs)}.log", "w")
         proc = subprocess.Popen(
             [sys.executable, "-m", "rlmesh.serve", *args], cwd=REPO, stdout=subprocess.PIPE,
             stderr=log, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -701,7 +701,7 @@ def test_a_forked_child_using_its_parent_s_env_gets_a_clear_error(serve: Serve) 
                 os.write(w, b"no error")
             except EnvClosedError as exc:
                 os.write(w, f"EnvClosedError: {exc}".encode())
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 os.write(w, repr(exc).encode())
             os._exit(0)
         os.close(w)

@@ -158,7 +158,7 @@ async def test_vector_env_matches_make_vec_across_autoresets(serve: Serve, conne
 async def test_vector_step_without_reset_in_disabled_mode_raises_like_gymnasium(
     serve: Serve, connect: Any
 ) -> None:
-    from rlmesh.errors import RemoteEnvError  # noqa: PLC0415
+    from rlmesh.errors import RemoteEnvError
 
     local = make_vec(AutoresetMode.DISABLED)
     venv = await connect(serve(make_vec(AutoresetMode.DISABLED)), vector=True)

@@ -103,7 +103,7 @@ def test_the_env_judges_actions(vec: Callable[..., Any]) -> None:
 def _raised(call: Callable[[], Any]) -> type[BaseException]:
     try:
         call()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return type(exc)
     raise AssertionError("it did not raise")
 

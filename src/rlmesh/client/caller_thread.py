@@ -14,7 +14,7 @@ import select
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ConnectionClosedError
 from ..protocol import MessageType
@@ -23,9 +23,15 @@ from .transport import Reader, ReplyProtocol, ReplySlot, encode_request
 if TYPE_CHECKING:
     from .connection import ClientConnection
 
-__all__ = ["SendPath", "read_replies", "send_from_thread"]
+__all__ = ["SendPath", "ThreadSlot", "read_replies", "send_from_thread"]
 
 _READ_SIZE = 1 << 18
+
+
+class ThreadSlot(ReplySlot, Protocol):
+    """A reply slot of a sync caller's thread, which records its request's id (to forget it)."""
+
+    rid: int
 
 
 class SendPath(enum.IntEnum):
@@ -39,7 +45,7 @@ class SendPath(enum.IntEnum):
     """Sent, and the loop is not reading: this thread reads the reply, with :func:`read_replies`."""
 
 
-def send_from_thread(p: ReplyProtocol, mtype: MessageType, body: Any, slot: ReplySlot) -> SendPath:
+def send_from_thread(p: ReplyProtocol, mtype: MessageType, body: Any, slot: ThreadSlot) -> SendPath:
     """Send a request from a thread other than the loop's, writing it on the socket from this
     thread (no hop to the loop); see :class:`SendPath` for what it did.
 
@@ -59,7 +65,7 @@ def send_from_thread(p: ReplyProtocol, mtype: MessageType, body: Any, slot: Repl
             return SendPath.LOOP_SENDS
         rid, data = encode_request(p, mtype, body)
         p.pending[rid] = slot
-        slot.rid = rid  # type: ignore[attr-defined]
+        slot.rid = rid
         sending = True
         try:
             try:

@@ -44,7 +44,7 @@ from ..protocol import (
 )
 from ..protocol.bounds import ReplyBound
 from ..protocol.session import ClientHandshake
-from .caller_thread import SendPath, read_replies, send_from_thread
+from .caller_thread import SendPath, ThreadSlot, read_replies, send_from_thread
 from .data_plane import ClientRegion, open_region
 from .tls import TlsOption, make_client_tls
 from .transport import SHARED_REPLY, ReplyProtocol, ReplySlot, encode_request, expire_request
@@ -260,7 +260,7 @@ class ClientConnection:
             p.read_on_loop()
         return rid
 
-    def send_from_thread(self, mtype: MessageType, body: Any, slot: ReplySlot) -> SendPath:
+    def send_from_thread(self, mtype: MessageType, body: Any, slot: ThreadSlot) -> SendPath:
         """Send a request from a thread other than the loop's, writing it on the socket from this
         thread: see :func:`rlmesh.client.caller_thread.send_from_thread`."""
         return send_from_thread(self._p, mtype, body, slot)

@@ -221,7 +221,7 @@ class _AsyncRemoteBase:
                 disable_env_checker=remote.disable_env_checker if remote else False,
                 kwargs=self._spec_kwargs(),
             )
-        except Exception:  # noqa: BLE001  (an id gymnasium cannot parse)
+        except Exception:  # an id gymnasium cannot parse
             return EnvSpec(id="rlmesh/Remote-v0", entry_point=self._entry_point,
                            vector_entry_point=self._vector_entry_point, kwargs=self._spec_kwargs())
 
@@ -431,7 +431,8 @@ class _AsyncRemoteBase:
         return self._np_random_seed
 
     def __repr__(self) -> str:
-        spec_id = self.spec.id if getattr(self, "spec", None) is not None else "?"  # type: ignore[union-attr]
+        spec = getattr(self, "spec", None)  # None before the handshake
+        spec_id = spec.id if spec is not None else "?"
         return f"<{type(self).__name__} {spec_id} at {self.address}>"
 
 

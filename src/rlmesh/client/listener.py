@@ -44,7 +44,7 @@ class Listener:
             proto = ReplyProtocol(self._max_frame_size)
             assert self._first is not None
             if self._first.done():
-                proto.connection_made = refuse_connection  # type: ignore[method-assign]
+                proto.connection_made = refuse_connection  # type: ignore[method-assign]  # one server per listener: the rest are dropped
             else:
                 self._first.set_result(proto)
             return proto

@@ -3,7 +3,8 @@
 :class:`AsyncShardedVectorEnv` is what the public vector classes are:
 :class:`~rlmesh.client.vector.AsyncRemoteVectorEnv` (shards: servers) and
 :class:`~rlmesh.sandbox.vector.AsyncSandboxVectorEnv` (shards: sandboxes). With one shard,
-every call is the shard's own; the rest of this docstring is about several.
+every call is the shard's own; the rest of this docstring is about several. (Over 500 lines,
+with one job: the sharded vector API; how lanes split and merge is :mod:`rlmesh.client.lanes`.)
 
 ``N`` lanes split over ``K`` shards as evenly as possible, lanes in order. The semantics are
 those of one in-process ``SyncVectorEnv`` of ``N`` lanes: ``reset(seed=s)`` seeds lane ``i``
@@ -466,10 +467,10 @@ class AsyncShardedVectorEnv(SplitStep):
         """``exc``, with the shard ``j`` and its lanes named (attributes and a note)."""
         if j < len(self.bounds):
             a, b = self.bounds[j]
-            exc.shard, exc.lanes = j, (a, b)  # type: ignore[attr-defined]
+            exc.shard, exc.lanes = j, (a, b)
             note = f"(in shard {j}, lanes {a}..{b - 1})"
         else:  # it failed before its lanes were known (connecting)
-            exc.shard, exc.lanes = j, None  # type: ignore[attr-defined]
+            exc.shard, exc.lanes = j, None
             note = f"(in shard {j})"
         if note not in getattr(exc, "__notes__", ()):
             exc.add_note(note)

@@ -44,9 +44,9 @@ _MAX_ABANDONED = 4096
 class ReplySlot(Protocol):
     """Where a reply goes: an ``asyncio.Future[Frame]`` or a thread slot."""
 
-    def done(self) -> bool: ...  # noqa: D102
-    def set_result(self, result: Frame, /) -> None: ...  # noqa: D102
-    def set_exception(self, exception: BaseException, /) -> None: ...  # noqa: D102
+    def done(self) -> bool: ...
+    def set_result(self, result: Frame, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
 
 
 class Reader(enum.Enum):
@@ -167,7 +167,7 @@ class ReplyProtocol(asyncio.Protocol):
                         self.loop.call_soon_threadsafe(_resolve, slot, frame)
                 elif not slot.done():
                     slot.set_result(frame)
-        except Exception as exc:  # noqa: BLE001  (a bug on this side must not wedge the caller)
+        except Exception as exc:  # a bug on this side must not wedge the caller
             fail(ProtocolError(f"could not handle a frame from the server ({type(exc).__name__}: {exc}); "
                                "the connection was closed"))
 

@@ -16,7 +16,7 @@ import inspect
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import gymnasium as gym
 
@@ -125,7 +125,7 @@ def load_policy(spec: str) -> Policy:
         raise InvalidArgumentError(f"module {module_name!r} has no policy {attr!r}") from None
     if not callable(obj):
         raise InvalidArgumentError(f"policy {spec!r} is not callable")
-    return obj  # type: ignore[no-any-return]
+    return cast(Policy, obj)
 
 
 @dataclass
@@ -166,7 +166,7 @@ def resolve_policy(policy: Any) -> Acting:
 
 
 def _is_async(fn: Any) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004  (an object whose __call__ is a coroutine function, not a test for callable)
 
 
 async def maybe_await(value: Any) -> Any:

@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from ..errors import InvalidArgumentError
 
@@ -31,7 +31,7 @@ def check_progress(option: Any) -> ProgressOption:
         InvalidArgumentError: Not None, a bool, or a callable.
     """
     if option is None or isinstance(option, bool) or callable(option):
-        return option  # type: ignore[no-any-return]
+        return cast(ProgressOption, option)
     raise InvalidArgumentError(f"progress must be None, True, False or a callable taking a record, got {option!r}")
 
 

@@ -176,7 +176,7 @@ class OpaqueSpace(spaces.Space[Any]):
     def __eq__(self, other: object) -> bool:
         return isinstance(other, OpaqueSpace) and (self.type_name, self.text) == (other.type_name, other.text)
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable, as Gymnasium's spaces with __eq__
 
 
 def opaque_spaces(space: spaces.Space[Any], path: tuple[Any, ...] = ()) -> list[OpaqueSpace]:

@@ -220,7 +220,7 @@ class Decoder:
         arr = arrays[index]
         if arr is None:
             raise ValueError(f"buffer {index} is referenced twice")
-        arrays[index] = None  # type: ignore[call-overload]
+        arrays[index] = None  # type: ignore[call-overload]  # a used buffer is marked so (the list is the decoder's own)
         self._used += 1
         return arr
 

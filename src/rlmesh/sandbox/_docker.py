@@ -394,7 +394,7 @@ class DockerClient:
                                     return actions
                         finally:
                             response.close()
-        except Exception:  # noqa: BLE001  (a hint for an error message: it must never replace the error)
+        except Exception:  # a hint for an error message: it must never replace the error
             pass
         return None
 
@@ -413,7 +413,7 @@ class DockerClient:
                 timeout=aiohttp.ClientTimeout(),
             ) as response:
                 try:
-                    async for chunk in multiplexed_result_stream(response, is_tty=False):  # type: ignore[no-untyped-call]
+                    async for chunk in multiplexed_result_stream(response, is_tty=False):  # type: ignore[no-untyped-call]  # aiodocker leaves it untyped
                         yield chunk
                 finally:
                     response.close()

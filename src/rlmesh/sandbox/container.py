@@ -13,6 +13,9 @@ What each moment of a start leaves after a SIGKILL, and what removes it, is in
 While it runs, a sandbox follows the container's output into a bounded ring (for the log tail
 of errors) and waits for its exit (for the exit code): with ``AutoRemove`` both would be gone
 once it exited.
+
+Over 500 lines, with one job: one container's life (create, start, readiness, exit status,
+removal); which engine it runs on is :mod:`rlmesh.sandbox.engine`.
 """
 
 from __future__ import annotations

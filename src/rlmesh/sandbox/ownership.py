@@ -208,7 +208,7 @@ def remove_all_now(reason: str) -> None:
     def run() -> None:  # a thread of its own: the caller may be inside a running event loop
         try:
             results.extend(asyncio.run(remove_all()))
-        except Exception as exc:  # noqa: BLE001  (reported below)
+        except Exception as exc:  # reported below
             results.extend([exc] * len(leftovers))
 
     thread = threading.Thread(target=run, name="rlmesh-cleanup", daemon=True)

@@ -58,7 +58,7 @@ class RayPlacement:
 
 def _ray() -> Any:
     try:
-        import ray  # noqa: PLC0415  (the extra rlmesh[ray])
+        import ray  # the extra rlmesh[ray]
     except ImportError as exc:
         raise InvalidArgumentError("placement='ray' needs Ray: pip install 'rlmesh[ray]'") from exc
     return ray
@@ -71,9 +71,9 @@ class _ShardHost:
         self.env: Any = None
 
     async def start(self, source: str, num_envs: int, kwargs: dict[str, Any]) -> dict[str, Any]:
-        import ray  # noqa: PLC0415  (the extra rlmesh[ray])
+        import ray  # the extra rlmesh[ray]
 
-        node_ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        node_ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]  # Ray leaves it untyped
         kwargs = {k: v for k, v in kwargs.items() if k != "transport"}  # a placed shard is always relayed
         env = SandboxShard(source, num_envs, transport="tcp", **kwargs)
         env.relay_address_host = node_ip
@@ -111,7 +111,7 @@ async def start_ray_shards(placement: RayPlacement, source: str, lane_counts: li
     for j, ref in enumerate(refs):
         try:
             endpoints.append(await ref)
-        except Exception as exc:  # noqa: BLE001  (Ray wraps the actor's error; reported below)
+        except Exception as exc:  # Ray wraps the actor's error; reported below
             failure = failure or SandboxError(f"shard {j} could not be started by its Ray actor: {exc}")
     if failure is not None:
         await stop_ray_shards(actors)
@@ -125,7 +125,7 @@ async def stop_ray_shards(actors: list[Any]) -> None:
     for actor in actors:
         try:
             await actor.stop.remote()
-        except Exception:  # noqa: BLE001, S110  (a dead actor's sandbox ends by its lease)
+        except Exception:  # a dead actor's sandbox ends by its lease
             pass
         ray.kill(actor)
 

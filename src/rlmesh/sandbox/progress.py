@@ -116,7 +116,7 @@ class Reporter:
         self._shown: str | None = None
         if show:
             try:
-                from tqdm import tqdm  # noqa: PLC0415  (the optional extra rlmesh[progress])
+                from tqdm import tqdm  # the optional extra rlmesh[progress]
             except ImportError:
                 self._plain = True
             else:

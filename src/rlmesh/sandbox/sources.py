@@ -262,7 +262,7 @@ async def fetch_hub_repo(source: HubSource) -> tuple[Path, str]:
         SourceError: huggingface_hub is missing, or the repository or revision cannot be fetched.
     """
     try:
-        from huggingface_hub import snapshot_download  # noqa: PLC0415  (the extra rlmesh[hf])
+        from huggingface_hub import snapshot_download  # the extra rlmesh[hf]
     except ImportError as exc:
         raise SourceError("hf:// sources need huggingface_hub: pip install 'rlmesh[hf]'") from exc
 

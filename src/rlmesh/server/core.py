@@ -117,9 +117,9 @@ class EnvServer:
     def serve(self) -> None:
         """Serve until SIGTERM or SIGINT, then close the env and remove the socket."""
         try:
-            import uvloop  # noqa: PLC0415  (optional speed-up)
+            import uvloop  # optional speed-up
         except ImportError:
-            uvloop = None  # type: ignore[assignment]
+            uvloop = None  # type: ignore[assignment]  # the module, or None when not installed
         # Outside the except block, so that env tracebacks do not carry the ImportError.
         if uvloop is None:
             asyncio.run(self.serve_async())
@@ -187,9 +187,9 @@ class EnvServer:
                 raise
         else:
             env = self.env
-        vector = isinstance(env, gym.vector.VectorEnv)
+        num_envs = int(env.num_envs) if isinstance(env, gym.vector.VectorEnv) else None
         try:
-            self.layout = Layout(env.observation_space, int(env.num_envs) if vector else None)  # type: ignore[union-attr]
+            self.layout = Layout(env.observation_space, num_envs)
         except ValueError as exc:  # too many arrays to place: served over the socket, as before
             log.info("no shared memory for this env: %s", exc)
             self.layout = None

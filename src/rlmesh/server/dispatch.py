@@ -120,22 +120,22 @@ def _checked(name: str, value: Any) -> Any:
 
 def describe(env: EnvLike, *, data_plane: bool = False) -> ServerHello:
     """The server's HELLO for ``env``: its spaces, metadata and spec (``data_plane``: it offers shared memory)."""
-    vector = isinstance(env, gym.vector.VectorEnv)
+    vector = env if isinstance(env, gym.vector.VectorEnv) else None
     metadata = dict(env.metadata)
     autoreset = metadata.pop("autoreset_mode", None)
     spec: SpecData | None = None
     if env.spec is not None:
         try:
             spec = SpecData.from_spec(env.spec)
-        except Exception:  # noqa: BLE001  (an odd spec is described as none, never a failed start)
+        except Exception:  # an odd spec is described as none, never a failed start
             log.warning("cannot describe the env's spec; clients see none", exc_info=True)
     return ServerHello(
-        vector=vector,
-        num_envs=int(env.num_envs) if vector else None,  # type: ignore[union-attr]
+        vector=vector is not None,
+        num_envs=int(vector.num_envs) if vector is not None else None,
         observation_space=env.observation_space,
         action_space=env.action_space,
-        single_observation_space=env.single_observation_space if vector else None,  # type: ignore[union-attr]
-        single_action_space=env.single_action_space if vector else None,  # type: ignore[union-attr]
+        single_observation_space=vector.single_observation_space if vector is not None else None,
+        single_action_space=vector.single_action_space if vector is not None else None,
         metadata=metadata,
         render_mode=env.render_mode,
         spec=spec,

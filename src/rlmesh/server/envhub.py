@@ -296,7 +296,7 @@ def close_catalog(catalog: Catalog, keep: Any = None) -> None:
             seen.add(id(env))
             try:
                 env.close()
-            except Exception as exc:  # noqa: BLE001  (one env's failure must not keep the others open)
+            except Exception as exc:  # one env's failure must not keep the others open
                 print(f"rlmesh: closing an unselected EnvHub env failed: {type(exc).__name__}: {exc}",
                       file=sys.stderr, flush=True)
 

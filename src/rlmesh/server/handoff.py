@@ -112,7 +112,7 @@ class HandoffListener:
             return
         try:
             self._adopt(sock)
-        except Exception as exc:  # noqa: BLE001  (one bad socket must not stop the listener)
+        except Exception as exc:  # one bad socket must not stop the listener
             sock.close()
             log.warning("handoff socket: could not adopt a connection: %r", exc)
 

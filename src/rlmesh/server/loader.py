@@ -84,7 +84,7 @@ def load_env(
     if wrappers and num_envs is not None and vectorization_mode == "vector":
         raise InvalidArgumentError("wrappers apply to single envs: use vectorization_mode 'sync' or 'async'")
     if source.startswith("envhub:"):
-        from .envhub import load_envhub  # noqa: PLC0415  (imported only for envhub: sources)
+        from .envhub import load_envhub  # imported only for envhub: sources
 
         hub_env = _check_mode(load_envhub(
             source.removeprefix("envhub:"), selector=selector,

@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from ..protocol.options import AUTORESET_MODES, VECTORIZATION_MODES
+from .options import ServerOptions
 
 __all__ = ["build_parser", "cannot_make_message", "main"]
 
@@ -114,12 +115,12 @@ def run(args: argparse.Namespace) -> int:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls.load_cert_chain(args.tls_cert, args.tls_key)
         # Check the address and the token before the env is made (it may take long).
-        server_options = {
+        server_options: dict[str, Any] = {
             "max_frame_size": args.max_frame_size or DEFAULT_MAX_FRAME_SIZE, "token": token,
             "insecure": args.insecure, "tls": tls, "idle_timeout": getattr(args, "idle_timeout", "default"),
             "lease": args.lease, "dial": args.dial, "handoff": args.handoff,
         }
-        EnvServer(lambda: None, args.address, **server_options)  # type: ignore[arg-type, return-value]
+        ServerOptions.check(args.address, **server_options)
 
         def make() -> Any:
             check_imports(args.imports)
