@@ -54,9 +54,19 @@ def test_an_env_error_is_an_error_reply_and_the_connection_goes_on() -> None:
     assert ErrorBody.decode(reply).kind == "env"
 
 
+class _BigFrames(gym.Env[Any, Any]):
+    """Renders 256 KiB frames (needing no pygame, on every Gymnasium version)."""
+
+    observation_space = gym.spaces.Discrete(2)
+    action_space = gym.spaces.Discrete(2)
+    render_mode = "rgb_array"
+
+    def render(self) -> Any:
+        return np.zeros((256, 256, 4), np.uint8)
+
+
 def test_a_reply_over_the_client_s_limit_is_refused_with_a_hint() -> None:
-    env = gym.make("CartPole-v1", render_mode="rgb_array")
-    env.reset(seed=0)
+    env = _BigFrames()
     reply = _ask(env, encode_message(MessageType.RENDER, 5, None), limit=1 << 16)
     body = ErrorBody.decode(reply)
     assert body.kind == "bad_request" and "raise max_frame_size" in body.message
