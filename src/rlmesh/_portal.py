@@ -280,11 +280,12 @@ def exchange(ex: Exchange[T]) -> T:
         RLMeshError: The first failure, by request order, named by the exchange (a shard).
     """
     requests = ex.requests
-    if len(requests) == 1:
-        core, mtype, body = requests[0]
-        return ex.finish([request(core, mtype, body)])
     try:
-        frames = request_many(requests)
+        if len(requests) == 1:
+            core, mtype, body = requests[0]
+            frames = [request(core, mtype, body)]
+        else:  # several, or none (a masked reset that resets no shard)
+            frames = request_many(requests) if requests else []
     except RLMeshError as exc:
         if ex.name_error is None:
             raise

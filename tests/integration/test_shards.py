@@ -230,3 +230,16 @@ def test_shard_counts() -> None:
             resolve_shards(bad, 4)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError, match="more than num_envs"):
         resolve_shards(5, 4)
+
+
+def test_a_sync_masked_reset_of_one_shard_names_it_and_an_empty_mask_resets_nothing(servers: Any) -> None:
+    # The sync shell writes only the shards whose lanes the mask resets: one shard's failure
+    # still names that shard, and a mask with no lane keeps every observation (as the async path).
+    addresses = servers([make_vec("CartPole-v1", 2), make_vec("CartPole-v1", 2)])
+    with RemoteVectorEnv(addresses) as envs:
+        obs, _ = envs.reset(seed=1)
+        with pytest.raises(InvalidArgumentError) as info:  # only shard 1 is asked, and its server refuses the seeds
+            envs.reset(seed=[0, 0, "x", "y"], options={"reset_mask": np.array([False, False, True, True])})
+        assert info.value.shard == 1 and info.value.lanes == (2, 4)
+        kept, _ = envs.reset(options={"reset_mask": np.zeros(4, bool)})
+        assert np.array_equal(kept[:2], obs[:2])
