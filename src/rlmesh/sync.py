@@ -16,6 +16,7 @@ import numpy as np
 from gymnasium.vector import VectorEnv
 
 from . import _portal
+from .client.caller_thread import send_plan
 from .client.core import AsyncEnvCore, AsyncVectorCore
 from .client.env import AsyncRemoteEnv
 from .client.vector import AsyncRemoteVectorEnv
@@ -95,15 +96,15 @@ class SyncEnvShell(gym.Env[Any, Any], Generic[EnvCoreT]):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """Reset the env, as ``gymnasium.Env.reset``."""
         super().reset(seed=seed)
-        return _portal.exchange(self._core.reset_exchange(seed, options))
+        return send_plan(self._core.plan_reset(seed, options))
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
         """Step the env, as ``gymnasium.Env.step``."""
-        return _portal.exchange(self._core.step_exchange(action))
+        return send_plan(self._core.plan_step(action))
 
     def render(self) -> Any:
         """Render the env; rgb frames come back as arrays."""
-        return _portal.exchange(self._core.render_exchange())
+        return send_plan(self._core.plan_render())
 
     def close(self) -> None:
         """Close the env (and its sandbox, if any). Idempotent."""
@@ -178,15 +179,15 @@ class SyncVectorEnvShell(VectorEnv[Any, Any, Any], Generic[VectorCoreT]):
         """Reset all lanes (or those in ``options["reset_mask"]``), as ``VectorEnv.reset``."""
         if isinstance(seed, int) and not isinstance(seed, bool):
             self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
-        return _portal.exchange(self._core.reset_exchange(seed, options))
+        return send_plan(self._core.plan_reset(seed, options))
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any], dict[str, Any]]:
         """Step every lane, as ``VectorEnv.step`` (every shard's request is written at once)."""
-        return _portal.exchange(self._core.step_exchange(actions))
+        return send_plan(self._core.plan_step(actions))
 
     def render(self) -> Any:
         """Render every lane."""
-        return _portal.exchange(self._core.render_exchange())
+        return send_plan(self._core.plan_render())
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Call ``name`` on every lane, as ``VectorEnv.call``."""

@@ -22,6 +22,7 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 
 from rlmesh import AsyncRemoteEnv, AsyncRemoteVectorEnv, RemoteEnv, RemoteVectorEnv, _portal
+from rlmesh.client import caller_thread
 from rlmesh.client.caller_thread import read_replies
 from rlmesh.client.transport import Reader
 from rlmesh.errors import (
@@ -673,16 +674,17 @@ def test_a_loop_write_queued_before_a_split_direct_write_goes_after_it(serve: Se
             busy = threading.Event()
             p.loop.call_soon_threadsafe(lambda busy=busy: (busy.set(), time.sleep(0.2)))  # hold the loop
             assert busy.wait(10)
-            slot_x = _portal._ThreadSlot()
-            p.loop.call_soon_threadsafe(_portal._submit, core.connection, MessageType.STEP, x, slot_x)
-            slot_y = _portal._ThreadSlot()
-            sent = core.connection.send_from_thread(MessageType.STEP, y, slot_y)
+            wake_x, wake_y = caller_thread._Wake(1), caller_thread._Wake(1)
+            slot_x, slot_y = caller_thread.ThreadSlot(wake_x), caller_thread.ThreadSlot(wake_y)
+            p.loop.call_soon_threadsafe(caller_thread._submit_all, [(p, slot_x, MessageType.STEP, x)])
+            sent = caller_thread.send_from_thread(p, MessageType.STEP, y, slot_y)
             assert sent
             assert p.backlog  # split: the rest waits for the loop
             if sent == 2:  # the loop is not reading: this thread reads its reply
-                read_replies([(core.connection, slot_y)], 30)
-            assert np.array_equal(core.step_result(slot_y.wait(30) if sent == 1 else slot_y.result())[0], y)
-            assert np.array_equal(core.step_result(slot_x.wait(30))[0], x)
+                read_replies([(p, slot_y)], 30)
+            assert wake_y.wait(30) and wake_x.wait(30)
+            assert np.array_equal(core.decode_step(slot_y.result())[0], y)
+            assert np.array_equal(core.decode_step(slot_x.result())[0], x)
 
 
 
@@ -760,8 +762,8 @@ def test_a_sync_caller_reads_its_own_reply_once_the_loop_is_idle(serve: Serve, m
 
         assert idle()  # idle: the loop stopped reading
         reads = []
-        real = _portal.read_replies
-        monkeypatch.setattr(_portal, "read_replies", lambda *a: (reads.append(1), real(*a)))
+        real = caller_thread.read_replies
+        monkeypatch.setattr(caller_thread, "read_replies", lambda *a: (reads.append(1), real(*a)))
         for t in range(5):
             assert_same(env.step(t % 2), ref.step(t % 2))
         assert len(reads) == 5 and p.reader is Reader.NONE
@@ -782,15 +784,19 @@ def test_an_interrupted_sharded_step_leaves_every_connection_usable(tmp_path: Pa
             envs.reset(seed=0)
             envs.step(np.zeros(4, np.int64))
             first, second = (shard.connection for shard in envs._core.shards)
-            real = second.send_from_thread
+            real = caller_thread.send_from_thread
 
-            def interrupted(*args: Any) -> int:
-                raise KeyboardInterrupt
+            def interrupted(p: Any, *args: Any) -> int:
+                if p is second.protocol:
+                    raise KeyboardInterrupt
+                return real(p, *args)
 
-            second.send_from_thread = interrupted  # type: ignore[method-assign]
-            with pytest.raises(KeyboardInterrupt):
-                envs.step(np.zeros(4, np.int64))
-            second.send_from_thread = real  # type: ignore[method-assign]
+            caller_thread.send_from_thread = interrupted  # type: ignore[assignment]
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    envs.step(np.zeros(4, np.int64))
+            finally:
+                caller_thread.send_from_thread = real
             assert first.protocol.reader is not Reader.THREAD
             # The first shard's reply to the interrupted step is read (and dropped as nobody's)
             # by the loop; every later request, sync or through the loop, is answered.

@@ -1,37 +1,39 @@
-"""The caller-thread path: sync callers write requests, and read replies, from their own thread.
+"""The caller-thread I/O layer: a sync caller writes its requests, and reads their replies, on
+its own thread.
 
-A sync caller (:mod:`rlmesh._portal`) writes its request on the socket itself
-(:func:`send_from_thread`: no hop to the loop) and, once the loop is idle (it pauses reading
-when nothing is pending on a connection sync callers use), reads its reply there too
-(:func:`read_replies`), with the same parser and the same checks as the loop. Exactly one side
-reads at a time (:class:`~rlmesh.client.transport.Reader`), under the connection's send lock.
+It is the sibling of the asyncio layer (:class:`~rlmesh.client.transport.ReplyProtocol`, on the
+loop): both drive the same sans-I/O parser and reply matching, over the same socket, and exactly
+one side reads at a time (:class:`~rlmesh.client.transport.Reader`), under the connection's send
+lock. :func:`send_plan` is the sync form of the hot path's *send*
+(:mod:`rlmesh.client.pipeline`): every request of a plan written from this thread (no hop to the
+loop), then every reply awaited once, read here when the loop is idle (it pauses reading when
+nothing is pending on a connection sync callers use), else delivered by the loop's
+``data_received`` straight into this thread's slots. Only a connection the loop must write
+(TLS, bytes still queued) takes one ``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import select
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import ConnectionClosedError
-from ..protocol import MessageType
-from .transport import Reader, ReplyProtocol, ReplySlot, encode_request
+from .. import _portal
+from ..errors import ConnectionClosedError, RLMeshError, RLMeshTimeoutError, TransportError
+from ..protocol import Frame, MessageType
+from .transport import Reader, ReplyProtocol, encode_request
 
 if TYPE_CHECKING:
-    from .connection import ClientConnection
+    from .pipeline import Plan
 
-__all__ = ["SendPath", "ThreadSlot", "read_replies", "send_from_thread"]
+__all__ = ["SendPath", "ThreadSlot", "read_replies", "send_from_thread", "send_plan"]
 
+T = TypeVar("T")
 _READ_SIZE = 1 << 18
-
-
-class ThreadSlot(ReplySlot, Protocol):
-    """A reply slot of a sync caller's thread, which records its request's id (to forget it)."""
-
-    rid: int
 
 
 class SendPath(enum.IntEnum):
@@ -43,6 +45,155 @@ class SendPath(enum.IntEnum):
     """Sent; the reply comes through the loop into the slot."""
     THREAD_READS = 2
     """Sent, and the loop is not reading: this thread reads the reply, with :func:`read_replies`."""
+
+
+class _Wake:
+    """Wakes the one thread waiting on a plan's slots once, when the last of them is done."""
+
+    __slots__ = ("_count_lock", "_left", "_lock")
+
+    def __init__(self, n: int) -> None:
+        self._left = n
+        self._count_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def one_done(self) -> None:
+        with self._count_lock:  # the loop thread, or the waiting thread itself
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self._lock.release()
+
+    def wait(self, timeout: float | None) -> bool:
+        return self._lock.acquire(timeout=-1 if timeout is None else timeout)
+
+
+class ThreadSlot:
+    """The reply slot of a request written from a caller's thread.
+
+    It stands where an ``asyncio.Future`` would (the ``done``/``set_result``/``set_exception`` the
+    transport calls), so a reply wakes the waiting thread straight from ``data_received`` (or
+    this thread reads it itself): no task, no coroutine.
+    """
+
+    __slots__ = ("_exc", "_value", "_wake", "rid")
+
+    def __init__(self, wake: _Wake) -> None:
+        self._wake = wake
+        self._value: Frame | None = None
+        self._exc: BaseException | None = None
+        self.rid = 0
+
+    def done(self) -> bool:
+        return self._value is not None or self._exc is not None
+
+    def set_result(self, value: Frame, /) -> None:
+        self._value = value
+        self._wake.one_done()
+
+    def set_exception(self, exc: BaseException, /) -> None:
+        self._exc = exc
+        self._wake.one_done()
+
+    def result(self) -> Frame:
+        if self._exc is not None:
+            raise self._exc
+        assert self._value is not None
+        return self._value
+
+
+def send_plan(plan: Plan[T]) -> T:
+    """Send a plan from this (non-loop) thread: write every request, wait once for every reply,
+    and return the plan's result.
+
+    Raises:
+        RLMeshError: The first failure by request order (timeouts, lost connections explained by
+            their core, e.g. a sandbox's exit), named by the plan (a shard).
+    """
+    requests = plan.requests
+    if not requests:
+        return plan.finish([])
+    _portal.check_caller()
+    wake = _Wake(len(requests))
+    slots = [ThreadSlot(wake) for _ in requests]
+    protocols: list[ReplyProtocol] = []
+    for i, (core, _, _) in enumerate(requests):
+        try:
+            protocols.append(core.connection.protocol)
+        except RLMeshError as exc:
+            raise plan.named(exc, i) from None
+    timeouts = [core.request_timeout for core, _, _ in requests if core.request_timeout is not None]
+    timeout = min(timeouts) if timeouts else None
+    start = time.monotonic()
+    loop = protocols[0].loop
+    handed_back = False
+    try:
+        loop_sends, reading = [], []
+        for p, slot, (_, mtype, body) in zip(protocols, slots, requests, strict=True):
+            try:
+                path = send_from_thread(p, mtype, body, slot)
+            except Exception as exc:  # reported through the slot, as the loop's would be
+                slot.set_exception(exc)
+                continue
+            if path is SendPath.THREAD_READS:
+                reading.append((p, slot))
+            elif path is SendPath.LOOP_SENDS:
+                loop_sends.append((p, slot, mtype, body))
+        if loop_sends:
+            try:
+                loop.call_soon_threadsafe(_submit_all, loop_sends)
+            except RuntimeError as exc:  # the loop is closed
+                raise RLMeshError(f"rlmesh's event loop is not running: {exc}") from exc
+        if reading:
+            with contextlib.suppress(TimeoutError):  # judged below, slot by slot
+                read_replies(reading, timeout)  # hands every connection back as it returns
+        handed_back = True
+    finally:
+        if not handed_back:  # interrupted while this thread may still read: hand reading back
+            for p in protocols:
+                p.stop_reading_here()
+    all_in = wake.wait(None if timeout is None else max(timeout - (time.monotonic() - start), 0.0))
+    frames: list[Frame] = []
+    failure: tuple[int, BaseException] | None = None
+    for i, (p, slot) in enumerate(zip(protocols, slots, strict=True)):
+        if not all_in and not slot.done():
+            loop.call_soon_threadsafe(_forget, p, slot)
+            failure = failure or (i, RLMeshTimeoutError(
+                f"no reply from the env server within request_timeout={requests[i][0].request_timeout}s"))
+            continue
+        try:
+            frames.append(slot.result())
+        except BaseException as exc:  # the first failure is raised once all are in
+            failure = failure or (i, exc)
+    if failure is None:
+        return plan.finish(frames)
+    for p, frame in zip(protocols, frames, strict=False):
+        p.release_region(frame.request_id)  # frames nobody will decode
+    index, error = failure
+    if isinstance(error, TransportError):
+        explained = _portal.call(requests[index][0].explain, error)
+        if explained is not error:
+            explained.__cause__ = error
+            error = explained
+    if isinstance(error, RLMeshError):
+        raise plan.named(error, index) from error.__cause__
+    raise error
+
+
+def _submit_all(sends: list[tuple[ReplyProtocol, ThreadSlot, MessageType, Any]]) -> None:
+    # On the loop: send requests only the loop can write; a failure goes to the waiting thread.
+    for p, slot, mtype, body in sends:
+        try:
+            slot.rid = p.submit(mtype, body, slot)
+        except Exception as exc:
+            if not slot.done():
+                slot.set_exception(exc)
+
+
+def _forget(p: ReplyProtocol, slot: ThreadSlot) -> None:
+    if slot.rid:
+        p.abandon(slot.rid)
 
 
 def send_from_thread(p: ReplyProtocol, mtype: MessageType, body: Any, slot: ThreadSlot) -> SendPath:
@@ -77,8 +228,7 @@ def send_from_thread(p: ReplyProtocol, mtype: MessageType, body: Any, slot: Thre
                 del p.pending[rid]
                 if p.conn.reply_limits is not None:
                     p.conn.reply_limits.pop(rid, None)
-                if p.region is not None and p.region.owner == rid:
-                    p.region.owner = 0  # never sent: the loop sends it again, under a new id
+                p.release_region(rid)  # never sent: the loop sends it again, under a new id
                 return SendPath.LOOP_SENDS  # the loop's write reports the failure (and the loss) as usual
             if sent < len(data):
                 p.backlog.append(data[sent:])
@@ -96,7 +246,7 @@ def send_from_thread(p: ReplyProtocol, mtype: MessageType, body: Any, slot: Thre
     return SendPath.LOOP_READS
 
 
-def read_replies(readers: Sequence[tuple[ClientConnection, ReplySlot]], timeout: float | None) -> None:
+def read_replies(readers: Sequence[tuple[ReplyProtocol, ThreadSlot]], timeout: float | None) -> None:
     """Read the sockets of connections this thread reads for (``send_from_thread`` said so) until
     every slot is done, dispatching what comes in; then hand reading back (also when interrupted).
 
@@ -107,7 +257,7 @@ def read_replies(readers: Sequence[tuple[ClientConnection, ReplySlot]], timeout:
         TimeoutError: A slot was not done within ``timeout`` seconds.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    active = {conn.protocol: slot for conn, slot in readers}
+    active = dict(readers)
     poller = select.poll()
     by_fd: dict[int, ReplyProtocol] = {}
     fd_of: dict[ReplyProtocol, int] = {}

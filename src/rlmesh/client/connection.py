@@ -24,8 +24,6 @@ from .._address import parse_address
 from .._checks import is_int
 from ..errors import (
     ConnectError,
-    ConnectionClosedError,
-    EnvClosedError,
     InvalidArgumentError,
     ProtocolError,
     RemoteEnvError,
@@ -43,13 +41,13 @@ from ..protocol import (
     exception_for_error,
 )
 from ..protocol.bounds import ReplyBound
+from ..protocol.data_plane import DEFAULT_MAX_REGION_SIZE
 from ..protocol.session import ClientHandshake
-from .caller_thread import SendPath, ThreadSlot, read_replies, send_from_thread
 from .data_plane import ClientRegion, open_region
 from .tls import TlsOption, make_client_tls
-from .transport import SHARED_REPLY, ReplyProtocol, ReplySlot, encode_request, expire_request
+from .transport import SHARED_REPLY, ReplyProtocol, ReplySlot, expire_request
 
-__all__ = ["ClientConnection", "PendingReply", "ReplySlot", "SendPath", "TlsOption", "make_client_tls", "read_replies"]
+__all__ = ["ClientConnection", "PendingReply", "ReplySlot", "TlsOption", "make_client_tls"]
 
 _CLOSE_TIMEOUT = 2.0  # seconds a server has to answer CLOSE before the connection is dropped
 T = TypeVar("T")
@@ -75,7 +73,6 @@ class ClientConnection:
 
     def __init__(self, protocol: ReplyProtocol, address: str) -> None:
         self._p = protocol
-        self._closed_here = False
         self.hello: ServerHello | None = None
         self.address = address
         self._unix = address.startswith("unix://")
@@ -95,6 +92,7 @@ class ClientConnection:
         require_auth: bool = False,
         tls: ssl.SSLContext | None = None,
         data_plane: str = "auto",
+        max_region_size: int = DEFAULT_MAX_REGION_SIZE,
     ) -> ClientConnection:
         """Connect to ``address``, authenticate if the server asks, and complete the handshake.
 
@@ -107,6 +105,7 @@ class ClientConnection:
             tls: Encrypt the TCP connection with this context.
             data_plane: ``auto`` (shared memory where the server offers it over a Unix socket)
                 or ``socket``.
+            max_region_size: The largest shared region to create (bytes).
 
         Raises:
             ConnectError: Nothing accepts connections there.
@@ -151,7 +150,7 @@ class ClientConnection:
             conn = cls(proto, address)
             conn._unix = addr.path is not None
             conn.hello = await conn._handshake(max_frame_size, token, require_auth)
-            await conn.open_data_plane(data_plane)
+            await conn.open_data_plane(data_plane, max_region_size)
             return conn
 
         try:
@@ -235,35 +234,9 @@ class ClientConnection:
                 self._p.abandon(pending.rid)
 
     def submit(self, mtype: MessageType, body: Any, slot: ReplySlot) -> int:
-        """Encode and send a request whose reply goes to ``slot``; returns its request id.
-
-        Must run on the connection's loop. Failures are raised, never left in ``slot``.
-
-        Raises:
-            EnvClosedError: This side closed the connection.
-            TransportError: The connection was lost.
-            InvalidArgumentError: The body cannot be encoded.
-        """
-        p = self._p
-        if p.lost is not None:
-            raise p.lost
-        transport = p.transport
-        if transport is None or transport.is_closing():
-            if self._closed_here:
-                raise EnvClosedError("the connection to the env server is closed")
-            # The peer hung up and connection_lost has not run yet.
-            raise ConnectionClosedError("the env server closed the connection")
-        with p.send_lock:
-            rid, data = encode_request(p, mtype, body)
-            p.pending[rid] = slot
-            p.write(data)
-            p.read_on_loop()
-        return rid
-
-    def send_from_thread(self, mtype: MessageType, body: Any, slot: ThreadSlot) -> SendPath:
-        """Send a request from a thread other than the loop's, writing it on the socket from this
-        thread: see :func:`rlmesh.client.caller_thread.send_from_thread`."""
-        return send_from_thread(self._p, mtype, body, slot)
+        """Encode and send a request whose reply goes to ``slot`` (on the loop); returns its id.
+        See :meth:`ReplyProtocol.submit`."""
+        return self._p.submit(mtype, body, slot)
 
     def stop_reading_here(self) -> None:
         """The calling thread stops reading this connection's replies, if it was (see
@@ -297,11 +270,11 @@ class ClientConnection:
         """The shared-memory region of the data plane, or None (the socket path)."""
         return self._p.region
 
-    async def open_data_plane(self, mode: str) -> str:
+    async def open_data_plane(self, mode: str, max_region_size: int = DEFAULT_MAX_REGION_SIZE) -> str:
         """Hand the server a shared-memory region where it can take one (see
         :mod:`rlmesh.client.data_plane`); returns the path chosen, in words."""
         assert self.hello is not None
-        region, note = await open_region(self, self.hello, self._unix, mode)
+        region, note = await open_region(self, self.hello, self._unix, mode, max_region_size)
         self._p.region = region
         self.data_plane = note
         return note
@@ -324,9 +297,7 @@ class ClientConnection:
 
     def release_region(self, rid: int) -> None:
         """Free the region held by request ``rid`` (after :meth:`unwrap` with ``keep_region``)."""
-        region = self._p.region
-        if region is not None and region.owner == rid:
-            region.owner = 0
+        self._p.release_region(rid)
 
     def unwrap(self, frame: Frame, mtype: MessageType, decode: Callable[[Frame], T], *, keep_region: bool = False) -> T:
         """The body of a reply to a ``mtype`` request, checked by ``decode``.
@@ -358,12 +329,12 @@ class ClientConnection:
                 self.abort_threadsafe()
                 raise ProtocolError(f"{exc}; the connection was closed") from exc
         finally:
-            if not keep and region is not None and region.owner == frame.request_id:
-                region.owner = 0  # its arrays are copied out (or there were none): free again
+            if not keep:
+                self._p.release_region(frame.request_id)  # its arrays are copied out (or there were none)
 
     def abort(self) -> None:
         """Drop the connection at once (on the loop), and unmap its region."""
-        self._closed_here = True
+        self._p.closed_here = True
         if self._p.transport is not None:
             self._p.transport.abort()
         region, self._p.region = self._p.region, None
@@ -385,7 +356,7 @@ class ClientConnection:
     async def aclose(self) -> None:
         """Say goodbye (when still connected) and close the connection."""
         p = self._p
-        self._closed_here = True
+        self._p.closed_here = True
         if p.transport is None:
             return
         # A goodbye only on a quiet connection: after a timed-out request the server may still be

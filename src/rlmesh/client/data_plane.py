@@ -24,9 +24,10 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ProtocolError, RLMeshError
-from ..protocol import MessageType, ServerHello
-from ..protocol.data_plane import FEATURE, PROBE_SIZE, Layout
+from ..errors import ConnectionClosedError, ProtocolError, RLMeshTimeoutError
+from ..protocol import Frame, MessageType, ServerHello
+from ..protocol.data_plane import DEFAULT_MAX_REGION_SIZE, FEATURE, PROBE_SIZE, Layout
+from ..protocol.handover import ClientHandover, Declined
 
 if TYPE_CHECKING:
     from .connection import ClientConnection
@@ -100,8 +101,10 @@ def _create(size: int) -> tuple[int, mmap.mmap]:
         raise
 
 
-async def open_region(conn: ClientConnection, hello: ServerHello, unix: bool, mode: str) -> tuple[ClientRegion | None, str]:
-    """Set up the data plane on a handshaken connection where it can be.
+async def open_region(conn: ClientConnection, hello: ServerHello, unix: bool, mode: str,
+                      max_region_size: int = DEFAULT_MAX_REGION_SIZE) -> tuple[ClientRegion | None, str]:
+    """Set up the data plane on a handshaken connection where it can be: drives
+    :class:`~rlmesh.protocol.handover.ClientHandover` over the connection.
 
     Returns:
         The region (None for the socket path), and the path chosen, in words.
@@ -109,6 +112,9 @@ async def open_region(conn: ClientConnection, hello: ServerHello, unix: bool, mo
     Raises:
         ProtocolError: The server broke the exchange (another size, a probe it could not have
             read); the connection is closed.
+        ConnectionClosedError: The connection failed while the descriptor was handed over.
+        RLMeshTimeoutError: The server did not answer within 10 s; the connection is closed (it
+            may be waiting for the descriptor: the stream cannot go on).
     """
     if mode == "socket":
         return None, "socket (data_plane='socket')"
@@ -118,86 +124,76 @@ async def open_region(conn: ClientConnection, hello: ServerHello, unix: bool, mo
         return None, "socket (the server offers no shared memory: an older rlmesh)"
     if not hasattr(os, "memfd_create"):
         return None, "socket (no memfd on this system)"
+    p = conn.protocol
     try:
-        layout = Layout(hello.observation_space, hello.num_envs)
+        # The region is sized from what the server announced: no bigger than a reply may be, and
+        # no bigger than the host agreed to pay for.
+        layout = Layout(hello.observation_space, hello.num_envs, min(max_region_size, p.max_frame_size))
     except ValueError as exc:
-        return None, f"socket ({exc})"
+        cap = f"max_frame_size={p.max_frame_size}" if p.max_frame_size < max_region_size else \
+            f"max_region_size={max_region_size}"
+        return None, f"socket ({exc}; the cap is {cap})"
     if not layout.size:
         return None, "socket (no fixed-shape arrays in the observations)"
-    p = conn.protocol
-    if layout.size > p.max_frame_size:
-        # The region is sized from what the server announced: no bigger than a reply may be.
-        return None, (f"socket (the spaces' arrays need {layout.size} bytes, more than "
-                      f"max_frame_size={p.max_frame_size})")
     if p.direct is None:
         return None, "socket (no descriptor of the socket to send with)"
     try:
         fd, memory = _create(layout.size)
     except OSError as exc:  # memfds refused here (a seccomp profile, the descriptor limit)
         return None, f"socket (no shared region could be made here: {exc})"
+    region = None
     try:
         probe = os.urandom(PROBE_SIZE)
         memory[:PROBE_SIZE] = probe
-        size = layout.size
-        offer = {"size": size, "probe": probe.hex(), "layout": layout.fingerprint()}
-        try:
-            ready = await conn.request(MessageType.MAP, offer, _MAP_TIMEOUT)
-            answer = conn.unwrap(ready, MessageType.MAP, _body)
-        except RLMeshError as exc:
-            if conn.is_closed:
-                raise
-            os.close(fd)
-            fd = -1
-            memory.close()
-            return None, f"socket (the server declined shared memory: {exc})"
-        if not _answers(answer, {"ready": size}):
-            conn.abort()
-            raise ProtocolError(f"the server answered a {size}-byte region with {answer!r:.100}; the connection was closed")
+        handover = ClientHandover(layout, probe)
+        step = _judged(conn, handover, await _ask(conn, handover.offer()))
+        if isinstance(step, Declined):
+            return None, f"socket (the server declined shared memory: {step.reason})"
         with p.send_lock:
             direct = p.direct
             if direct is None or p.lost is not None:
-                raise p.lost or ProtocolError("the connection closed while a region was handed over")
+                raise p.lost or ConnectionClosedError("the connection closed while a region was handed over")
             # The server stopped reading its socket and waits for exactly this byte and descriptor.
-            socket.send_fds(direct, [b"M"], [fd])
+            try:
+                socket.send_fds(direct, [b"M"], [fd])
+            except OSError as exc:
+                conn.abort()
+                raise ConnectionClosedError(
+                    f"the env server's connection failed while the shared region was handed over ({exc}); "
+                    "the connection was closed") from exc
         os.close(fd)
         fd = -1
-        frame = await conn.request(MessageType.MAP, {"check": size}, _MAP_TIMEOUT)
-        try:
-            answer = conn.unwrap(frame, MessageType.MAP, _body)
-        except RLMeshError as exc:
-            if conn.is_closed:
-                raise
-            memory.close()
-            return None, f"socket (the server could not map the region: {exc})"
-        echoed = memory[PROBE_SIZE : 2 * PROBE_SIZE]
-        if not _answers(answer, {"mapped": size, "probe": probe.hex()}) or echoed != probe[::-1]:
-            conn.abort()
-            raise ProtocolError(
-                f"the server's answer to the shared region does not match what was handed over ({answer!r:.120}); "
-                "the connection was closed"
-            )
+        frame = await _ask(conn, handover.check())
+        step = _judged(conn, handover, frame, bytes(memory[PROBE_SIZE : 2 * PROBE_SIZE]))
+        if isinstance(step, Declined):
+            return None, f"socket (the server could not map the region: {step.reason})"
         memory[: 2 * PROBE_SIZE] = bytes(2 * PROBE_SIZE)
-        return ClientRegion(layout, memory), f"shared memory ({size} bytes, {len(layout.leaves)} arrays)"
-    except BaseException:
+        region = ClientRegion(layout, memory)
+        return region, f"shared memory ({layout.size} bytes, {len(layout.leaves)} arrays)"
+    finally:
         if fd >= 0:
             os.close(fd)
-        if not memory.closed:
+        if region is None:  # declined, failed or interrupted: the mapping goes too
             memory.close()
-        raise
 
 
-def _answers(answer: Any, expected: dict[str, Any]) -> bool:
-    # Compared key by key and type by type: a hostile body may hold arrays, which == would not
-    # answer with a bool.
-    return (type(answer) is dict and answer.keys() == expected.keys()
-            and all(type(answer[k]) is type(v) and answer[k] == v for k, v in expected.items()))
+async def _ask(conn: ClientConnection, body: dict[str, Any]) -> Frame:
+    # One MAP request. A server that does not answer may be waiting for the descriptor, reading
+    # whatever comes next as it: the connection cannot go on, so it is closed.
+    try:
+        return await conn.request(MessageType.MAP, body, _MAP_TIMEOUT)
+    except RLMeshTimeoutError as exc:
+        conn.abort()
+        raise RLMeshTimeoutError(f"the env server did not answer the shared-memory handover within {_MAP_TIMEOUT:g}s; "
+                                 "the connection was closed") from exc
 
 
-def _body(frame: Any) -> Any:
-    value = frame.value()
-    if type(value) is not dict:
-        raise ProtocolError("malformed MAP reply")
-    return value
+def _judged(conn: ClientConnection, handover: ClientHandover, frame: Frame, echoed: bytes = b"") -> Any:
+    try:
+        return handover.receive(frame, echoed)
+    except ProtocolError as exc:
+        conn.abort()
+        raise ProtocolError(f"{exc}; the connection was closed") from exc
 
 
 def is_shared(mtype: MessageType) -> bool:

@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 import re
-from typing import Any, NamedTuple, NoReturn
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces
@@ -32,25 +32,19 @@ from ..protocol import (
 )
 from ..protocol import auth as _auth
 from ..protocol.bounds import DEFAULT_MAX_INFO_SIZE, DEFAULT_MAX_VARIABLE_SIZE, ReplyBound, reply_bound
+from ..protocol.data_plane import DEFAULT_MAX_REGION_SIZE
 from ..protocol.messages import check_attribute_name
 from ..protocol.spaces import opaque_spaces
 from .actions import check_action
-from .connection import ClientConnection, PendingReply
-from .core import Exchange
+from .connection import ClientConnection
 from .options import ClientOptions
+from .pipeline import Plan, send
 from .tls import TlsOption, make_client_tls
 
-__all__ = ["AsyncRemoteEnv", "Sent"]
+__all__ = ["AsyncRemoteEnv"]
 
 log = logging.getLogger("rlmesh")
 _SAFE_ID = re.compile(r"^(?:[\w.-]+/)?[\w.:-]+$")
-
-
-class Sent(NamedTuple):
-    """A request sent by :meth:`_AsyncRemoteBase.begin_request`, its reply not yet awaited."""
-
-    conn: ClientConnection
-    pending: PendingReply
 
 
 class _AsyncRemoteBase:
@@ -81,12 +75,14 @@ class _AsyncRemoteBase:
         max_info_size: int = DEFAULT_MAX_INFO_SIZE,
         max_variable_size: int = DEFAULT_MAX_VARIABLE_SIZE,
         data_plane: str = "auto",
+        max_region_size: int = DEFAULT_MAX_REGION_SIZE,
     ) -> None:
         options = ClientOptions(
             connect_timeout=connect_timeout, request_timeout=request_timeout, max_frame_size=max_frame_size,
             token=token, tls=tls, strict_actions=strict_actions, max_info_size=max_info_size,
-            max_variable_size=max_variable_size, data_plane=data_plane,
+            max_variable_size=max_variable_size, data_plane=data_plane, max_region_size=max_region_size,
         )
+        options.check_address(address)
         self.client_options = options
         self.address = address
         self.connect_timeout = options.connect_timeout
@@ -96,6 +92,7 @@ class _AsyncRemoteBase:
         self.max_info_size = options.max_info_size
         self.max_variable_size = options.max_variable_size
         self.data_plane = options.data_plane
+        self.max_region_size = options.max_region_size
         self._require_auth = token is not None
         self._token = _auth.load_token(token)
         self._tls = make_client_tls(tls)
@@ -125,6 +122,7 @@ class _AsyncRemoteBase:
         conn = await ClientConnection.open(
             self.address, connect_timeout=self.connect_timeout, max_frame_size=self.max_frame_size,
             token=self._token, require_auth=self._require_auth, tls=self._tls, data_plane=self.data_plane,
+            max_region_size=self.max_region_size,
         )
         self._adopt(conn)
         return self
@@ -275,40 +273,17 @@ class _AsyncRemoteBase:
         try:
             return await conn.request(mtype, body, self.request_timeout)
         except TransportError as exc:
-            await self._raise_explained(exc)
-
-    async def begin_request(self, mtype: MessageType, body: Any) -> Sent:
-        """Send a request now (encoded before this returns): the first half of :meth:`request`.
-        Then :meth:`reply` awaits its reply, or :meth:`drop` forgets it."""
-        conn = self.connection
-        try:
-            return Sent(conn, conn.send_request(mtype, body, self.request_timeout))
-        except TransportError as exc:
-            await self._raise_explained(exc)
-
-    async def reply(self, sent: Sent) -> Frame:
-        """The reply frame to a request sent by :meth:`begin_request` (lost connections explained)."""
-        try:
-            return await sent.conn.reply(sent.pending)
-        except TransportError as exc:
-            await self._raise_explained(exc)
+            explained = await self.explain(exc)
+            if explained is exc:
+                raise
+            raise explained from exc
 
     def release_region(self, request_id: int) -> None:
-        """Free the shared region that a reply read with :meth:`step_views` still holds."""
+        """Free the shared region that a reply decoded with ``views=True`` still holds (a no-op
+        once the connection is gone)."""
         conn = self._conn
         if conn is not None:
             conn.release_region(request_id)
-
-    @staticmethod
-    def drop(sent: Sent) -> None:
-        """Forget a request sent by :meth:`begin_request` whose reply will not be awaited."""
-        sent.conn.drop(sent.pending)
-
-    async def _raise_explained(self, exc: TransportError) -> NoReturn:
-        explained = await self.explain(exc)
-        if explained is exc:
-            raise exc
-        raise explained from exc
 
     async def explain(self, exc: TransportError) -> Exception:
         """Turn a lost connection into a more telling error (sandboxes add the exit code)."""
@@ -320,28 +295,27 @@ class _AsyncRemoteBase:
             check_action(self.action_space, action)
         return action
 
-    def step_result(self, frame: Frame) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        """The checked result of a STEP reply."""
-        return self.connection.unwrap(frame, MessageType.STEP, self._decode_step)
+    def decode_step(self, frame: Frame, *, views: bool = False) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """The checked result of a STEP reply.
 
-    def step_views(self, frame: Frame) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        """:meth:`step_result` whose arrays from the shared region are views, not copies: the
-        region stays held until ``connection.release_region(frame.request_id)``, which the caller
-        calls once it has copied them (a sharded step concatenates the shards' views)."""
-        return self.connection.unwrap(frame, MessageType.STEP, self._decode_step_views, keep_region=True)
+        Args:
+            views: Arrays from the shared region are views, not copies: the region stays held
+                until ``connection.release_region(frame.request_id)``, which the caller calls
+                once it has copied them (a sharded step copies them into its batch).
+        """
+        return self.connection.unwrap(frame, MessageType.STEP, self._fill_step_views if views else self._fill_step,
+                                      keep_region=views)
 
-    def _decode_step_views(self, frame: Frame) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        if frame.type is MessageType.STEP_SHARED:
-            region = self.connection.region
-            if region is not None:
-                return decode_step_reply(frame, self.num_envs, region.view_step)
+    def _fill_step_views(self, frame: Frame) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        region = self.connection.region
+        if frame.type is MessageType.STEP_SHARED and region is not None:
+            return decode_step_reply(frame, self.num_envs, region.view_step)
         return decode_step_reply(frame, self.num_envs)
 
-    def _decode_step(self, frame: Frame) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        if frame.type is MessageType.STEP_SHARED:
-            region = self.connection.region
-            if region is not None:
-                return decode_step_reply(frame, self.num_envs, region.fill_step)
+    def _fill_step(self, frame: Frame) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        region = self.connection.region
+        if frame.type is MessageType.STEP_SHARED and region is not None:
+            return decode_step_reply(frame, self.num_envs, region.fill_step)
         return decode_step_reply(frame, self.num_envs)
 
     def reset_body(self, seed: Any, options: dict[str, Any] | None) -> ResetRequest:
@@ -350,63 +324,53 @@ class _AsyncRemoteBase:
             self._np_random, self._np_random_seed = seeding.np_random(seed)
         return ResetRequest(seed, options)
 
-    def reset_result(self, frame: Frame) -> tuple[Any, dict[str, Any]]:
-        """The checked result of a RESET reply."""
-        return self.connection.unwrap(frame, MessageType.RESET, self._decode_reset)
+    def decode_reset(self, frame: Frame) -> tuple[Any, dict[str, Any]]:
+        """The checked result of a RESET reply (arrays copied out of the region)."""
+        return self.connection.unwrap(frame, MessageType.RESET, self._fill_reset)
 
-    def _decode_reset(self, frame: Frame) -> tuple[Any, dict[str, Any]]:
-        if frame.type is MessageType.RESET_SHARED:
-            region = self.connection.region
-            if region is not None:
-                return decode_reset_reply(frame, region.fill_reset)
+    def _fill_reset(self, frame: Frame) -> tuple[Any, dict[str, Any]]:
+        region = self.connection.region
+        if frame.type is MessageType.RESET_SHARED and region is not None:
+            return decode_reset_reply(frame, region.fill_reset)
         return decode_reset_reply(frame)
 
-    def value_result(self, frame: Frame, mtype: MessageType) -> Any:
+    def decode_value(self, frame: Frame, mtype: MessageType) -> Any:
         """The value of a RENDER or CALL reply."""
         return self.connection.unwrap(frame, mtype, Frame.value)
 
-    # -- the exchanges the sync shells write from their own thread (rlmesh.client.core) --
-    def reset_exchange(self, seed: Any, options: dict[str, Any] | None) -> Exchange[tuple[Any, dict[str, Any]]]:
-        """A reset, for a sync shell."""
-        return Exchange(((self, MessageType.RESET, self.reset_body(seed, options)),), self._reset_frames)
+    # -- the hot calls: plan, then send (rlmesh.client.pipeline) --------------
+    def plan_reset(self, seed: Any, options: dict[str, Any] | None) -> Plan[tuple[Any, dict[str, Any]]]:
+        """A reset, planned."""
+        return Plan(((self, MessageType.RESET, self.reset_body(seed, options)),), self._finish_reset)
 
-    def _reset_frames(self, frames: list[Frame]) -> tuple[Any, dict[str, Any]]:
-        return self.reset_result(frames[0])
+    def _finish_reset(self, frames: list[Frame]) -> tuple[Any, dict[str, Any]]:
+        return self.decode_reset(frames[0])
 
-    def step_exchange(self, action: Any) -> Exchange[tuple[Any, Any, Any, Any, dict[str, Any]]]:
-        """A step, for a sync shell."""
-        return Exchange(((self, MessageType.STEP, self.step_body(action)),), self._step_frames)
+    def plan_step(self, action: Any) -> Plan[tuple[Any, Any, Any, Any, dict[str, Any]]]:
+        """A step, planned."""
+        return Plan(((self, MessageType.STEP, self.step_body(action)),), self._finish_step)
 
-    def _step_frames(self, frames: list[Frame]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        return self.step_result(frames[0])
+    def _finish_step(self, frames: list[Frame]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        return self.decode_step(frames[0])
 
-    def render_exchange(self) -> Exchange[Any]:
-        """A render, for a sync shell."""
-        return Exchange(((self, MessageType.RENDER, None),), self._render_frames)
+    def plan_render(self) -> Plan[Any]:
+        """A render, planned."""
+        return Plan(((self, MessageType.RENDER, None),), self._finish_render)
 
-    def _render_frames(self, frames: list[Frame]) -> Any:
-        return self.value_result(frames[0], MessageType.RENDER)
+    def _finish_render(self, frames: list[Frame]) -> Any:
+        return self.decode_value(frames[0], MessageType.RENDER)
 
     async def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """Reset the env, as ``gymnasium.Env.reset``."""
-        return self.reset_result(await self.request(MessageType.RESET, self.reset_body(seed, options)))
+        return await send(self.plan_reset(seed, options))
 
     async def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """Step the env, as ``gymnasium.Env.step``."""
-        return self.step_result(await self.request(MessageType.STEP, self.step_body(action)))
-
-    async def begin_step(self, action: Any) -> Sent:
-        """Send a STEP now (``action`` is encoded before this returns, so its buffer may be reused);
-        :meth:`end_step` returns its result, or :meth:`drop` forgets it."""
-        return await self.begin_request(MessageType.STEP, self.step_body(action))
-
-    async def end_step(self, sent: Sent) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        """The result of a step sent by :meth:`begin_step`."""
-        return self.step_result(await self.reply(sent))
+        return await send(self.plan_step(action))
 
     async def render(self) -> Any:
         """Render the env, as ``gymnasium.Env.render`` (rgb arrays come back as arrays)."""
-        return self.value_result(await self.request(MessageType.RENDER, None), MessageType.RENDER)
+        return await send(self.plan_render())
 
     @staticmethod
     def call_body(op: str, name: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> CallRequest:
@@ -416,7 +380,7 @@ class _AsyncRemoteBase:
 
     async def _call(self, op: str, name: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         body = self.call_body(op, name, args, kwargs)
-        return self.value_result(await self.request(MessageType.CALL, body), MessageType.CALL)
+        return self.decode_value(await self.request(MessageType.CALL, body), MessageType.CALL)
 
     @property
     def np_random(self) -> np.random.Generator:
@@ -464,6 +428,8 @@ class AsyncRemoteEnv(_AsyncRemoteBase):
             fixed-shape arrays of each step (observations, a vector env's rewards and flags) come
             through shared memory the host owns (``docs/protocol.md``); elsewhere, and with
             ``"socket"``, everything crosses the socket. The path chosen is logged (INFO).
+        max_region_size: The largest shared region the host creates for the connection (64 MiB):
+            the host pays for it, so a layout larger than this uses the socket.
     """
 
     async def get_wrapper_attr(self, name: str) -> Any:

@@ -6,6 +6,7 @@ import asyncio
 import socket
 
 from ..protocol import DEFAULT_MAX_FRAME_SIZE
+from ..protocol.data_plane import DEFAULT_MAX_REGION_SIZE
 from .connection import ClientConnection
 from .transport import ReplyProtocol, refuse_connection
 
@@ -62,7 +63,8 @@ class Listener:
             raise
         self._sock = sock
 
-    async def accept(self, *, token: bytes | None = None, data_plane: str = "auto") -> ClientConnection:
+    async def accept(self, *, token: bytes | None = None, data_plane: str = "auto",
+                     max_region_size: int = DEFAULT_MAX_REGION_SIZE) -> ClientConnection:
         """Wait for the server to dial in, then handshake; only the first connection counts.
 
         Raises:
@@ -78,7 +80,7 @@ class Listener:
         self._adopted = True
         try:
             conn.hello = await conn._handshake(self._max_frame_size, token, False)
-            await conn.open_data_plane(data_plane)
+            await conn.open_data_plane(data_plane, max_region_size)
         except BaseException:
             conn.abort()
             raise

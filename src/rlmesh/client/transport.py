@@ -95,6 +95,7 @@ class ReplyProtocol(asyncio.Protocol):
         self.paused = False
         self.sync_wanted = False
         self.region: ClientRegion | None = None  # the shared-memory data plane, once handed over
+        self.closed_here = False  # this side closed (or aborted) the connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -149,9 +150,7 @@ class ReplyProtocol(asyncio.Protocol):
                     late = slot is None and self.abandoned.pop(rid, _NOT_ABANDONED) is None
                 if slot is None:
                     if late:
-                        region = self.region
-                        if region is not None and region.owner == rid:
-                            region.owner = 0  # nobody copies its arrays: the region is free again
+                        self.release_region(rid)  # nobody copies its arrays: the region is free again
                         continue  # a late reply to a request that timed out
                     if frame.type is MessageType.ERROR and rid == 0:
                         # A connection-level error (busy, protocol, auth, idle): every request fails.
@@ -170,6 +169,38 @@ class ReplyProtocol(asyncio.Protocol):
         except Exception as exc:  # a bug on this side must not wedge the caller
             fail(ProtocolError(f"could not handle a frame from the server ({type(exc).__name__}: {exc}); "
                                "the connection was closed"))
+
+    def submit(self, mtype: MessageType, body: Any, slot: ReplySlot) -> int:
+        """Encode and send a request whose reply goes to ``slot``; returns its request id.
+
+        Must run on the loop. Failures are raised, never left in ``slot``.
+
+        Raises:
+            EnvClosedError: This side closed the connection.
+            TransportError: The connection was lost.
+            InvalidArgumentError: The body cannot be encoded.
+        """
+        if self.lost is not None:
+            raise self.lost
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            if self.closed_here:
+                raise EnvClosedError("the connection to the env server is closed")
+            # The peer hung up and connection_lost has not run yet.
+            raise ConnectionClosedError("the env server closed the connection")
+        with self.send_lock:
+            rid, data = encode_request(self, mtype, body)
+            self.pending[rid] = slot
+            self.write(data)
+            self.read_on_loop()
+        return rid
+
+    def release_region(self, rid: int) -> None:
+        """Free the shared region if request ``rid`` holds it (its arrays are copied out, or it was
+        never sent, or nobody will read its reply). Any thread."""
+        region = self.region
+        if region is not None and region.owner == rid:
+            region.owner = 0
 
     def _pause_if_idle(self) -> None:
         # On the loop: nothing is pending, so the next sync caller may read its own reply.

@@ -34,18 +34,23 @@ socket stays). Nothing here does I/O.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["FEATURE", "PROBE_SIZE", "Layout", "Leaf"]
+__all__ = ["DEFAULT_MAX_REGION_SIZE", "FEATURE", "PROBE_SIZE", "Layout", "Leaf"]
 
 FEATURE = "shm1"
 """The feature a server names in its HELLO when it accepts a region (``MAP``)."""
 PROBE_SIZE = 16
 """Bytes of each side's probe; the first ``2 * PROBE_SIZE`` bytes of a region are the probes'."""
+DEFAULT_MAX_REGION_SIZE = 64 << 20
+"""The largest region a host creates for one connection unless told otherwise (``max_region_size=``):
+a layout larger than this uses the socket. The host pays for the region (the sandbox's memory
+limit does not apply to it), so a server's spaces alone never make it allocate more."""
 _ALIGN = 64
 _MAX_LEAVES = 4096
 
@@ -71,9 +76,14 @@ class Leaf:
     index: int
 
     @property
+    def count(self) -> int:
+        """The array's number of items (Python ints: a shape from a peer never wraps)."""
+        return math.prod(self.shape)
+
+    @property
     def nbytes(self) -> int:
         """The array's size in bytes."""
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return self.count * self.dtype.itemsize
 
 
 class Layout:
@@ -82,10 +92,16 @@ class Layout:
     Args:
         observation_space: The observation space from the handshake (batched for vector envs).
         num_envs: The number of lanes (vector envs), else None.
+        max_size: The largest region allowed (bytes); None: no cap (a server checks the size a
+            client offers against its own layout, and maps nothing larger than that).
+
+    Raises:
+        ValueError: More than 4096 arrays, or a leaf or the whole region larger than ``max_size``.
     """
 
-    def __init__(self, observation_space: spaces.Space[Any], num_envs: int | None) -> None:
+    def __init__(self, observation_space: spaces.Space[Any], num_envs: int | None, max_size: int | None = None) -> None:
         self.num_envs = num_envs
+        self._max_size = max_size
         self.space = observation_space
         self._at = 2 * PROBE_SIZE
         self.leaves: list[Leaf] = []
@@ -105,6 +121,9 @@ class Layout:
         leaf = Leaf(path, shape, dtype, self._at, len(self.leaves))
         self.leaves.append(leaf)
         self._at += leaf.nbytes
+        if self._max_size is not None and self._at > self._max_size:
+            raise ValueError(f"the spaces' arrays need more than {self._max_size} bytes "
+                             f"(at {'/'.join(map(str, path)) or 'the observation'}: shape {shape}, {dtype})")
         return leaf
 
     def _plan(self, space: spaces.Space[Any], path: tuple[Any, ...], depth: int) -> Any:
@@ -140,8 +159,8 @@ class Layout:
 
     def views(self, buffer: Any) -> list[np.ndarray[Any, Any]]:
         """Each leaf's array over ``buffer`` (a region of exactly :attr:`size` bytes), in leaf order."""
-        return [np.frombuffer(buffer, dtype=leaf.dtype, count=int(np.prod(leaf.shape, dtype=np.int64)),
-                              offset=leaf.offset).reshape(leaf.shape) for leaf in self.leaves]
+        return [np.frombuffer(buffer, dtype=leaf.dtype, count=leaf.count, offset=leaf.offset).reshape(leaf.shape)
+                for leaf in self.leaves]
 
     # -- the server's side -----------------------------------------------------------
     def place(self, value: Any, views: list[np.ndarray[Any, Any]]) -> Any:

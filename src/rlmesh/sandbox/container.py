@@ -42,6 +42,7 @@ from ..errors import (
     SandboxStartError,
     TransportError,
 )
+from ..protocol.data_plane import DEFAULT_MAX_REGION_SIZE
 from ..protocol.faults import remote_error_class
 from . import ownership
 from ._docker import DockerClient, acquire_docker, not_found, release_docker
@@ -84,11 +85,13 @@ class Sandbox:
         options: Container options.
         source: The env source (recorded in a label, for ``rlmesh sandbox ls``).
         max_frame_size: The largest frame the host accepts from the server.
+        data_plane: What the dialled connection offers (``auto`` or ``socket``).
+        max_region_size: The largest shared region the host creates for it.
     """
 
     def __init__(self, image: str, command: list[str], options: ContainerOptions, source: str,
                  max_frame_size: int, engine: Engine | None = None, lease: float = 60.0,
-                 data_plane: str = "auto") -> None:
+                 data_plane: str = "auto", max_region_size: int = DEFAULT_MAX_REGION_SIZE) -> None:
         self.engine = engine or Engine.choose(None, None)
         self.lease = lease
         self.relay_id: str | None = None
@@ -101,6 +104,7 @@ class Sandbox:
         self.source = source
         self.max_frame_size = max_frame_size
         self.data_plane = data_plane  # what the dialled connection offers (see ClientConnection.accept)
+        self.max_region_size = max_region_size
         self.container_id: str | None = None
         self.socket_dir: str | None = None
         self.memory: int | None = None
@@ -341,7 +345,8 @@ class Sandbox:
 
     async def _await_server(self, listener: Any, timeout: float | None) -> ClientConnection:
         assert self._exit is not None and self.container_id is not None
-        accept = asyncio.ensure_future(listener.accept(data_plane=self.data_plane))
+        accept = asyncio.ensure_future(listener.accept(data_plane=self.data_plane,
+                                                     max_region_size=self.max_region_size))
         try:
             with anyio.fail_after(self._left()):
                 await asyncio.wait({accept, self._exit}, return_when=asyncio.FIRST_COMPLETED)

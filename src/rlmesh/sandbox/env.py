@@ -299,7 +299,7 @@ class _AsyncSandboxBase(_AsyncRemoteBase):
             async with docker_client(self.engine.host) as docker:
                 self.image, command = await self._prepare(docker)
                 self._sandbox = Sandbox(self.image, command, self.options, self.source, self.max_frame_size,
-                                        self.engine, self.lease, self.data_plane)
+                                        self.engine, self.lease, self.data_plane, self.max_region_size)
                 conn = await self._sandbox.start(self.connect_timeout)
             self.address = conn.address
             conn.on_env_error = add_missing_library_note

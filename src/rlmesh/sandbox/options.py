@@ -30,6 +30,7 @@ from .._checks import is_int, is_number
 from ..errors import InvalidArgumentError
 from ..protocol import DEFAULT_MAX_FRAME_SIZE
 from ..protocol.bounds import DEFAULT_MAX_INFO_SIZE, DEFAULT_MAX_VARIABLE_SIZE
+from ..protocol.data_plane import DEFAULT_MAX_REGION_SIZE
 from ..protocol.options import FACTORY_PATTERN
 from .progress import ProgressOption, check_progress
 
@@ -347,6 +348,9 @@ class SandboxOptions(ContainerOptions):
         "auto", "``\"auto\"``: observations, rewards and flags cross in shared memory the host creates (a sealed "
         "memfd) where the server can map it (a Unix-socket sandbox under runc), else the socket; ``\"socket\"``: "
         "always the socket. The path chosen is logged once.", group="client")
+    max_region_size: int = _option(
+        DEFAULT_MAX_REGION_SIZE, "The largest shared region the host creates for the data plane (bytes, 64 MiB): the "
+        "host pays for it, outside the sandbox's memory limit, so a larger layout uses the socket.", group="client")
     max_info_size: int = _option(
         DEFAULT_MAX_INFO_SIZE, "Bytes a STEP or RESET reply may spend on its info dict (part of the reply bound).",
         group="client")

@@ -94,6 +94,8 @@ class ServerOptions:
                 )
         if tls is not None and not tcp:
             raise InvalidArgumentError("TLS applies to TCP addresses; a Unix socket is protected by its permissions")
+        if not is_number(hello_timeout) or not hello_timeout > 0:
+            raise InvalidArgumentError(f"hello_timeout must be a positive number of seconds, got {hello_timeout!r}")
         if idle_timeout == "default":
             idle_timeout = IDLE_TIMEOUT if tcp else None
         if idle_timeout is not None and (not is_number(idle_timeout) or not idle_timeout > 0):
