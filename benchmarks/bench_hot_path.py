@@ -27,11 +27,9 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (  # noqa: E402  (after the path that finds it)
-    Servers,
+from _common import (
     Series,
+    Servers,
     close_all,
     collected,
     parse_rounds,
