@@ -50,15 +50,19 @@ class SendPath(enum.IntEnum):
 class _Wake:
     """Wakes the one thread waiting on a plan's slots once, when the last of them is done."""
 
-    __slots__ = ("_count_lock", "_left", "_lock")
+    __slots__ = ("_count_lock", "_left", "_lock", "_single")
 
     def __init__(self, n: int) -> None:
         self._left = n
+        self._single = n == 1
         self._count_lock = threading.Lock()
         self._lock = threading.Lock()
         self._lock.acquire()
 
     def one_done(self) -> None:
+        if self._left == 1 and self._single:  # one slot: nobody else counts
+            self._lock.release()
+            return
         with self._count_lock:  # the loop thread, or the waiting thread itself
             self._left -= 1
             last = self._left == 0
