@@ -97,7 +97,7 @@ async def evaluate_async(policy: Any, source: str | Sequence[str], *, episodes: 
             f"shards={shards!r} splits the lanes of a vector sandbox, and a plain policy runs one episode (one lane) "
             "per sandbox: use a batched policy, rlmesh.batched(fn, lanes=N), or leave shards out"
         )
-    AsyncSandboxVectorEnv(sources[0], lanes, **options)  # checks the options now, before anything starts
+    AsyncSandboxVectorEnv.check_arguments(sources[0], lanes, **options)  # before anything starts
 
     tasks = await _expand(sources, sandbox_options)
     run = {"sources": sources, "seeds": seed_list, "policy": acting.name}

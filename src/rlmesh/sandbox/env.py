@@ -81,6 +81,22 @@ def check_single_env_options(called: str, source: Any, kwargs: Mapping[str, Any]
             )
 
 
+def check_build_options(options: SandboxOptions, source: Source) -> None:
+    """Refuse build options for a prebuilt image, which is run as it is.
+
+    Raises:
+        InvalidArgumentError: A build option given with an image source.
+    """
+    if not isinstance(source, ImageSource):
+        return
+    given = [name for name in BUILD_OPTIONS if getattr(options, name)]
+    if given:
+        raise InvalidArgumentError(
+            f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to images rlmesh builds; "
+            f"the prebuilt image {source.ref!r} is run as it is. Bake dependencies into that image instead."
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class SandboxArguments:
     """A sandbox's arguments, checked: its options (every check of :class:`SandboxOptions`), its
@@ -136,7 +152,14 @@ class SandboxArguments:
             kwargs_json = orjson.dumps(env_kwargs).decode()
         except TypeError as exc:
             raise InvalidArgumentError(f"env kwargs must be JSON-serialisable to reach the sandbox: {exc}") from exc
-        return cls(options, parsed, env_kwargs, kwargs_json)
+        arguments = cls(options, parsed, env_kwargs, kwargs_json)
+        arguments.engine()  # the engine's options
+        check_build_options(options, parsed)
+        return arguments
+
+    def engine(self) -> Engine:
+        """The engine the options name (checked)."""
+        return Engine.choose(self.options.docker_host, self.options.transport)
 
 
 class _AsyncSandboxBase(_AsyncRemoteBase):
@@ -164,9 +187,8 @@ class _AsyncSandboxBase(_AsyncRemoteBase):
                                     system_packages=tuple(options.system_packages))
         self.base_image = options.base_image
         self.rebuild = options.rebuild
-        self._check_build_options(self.parsed_source)
         self.lease = float(options.lease)
-        self.engine = Engine.choose(options.docker_host, options.transport)
+        self.engine = arguments.engine()
         self.relay_address_host: str | None = None
         self.wrappers = wrappers_wire_form(options.wrappers)
         self.progress = options.progress
@@ -177,16 +199,6 @@ class _AsyncSandboxBase(_AsyncRemoteBase):
         self._start_task: asyncio.Task[Any] | None = None
         self._replaced_image: str | None = None
         self._removal: asyncio.Task[None] | None = None
-
-    def _check_build_options(self, source: Source) -> None:
-        if not isinstance(source, ImageSource):
-            return
-        given = [name for name in BUILD_OPTIONS if getattr(self.options, name)]
-        if given:
-            raise InvalidArgumentError(
-                f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to images rlmesh builds; "
-                f"the prebuilt image {source.ref!r} is run as it is. Bake dependencies into that image instead."
-            )
 
     def _spec_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"source": self.source, **self._spec_options}
@@ -252,7 +264,7 @@ class _AsyncSandboxBase(_AsyncRemoteBase):
         source = await resolve_source(docker, self.parsed_source, build_options=build_options)
         serve = ["python", "-m", "rlmesh.serve"]
         if isinstance(source, ImageSource):
-            self._check_build_options(source)
+            check_build_options(self.options, source)  # a source resolved to a prebuilt image
             if await docker.image_id(source.ref) is None:
                 error = await try_pull(docker, source.ref)
                 if error is not None:

@@ -39,20 +39,35 @@ class AsyncSandboxVectorEnv(AsyncShardedVectorEnv):
     def __init__(self, source: str, num_envs: int = 1, *, vectorization_mode: str = "sync",
                  autoreset_mode: str = "next_step", shards: int | str = 1, placement: Any = None,
                  **kwargs: Any) -> None:
-        check_num_envs(num_envs)
-        parse_vectorization_mode(vectorization_mode)
-        parse_autoreset_mode(autoreset_mode)
-        lanes = split_lanes(num_envs, resolve_shards(shards, num_envs))
+        lanes = self.check_arguments(source, num_envs, vectorization_mode=vectorization_mode,
+                                     autoreset_mode=autoreset_mode, shards=shards, placement=placement, **kwargs)
         vector = {"vectorization_mode": vectorization_mode, "autoreset_mode": autoreset_mode}
         self.placement = RayPlacement.of(placement)
         self._ray: RayShards | None = None
         if self.placement is None:
             super().__init__([SandboxShard(source, n, **vector, **kwargs) for n in lanes])
-        else:  # the shards start on Ray's nodes: only their arguments are checked here
-            SandboxArguments.check(type(self).__name__, source, kwargs, vector=True)
+        else:  # the shards start on Ray's nodes: their arguments were checked above
             self._ray = RayShards(self.placement, source, lanes, {**vector, **kwargs})
             super().__init__([])
         self.source = source
+
+    @classmethod
+    def check_arguments(cls, source: str, num_envs: int = 1, *, vectorization_mode: str = "sync",
+                        autoreset_mode: str = "next_step", shards: int | str = 1, placement: Any = None,
+                        **kwargs: Any) -> list[int]:
+        """Check this class's arguments, as its constructor does, without making anything (no
+        shard, no sandbox, no engine connection); returns the lanes of each shard.
+
+        Raises:
+            InvalidArgumentError: A bad option (the constructor's errors, word for word).
+        """
+        check_num_envs(num_envs)
+        parse_vectorization_mode(vectorization_mode)
+        parse_autoreset_mode(autoreset_mode)
+        lanes = split_lanes(num_envs, resolve_shards(shards, num_envs))
+        RayPlacement.of(placement)
+        SandboxArguments.check(cls.__name__, source, kwargs, vector=True)
+        return lanes
 
     async def _open_shards(self) -> list[RemoteShard]:
         if self._ray is None:
