@@ -232,21 +232,21 @@ def test_an_older_server_is_served_over_the_socket(tmp_path: Path) -> None:
 class _RawServer:
     """A server written for a test: a genuine CartPole handshake (naming ``features``), the real
     MAP exchange (it maps the client's region), then ``reply(frame)`` for every request; ``misbehave``
-    is called with the socket, the region and the received descriptor once mapped, ``after_ready``
-    with the socket once it said ready (before it reads the descriptor)."""
+    is called with the socket, the region and the received descriptor once mapped, ``before_ready``
+    with the socket just before it says ready."""
 
     def __init__(self, path: str, reply: Callable[[Any], Any], *, features: tuple[str, ...] = (FEATURE,),
                  misbehave: Callable[[socket.socket, mmap.mmap, int], None] | None = None,
                  answer_ready: Callable[[int], Any] | None = None, decline: bool = False,
                  hello: dict[str, Any] | None = None,
-                 after_ready: Callable[[socket.socket], None] | None = None) -> None:
+                 before_ready: Callable[[socket.socket], None] | None = None) -> None:
         self.address = f"unix://{path}"
         self.region: mmap.mmap | None = None
         self.sock: socket.socket | None = None
         self.errors: list[BaseException] = []
         self._reply, self._features, self._misbehave = reply, features, misbehave
         self._answer_ready = answer_ready or (lambda size: {"ready": size})
-        self._decline, self._hello, self._after_ready = decline, hello or {}, after_ready
+        self._decline, self._hello, self._before_ready = decline, hello or {}, before_ready
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(path)
         self._listener.listen(1)
@@ -281,9 +281,9 @@ class _RawServer:
                         elif frame.type is MessageType.MAP and "size" in frame.value():
                             body = frame.value()
                             probe = bytes.fromhex(body["probe"])
+                            if self._before_ready is not None:
+                                self._before_ready(sock)
                             sock.sendall(encode_message(MessageType.MAP, rid, self._answer_ready(body["size"])))
-                            if self._after_ready is not None:
-                                self._after_ready(sock)
                             _, fds, _, _ = socket.recv_fds(sock, 1, 4)
                             self.region = mmap.mmap(fds[0], body["size"])
                             self.region[PROBE_SIZE:2 * PROBE_SIZE] = probe[::-1]

@@ -186,9 +186,9 @@ def test_the_region_has_its_own_cap(hostile: Any) -> None:
 
 
 def test_a_server_that_stops_reading_after_ready_is_a_connection_error(hostile: Any) -> None:
-    # The server answers MAP "ready", then shuts its read side: sending the descriptor fails. It
+    # The server shuts its read side, then answers MAP "ready": sending the descriptor fails. It
     # was a raw BrokenPipeError, which retry loops catching RLMeshError missed.
-    server = hostile(lambda frame: None, after_ready=lambda sock: sock.shutdown(socket.SHUT_RD))
+    server = hostile(lambda frame: None, before_ready=lambda sock: sock.shutdown(socket.SHUT_RD))
     with pytest.raises(ConnectionClosedError, match="handed over") as info:
         RemoteEnv(server.address)
     assert isinstance(info.value, RLMeshError)
