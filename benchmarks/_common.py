@@ -121,6 +121,37 @@ def sync_env_block(env: Any, seconds: float, warmup: int) -> list[float]:
             reset()
 
 
+ECHO_SIZE = 64
+"""Bytes of each echo round trip."""
+
+
+def blocking_echo_block(sock: Any, seconds: float, warmup: int) -> list[float]:
+    """The echo round trip over a plain blocking socket (the floor's baseline)."""
+    payload = b"x" * ECHO_SIZE
+    clock = time.perf_counter
+
+    def once() -> None:
+        sock.sendall(payload)
+        got = 0
+        while got < ECHO_SIZE:
+            n = len(sock.recv(ECHO_SIZE - got))
+            if not n:
+                raise ConnectionError("the echo server closed the connection")
+            got += n
+
+    for _ in range(warmup):
+        once()
+    out = []
+    end = clock() + seconds
+    while True:
+        t0 = clock()
+        once()
+        t1 = clock()
+        out.append(t1 - t0)
+        if t1 >= end:
+            return out
+
+
 def vector_block(env: Any, actions: Any, seconds: float, warmup: int) -> tuple[list[float], float]:
     """Step a vector env (autoreset included); return per-step times and env-steps/s."""
     clock = time.perf_counter

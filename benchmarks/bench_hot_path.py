@@ -28,8 +28,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from _common import (
+    ECHO_SIZE,
     Series,
     Servers,
+    blocking_echo_block,
     close_all,
     collected,
     parse_rounds,
@@ -41,7 +43,6 @@ from _common import (
     vector_round,
 )
 
-ECHO_SIZE = 64
 N = 64
 K = 8
 
@@ -59,32 +60,6 @@ def _echo_server(path: str) -> None:
         if not data:
             return
         conn.sendall(data)
-
-
-def _blocking_echo(sock: socket.socket, seconds: float, warmup: int) -> list[float]:
-    payload = b"x" * ECHO_SIZE
-    clock = time.perf_counter
-
-    def once() -> None:
-        sock.sendall(payload)
-        got = 0
-        while got < ECHO_SIZE:
-            n = len(sock.recv(ECHO_SIZE - got))
-            if not n:
-                raise ConnectionError("the echo server closed the connection")
-            got += n
-
-    for _ in range(warmup):
-        once()
-    out = []
-    end = clock() + seconds
-    while True:
-        t0 = clock()
-        once()
-        t1 = clock()
-        out.append(t1 - t0)
-        if t1 >= end:
-            return out
 
 
 def _fan_out_cpu(socks: list[socket.socket], seconds: float) -> float:
@@ -162,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         remote_rate, local_rate = Series(), Series()
         for _ in range(rounds):
             with collected():
-                floor.add_latency(_blocking_echo(echo, block, warmup))
+                floor.add_latency(blocking_echo_block(echo, block, warmup))
             with collected():
                 step.add_latency(sync_env_block(env, block, warmup))
             with collected():

@@ -34,9 +34,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from _common import (
+    ECHO_SIZE,
     ENV_ID,
     Series,
     Servers,
+    blocking_echo_block,
     close_all,
     collected,
     free_port,
@@ -57,7 +59,6 @@ except ImportError:  # the uvloop figures are skipped
     uvloop = None  # type: ignore[assignment]
 
 VEC_N = 64
-ECHO_SIZE = 64
 ECHO_TARGET = 2.0  # RemoteEnv.step p50 <= 2x the asyncio echo, over Unix sockets and over TCP with a token
 TOKEN = "rlmesh-benchmark-token-0123456789"
 THROUGHPUT_TARGET = 0.7  # RemoteVectorEnv env-steps/s >= 0.7x in-process SyncVectorEnv
@@ -179,33 +180,6 @@ async def echo_block(
         t0 = clock()
         writer.write(payload)
         await reader.readexactly(ECHO_SIZE)
-        t1 = clock()
-        out.append(t1 - t0)
-        if t1 >= end:
-            return out
-
-
-def blocking_echo_block(sock: socket.socket, seconds: float, warmup: int) -> list[float]:
-    """The echo round trip over a plain blocking socket (the floor's baseline)."""
-    payload = b"x" * ECHO_SIZE
-    clock = time.perf_counter
-
-    def once() -> None:
-        sock.sendall(payload)
-        got = 0
-        while got < ECHO_SIZE:
-            n = len(sock.recv(ECHO_SIZE - got))
-            if not n:
-                raise ConnectionError("the echo server closed the connection")
-            got += n
-
-    for _ in range(warmup):
-        once()
-    out = []
-    end = clock() + seconds
-    while True:
-        t0 = clock()
-        once()
         t1 = clock()
         out.append(t1 - t0)
         if t1 >= end:
