@@ -102,3 +102,5 @@ def test_layout_arithmetic_never_wraps() -> None:
     with pytest.raises(ValueError, match="need more than"):
         Layout(spaces.Dict({"a": spaces.Box(0, 1, (100,)), "b": spaces.Box(0, 1, (100,))}), None, max_size=600)
     assert Layout(spaces.Box(0, 1, (100,)), None, max_size=4096).size == 4096
+    with pytest.raises(ValueError, match="4096 bytes, more than 1000"):  # the rounded size counts too
+        Layout(spaces.Box(0, 1, (100,)), None, max_size=1000)

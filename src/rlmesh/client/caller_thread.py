@@ -60,7 +60,7 @@ class _Wake:
         self._lock.acquire()
 
     def one_done(self) -> None:
-        if self._left == 1 and self._single:  # one slot: nobody else counts
+        if self._single:  # one slot: nobody else counts
             self._lock.release()
             return
         with self._count_lock:  # the loop thread, or the waiting thread itself

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConnectionClosedError, ProtocolError, RLMeshTimeoutError
 from ..protocol import Frame, MessageType, ServerHello
 from ..protocol.data_plane import DEFAULT_MAX_REGION_SIZE, FEATURE, PROBE_SIZE, Layout
-from ..protocol.handover import ClientHandover, Declined
+from ..protocol.handover import ClientHandover, Declined, HandoverStep
 
 if TYPE_CHECKING:
     from .connection import ClientConnection
@@ -188,7 +188,8 @@ async def _ask(conn: ClientConnection, body: dict[str, Any]) -> Frame:
                                  "the connection was closed") from exc
 
 
-def _judged(conn: ClientConnection, handover: ClientHandover, frame: Frame, echoed: bytes = b"") -> Any:
+def _judged(conn: ClientConnection, handover: ClientHandover, frame: Frame,
+            echoed: bytes = b"") -> HandoverStep | Declined:
     try:
         return handover.receive(frame, echoed)
     except ProtocolError as exc:

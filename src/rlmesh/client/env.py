@@ -306,17 +306,14 @@ class _AsyncRemoteBase:
         return self.connection.unwrap(frame, MessageType.STEP, self._fill_step_views if views else self._fill_step,
                                       keep_region=views)
 
-    def _fill_step_views(self, frame: Frame) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+    def _fill_step(self, frame: Frame, copy: bool = True) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         region = self.connection.region
         if frame.type is MessageType.STEP_SHARED and region is not None:
-            return decode_step_reply(frame, self.num_envs, region.view_step)
+            return decode_step_reply(frame, self.num_envs, region.fill_step if copy else region.view_step)
         return decode_step_reply(frame, self.num_envs)
 
-    def _fill_step(self, frame: Frame) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        region = self.connection.region
-        if frame.type is MessageType.STEP_SHARED and region is not None:
-            return decode_step_reply(frame, self.num_envs, region.fill_step)
-        return decode_step_reply(frame, self.num_envs)
+    def _fill_step_views(self, frame: Frame) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        return self._fill_step(frame, copy=False)
 
     def reset_body(self, seed: Any, options: dict[str, Any] | None) -> ResetRequest:
         """The RESET request for ``seed`` and ``options`` (and the client-side ``np_random``)."""

@@ -162,7 +162,8 @@ def _build(space: spaces.Space[Any], n: int, parts: Sequence[tuple[int, int, Any
     lanes: list[Any] = []
     for a, b, v in parts:
         if not isinstance(v, tuple) or len(v) != b - a:
-            raise ProtocolError(f"a shard's batch holds {_count(v)} values for {b - a} lanes")
+            got = f"{len(v)} values" if isinstance(v, tuple) else f"a {type(v).__name__}"
+            raise ProtocolError(f"a shard's batch holds {got} for {b - a} lanes")
         lanes.extend(v)
     return tuple(lanes)
 
@@ -174,10 +175,6 @@ def lanes_of(space: spaces.Space[Any], value: Any, a: int, b: int) -> Any:
     if isinstance(space, spaces.Tuple) and isinstance(value, tuple) and len(value) == len(space.spaces):
         return tuple(lanes_of(s, v, a, b) for s, v in zip(space.spaces, value, strict=True))
     return value[a:b]
-
-
-def _count(value: Any) -> str:
-    return str(len(value)) if isinstance(value, tuple) else f"a {type(value).__name__}, not"
 
 
 def _concat(space: spaces.Space[Any], lanes: list[Any]) -> Any:

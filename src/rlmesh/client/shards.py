@@ -317,15 +317,13 @@ class AsyncShardedVectorEnv:
         busy = set(self._inflight.values()) & set(shard_ids)
         if busy:
             raise InvalidArgumentError(f"shard(s) {sorted(busy)} were sent a step whose result was not received")
-        parts = split_actions(batch_space(self.single_action_space, sum(self._size(j) for j in shard_ids)),
-                              self.single_action_space, bounds_of([self._size(j) for j in shard_ids]), actions)
+        sizes = [self._size(j) for j in shard_ids]
+        space = self.action_space if len(shard_ids) == len(self.shards) else batch_space(self.single_action_space, sum(sizes))
+        parts = split_actions(space, self.single_action_space, bounds_of(sizes), actions)
         written = []
         try:
             for j, part in zip(shard_ids, parts, strict=True):
-                shard = self.shards[j]
-                plan = Plan([(shard, MessageType.STEP, shard.step_body(part))], self._decoded_step(shard),
-                            lambda exc, _, j=j: self.named(exc, j))  # type: ignore[misc]  # j bound per shard
-                written.append((j, await write(plan)))
+                written.append((j, await write(self._plan_shard_step(j, part))))
         except BaseException:
             for _, one in written:
                 drop(one)
@@ -334,9 +332,11 @@ class AsyncShardedVectorEnv:
             self._inflight[asyncio.ensure_future(wait(one))] = j
         await asyncio.sleep(0)  # the tasks start (and wait for their replies): close() can cancel them
 
-    @staticmethod
-    def _decoded_step(shard: RemoteShard) -> Any:
-        return lambda frames: shard.decode_step(frames[0])
+    def _plan_shard_step(self, j: int, actions: Any) -> Plan[tuple[Any, Any, Any, Any, dict[str, Any]]]:
+        # One shard's step, decoded on its own (send/recv gathers whole shards as they finish).
+        shard = self.shards[j]
+        return Plan([(shard, MessageType.STEP, shard.step_body(actions))], lambda frames: shard.decode_step(frames[0]),
+                    lambda exc, _: self.named(exc, j))
 
     async def recv(self) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """Results of the first shards to finish, at least ``batch_size`` lanes (all in flight when

@@ -17,18 +17,11 @@ scalar) and Text, Sequence, Graph, OneOf and custom-space leaves stay on the soc
 written only when it is an array of exactly the leaf's dtype and shape; any other value of a
 leaf travels inline, leaf by leaf, so the result is always the env's own value.
 
-The exchange (``docs/protocol.md``, feature ``shm1``)::
-
-    client -> server  MAP {"size": n, "probe": 32 hex digits}
-    server -> client  MAP {"ready": n}                 (the server stopped reading its socket)
-    client -> server  one byte "M" with the descriptor (SCM_RIGHTS), outside frames
-    client -> server  MAP {"check": n}
-    server -> client  MAP {"mapped": n, "probe": the 32 hex digits it read from the region}
-
-The client wrote its probe at offset 0 before sending the descriptor; the server writes the
-probe it was sent, reversed, at offset 16, before it answers: each side proves the other's
-writes reach it (a gVisor sandbox, which cannot share the host's memory, fails here, and the
-socket stays). Nothing here does I/O.
+The region is handed over by the MAP exchange (feature ``shm1``; the client's side is
+:mod:`.handover`, ``docs/protocol.md`` specifies it). The client writes its probe at offset 0
+before sending the descriptor; the server writes the probe it was sent, reversed, at offset 16,
+before it answers: each side proves the other's writes reach it (a gVisor sandbox, which cannot
+share the host's memory, fails here, and the socket stays). Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -113,6 +106,8 @@ class Layout:
             truncated = self._leaf(("truncated",), (num_envs,), np.dtype(np.bool_))
             self.flags = (reward, terminated, truncated)
         self.size = self._at + (-self._at % 4096) if self.leaves else 0
+        if max_size is not None and self.size > max_size:
+            raise ValueError(f"the spaces' arrays need {self.size} bytes, more than {max_size}")
 
     def _leaf(self, path: tuple[Any, ...], shape: tuple[int, ...], dtype: np.dtype[Any]) -> Leaf:
         if len(self.leaves) >= _MAX_LEAVES:
