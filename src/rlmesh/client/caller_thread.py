@@ -122,13 +122,14 @@ def send_plan(plan: Plan[T]) -> T:
     wake = _Wake(len(requests))
     slots = [ThreadSlot(wake) for _ in requests]
     protocols: list[ReplyProtocol] = []
+    timeout: float | None = None
     for i, (core, _, _) in enumerate(requests):
         try:
             protocols.append(core.connection.protocol)
         except RLMeshError as exc:
             raise plan.named(exc, i) from None
-    timeouts = [core.request_timeout for core, _, _ in requests if core.request_timeout is not None]
-    timeout = min(timeouts) if timeouts else None
+        if core.request_timeout is not None and (timeout is None or core.request_timeout < timeout):
+            timeout = core.request_timeout
     start = time.monotonic()
     loop = protocols[0].loop
     handed_back = False

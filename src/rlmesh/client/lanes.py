@@ -23,6 +23,7 @@ __all__ = [
     "Bounds",
     "batch_from_parts",
     "bounds_of",
+    "join_lanes",
     "lanes_of",
     "merge_infos",
     "resolve_shards",
@@ -133,9 +134,21 @@ def batch_from_parts(space: spaces.Space[Any], num_envs: int, parts: Sequence[tu
     Raises:
         ProtocolError: A part whose shape does not fit its lanes (a misbehaving server).
     """
-    if owned and len(parts) == 1 and parts[0][1] - parts[0][0] == num_envs:
-        return parts[0][2]
+    if len(parts) == 1 and parts[0][1] - parts[0][0] == num_envs:
+        value = parts[0][2]
+        if owned:
+            return value
+        if type(value) is np.ndarray and value.shape[:1] == (num_envs,):
+            return value.copy()  # one array of every lane: what _build makes, in one call
     return _build(space, num_envs, parts)
+
+
+def join_lanes(arrays: Sequence[np.ndarray[Any, Any]], owned: bool) -> np.ndarray[Any, Any]:
+    """One array of every lane from each shard's (rewards, terminations, truncations): a copy,
+    unless ``owned`` and one shard's array is all of them."""
+    if len(arrays) == 1:
+        return arrays[0] if owned else arrays[0].copy()
+    return np.concatenate(arrays)
 
 
 def _build(space: spaces.Space[Any], n: int, parts: Sequence[tuple[int, int, Any]]) -> Any:

@@ -38,7 +38,7 @@ from gymnasium.vector.utils import batch_space
 
 from ..errors import EnvClosedError, InvalidArgumentError, ProtocolError, RLMeshError
 from ..protocol import Frame, MessageType, SpecData
-from .lanes import batch_from_parts, bounds_of, lanes_of, merge_infos, split_actions, split_reset
+from .lanes import batch_from_parts, bounds_of, join_lanes, lanes_of, merge_infos, split_actions, split_reset
 from .pipeline import Plan, Written, drop, send, wait, write
 from .remote_shard import RemoteShard
 
@@ -180,13 +180,14 @@ class AsyncShardedVectorEnv:
         # region freed; arrays that came in a frame are the batch itself when one shard has all.
         shards = self.shards
         results = []
+        owned = True
         try:
             for j, frame in enumerate(frames):
                 try:
                     results.append(shards[j].decode_step(frame, views=True))
                 except RLMeshError as exc:
                     raise self.named(exc, j) from None
-            owned = all(frame.type is MessageType.STEP for frame in frames)
+                owned = owned and frame.type is MessageType.STEP
             return self._merge_step(results, self.bounds, owned)
         finally:
             for shard, frame in zip(shards, frames, strict=True):
@@ -200,10 +201,9 @@ class AsyncShardedVectorEnv:
                                owned)
         for i, (a, b) in enumerate(bounds):
             self._kept[i if shard_ids is None else shard_ids[i]] = (obs, a, b)
-        if owned and len(results) == 1:
-            rewards, terms, truncs = results[0][1:4]
-        else:
-            rewards, terms, truncs = (np.concatenate([r[k] for r in results]) for k in (1, 2, 3))
+        rewards = join_lanes([r[1] for r in results], owned)
+        terms = join_lanes([r[2] for r in results], owned)
+        truncs = join_lanes([r[3] for r in results], owned)
         return obs, rewards, terms, truncs, merge_infos(n, [(a, b, r[4]) for (a, b), r in zip(bounds, results, strict=True)])
 
     def plan_reset(self, seed: Any, options: dict[str, Any] | None) -> Plan[tuple[Any, dict[str, Any]]]:
