@@ -11,6 +11,7 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array
 from rlmesh.client.lanes import (
     batch_from_parts,
     bounds_of,
+    join_lanes,
     lanes_of,
     merge_infos,
     split_actions,
@@ -144,3 +145,19 @@ def test_a_vector_env_s_batches_round_trip() -> None:
     obs, _ = envs.reset(seed=0)
     parts = [(a, b, lanes_of(envs.single_observation_space, obs, a, b)) for a, b in BOUNDS]
     assert np.array_equal(batch_from_parts(envs.single_observation_space, 7, parts, owned=False), obs)
+
+
+def test_flags_join_with_a_copy_unless_one_owned_array_has_every_lane() -> None:
+    a, b = np.array([1.0, 2.0]), np.array([3.0])
+    assert join_lanes([a], owned=True) is a
+    copied = join_lanes([a], owned=False)
+    assert copied is not a and not np.shares_memory(copied, a) and copied.tolist() == [1.0, 2.0]
+    assert join_lanes([a, b], owned=True).tolist() == [1.0, 2.0, 3.0]
+
+
+def test_one_region_part_of_every_lane_is_copied_whole() -> None:
+    part = np.arange(8.0).reshape(4, 2)
+    out = batch_from_parts(spaces.Box(0, 10, (2,)), 4, [(0, 4, part)], owned=False)
+    assert not np.shares_memory(out, part) and np.array_equal(out, part)
+    with pytest.raises(ProtocolError):  # a part of other lanes still does not fit
+        batch_from_parts(spaces.Box(0, 10, (2,)), 4, [(0, 4, part[:3])], owned=False)
