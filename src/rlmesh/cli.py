@@ -87,7 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "eval":
         from .evaluation.cli import run_eval
 
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        # Warnings only: the table, the progress lines and the errors are the output; -v for INFO.
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
         return run_eval(args)
 
     from .errors import RLMeshError

@@ -127,9 +127,8 @@ def test_faults_are_recorded_and_the_run_goes_on(kind: str) -> None:
     assert {r["attempts"] for r in report.episodes} == ({1} if kind == "plain" else {2})
 
 
-def test_every_task_of_an_envhub_repository(hub_cache: Path, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+def test_every_task_of_an_envhub_repository(hub_cache: Path, capfd: pytest.CaptureFixture[str]) -> None:  # noqa: F811
     # hf://owner/repo without a selector: every suite/task its make_env returns, each with its own pool.
-    caplog.set_level("INFO", logger="rlmesh.evaluation")
     report = rlmesh.evaluate(lean, f"hf://{REPO}", episodes=3, concurrency=1, trust_remote_code=True,
                              allow_unpinned_hf=True)
     assert report.tasks == [f"hf://{REPO}@{SHA}:{t}" for t in ("cartpole_suite/0", "cartpole_suite/1", "other_suite/a")]
@@ -139,7 +138,7 @@ def test_every_task_of_an_envhub_repository(hub_cache: Path, caplog: pytest.LogC
         assert [r["return"] for r in report.episodes if r["task"] == task] == want, task
     assert report.summary["overall"]["episodes"] == 9 and report.summary["overall"]["errors"] == 0
     assert report.container_starts == 3  # one sandbox per task at concurrency 1, reused for its 3 episodes
-    assert "9/9 episodes, 0 errors, mean return" in caplog.text  # stderr is no terminal here: log lines
+    assert "evaluate: 9/9 episodes, 0 errors, mean return" in capfd.readouterr().err  # no terminal: plain lines
 
 
 def test_shards_under_evaluate_with_a_progress_bar(capfd: pytest.CaptureFixture[str]) -> None:

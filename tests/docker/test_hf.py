@@ -28,8 +28,9 @@ SHA = "0123456789abcdef0123456789abcdef01234567"
 REPO = "lerobot/cartpole-env"  # the seed's example: {suite: {task: env}}
 DOCS_REPO, DOCS_SHA = "envhub-docs/cartpole-env", "1" * 40  # LeRobot's documented env.py: a bare VectorEnv
 LEISAAC, LEISAAC_SHA = "lightwheel/leisaac-env", "2" * 40  # entry files under envs/, no env.py
+DESCRIBED, DESCRIBED_SHA = "lerobot/described-env", "3" * 40  # tasks that describe themselves, success mid-episode
 FIXTURES = Path(__file__).parent / "hub_fixture"
-SHAS = {REPO: SHA, DOCS_REPO: DOCS_SHA, LEISAAC: LEISAAC_SHA}
+SHAS = {REPO: SHA, DOCS_REPO: DOCS_SHA, LEISAAC: LEISAAC_SHA, DESCRIBED: DESCRIBED_SHA}
 
 
 def snapshot_dir(cache: Path, repo: str) -> Path:

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
+import numpy as np
 import pytest
 
 import rlmesh
@@ -20,7 +22,8 @@ from rlmesh.errors import (
     SandboxStartError,
 )
 from rlmesh.evaluation import EvaluationReport, ResultsMismatchError
-from rlmesh.evaluation.policies import load_policy, policy_name, resolve_policy
+from rlmesh.evaluation.api import run_identity
+from rlmesh.evaluation.policies import action_fits, load_policy, policy_name, resolve_policy
 from rlmesh.evaluation.records import EpisodeTimeout, error_of, is_infrastructure, make_record
 from rlmesh.evaluation.results import ResultsFile
 
@@ -29,7 +32,7 @@ def policy(obs: Any) -> int:
     return 0
 
 
-RUN = {"sources": ["CartPole-v1"], "seeds": [0, 1, 2], "policy": "random"}
+RUN = run_identity(["CartPole-v1"], [0, 1, 2], "random", "any", {})
 
 
 def record(task: str, episode: int, ret: float | None, **kw: Any) -> dict[str, Any]:
@@ -63,7 +66,7 @@ def test_a_results_file_of_another_run_is_refused(tmp_path: Path) -> None:
     ResultsFile(path, {**RUN, "seeds": [5, 6, 7]}).close()
     with pytest.raises(ResultsMismatchError) as err:
         rlmesh.evaluate("random", "CartPole-v1", episodes=3, results=str(path))
-    assert "seeds: [5,6,7] in the file, [0,1,2] now" in str(err.value)
+    assert "seeds: the file has 3 (5..7), this run 3 (0..2); episode 0 has seed 5 in the file, 0 now" in str(err.value)
     assert set(err.value.differences) == {"seeds"}
     (tmp_path / "other.txt").write_text("hello\n")
     with pytest.raises(InvalidArgumentError, match="not an rlmesh evaluation results file"):
@@ -94,7 +97,7 @@ def test_results_file_resumes_and_drops_a_cut_record(tmp_path: Path) -> None:
     again.close()
     lines = path.read_text().splitlines()
     assert len(lines) == 4 and all(json.loads(line) for line in lines)
-    assert json.loads(lines[0]) == {"rlmesh_evaluation": 1, "run": RUN}
+    assert json.loads(lines[0]) == {"rlmesh_evaluation": 2, "run": RUN}
 
 
 def test_a_hand_edited_results_line_is_reported(tmp_path: Path) -> None:
@@ -187,6 +190,7 @@ def test_faults_are_classified() -> None:
     (["--policy", "randm", "--episodes", "3"], "must be 'random' or MODULE:NAME"),
     (["--policy", "random", "--episodes", "0"], "episodes must be a positive int"),
     (["--policy", "random", "--episodes", "2", "--env-kwargs", "[1]"], "--env-kwargs must be a JSON object"),
+    (["--policy", "random", "--episodes", "2", "--cfg", "3"], "--cfg must be a JSON object"),
 ])
 def test_cli_usage_errors_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "CartPole-v1", *argv]) == 2
@@ -212,3 +216,109 @@ def test_cli_says_a_run_could_not_finish_and_exits_1(tmp_path: Path, capsys: pyt
     assert code == 1, err
     assert "the run could not finish: no Docker engine is reachable" in err
     assert f"finished episodes are in {results}; run the same command again to resume" in err
+
+
+def test_more_episodes_extend_a_run_and_a_real_mismatch_is_readable(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    forty = run_identity(["CartPole-v1"], list(range(40)), "random", "any", {})
+    store = ResultsFile(path, forty)
+    for i in range(40):
+        store.append(record("CartPole-v1", i, 10.0))
+    store.close()
+    fifty = run_identity(["CartPole-v1"], list(range(50)), "random", "any", {})
+    again = ResultsFile(path, fifty)  # the file's seeds are a prefix of this run's: it extends
+    assert again.extended == 40 and len(again.records) == 40
+    again.close()
+    assert json.loads(path.read_text().splitlines()[0])["run"]["seeds"] == list(range(50))  # the header rewritten
+    assert len(path.read_text().splitlines()) == 41
+    other = run_identity(["CartPole-v1"], list(range(1, 51)), "random", "any", {"max_episode_steps": 9})
+    with pytest.raises(ResultsMismatchError) as err:
+        ResultsFile(path, other)
+    message = str(err.value)
+    assert "seeds: the file has 50 (0..49), this run 50 (1..50); episode 0 has seed 0 in the file, 1 now" in message
+    assert "env_kwargs: max_episode_steps=9 added" in message
+    assert "[0,1,2" not in message  # no lists cut mid-way
+    with pytest.raises(ResultsMismatchError, match="the file has 50 .* this run 20"):
+        ResultsFile(path, run_identity(["CartPole-v1"], list(range(20)), "random", "any", {}))
+
+
+def test_the_run_identity_covers_what_changes_an_episode() -> None:
+    run = run_identity(["CartPole-v1"], [0], "m:p", "last", {"packages": ["gymnasium"], "cfg": {"a": 1},
+                                                             "env": {"X": "1"}, "docker_host": "tcp://h:1",
+                                                             "connect_timeout": 5})
+    assert run["env_kwargs"] == {"cfg": {"a": 1}}
+    assert run["options"]["packages"] == ["gymnasium"] and run["options"]["env"] == {"X": "1"}
+    assert run["success"] == "last" and run["options"]["autoreset_mode"] == "next_step"
+    assert "docker_host" not in run["options"] and "connect_timeout" not in run["options"]  # where, not what
+    json.dumps(run)
+
+
+def test_per_suite_figures_and_labels() -> None:
+    sha = "3" * 40
+    tasks = [f"hf://o/r@{sha}:pick/red", f"hf://o/r@{sha}:pick/blue", f"hf://o/r@{sha}:talk/hi", "CartPole-v1"]
+    episodes = [record(task, i, float(10 * k + i), success=i == 0) for k, task in enumerate(tasks) for i in range(2)]
+    report = EvaluationReport(episodes, tasks, RUN, {t: (10, 1.0) for t in tasks}, 10.0,
+                              start_seconds={t: 0.5 for t in tasks})
+    suites = report.summary["suites"]
+    assert list(suites) == ["o/r:pick", "o/r:talk", "CartPole-v1"]
+    assert (suites["o/r:pick"]["episodes"], suites["o/r:pick"]["return_max"], suites["o/r:pick"]["success_rate"]) == (
+        4, 11.0, 0.5)
+    assert suites["o/r:pick"]["start_seconds"] == 1.0 and report.summary["overall"]["start_seconds"] == 2.0
+    assert report.summary["overall"]["env_steps_per_s"] == 40 / 8.0  # the starts' seconds left out
+    table = report.table()
+    assert "o/r:pick/red" in table and "suite o/r:talk" in table and sha not in table
+    assert json.loads(report.to_json())["summary"]["suites"] == suites
+
+
+def test_plot_leaves_matplotlibs_backend_alone(tmp_path: Path) -> None:
+    script = (
+        "import matplotlib, sys; sys.path.insert(0, '.');"
+        "from tests.integration.test_evaluate import RUN, record;"
+        "from rlmesh.evaluation import EvaluationReport;"
+        "EvaluationReport([record('a', i, float(i)) for i in range(4)], ['a'], RUN).plot(sys.argv[1]);"
+        "print(matplotlib.get_backend())"
+    )
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("matplotlib")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "p.svg")], capture_output=True, text=True,
+                         env={**os.environ, "MPLBACKEND": "svg"}, timeout=120, check=True).stdout
+    assert out.strip() == "svg"
+    assert (tmp_path / "p.svg").read_bytes().lstrip().startswith(b"<?xml")
+
+
+@pytest.mark.parametrize(("space", "good", "bad"), [
+    (gym.spaces.Discrete(2), [0, np.int64(1)], ["left", 2, 0.5, None]),
+    (gym.spaces.Box(-1.0, 1.0, (2,), np.float32), [np.zeros(2), [5.0, -5.0], np.zeros(2, np.int64)],
+     [np.zeros(3), "ab", np.zeros(2, dtype=np.complex64)]),
+    (gym.spaces.Box(0, 9, (1,), np.int64), [np.array([3])], [np.array([0.5])]),
+    (gym.spaces.Dict({"a": gym.spaces.Discrete(3), "b": gym.spaces.Text(4)}), [{"a": 1, "b": "xy"}],
+     [{"a": 1}, {"a": 1, "b": "xy", "c": 0}, [1, "xy"]]),
+    (gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.MultiBinary(2))), [(1, np.array([0, 1], np.int8))],
+     [(1,), "ab", (5, np.array([0, 1], np.int8))]),
+])
+def test_an_action_is_judged_by_its_form(space: Any, good: list[Any], bad: list[Any]) -> None:
+    # Bounds of a Box are the env's to judge (Pendulum clips); the form is the policy's to get right.
+    assert all(action_fits(space, a) for a in good)
+    assert not any(action_fits(space, a) for a in bad)
+
+
+def test_a_stateful_policy_object_is_resolved() -> None:
+    class Described:
+        def reset(self, episode: Any) -> None: ...
+        def act(self, obs: Any, episode: Any) -> int:
+            return 0
+
+    class NotAPolicy:
+        act = 3
+
+    acting = resolve_policy(Described())
+    assert acting.with_episode and acting.reset is not None and acting.stateful
+    assert not resolve_policy(policy).stateful
+    assert resolve_policy(rlmesh.batched(Described(), lanes=2)).with_episode
+    with pytest.raises(InvalidArgumentError, match="act attribute must be a method"):
+        resolve_policy(NotAPolicy())
+    with pytest.raises(InvalidArgumentError, match="success must be 'any'"):
+        rlmesh.evaluate("random", "CartPole-v1", episodes=1, success="first")

@@ -14,7 +14,7 @@ from gymnasium import spaces
 
 from ..errors import InvalidActionError
 
-__all__ = ["check_action"]
+__all__ = ["check_action", "describe_action"]
 
 
 def check_action(space: spaces.Space[Any], action: Any) -> None:
@@ -42,7 +42,7 @@ def check_action(space: spaces.Space[Any], action: Any) -> None:
     except Exception:  # a malformed action can make contains() itself raise
         pass
     raise InvalidActionError(
-        f"action {_short(action)} is not in the action space {space}", space=str(space)
+        f"action {describe_action(action)} is not in the action space {space}", space=str(space)
     )
 
 
@@ -50,7 +50,8 @@ _REPR = reprlib.Repr()  # keyword arguments to Repr() need Python 3.12
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 8, 8, 8, 60, 60
 
 
-def _short(action: Any) -> str:
+def describe_action(action: Any) -> str:
+    """A bounded description of an action, for an error message."""
     # reprlib bounds the work: a hostile or huge action is never repr()'d whole.
     if isinstance(action, np.ndarray):
         text = np.array2string(action.reshape(-1)[:8], threshold=8) + f" (dtype={action.dtype}, shape={action.shape})"

@@ -23,6 +23,7 @@ from .._imports import lazy_exports
 
 _EXPORTS = {
     "BatchedPolicy": "rlmesh.evaluation.policies",
+    "Episode": "rlmesh.evaluation.policies",
     "EvaluationReport": "rlmesh.evaluation.report",
     "ResultsMismatchError": "rlmesh.evaluation.results",
     "batched": "rlmesh.evaluation.policies",
@@ -30,11 +31,11 @@ _EXPORTS = {
     "evaluate_async": "rlmesh.evaluation.api",
 }
 
-__all__ = ["BatchedPolicy", "EvaluationReport", "ResultsMismatchError", "batched", "evaluate", "evaluate_async"]
+__all__ = ["BatchedPolicy", "Episode", "EvaluationReport", "ResultsMismatchError", "batched", "evaluate", "evaluate_async"]
 
 if TYPE_CHECKING:
     from .api import evaluate, evaluate_async
-    from .policies import BatchedPolicy, batched
+    from .policies import BatchedPolicy, Episode, batched
     from .report import EvaluationReport
     from .results import ResultsMismatchError
 

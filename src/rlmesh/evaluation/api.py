@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from .._checks import is_int, is_number
 from ..errors import InvalidArgumentError
+from ..sandbox.env import SandboxArguments
 from ..sandbox.vector import AsyncSandboxVectorEnv
 from .policies import resolve_policy
 from .progress import EvaluationProgress, ProgressOption, check_progress
 from .report import EvaluationReport
 from .results import ResultsFile
-from .runner import Runner, check_options, lanes_for
+from .runner import SUCCESS_MODES, Runner, check_options, lanes_for
 from .signals import StopSignals
 
-__all__ = ["evaluate", "evaluate_async"]
+__all__ = ["evaluate", "evaluate_async", "run_identity"]
+
+log = logging.getLogger("rlmesh.evaluation")
 
 
 def _check_seeds(episodes: Any, seeds: Sequence[int] | None) -> list[int]:
@@ -52,6 +56,28 @@ def _is_hub_repo(source: str) -> bool:
     return source.startswith("hf://") and ":" not in source[len("hf://"):]
 
 
+IDENTITY_OPTIONS = ("packages", "imports", "system_packages", "base_image", "env", "wrappers", "vectorization_mode")
+"""The sandbox options that can change an episode, and so identify a run (with the env kwargs)."""
+
+
+def run_identity(sources: list[str], seeds: list[int], policy: str, success: str,
+                 sandbox_options: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a run in its results file: everything that changes an episode.
+
+    Raises:
+        InvalidArgumentError: A bad sandbox option (as the sandbox classes say it).
+    """
+    arguments = SandboxArguments.check("evaluate", sources[0], sandbox_options, vector=True)
+    options = {name: getattr(arguments.options, name) for name in IDENTITY_OPTIONS
+               if name != "vectorization_mode"}
+    options = {k: list(v) if isinstance(v, tuple) else dict(v) if k == "env" else v for k, v in options.items()}
+    options["wrappers"] = [list(w) if isinstance(w, (list, tuple)) else w for w in options["wrappers"]]
+    options["vectorization_mode"] = sandbox_options.get("vectorization_mode", "sync")
+    options["autoreset_mode"] = "next_step"
+    return {"sources": sources, "seeds": seeds, "policy": policy, "success": success,
+            "env_kwargs": arguments.env_kwargs, "options": options}
+
+
 async def _expand(sources: list[str], options: dict[str, Any]) -> list[str]:
     """Sources to tasks: an EnvHub repository (or suite) without a task is every task it has."""
     import rlmesh
@@ -77,9 +103,15 @@ async def _expand(sources: list[str], options: dict[str, Any]) -> list[str]:
 
 async def evaluate_async(policy: Any, source: str | Sequence[str], *, episodes: int, seeds: Sequence[int] | None = None,
                          concurrency: int = 4, episode_timeout: float | None = None, results: str | None = None,
-                         progress: ProgressOption = None, retries: int = 2, **sandbox_options: Any) -> EvaluationReport:
+                         progress: ProgressOption = None, retries: int = 2, success: str = "any",
+                         **sandbox_options: Any) -> EvaluationReport:
     """The async core of :func:`evaluate`, with the same arguments; see there."""
     acting = resolve_policy(policy)
+    if success not in SUCCESS_MODES:
+        raise InvalidArgumentError(
+            f"success must be 'any' (an episode succeeds if any step reports info['is_success'] or "
+            f"info['success']) or 'last' (its last step's report), got {success!r}"
+        )
     seed_list = _check_seeds(episodes, seeds)
     _check_number("concurrency", concurrency, minimum=1, integer=True)
     _check_number("episode_timeout", episode_timeout, minimum=0.001, optional=True)
@@ -99,15 +131,17 @@ async def evaluate_async(policy: Any, source: str | Sequence[str], *, episodes: 
         )
     AsyncSandboxVectorEnv.check_arguments(sources[0], lanes, **options)  # before anything starts
 
+    run = run_identity(sources, seed_list, acting.name, success, sandbox_options)
     tasks = await _expand(sources, sandbox_options)
-    run = {"sources": sources, "seeds": seed_list, "policy": acting.name}
     store = ResultsFile(results, run) if results is not None else None
     earlier = list(store.records) if store is not None else []
+    if store is not None and store.extended is not None:
+        log.warning("%s: extending the run from %d to %d episode(s) per task", results, store.extended, len(seed_list))
     done = {(r["task"], r["episode"]) for r in earlier}
     tracker = EvaluationProgress(progress, total=len(tasks) * len(seed_list),
                                  done=sum(1 for t, i in done if t in tasks and 0 <= i < len(seed_list)))
     runner = Runner(acting, tasks, seed_list, done, concurrency=concurrency, episode_timeout=episode_timeout,
-                    retries=retries, options=options, store=store, progress=tracker)
+                    retries=retries, options=options, store=store, progress=tracker, success=success)
     current = asyncio.current_task()
     assert current is not None
     stop = StopSignals(current)
@@ -126,12 +160,13 @@ async def evaluate_async(policy: Any, source: str | Sequence[str], *, episodes: 
             store.close()
     stop.reraise()
     return EvaluationReport([*earlier, *runner.records], tasks, run, runner.timing, time.monotonic() - started,
-                            runner.container_starts)
+                            runner.container_starts, runner.start_seconds)
 
 
 def evaluate(policy: Any, source: str | Sequence[str], *, episodes: int, seeds: Sequence[int] | None = None,
              concurrency: int = 4, episode_timeout: float | None = None, results: str | None = None,
-             progress: ProgressOption = None, retries: int = 2, **sandbox_options: Any) -> EvaluationReport:
+             progress: ProgressOption = None, retries: int = 2, success: str = "any",
+             **sandbox_options: Any) -> EvaluationReport:
     """Score a policy over seeded episodes of one or more tasks, each run in a sandbox.
 
     A pool of at most ``concurrency`` sandboxes per task runs the episodes; each sandbox is
@@ -145,19 +180,28 @@ def evaluate(policy: Any, source: str | Sequence[str], *, episodes: int, seeds: 
     container left. Not callable from a running event loop: use :func:`evaluate_async` there.
 
     Args:
-        policy: A callable ``obs -> action`` (called on the event loop's thread), an ``async``
-            callable, ``"random"`` (samples the action space, seeded per episode), or
-            :func:`~rlmesh.batched` ``(fn)`` to run episodes as the lanes of vector sandboxes.
+        policy: A callable ``obs -> action`` (called on the event loop's thread, with the
+            episode's own observation, as the env returns it, for every space), an ``async``
+            callable, ``"random"`` (samples the action space, seeded per episode),
+            :func:`~rlmesh.batched` ``(fn)`` to run episodes as the lanes of vector sandboxes
+            (``fn`` gets the batch, as Gymnasium batches it), or a stateful object with
+            ``reset(episode)`` (optional) and ``act(obs, episode)`` or ``__call__(obs)``, where
+            ``episode`` is a :class:`~rlmesh.evaluation.Episode` (``task``, ``index``, ``seed``,
+            ``task_description``). Its actions are checked against the action space.
         source: A sandbox source or a list of them; ``hf://owner/repo`` without a selector means
             every task of the repository (``rlmesh.list_tasks``).
         episodes: Episodes per task.
         seeds: One seed per episode (default ``range(episodes)``).
         concurrency: Sandboxes per task at most (default 4).
         episode_timeout: Seconds an episode may take; past it the episode is recorded as a timeout.
-        results: A JSON Lines file for the records (resumed when it exists).
+        results: A JSON Lines file for the records (resumed when it exists; a run with more
+            episodes of the same seeds extends it, any other difference is refused).
         progress: None (a bar on a terminal with the ``progress`` extra, else log lines), True,
             False (silent), or a callable receiving each record.
         retries: Retries of infrastructure failures, per episode and per sandbox start (default 2).
+        success: ``"any"`` (default, as Meta-World and LeRobot count it: an episode succeeds if
+            any step reports ``info["is_success"]`` or ``info["success"]``) or ``"last"`` (its
+            last step's report).
         **sandbox_options: The sandbox options (``packages``, ``imports``, ``trust_remote_code``,
             ``shards``, ``placement``, ``runtime``, ``docker_host``, ...), as for
             :class:`~rlmesh.SandboxVectorEnv`.
@@ -180,7 +224,7 @@ def evaluate(policy: Any, source: str | Sequence[str], *, episodes: int, seeds: 
         raise InvalidArgumentError("evaluate() cannot run inside a running event loop: await rlmesh.evaluate_async(...)")
     return asyncio.run(evaluate_async(policy, source, episodes=episodes, seeds=seeds, concurrency=concurrency,
                                       episode_timeout=episode_timeout, results=results, progress=progress,
-                                      retries=retries, **sandbox_options))
+                                      retries=retries, success=success, **sandbox_options))
 
 
 evaluate_async.__doc__ = (evaluate.__doc__ or "").replace(

@@ -4,9 +4,10 @@
 
     rlmesh eval SOURCE [SOURCE ...] --policy MODULE:NAME|random --episodes N [--seeds A:B]
                 [--concurrency C] [--episode-timeout S] [--results PATH] [--package P ...]
-                [--import M ...] [--trust-remote-code] [--plot PATH] [--json PATH] ...
+                [--import M ...] [--trust-remote-code] [--cfg JSON] [--success any|last] [--plot PATH]
+                [--json PATH] [-v] ...
 
-It prints the summary table. Exit status: 0 when every episode has a record (episodes recorded
+It prints the summary table. It logs warnings only; ``-v`` adds the sandboxes' INFO records. Exit status: 0 when every episode has a record (episodes recorded
 as errors included); 2 for a usage error; 1 when the run could not finish; 130 after SIGINT.
 """
 
@@ -49,9 +50,13 @@ def add_eval_parser(sub: Any) -> None:
     p.add_argument("--runtime", default=None, help="container runtime, e.g. runsc")
     p.add_argument("--docker-host", default=None, help="the Docker engine (default DOCKER_HOST)")
     p.add_argument("--env-kwargs", default=None, metavar="JSON", help="env constructor kwargs, a JSON object")
+    p.add_argument("--cfg", default=None, metavar="JSON", help="an EnvHub make_env's cfg, a JSON object")
+    p.add_argument("--success", default="any", choices=("any", "last"),
+                   help="an episode succeeds if any step reports success (default), or its last step")
     p.add_argument("--plot", default=None, metavar="PATH", help="save a return histogram per task (needs matplotlib)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the report (summary and episodes) as JSON")
     p.add_argument("--no-progress", action="store_true", help="no bar and no progress lines")
+    p.add_argument("-v", "--verbose", action="store_true", help="log INFO records (sandbox starts, images, ...)")
 
 
 def _seeds(text: str) -> range:
@@ -76,10 +81,17 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("runtime", "docker_host"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
+    kwargs: dict[str, Any] = {}
     if args.env_kwargs is not None:
         kwargs = orjson.loads(args.env_kwargs)
         if not isinstance(kwargs, dict):
             raise ValueError(f"--env-kwargs must be a JSON object, got {args.env_kwargs!r}")
+    if args.cfg is not None:
+        cfg = orjson.loads(args.cfg)
+        if not isinstance(cfg, dict):
+            raise ValueError(f"--cfg must be a JSON object, got {args.cfg!r}")
+        kwargs = {**kwargs, "cfg": cfg}
+    if kwargs:
         options["env_kwargs"] = kwargs
     return options
 
@@ -89,7 +101,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..errors import InvalidArgumentError, RLMeshError
     from .api import evaluate
     from .policies import load_policy
-    from .report import pyplot
+    from .report import figure
 
     try:
         seeds = _seeds(args.seeds) if args.seeds is not None else None
@@ -98,7 +110,7 @@ def run_eval(args: argparse.Namespace) -> int:
             raise ValueError("give --episodes N (or --seeds A:B)")
         options = _options(args)
         if args.plot is not None:
-            pyplot()  # fail now, not after the run
+            figure()  # fail now, not after the run
         policy = load_policy(args.policy)
     except (ValueError, orjson.JSONDecodeError) as exc:
         print(f"rlmesh eval: {exc}", file=sys.stderr)
@@ -106,7 +118,7 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         report = evaluate(policy, args.sources if len(args.sources) > 1 else args.sources[0], episodes=episodes,
                           seeds=seeds, concurrency=args.concurrency, episode_timeout=args.episode_timeout,
-                          results=args.results, retries=args.retries,
+                          results=args.results, retries=args.retries, success=args.success,
                           progress=False if args.no_progress else None, **options)
     except InvalidArgumentError as exc:
         print(f"rlmesh eval: {exc}", file=sys.stderr)

@@ -1,14 +1,14 @@
 """Progress of an evaluation: a live bar on a terminal, log lines otherwise, or a callback.
 
 ``progress=`` of :func:`~rlmesh.evaluate`: ``None`` (the default) shows a bar when stderr is a
-terminal and ``tqdm`` (the ``rlmesh[progress]`` extra) is installed, else log lines (logger
-``rlmesh.evaluation``, at most one every few seconds); ``True`` always shows the bar (log lines
-without tqdm); ``False`` is silent; a callable receives each episode's record as it is written.
+terminal and ``tqdm`` (the ``rlmesh[progress]`` extra) is installed, else plain lines on stderr
+(``evaluate: 12/40 episodes, ...``, at most one every few seconds, and the last), as in a script
+or a CI log, whatever logging is configured; ``True`` always shows the bar (plain lines without
+tqdm); ``False`` is silent; a callable receives each episode's record as it is written.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from collections.abc import Callable
@@ -17,8 +17,6 @@ from typing import Any, cast
 from ..errors import InvalidArgumentError
 
 __all__ = ["EvaluationProgress", "ProgressOption", "check_progress"]
-
-log = logging.getLogger("rlmesh.evaluation")
 
 ProgressOption = bool | Callable[[dict[str, Any]], Any] | None
 LOG_EVERY = 5.0
@@ -55,14 +53,14 @@ class EvaluationProgress:
         self.started = time.monotonic()
         self._last_log = self.started
         self._bar: Any = None
-        self._log = option is None or option is True
+        self._lines = option is None or option is True
         if option is True or (option is None and sys.stderr.isatty()):
             try:
                 from tqdm.auto import tqdm
 
                 self._bar = tqdm(total=total, initial=done, unit="ep", desc="evaluate", file=sys.stderr,
                                  dynamic_ncols=True)
-                self._log = False
+                self._lines = False
             except ImportError:
                 pass
 
@@ -86,13 +84,13 @@ class EvaluationProgress:
         if self._bar is not None:
             self._bar.set_postfix(self._status(), refresh=False)
             self._bar.update(1)
-        elif self._log:
+        elif self._lines:
             now = time.monotonic()
             if now - self._last_log >= LOG_EVERY or self.done == self.total:
                 self._last_log = now
                 s = self._status()
-                log.info("%d/%d episodes, %s errors, mean return %s, %s env-steps/s", self.done, self.total,
-                         s["errors"], s["mean_return"], s["steps/s"])
+                print(f"evaluate: {self.done}/{self.total} episodes, {s['errors']} errors, mean return "
+                      f"{s['mean_return']}, {s['steps/s']} env-steps/s", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         """Close the bar. Idempotent."""

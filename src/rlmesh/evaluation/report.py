@@ -12,10 +12,43 @@ import orjson
 
 from ..errors import InvalidArgumentError
 
-__all__ = ["EvaluationReport", "pyplot", "summarize"]
+__all__ = ["EvaluationReport", "figure", "label_of", "suite_of", "summarize"]
 
 
-def _stats(records: Sequence[Mapping[str, Any]], steps: int, seconds: float | None) -> dict[str, Any]:
+def _hub_parts(task: str) -> tuple[str, str | None] | None:
+    """``(owner/repo, selector)`` of an ``hf://owner/repo[@rev][:selector]`` task, else None."""
+    if not task.startswith("hf://"):
+        return None
+    body = task[len("hf://"):]
+    repo, sep, selector = body.partition(":")
+    return repo.partition("@")[0], (selector if sep else None)
+
+
+def suite_of(task: str) -> str:
+    """The suite a task belongs to, for the per-suite figures: ``owner/repo:suite`` for an
+    EnvHub ``suite/task``, ``owner/repo`` for a repository's task without a suite, else the
+    task (a source is its own suite)."""
+    parts = _hub_parts(task)
+    if parts is None:
+        return task
+    repo, selector = parts
+    if selector is None or "/" not in selector:
+        return repo
+    return f"{repo}:{selector.rsplit('/', 1)[0]}"
+
+
+def label_of(task: str) -> str:
+    """A task's label in the table: ``owner/repo:suite/task`` for an EnvHub task (the scheme and
+    revision dropped; the results name the revision), else the task."""
+    parts = _hub_parts(task)
+    if parts is None:
+        return task
+    repo, selector = parts
+    return repo if selector is None else f"{repo}:{selector}"
+
+
+def _stats(records: Sequence[Mapping[str, Any]], steps: int, seconds: float | None,
+           start_seconds: float | None = None) -> dict[str, Any]:
     returns = np.array([r["return"] for r in records if r["error"] is None and isinstance(r["return"], (int, float))],
                        dtype=np.float64)
     successes = [bool(r["success"]) for r in records if r["error"] is None and r["success"] is not None]
@@ -24,30 +57,45 @@ def _stats(records: Sequence[Mapping[str, Any]], steps: int, seconds: float | No
         "errors": sum(1 for r in records if r["error"] is not None),
         "return_mean": float(returns.mean()) if returns.size else None,
         "return_std": float(returns.std()) if returns.size else None,
+        "return_max": float(returns.max()) if returns.size else None,
         "success_rate": sum(successes) / len(successes) if successes else None,
         "env_steps": steps,
         "env_steps_per_s": steps / seconds if seconds and steps else None,
+        "start_seconds": round(start_seconds, 3) if start_seconds is not None else None,
     }
 
 
 def summarize(records: Sequence[Mapping[str, Any]], tasks: Sequence[str],
-              timing: Mapping[str, tuple[int, float]] | None = None, wall: float | None = None) -> dict[str, Any]:
-    """The summary of ``records``: per task (in ``tasks`` order) and overall.
+              timing: Mapping[str, tuple[int, float]] | None = None, wall: float | None = None,
+              start_seconds: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """The summary of ``records``: per task (in ``tasks`` order), per suite and overall.
 
-    Each entry has ``episodes``, ``errors``, ``return_mean`` and ``return_std`` (over episodes
-    without an error), ``success_rate`` (over episodes whose env reports success, else None),
-    ``env_steps`` and ``env_steps_per_s``. Steps per second count only what this run stepped
-    (``timing``: task -> (steps, seconds); ``wall``: the run's seconds); a resumed run's earlier
-    episodes count in everything else.
+    Each entry has ``episodes``, ``errors``, ``return_mean``, ``return_std`` and ``return_max``
+    (over episodes without an error), ``success_rate`` (over episodes whose env reports success,
+    else None), ``env_steps``, ``env_steps_per_s`` and ``start_seconds``. Steps per second count
+    only what this run stepped, over the time from a task's first sandbox up to its end (``timing``:
+    task -> (steps, seconds); ``wall``: the run's seconds, less the starts); ``start_seconds`` is
+    the time spent starting sandboxes (image builds included). A resumed run's earlier episodes
+    count in everything else. A suite is an EnvHub suite, or a source (:func:`suite_of`).
     """
     timing = timing or {}
+    starts = start_seconds or {}
     per_task = {}
     for task in tasks:
         mine = [r for r in records if r["task"] == task]
         steps, seconds = timing.get(task, (0, 0.0))
-        per_task[task] = _stats(mine, steps, seconds)
+        per_task[task] = _stats(mine, steps, seconds, starts.get(task, 0.0))
+    per_suite = {}
+    for suite in dict.fromkeys(suite_of(task) for task in tasks):
+        members = [task for task in tasks if suite_of(task) == suite]
+        mine = [r for r in records if r["task"] in members]
+        steps = sum(timing.get(task, (0, 0.0))[0] for task in members)
+        seconds = sum(timing.get(task, (0, 0.0))[1] for task in members)
+        per_suite[suite] = _stats(mine, steps, seconds, sum(starts.get(task, 0.0) for task in members))
     total_steps = sum(steps for steps, _ in timing.values())
-    return {"tasks": per_task, "overall": _stats(records, total_steps, wall)}
+    total_starts = sum(starts.values())
+    stepping = wall - total_starts if wall is not None and wall > total_starts else wall
+    return {"tasks": per_task, "suites": per_suite, "overall": _stats(records, total_steps, stepping, total_starts)}
 
 
 class EvaluationReport:
@@ -58,9 +106,10 @@ class EvaluationReport:
             the keys of a line of the results file: ``task``, ``episode``, ``seed``, ``return``,
             ``length``, ``terminated``, ``truncated``, ``success``, ``seconds``, ``attempts``,
             ``error`` (None, or ``{type, message, exit_code, log_tail}``).
-        summary: ``{"tasks": {task: stats}, "overall": stats}``, stats being ``episodes``,
-            ``errors``, ``return_mean``, ``return_std``, ``success_rate``, ``env_steps`` and
-            ``env_steps_per_s``.
+        summary: ``{"tasks": {task: stats}, "suites": {suite: stats}, "overall": stats}``, stats
+            being ``episodes``, ``errors``, ``return_mean``, ``return_std``, ``return_max``,
+            ``success_rate``, ``env_steps``, ``env_steps_per_s`` and ``start_seconds`` (see
+            :func:`summarize`).
         tasks: The tasks evaluated, in order.
         run: What identifies the run (sources, seeds, policy), as in the results file's header.
         container_starts: Sandboxes this run started (each a vector sandbox; with ``shards``,
@@ -69,13 +118,13 @@ class EvaluationReport:
 
     def __init__(self, episodes: list[dict[str, Any]], tasks: list[str], run: dict[str, Any],
                  timing: Mapping[str, tuple[int, float]] | None = None, wall: float | None = None,
-                 container_starts: int = 0) -> None:
+                 container_starts: int = 0, start_seconds: Mapping[str, float] | None = None) -> None:
         order = {task: i for i, task in enumerate(tasks)}
         self.episodes = sorted(episodes, key=lambda r: (order.get(r["task"], len(order)), r["episode"]))
         self.tasks = tasks
         self.run = run
         self.container_starts = container_starts
-        self.summary = summarize(self.episodes, tasks, timing, wall)
+        self.summary = summarize(self.episodes, tasks, timing, wall, start_seconds)
 
     def to_json(self) -> str:
         """The run, its summary and every episode, as a JSON document."""
@@ -83,16 +132,24 @@ class EvaluationReport:
         return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()
 
     def table(self) -> str:
-        """The summary as a text table, one row per task and one overall."""
-        header = f"{'TASK':<40} {'EPISODES':>8} {'ERRORS':>6} {'RETURN':>18} {'SUCCESS':>7} {'STEPS/S':>9}"
+        """The summary as a text table: one row per task, one per suite of several tasks, one overall."""
+        suites = self.summary.get("suites", {})
+        entries = [(label_of(name), s) for name, s in self.summary["tasks"].items()]
+        if len(suites) > 1 or any(len([t for t in self.tasks if suite_of(t) == suite]) > 1 for suite in suites):
+            entries += [(f"suite {name}", s) for name, s in suites.items()]
+        entries.append(("overall", self.summary["overall"]))
+        width = max(40, *(len(label) for label, _ in entries))
+        header = (f"{'TASK':<{width}} {'EPISODES':>8} {'ERRORS':>6} {'RETURN':>18} {'MAX':>9} {'SUCCESS':>7} "
+                  f"{'STEPS/S':>9} {'STARTS':>8}")
         rows = [header]
-        entries = [*self.summary["tasks"].items(), ("overall", self.summary["overall"])]
-        for name, s in entries:
+        for label, s in entries:
             ret = "-" if s["return_mean"] is None else f"{s['return_mean']:.2f} ± {s['return_std']:.2f}"
+            best = "-" if s["return_max"] is None else f"{s['return_max']:.2f}"
             success = "-" if s["success_rate"] is None else f"{100 * s['success_rate']:.0f}%"
             rate = "-" if s["env_steps_per_s"] is None else f"{s['env_steps_per_s']:.0f}"
-            label = name if len(name) <= 40 else "..." + name[-37:]
-            rows.append(f"{label:<40} {s['episodes']:>8} {s['errors']:>6} {ret:>18} {success:>7} {rate:>9}")
+            starts = "-" if not s["start_seconds"] else f"{s['start_seconds']:.1f}s"
+            rows.append(f"{label:<{width}} {s['episodes']:>8} {s['errors']:>6} {ret:>18} {best:>9} {success:>7} "
+                        f"{rate:>9} {starts:>8}")
         return "\n".join(rows)
 
     def plot(self, path: str | os.PathLike[str]) -> None:
@@ -101,14 +158,14 @@ class EvaluationReport:
         Raises:
             InvalidArgumentError: matplotlib is not installed.
         """
-        plt = pyplot()
         tasks = self.tasks or ["(none)"]
-        fig, axes = plt.subplots(len(tasks), 1, figsize=(7, 2.2 * len(tasks) + 0.6), squeeze=False)
+        fig = figure(figsize=(7, 2.2 * len(tasks) + 0.6))
+        axes = fig.subplots(len(tasks), 1, squeeze=False)
         for ax, task in zip(axes[:, 0], tasks, strict=True):
             returns = [r["return"] for r in self.episodes if r["task"] == task and r["error"] is None]
             stats = self.summary["tasks"].get(task)
             ax.hist(returns, bins=min(30, max(5, len(returns) // 2)), color="#4c72b0", edgecolor="white")
-            title = task
+            title = label_of(task)
             if stats and stats["return_mean"] is not None:
                 title += f"  (mean {stats['return_mean']:.1f} ± {stats['return_std']:.1f}, n={len(returns)}"
                 title += f", errors {stats['errors']})" if stats["errors"] else ")"
@@ -117,21 +174,19 @@ class EvaluationReport:
         axes[-1, 0].set_xlabel("return")
         fig.tight_layout()
         fig.savefig(os.fspath(path), dpi=110)
-        plt.close(fig)
 
 
-def pyplot() -> Any:
-    """``matplotlib.pyplot`` with the Agg backend.
+def figure(**kwargs: Any) -> Any:
+    """A ``matplotlib.figure.Figure``, made without pyplot: the global backend (Jupyter's inline
+    one, ``MPLBACKEND``) is left as it is, and nothing stays registered once the figure is saved.
 
     Raises:
         InvalidArgumentError: matplotlib is not installed (it is not an rlmesh dependency).
     """
     try:  # imported by name: an optional dependency, without type stubs here
-        matplotlib = importlib.import_module("matplotlib")
-        matplotlib.use("Agg")
-        plt = importlib.import_module("matplotlib.pyplot")
+        module = importlib.import_module("matplotlib.figure")
     except ImportError as exc:
         raise InvalidArgumentError(
             f"plotting needs matplotlib, which rlmesh does not install ({exc}): pip install matplotlib, or the extra rlmesh[plot]"
         ) from None
-    return plt
+    return module.Figure(**kwargs)

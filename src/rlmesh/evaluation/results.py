@@ -1,9 +1,12 @@
 """The results file: append-only JSON Lines, one record per episode, written and flushed as each ends.
 
-The first line is a header that identifies the run (sources, seeds, policy). Opening a file
-that holds records resumes it: the (task, episode) pairs it holds are skipped. A file written
-for other arguments is refused. A last line cut short (the machine went away mid-write) is
-dropped, so the file stays valid JSON Lines.
+The first line is a header that identifies the run: everything that changes an episode (the
+sources, the seeds, the policy's name, the env kwargs and ``cfg``, the image's packages, imports
+and base, the container's environment, the wrappers, the vector and success modes). Opening a
+file that holds records resumes it: the (task, episode) pairs it holds are skipped. A file
+written for other arguments is refused, naming each field that differs; a run whose seeds
+extend the file's (more episodes of the same run) extends it, rewriting the header. A last line
+cut short (the machine went away mid-write) is dropped, so the file stays valid JSON Lines.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from ..errors import InvalidArgumentError
 __all__ = ["HEADER_KEY", "FORMAT_VERSION", "ResultsFile", "ResultsMismatchError"]
 
 HEADER_KEY = "rlmesh_evaluation"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the run's identity covers the env's arguments and the success rule
 
 
 class ResultsMismatchError(InvalidArgumentError):
-    """The results file was written by another run (another source, seeds or policy).
+    """The results file was written by another run (another source, seeds, policy, env kwargs,
+    packages, ...).
 
     Attributes:
         path: The file.
@@ -37,8 +41,41 @@ class ResultsMismatchError(InvalidArgumentError):
 
 
 def _short(value: Any) -> str:
-    text = orjson.dumps(value).decode()
-    return text if len(text) <= 80 else text[:77] + "..."
+    text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _seeds_text(seeds: list[Any]) -> str:
+    if seeds and all(isinstance(s, int) for s in seeds) and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{len(seeds)} ({seeds[0]}..{seeds[-1]})"
+    return f"{len(seeds)} ({_short(seeds)})"
+
+
+def describe_difference(field: str, old: Any, new: Any) -> str:
+    """A short readable diff of one identity field: ``old`` in the file, ``new`` in this run."""
+    if field == "seeds" and isinstance(old, list) and isinstance(new, list):
+        text = f"seeds: the file has {_seeds_text(old)}, this run {_seeds_text(new)}"
+        first = next((i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b), None)
+        if first is not None:
+            text += f"; episode {first} has seed {old[first]!r} in the file, {new[first]!r} now"
+        return text
+    if isinstance(old, dict) and isinstance(new, dict):
+        parts = []
+        for key in sorted(set(old) | set(new)):
+            if key not in old:
+                parts.append(f"{key}={_short(new[key])} added")
+            elif key not in new:
+                parts.append(f"{key}={_short(old[key])} removed")
+            elif old[key] != new[key]:
+                parts.append(f"{key}: {_short(old[key])} in the file, {_short(new[key])} now")
+        return f"{field}: " + ", ".join(parts)
+    if old is None:
+        return f"{field}: not in the file (written by an earlier rlmesh), {_short(new)} now"
+    return f"{field}: {_short(old)} in the file, {_short(new)} now"
+
+
+def _extends(old: Any, new: Any) -> bool:
+    return isinstance(old, list) and isinstance(new, list) and len(new) > len(old) and new[:len(old)] == old
 
 
 class ResultsFile:
@@ -47,6 +84,10 @@ class ResultsFile:
     Args:
         path: The file (created with its directory when missing).
         run: What identifies the run (written as the header, compared on resume).
+
+    Attributes:
+        extended: The number of seeds the file had when this run extends it (more episodes of
+            the same run), else None.
 
     Raises:
         ResultsMismatchError: The file's header names another run.
@@ -57,6 +98,7 @@ class ResultsFile:
         self.path = Path(path)
         self.run = run
         self.records: list[dict[str, Any]] = []
+        self.extended: int | None = None
         self._file: IO[bytes] | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = self.path.read_bytes() if self.path.exists() else b""
@@ -67,6 +109,9 @@ class ResultsFile:
         lines = data.splitlines()
         if lines:
             self._check_header(lines[0])
+            if self.extended is not None:
+                lines[0] = self._header()
+                self._rewrite(lines)
             seen: set[tuple[str, int]] = set()
             for number, line in enumerate(lines[1:], start=2):
                 try:
@@ -82,7 +127,21 @@ class ResultsFile:
                     self.records.append(record)
         self._file = self.path.open("ab")
         if not lines:
-            self._write({HEADER_KEY: FORMAT_VERSION, "run": run})
+            self._file.write(self._header() + b"\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def _header(self) -> bytes:
+        return orjson.dumps({HEADER_KEY: FORMAT_VERSION, "run": self.run}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def _rewrite(self, lines: list[bytes]) -> None:
+        """Replace the file by ``lines``, atomically (a new file renamed over it)."""
+        tmp = self.path.with_name(self.path.name + ".rewrite")
+        with tmp.open("wb") as f:
+            f.write(b"".join(line + b"\n" for line in lines))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
 
     def _check_header(self, line: bytes) -> None:
         try:
@@ -96,11 +155,16 @@ class ResultsFile:
             )
         theirs: dict[str, Any] = header["run"]
         differences = {k: (theirs.get(k), v) for k, v in self.run.items() if theirs.get(k) != v}
+        old_seeds = differences.get("seeds", (None, None))[0]
+        if set(differences) == {"seeds"} and isinstance(old_seeds, list) and _extends(*differences["seeds"]):
+            self.extended = len(old_seeds)  # more episodes of the same run
+            return
         if differences:
-            what = "; ".join(f"{k}: {_short(old)} in the file, {_short(new)} now" for k, (old, new) in differences.items())
+            what = "; ".join(describe_difference(k, old, new) for k, (old, new) in differences.items())
             raise ResultsMismatchError(
-                f"{self.path} holds results of another run ({what}). To resume it, run it with the same "
-                "source, seeds and policy; to start a new one, give another results path or remove this file",
+                f"{self.path} holds results of another run ({what}). To resume it, run it with the same arguments "
+                "(more episodes of the same seeds extend it); to start a new one, give another results path or "
+                "remove this file",
                 path=str(self.path), differences=differences,
             )
 

@@ -27,16 +27,18 @@ from gymnasium.vector.utils import concatenate, create_empty_array, iterate
 
 from ..errors import InvalidArgumentError, RemoteEnvError, RLMeshTimeoutError, SandboxStartError
 from ..sandbox.vector import AsyncSandboxVectorEnv
-from .policies import Acting, maybe_await
+from .policies import Acting, Episode, check_action, maybe_await
 from .progress import EvaluationProgress
 from .records import EpisodeTimeout, error_of, is_infrastructure, make_record
 from .results import ResultsFile
 
-__all__ = ["Runner", "check_options", "lanes_for"]
+__all__ = ["SUCCESS_MODES", "Runner", "check_options", "lanes_for"]
 
 log = logging.getLogger("rlmesh.evaluation")
 
 START_FAILURES_PER_TASK = 3  # consecutive failed starts after which a task's remaining episodes are recorded as such
+SUCCESS_MODES = ("any", "last")
+DESCRIPTION_ATTRIBUTES = ("task_description", "task")  # read from the env, in this order, for a stateful policy
 
 
 @dataclass
@@ -55,6 +57,7 @@ class _Lane:
     total: float = 0.0
     length: int = 0
     sampler: Any = None
+    info: Episode | None = None  # what a stateful policy is told
 
 
 @dataclass
@@ -70,6 +73,8 @@ class _Task:
     isolated: deque[_Episode] = field(default_factory=deque)
     start_failures: int = 0
     steps: int = 0
+    start_seconds: float = 0.0  # spent starting sandboxes (image builds included)
+    first_ready: float | None = None  # when its first sandbox was up
 
     def has_work(self) -> bool:
         return bool(self.pending or self.isolated)
@@ -89,11 +94,13 @@ class Runner:
         options: Sandbox options for :class:`~rlmesh.sandbox.vector.AsyncSandboxVectorEnv`.
         store: The results file, or None.
         progress: Progress display.
+        success: ``"any"`` (an episode succeeds if any step reports success) or ``"last"``
+            (its last step's report).
     """
 
     def __init__(self, acting: Acting, tasks: Sequence[str], seeds: Sequence[int], done: set[tuple[str, int]],
                  *, concurrency: int, episode_timeout: float | None, retries: int, options: dict[str, Any],
-                 store: ResultsFile | None, progress: EvaluationProgress) -> None:
+                 store: ResultsFile | None, progress: EvaluationProgress, success: str = "any") -> None:
         self.acting = acting
         self.tasks = list(tasks)
         self.seeds = list(seeds)
@@ -104,8 +111,10 @@ class Runner:
         self.options = options
         self.store = store
         self.progress = progress
+        self.success = success
         self.records: list[dict[str, Any]] = []
-        self.timing: dict[str, tuple[int, float]] = {}
+        self.timing: dict[str, tuple[int, float]] = {}  # task -> (steps, seconds stepping)
+        self.start_seconds: dict[str, float] = {}  # task -> seconds spent starting sandboxes
         self.container_starts = 0
 
     async def run(self) -> None:
@@ -122,7 +131,10 @@ class Runner:
             try:
                 await _all([self._worker(task, lanes) for _ in range(workers)])
             finally:
-                self.timing[name] = (task.steps, loop.time() - started)
+                # Stepping time: from the first sandbox up to the end, so that builds and the first
+                # start do not count; every start's seconds are reported apart.
+                self.timing[name] = (task.steps, loop.time() - (task.first_ready or started))
+                self.start_seconds[name] = task.start_seconds
 
     def _record(self, lane: _Lane | _Episode, *, seconds: float, error: dict[str, Any] | None = None,
                 terminated: bool = False, truncated: bool = False, success: bool | None = None) -> None:
@@ -160,10 +172,15 @@ class Runner:
     async def _start(self, task: _Task, lanes: int) -> Any:
         """A started sandbox, or None when its start failed for the env's reason (then recorded)."""
         attempt = 0
+        loop = asyncio.get_running_loop()
         while True:
             env = AsyncSandboxVectorEnv(task.name, lanes, **self.options)
+            began = loop.time()
             try:
-                await env.start()
+                try:
+                    await env.start()
+                finally:
+                    task.start_seconds += loop.time() - began
             except SandboxStartError as exc:
                 await env.close()
                 task.start_failures += 1
@@ -180,6 +197,8 @@ class Runner:
                 raise
             self.container_starts += 1
             task.start_failures = 0
+            if task.first_ready is None:
+                task.first_ready = loop.time()
             return env
 
     def _start_failed(self, task: _Task, exc: SandboxStartError) -> None:
@@ -238,7 +257,7 @@ class Runner:
         """Run episodes in ``env``'s lanes until there is nothing to take (None) or it fails (a fault)."""
         loop = asyncio.get_running_loop()
         acting = self.acting
-        obs_space, act_space = env.single_observation_space, env.single_action_space
+        act_space = env.single_action_space
         actions_buf = create_empty_array(act_space, n)
         active: list[_Lane | None] = [None] * n
         # Per-lane sums as arrays (the same IEEE additions, in the same order, as a Python float's).
@@ -246,6 +265,9 @@ class Runner:
         lengths = np.zeros(n, dtype=np.int64)
         is_real = np.zeros(n, dtype=np.bool_)
         reset = np.ones(n, dtype=np.bool_)
+        succeeded = np.zeros(n, dtype=np.bool_)  # success="any": reported at some step
+        reported = np.zeros(n, dtype=np.bool_)
+        described: list[str] = list(DESCRIPTION_ATTRIBUTES) if acting.stateful else []
         first = True
         obs: Any = None
 
@@ -267,6 +289,7 @@ class Runner:
             real = [lane for lane in active if lane is not None]
             if not real:
                 return None
+            fresh: list[int] = []
             try:
                 if reset.any():
                     seeds: list[int | None] = [None] * n
@@ -274,17 +297,26 @@ class Runner:
                         lane = active[i]
                         seeds[i] = (lane or real[0]).episode.seed  # an idle lane replays a real lane's seed
                         totals[i], lengths[i], is_real[i] = 0.0, 0, lane is not None
+                        succeeded[i] = reported[i] = False
                         if lane is not None:
+                            fresh.append(i)
                             lane.started = loop.time()
                             if acting.fn is None:
                                 lane.sampler = acting.fresh_sampler(act_space, lane.episode.seed)
                     options = None if first else {"reset_mask": reset.copy()}
-                    obs, _ = await self._call(env.reset(seed=seeds, options=options), active)
+                    obs, reset_infos = await self._call(env.reset(seed=seeds, options=options), active)
                     first = False
                     reset[:] = False
+                    if acting.stateful:
+                        await self._describe(env, active, fresh, reset_infos, described)
             except Exception as exc:
                 return fault(exc)
-            actions = await self._act(obs, obs_space, act_space, active, actions_buf)  # its errors end the run
+            if acting.reset is not None:
+                for i in fresh:  # its errors end the run
+                    lane = active[i]
+                    assert lane is not None and lane.info is not None
+                    await maybe_await(acting.reset(lane.info))
+            actions = await self._act(obs, env, act_space, active, actions_buf)  # its errors end the run
             try:
                 obs, rewards, terminations, truncations, infos = await self._call(env.step(actions), active)
             except Exception as exc:
@@ -292,6 +324,8 @@ class Runner:
             np.add(totals, rewards, out=totals, where=is_real)
             lengths += is_real
             task.steps += len(real)
+            if self.success == "any":
+                _note_success(infos, succeeded, reported)
             done = np.logical_or(terminations, truncations)
             if not done.any():
                 continue
@@ -301,23 +335,83 @@ class Runner:
                 lane = active[i]
                 if lane is not None:
                     lane.total, lane.length = float(totals[i]), int(lengths[i])
+                    success = (bool(succeeded[i]) if reported[i] else None) if self.success == "any" else _success(infos, i)
                     self._record(lane, seconds=now - lane.started, terminated=bool(terminations[i]),
-                                 truncated=bool(truncations[i]), success=_success(infos, i))
+                                 truncated=bool(truncations[i]), success=success)
                     active[i] = None
                     is_real[i] = False
 
-    async def _act(self, obs: Any, obs_space: Any, act_space: Any, active: list[_Lane | None], buf: Any) -> Any:
+    async def _describe(self, env: Any, active: list[_Lane | None], fresh: list[int], infos: dict[str, Any],
+                        attributes: list[str]) -> None:
+        """Tell each freshly reset lane's episode its task description (see :class:`Episode`).
+
+        ``attributes`` are those still worth asking for: one the env does not have is dropped."""
+        values: tuple[Any, ...] | None = None
+        while attributes and values is None:
+            try:
+                got = await self._call(env.get_attr(attributes[0]), active)
+            except RemoteEnvError as exc:
+                if exc.remote_type.rsplit(".", 1)[-1] != "AttributeError":
+                    raise
+                attributes.pop(0)
+                continue
+            if all(v is None or isinstance(v, str) for v in got):
+                values = got
+            else:  # not a description (a task object, an index)
+                attributes.pop(0)
+        task_info = infos.get("task") if isinstance(infos, dict) else None
+        task_mask = infos.get("_task") if isinstance(infos, dict) else None
+        for i in fresh:
+            lane = active[i]
+            assert lane is not None
+            description = values[i] if values is not None else None
+            if description is None and task_info is not None and (task_mask is None or bool(task_mask[i])):
+                item = task_info[i]
+                description = item if isinstance(item, str) else None
+            ep = lane.episode
+            lane.info = Episode(ep.task, ep.index, ep.seed, description)
+
+    async def _act(self, obs: Any, env: Any, act_space: Any, active: list[_Lane | None], buf: Any) -> Any:
         acting = self.acting
         if acting.batched:
             assert acting.fn is not None
-            return await maybe_await(acting.fn(obs))
+            if acting.with_episode:
+                actions = await maybe_await(acting.fn(obs, [lane.info if lane else None for lane in active]))
+            else:
+                actions = await maybe_await(acting.fn(obs))
+            check_action(acting, env.action_space, actions, _where(active))
+            return actions
         lane = active[0]
+        assert lane is not None
         if acting.fn is None:
-            assert lane is not None
             action = lane.sampler.sample()
         else:
-            action = await maybe_await(acting.fn(next(iter(iterate(obs_space, obs)))))
+            mine = next(iter(iterate(env.observation_space, obs)))  # lane 0's, as the env returned it
+            action = await maybe_await(acting.fn(mine, lane.info) if acting.with_episode else acting.fn(mine))
+            check_action(acting, act_space, action, _where(active))
         return concatenate(act_space, [action], buf)
+
+
+def _where(active: list[_Lane | None]) -> str:
+    episodes = [lane.episode for lane in active if lane is not None]
+    if len(episodes) == 1:
+        ep = episodes[0]
+        return f"episode {ep.index} (seed {ep.seed}) of {ep.task}"
+    return f"episodes {', '.join(str(ep.index) for ep in episodes)} of {episodes[0].task}"
+
+
+def _note_success(infos: dict[str, Any], succeeded: Any, reported: Any) -> None:
+    """success="any": fold this step's reports (``is_success`` or ``success``) into each lane's."""
+    for key in ("is_success", "success"):
+        if key not in infos:
+            continue
+        value = np.asarray(infos[key])
+        mask = infos.get("_" + key)
+        seen = np.ones(succeeded.shape, dtype=np.bool_) if mask is None else np.asarray(mask, dtype=np.bool_)
+        if value.dtype == object:
+            value = np.array([bool(v) for v in value.reshape(-1)]).reshape(value.shape)
+        succeeded |= np.broadcast_to(value.astype(np.bool_), succeeded.shape) & seen
+        reported |= seen
 
 
 def _success(infos: dict[str, Any], i: int) -> bool | None:

@@ -243,7 +243,8 @@ def _call_arguments(make_env: Any, entry: str, num_envs: int | None, vectorizati
     if "cfg" in required:
         raise SourceError(
             f"make_env in {entry} requires cfg, and none was given: pass cfg={{...}} (a JSON object, "
-            "read as cfg.FIELD), e.g. SandboxEnv(source, cfg={'episode_length': 100}, ...)"
+            "read as cfg.FIELD), e.g. SandboxEnv(source, cfg={'episode_length': 100}, ...), or on the command "
+            "line rlmesh eval SOURCE --cfg '{\"episode_length\": 100}'"
         )
     if required:
         raise SourceError(f"make_env in {entry} requires {required}: pass them as keyword arguments")
