@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -18,27 +19,28 @@ import rlmesh
 from rlmesh.errors import InvalidActionError
 from rlmesh.evaluation import Episode, ResultsMismatchError
 
-from .conftest import ROOT
-from .test_evaluate import lean, lean_batch, read_results
+from .conftest import OWNER_LABEL, ROOT
+from .test_evaluate import FAULTY, FAULTY_PKG, lean, lean_batch, read_results
 from .test_hf import (
     DESCRIBED,
     DESCRIBED_SHA,
     hub_cache,  # noqa: F401  (the fixture)
 )
 
-SPACES_PKG = Path(__file__).parent / "spaces_pkg"
-SPACES = "rlmesh_spaces:make"
+EVAL_ENVS_PKG = Path(__file__).parent / "eval_envs_pkg"
+SPACES = "rlmesh_eval_envs:make_spaces"
+HISTORY = "rlmesh_eval_envs:make_history"
 TAXI = "Taxi-v4" if "Taxi-v4" in gym.registry else "Taxi-v3"  # v3 is deprecated from Gymnasium 1.4
 DESCRIBED_TASKS = {"pick/red": "pick up the red cube", "pick/blue": "pick up the blue cube", "talk/hello": "say hello"}
 
 
 def _spaces_env() -> gym.Env[Any, Any]:
-    sys.path.insert(0, str(SPACES_PKG / "src"))
+    sys.path.insert(0, str(EVAL_ENVS_PKG / "src"))
     try:
-        import rlmesh_spaces
+        import rlmesh_eval_envs
     finally:
-        sys.path.remove(str(SPACES_PKG / "src"))
-    return gym.wrappers.PassiveEnvChecker(rlmesh_spaces.make())
+        sys.path.remove(str(EVAL_ENVS_PKG / "src"))
+    return gym.wrappers.PassiveEnvChecker(rlmesh_eval_envs.make_spaces())
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -76,7 +78,7 @@ SPACE_CASES: list[tuple[str, Callable[[Any], Any], dict[str, Any]]] = [
     (TAXI, lambda o: int(o) % 6, {}),  # Discrete, 200-step episodes
     ("Blackjack-v1", lambda o: int(o[0] < 17), {}),  # a Tuple of Discrete
     (SPACES, lambda o: (int(o["cell"]) + len(o["word"]) + int(o["flags"][1]) + int(o["flags"][0].sum())) % 4,
-     {"packages": [str(SPACES_PKG)]}),  # a Dict of Discrete, Text and a Tuple of MultiBinary and Discrete
+     {"packages": [str(EVAL_ENVS_PKG)]}),  # a Dict of Discrete, Text and a Tuple of MultiBinary and Discrete
 ]
 
 
@@ -228,3 +230,104 @@ def test_the_cli_logs_warnings_only_and_scripts_show_progress_lines(tmp_path: Pa
                          capture_output=True, text=True, timeout=300)
     assert cfg.returncode == 0, cfg.stderr  # a Gymnasium id takes cfg as an env kwarg: CartPole refuses it
     assert json.loads(summary.read_text())["summary"]["overall"]["errors"] == 2
+
+
+def _lifetimes(since: float, until: float) -> list[tuple[float, float]]:
+    """(start, die) of this test run's sandbox containers between two times, from the engine's events."""
+    out = subprocess.run(
+        ["docker", "events", "--since", f"{since:.3f}", "--until", f"{until:.3f}", "--filter", "type=container",
+         "--filter", "event=start", "--filter", "event=die", "--filter", "label=rlmesh.sandbox",
+         "--filter", f"label=rlmesh.owner={OWNER_LABEL}", "--format", "{{.TimeNano}} {{.Action}} {{.ID}}"],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout
+    starts: dict[str, float] = {}
+    spans = []
+    for line in out.splitlines():
+        nanos, action, cid = line.split()
+        if action == "start":
+            starts[cid] = int(nanos) / 1e9
+        elif cid in starts:
+            spans.append((starts.pop(cid), int(nanos) / 1e9))
+    assert not starts, f"containers started and not ended: {starts}"
+    return spans
+
+
+def _most_alive(spans: list[tuple[float, float]]) -> int:
+    edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans], key=lambda e: (e[0], e[1]))
+    alive = most = 0
+    for _, delta in edges:
+        alive += delta
+        most = max(most, alive)
+    return most
+
+
+def test_tasks_share_one_pool_of_concurrency_sandboxes(hub_cache: Path) -> None:  # noqa: F811
+    since = time.time()
+    report = rlmesh.evaluate(lean, f"hf://{DESCRIBED}@{DESCRIBED_SHA}", episodes=1, concurrency=3,
+                             trust_remote_code=True, progress=False)
+    assert [r["return"] for r in report.episodes] == _cartpole([0]) * 3
+    time.sleep(1)  # the engine's last events
+    listing, *spans = sorted(_lifetimes(since, time.time()))  # first the sandbox that listed the tasks
+    assert len(spans) == 3 and _most_alive(spans) >= 2  # the tasks ran side by side, not one after the other
+    since = time.time()
+    report = rlmesh.evaluate(lean, f"hf://{DESCRIBED}@{DESCRIBED_SHA}", episodes=3, concurrency=2,
+                             trust_remote_code=True, progress=False)
+    assert [r["return"] for r in report.episodes] == _cartpole(range(3)) * 3
+    time.sleep(1)
+    assert _most_alive(_lifetimes(since, time.time())) <= 2  # concurrency bounds the whole run
+
+
+def test_a_fused_policy_makes_one_call_for_every_waiting_sandbox() -> None:
+    calls = {"fused": 0, "unfused": 0}
+
+    def counting(kind: str) -> Callable[[Any], Any]:
+        def act(obs: Any) -> Any:
+            calls[kind] += 1
+            return lean_batch(obs)
+        return act
+
+    # Steps of 50 ms, so that the four sandboxes step side by side for most of the run.
+    kwargs: dict[str, Any] = {"episodes": 64, "concurrency": 4, "packages": [FAULTY_PKG], "step_delay": 0.05,
+                              "progress": False}
+    unfused = rlmesh.evaluate(rlmesh.batched(counting("unfused"), lanes=4), FAULTY, **kwargs)
+    fused = rlmesh.evaluate(rlmesh.batched(counting("fused"), lanes=4, fuse=True), FAULTY, **kwargs)
+    assert fused.episodes == [dict(r, seconds=f["seconds"]) for r, f in zip(unfused.episodes, fused.episodes,
+                                                                           strict=True)]  # exactly as unfused
+    assert [r["return"] for r in fused.episodes] == _cartpole(range(64))
+    assert fused.summary["overall"]["policy_calls"] == calls["fused"]
+    assert unfused.summary["overall"]["policy_calls"] == calls["unfused"]
+    assert calls["fused"] <= calls["unfused"] / 2, calls
+
+
+def test_a_hanging_sandbox_holds_up_a_fused_call_only_until_its_timeout() -> None:
+    started = time.monotonic()
+    report = rlmesh.evaluate(rlmesh.batched(lean_batch, lanes=2, fuse=True), FAULTY, episodes=8, concurrency=2,
+                             episode_timeout=6, packages=[FAULTY_PKG], hang_seeds=[1], progress=False)
+    assert time.monotonic() - started < 300
+    by_seed = {r["seed"]: r for r in report.episodes}
+    assert by_seed.pop(1)["error"]["type"] == "timeout"
+    assert [r["return"] for r in by_seed.values()] == _cartpole(by_seed)
+    assert all(r["seconds"] < 6 for r in by_seed.values())  # none waited for the hung sandbox past its timeout
+
+
+def test_fresh_episode_gives_every_episode_a_new_env() -> None:
+    options: dict[str, Any] = {"packages": [str(EVAL_ENVS_PKG)], "progress": False}
+
+    def fresh_env() -> gym.Env[Any, Any]:
+        sys.path.insert(0, str(EVAL_ENVS_PKG / "src"))
+        try:
+            import rlmesh_eval_envs
+        finally:
+            sys.path.remove(str(EVAL_ENVS_PKG / "src"))
+        return rlmesh_eval_envs.make_history()
+
+    def push(obs: Any) -> int:
+        return 1
+
+    want = [total for total, _ in in_process(fresh_env, range(4), push)[0]]  # a new env for each episode
+    reused = rlmesh.evaluate(push, HISTORY, episodes=4, concurrency=1, **options)
+    assert [r["return"] for r in reused.episodes] != want  # reset(seed) alone does not determine this env
+    one = rlmesh.evaluate(push, HISTORY, episodes=4, concurrency=1, fresh="episode", **options)
+    two = rlmesh.evaluate(push, HISTORY, episodes=4, concurrency=2, fresh="episode", **options)
+    assert [r["return"] for r in one.episodes] == [r["return"] for r in two.episodes] == want
+    assert one.container_starts == two.container_starts == 4

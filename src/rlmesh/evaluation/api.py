@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +15,7 @@ from .policies import resolve_policy
 from .progress import EvaluationProgress, ProgressOption, check_progress
 from .report import EvaluationReport
 from .results import ResultsFile
-from .runner import SUCCESS_MODES, Runner, check_options, lanes_for
+from .runner import FRESH_MODES, SUCCESS_MODES, Runner, check_options, lanes_for
 from .signals import StopSignals
 
 __all__ = ["evaluate", "evaluate_async", "run_identity"]
@@ -61,7 +60,7 @@ IDENTITY_OPTIONS = ("packages", "imports", "system_packages", "base_image", "env
 
 
 def run_identity(sources: list[str], seeds: list[int], policy: str, success: str,
-                 sandbox_options: dict[str, Any]) -> dict[str, Any]:
+                 sandbox_options: dict[str, Any], fresh: str | None = None) -> dict[str, Any]:
     """What identifies a run in its results file: everything that changes an episode.
 
     Raises:
@@ -74,7 +73,7 @@ def run_identity(sources: list[str], seeds: list[int], policy: str, success: str
     options["wrappers"] = [list(w) if isinstance(w, (list, tuple)) else w for w in options["wrappers"]]
     options["vectorization_mode"] = sandbox_options.get("vectorization_mode", "sync")
     options["autoreset_mode"] = "next_step"
-    return {"sources": sources, "seeds": seeds, "policy": policy, "success": success,
+    return {"sources": sources, "seeds": seeds, "policy": policy, "success": success, "fresh": fresh,
             "env_kwargs": arguments.env_kwargs, "options": options}
 
 
@@ -104,13 +103,18 @@ async def _expand(sources: list[str], options: dict[str, Any]) -> list[str]:
 async def evaluate_async(policy: Any, source: str | Sequence[str], *, episodes: int, seeds: Sequence[int] | None = None,
                          concurrency: int = 4, episode_timeout: float | None = None, results: str | None = None,
                          progress: ProgressOption = None, retries: int = 2, success: str = "any",
-                         **sandbox_options: Any) -> EvaluationReport:
+                         fresh: str | None = None, **sandbox_options: Any) -> EvaluationReport:
     """The async core of :func:`evaluate`, with the same arguments; see there."""
     acting = resolve_policy(policy)
     if success not in SUCCESS_MODES:
         raise InvalidArgumentError(
             f"success must be 'any' (an episode succeeds if any step reports info['is_success'] or "
             f"info['success']) or 'last' (its last step's report), got {success!r}"
+        )
+    if fresh not in FRESH_MODES:
+        raise InvalidArgumentError(
+            f"fresh must be None (a sandbox runs episode after episode) or 'episode' (a fresh env for each "
+            f"episode, for envs whose reset depends on what ran before), got {fresh!r}"
         )
     seed_list = _check_seeds(episodes, seeds)
     _check_number("concurrency", concurrency, minimum=1, integer=True)
@@ -131,7 +135,7 @@ async def evaluate_async(policy: Any, source: str | Sequence[str], *, episodes: 
         )
     AsyncSandboxVectorEnv.check_arguments(sources[0], lanes, **options)  # before anything starts
 
-    run = run_identity(sources, seed_list, acting.name, success, sandbox_options)
+    run = run_identity(sources, seed_list, acting.name, success, sandbox_options, fresh)
     tasks = await _expand(sources, sandbox_options)
     store = ResultsFile(results, run) if results is not None else None
     earlier = list(store.records) if store is not None else []
@@ -141,11 +145,10 @@ async def evaluate_async(policy: Any, source: str | Sequence[str], *, episodes: 
     tracker = EvaluationProgress(progress, total=len(tasks) * len(seed_list),
                                  done=sum(1 for t, i in done if t in tasks and 0 <= i < len(seed_list)))
     runner = Runner(acting, tasks, seed_list, done, concurrency=concurrency, episode_timeout=episode_timeout,
-                    retries=retries, options=options, store=store, progress=tracker, success=success)
+                    retries=retries, options=options, store=store, progress=tracker, success=success, fresh=fresh)
     current = asyncio.current_task()
     assert current is not None
     stop = StopSignals(current)
-    started = time.monotonic()
     try:
         with stop.installed():
             try:
@@ -159,18 +162,19 @@ async def evaluate_async(policy: Any, source: str | Sequence[str], *, episodes: 
         if store is not None:
             store.close()
     stop.reraise()
-    return EvaluationReport([*earlier, *runner.records], tasks, run, runner.timing, time.monotonic() - started,
-                            runner.container_starts, runner.start_seconds)
+    return EvaluationReport([*earlier, *runner.records], tasks, run, runner.timing, runner.stepping_seconds,
+                            runner.container_starts, runner.start_seconds, runner.policy_calls)
 
 
 def evaluate(policy: Any, source: str | Sequence[str], *, episodes: int, seeds: Sequence[int] | None = None,
              concurrency: int = 4, episode_timeout: float | None = None, results: str | None = None,
-             progress: ProgressOption = None, retries: int = 2, success: str = "any",
+             progress: ProgressOption = None, retries: int = 2, success: str = "any", fresh: str | None = None,
              **sandbox_options: Any) -> EvaluationReport:
     """Score a policy over seeded episodes of one or more tasks, each run in a sandbox.
 
-    A pool of at most ``concurrency`` sandboxes per task runs the episodes; each sandbox is
-    reused across episodes by ``reset(seed=...)`` and replaced only when it fails. Episode ``i``
+    One pool of at most ``concurrency`` sandboxes, shared by the tasks, runs the episodes; each
+    sandbox is reused across a task's episodes by ``reset(seed=...)`` and replaced only when it
+    fails. Episode ``i``
     of a task is reset with ``seeds[i]``. A fault (the env exits, raises, hangs past
     ``episode_timeout``, or its sandbox does not start) is recorded as that episode's ``error``
     and the run goes on; the infrastructure's failures (the engine or the connection went away)
@@ -192,7 +196,7 @@ def evaluate(policy: Any, source: str | Sequence[str], *, episodes: int, seeds: 
             every task of the repository (``rlmesh.list_tasks``).
         episodes: Episodes per task.
         seeds: One seed per episode (default ``range(episodes)``).
-        concurrency: Sandboxes per task at most (default 4).
+        concurrency: Sandboxes alive at once at most, over the whole run (default 4).
         episode_timeout: Seconds an episode may take; past it the episode is recorded as a timeout.
         results: A JSON Lines file for the records (resumed when it exists; a run with more
             episodes of the same seeds extends it, any other difference is refused).
@@ -202,6 +206,10 @@ def evaluate(policy: Any, source: str | Sequence[str], *, episodes: int, seeds: 
         success: ``"any"`` (default, as Meta-World and LeRobot count it: an episode succeeds if
             any step reports ``info["is_success"]`` or ``info["success"]``) or ``"last"`` (its
             last step's report).
+        fresh: None (default: a sandbox runs episode after episode, each reset with its seed) or
+            ``"episode"``: a fresh sandbox for each episode (for a batched policy, each set of
+            lanes), for envs that ``reset(seed)`` does not fully determine (Meta-World MT1 picks
+            its task from the RNG before reseeding). Costs a container start per episode.
         **sandbox_options: The sandbox options (``packages``, ``imports``, ``trust_remote_code``,
             ``shards``, ``placement``, ``runtime``, ``docker_host``, ...), as for
             :class:`~rlmesh.SandboxVectorEnv`.
@@ -224,7 +232,7 @@ def evaluate(policy: Any, source: str | Sequence[str], *, episodes: int, seeds: 
         raise InvalidArgumentError("evaluate() cannot run inside a running event loop: await rlmesh.evaluate_async(...)")
     return asyncio.run(evaluate_async(policy, source, episodes=episodes, seeds=seeds, concurrency=concurrency,
                                       episode_timeout=episode_timeout, results=results, progress=progress,
-                                      retries=retries, success=success, **sandbox_options))
+                                      retries=retries, success=success, fresh=fresh, **sandbox_options))
 
 
 evaluate_async.__doc__ = (evaluate.__doc__ or "").replace(

@@ -48,16 +48,26 @@ class BatchedPolicy:
     Attributes:
         fn: The wrapped callable.
         lanes: How many episodes run at once as lanes of one vector sandbox.
+        fuse: Whether one call serves the lanes of every sandbox waiting for actions.
+        max_batch: Lanes per fused call at most (None: every waiting lane).
     """
 
-    def __init__(self, fn: Callable[[Any], Any], lanes: int = DEFAULT_LANES) -> None:
+    def __init__(self, fn: Callable[[Any], Any], lanes: int = DEFAULT_LANES, *, fuse: bool = False,
+                 max_batch: int | None = None) -> None:
         if not callable(fn) and not callable(getattr(fn, "act", None)):
             raise InvalidArgumentError(
                 f"batched() takes a callable obs[N, ...] -> actions[N], or an object with act(obs, episodes), got {fn!r}")
         if not is_int(lanes) or lanes < 1:
             raise InvalidArgumentError(f"lanes must be a positive int, got {lanes!r}")
+        if not isinstance(fuse, bool):
+            raise InvalidArgumentError(f"fuse must be True or False, got {fuse!r}")
+        if max_batch is not None and (not fuse or not is_int(max_batch) or max_batch < lanes):
+            raise InvalidArgumentError(
+                f"max_batch bounds a fused call (fuse=True) and must be an int >= lanes={lanes}, got {max_batch!r}")
         self.fn = fn
         self.lanes = lanes
+        self.fuse = fuse
+        self.max_batch = max_batch
         self.__doc__ = getattr(fn, "__doc__", None) or type(self).__doc__
         self.__name__ = getattr(fn, "__name__", type(fn).__name__)
         self.__qualname__ = getattr(fn, "__qualname__", self.__name__)
@@ -67,35 +77,48 @@ class BatchedPolicy:
         return self.fn(obs)  # a stateful object without __call__ raises TypeError, as it would unwrapped
 
     def __repr__(self) -> str:
-        return f"batched({self.__qualname__}, lanes={self.lanes})"
+        fused = ", fuse=True" if self.fuse else ""
+        return f"batched({self.__qualname__}, lanes={self.lanes}{fused})"
 
 
 @overload
-def batched(fn: Callable[[Any], Any], *, lanes: int = DEFAULT_LANES) -> BatchedPolicy: ...
+def batched(fn: Callable[[Any], Any], *, lanes: int = DEFAULT_LANES, fuse: bool = False,
+            max_batch: int | None = None) -> BatchedPolicy: ...
 @overload
-def batched(fn: None = None, *, lanes: int = DEFAULT_LANES) -> Callable[[Callable[[Any], Any]], BatchedPolicy]: ...
+def batched(fn: None = None, *, lanes: int = DEFAULT_LANES, fuse: bool = False,
+            max_batch: int | None = None) -> Callable[[Callable[[Any], Any]], BatchedPolicy]: ...
 
 
-def batched(fn: Callable[[Any], Any] | None = None, *, lanes: int = DEFAULT_LANES) -> Any:
+def batched(fn: Callable[[Any], Any] | None = None, *, lanes: int = DEFAULT_LANES, fuse: bool = False,
+            max_batch: int | None = None) -> Any:
     """Mark a policy as batched: it maps ``obs[N, ...]`` to ``actions[N]`` for N lanes at once.
 
     :func:`~rlmesh.evaluate` then runs up to ``lanes`` episodes as the lanes of one vector sandbox
     (one container), each lane reset with its own episode's seed, instead of one episode per
     sandbox. Use it as ``batched(fn)``, ``@batched`` or ``@batched(lanes=64)``.
 
+    With ``fuse=True``, one call serves every sandbox waiting for actions: ``fn`` gets their
+    batches joined along the lane axis (up to ``concurrency × lanes``, or ``max_batch``) and each
+    sandbox gets its slice of the actions: one forward pass of a GPU-served policy for all
+    waiting lanes. Episodes, seeds, results and faults are exactly as without it.
+
     Args:
-        fn: ``obs[N, ...] -> actions[N]``, sync or ``async``.
+        fn: ``obs[N, ...] -> actions[N]``, sync or ``async`` (or an object with
+            ``act(obs, episodes)`` and ``reset(episode)``).
         lanes: Episodes per sandbox at once (default 16; fewer when there are fewer episodes).
+        fuse: One call for the lanes of every waiting sandbox.
+        max_batch: Lanes per fused call at most (default: every waiting lane).
 
     Returns:
         A :class:`BatchedPolicy` (or, without ``fn``, a decorator making one).
 
     Raises:
-        InvalidArgumentError: ``fn`` is not callable, or ``lanes`` is not a positive int.
+        InvalidArgumentError: ``fn`` is not callable, ``lanes`` is not a positive int, or
+            ``max_batch`` is given without ``fuse`` or is below ``lanes``.
     """
     if fn is None:
-        return lambda f: BatchedPolicy(f, lanes)
-    return BatchedPolicy(fn, lanes)
+        return lambda f: BatchedPolicy(f, lanes, fuse=fuse, max_batch=max_batch)
+    return BatchedPolicy(fn, lanes, fuse=fuse, max_batch=max_batch)
 
 
 Policy = Callable[[Any], Any] | BatchedPolicy | str
@@ -108,7 +131,7 @@ def policy_name(policy: Any) -> str:
     fn = policy.fn if isinstance(policy, BatchedPolicy) else policy
     module = getattr(fn, "__module__", None) or type(fn).__module__
     name = getattr(fn, "__qualname__", None) or type(fn).__qualname__  # an instance: its class's name
-    prefix = f"batched[{policy.lanes}]:" if isinstance(policy, BatchedPolicy) else ""
+    prefix = f"batched[{policy.lanes}]:" if isinstance(policy, BatchedPolicy) else ""  # fusing changes no result
     return f"{prefix}{module}:{name}"
 
 
@@ -170,6 +193,8 @@ class Acting:
     is_async: bool
     reset: Callable[[Episode], Any] | None = None  # a stateful policy's reset(episode)
     with_episode: bool = False  # fn is act(obs, episode)
+    fuse: bool = False  # one call for every waiting sandbox
+    max_batch: int | None = None
 
     @property
     def stateful(self) -> bool:
@@ -215,7 +240,9 @@ def resolve_policy(policy: Any) -> Acting:
             )
         return Acting("random", False, 1, None, False)
     if isinstance(policy, BatchedPolicy):
-        return _adapter(policy_name(policy), policy.fn, batched=True, lanes=policy.lanes)
+        acting = _adapter(policy_name(policy), policy.fn, batched=True, lanes=policy.lanes)
+        acting.fuse, acting.max_batch = policy.fuse, policy.max_batch
+        return acting
     return _adapter(policy_name(policy), policy, batched=False, lanes=1)
 
 

@@ -73,9 +73,9 @@ def summarize(records: Sequence[Mapping[str, Any]], tasks: Sequence[str],
     Each entry has ``episodes``, ``errors``, ``return_mean``, ``return_std`` and ``return_max``
     (over episodes without an error), ``success_rate`` (over episodes whose env reports success,
     else None), ``env_steps``, ``env_steps_per_s`` and ``start_seconds``. Steps per second count
-    only what this run stepped, over the time from a task's first sandbox up to its end (``timing``:
-    task -> (steps, seconds); ``wall``: the run's seconds, less the starts); ``start_seconds`` is
-    the time spent starting sandboxes (image builds included). A resumed run's earlier episodes
+    only what this run stepped, over the time from a task's first sandbox up to its last record
+    (``timing``: task -> (steps, seconds); ``wall``: the run's, from its first sandbox to its end);
+    ``start_seconds`` is the time spent starting sandboxes (image builds included). A resumed run's earlier episodes
     count in everything else. A suite is an EnvHub suite, or a source (:func:`suite_of`).
     """
     timing = timing or {}
@@ -93,9 +93,8 @@ def summarize(records: Sequence[Mapping[str, Any]], tasks: Sequence[str],
         seconds = sum(timing.get(task, (0, 0.0))[1] for task in members)
         per_suite[suite] = _stats(mine, steps, seconds, sum(starts.get(task, 0.0) for task in members))
     total_steps = sum(steps for steps, _ in timing.values())
-    total_starts = sum(starts.values())
-    stepping = wall - total_starts if wall is not None and wall > total_starts else wall
-    return {"tasks": per_task, "suites": per_suite, "overall": _stats(records, total_steps, stepping, total_starts)}
+    return {"tasks": per_task, "suites": per_suite,
+            "overall": _stats(records, total_steps, wall, sum(starts.values()))}
 
 
 class EvaluationReport:
@@ -109,7 +108,8 @@ class EvaluationReport:
         summary: ``{"tasks": {task: stats}, "suites": {suite: stats}, "overall": stats}``, stats
             being ``episodes``, ``errors``, ``return_mean``, ``return_std``, ``return_max``,
             ``success_rate``, ``env_steps``, ``env_steps_per_s`` and ``start_seconds`` (see
-            :func:`summarize`).
+            :func:`summarize`); ``overall`` also has ``policy_calls`` (this run's calls of the
+            policy: with a fused batched policy, one serves every waiting sandbox).
         tasks: The tasks evaluated, in order.
         run: What identifies the run (sources, seeds, policy), as in the results file's header.
         container_starts: Sandboxes this run started (each a vector sandbox; with ``shards``,
@@ -118,13 +118,15 @@ class EvaluationReport:
 
     def __init__(self, episodes: list[dict[str, Any]], tasks: list[str], run: dict[str, Any],
                  timing: Mapping[str, tuple[int, float]] | None = None, wall: float | None = None,
-                 container_starts: int = 0, start_seconds: Mapping[str, float] | None = None) -> None:
+                 container_starts: int = 0, start_seconds: Mapping[str, float] | None = None,
+                 policy_calls: int | None = None) -> None:
         order = {task: i for i, task in enumerate(tasks)}
         self.episodes = sorted(episodes, key=lambda r: (order.get(r["task"], len(order)), r["episode"]))
         self.tasks = tasks
         self.run = run
         self.container_starts = container_starts
         self.summary = summarize(self.episodes, tasks, timing, wall, start_seconds)
+        self.summary["overall"]["policy_calls"] = policy_calls
 
     def to_json(self) -> str:
         """The run, its summary and every episode, as a JSON document."""

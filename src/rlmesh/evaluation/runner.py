@@ -1,11 +1,15 @@
-"""The evaluation runner: a pool of vector sandboxes per task, reused by ``reset(seed=...)``.
+"""The evaluation runner: one pool of vector sandboxes for the whole run, reused by ``reset(seed=...)``.
 
-Each task gets at most ``concurrency`` workers; each worker holds one
-:class:`~rlmesh.sandbox.vector.AsyncSandboxVectorEnv` of ``lanes`` lanes (one lane for a plain
-policy, up to ``batched(fn, lanes=N)`` for a batched one) and runs episodes in its lanes, each
-lane reset with its episode's seed through ``options["reset_mask"]``. A sandbox is replaced only
-when it fails. A lane without an episode to run replays the seed of one that has (so that it can
-only do what a real episode does), and its steps are not counted.
+``concurrency`` workers share the run's tasks: each takes the first task with episodes that no
+other worker is about to run, holds one :class:`~rlmesh.sandbox.vector.AsyncSandboxVectorEnv` of
+``lanes`` lanes for it (one lane for a plain policy, up to ``batched(fn, lanes=N)`` for a batched
+one) and runs episodes in its lanes, each lane reset with its episode's seed through
+``options["reset_mask"]``; when the task has nothing left to take, the worker closes its sandbox
+and takes the next task. So never more than ``concurrency`` sandboxes are alive, and a suite of
+many small tasks keeps all of them busy. A sandbox is replaced only when it fails (or, with
+``fresh="episode"``, after each episode: a fresh env for every episode). A lane without an
+episode to run replays the seed of one that has (so that it can only do what a real episode
+does), and its steps are not counted.
 
 When a sandbox fails with more than one episode in its lanes, nobody can tell which lane did
 it: those episodes run again one at a time ("isolated"), and the one that fails alone is
@@ -27,17 +31,19 @@ from gymnasium.vector.utils import concatenate, create_empty_array, iterate
 
 from ..errors import InvalidArgumentError, RemoteEnvError, RLMeshTimeoutError, SandboxStartError
 from ..sandbox.vector import AsyncSandboxVectorEnv
+from .fusing import Fuser
 from .policies import Acting, Episode, check_action, maybe_await
 from .progress import EvaluationProgress
 from .records import EpisodeTimeout, error_of, is_infrastructure, make_record
 from .results import ResultsFile
 
-__all__ = ["SUCCESS_MODES", "Runner", "check_options", "lanes_for"]
+__all__ = ["FRESH_MODES", "SUCCESS_MODES", "Runner", "check_options", "lanes_for"]
 
 log = logging.getLogger("rlmesh.evaluation")
 
 START_FAILURES_PER_TASK = 3  # consecutive failed starts after which a task's remaining episodes are recorded as such
 SUCCESS_MODES = ("any", "last")
+FRESH_MODES = (None, "episode")
 DESCRIPTION_ATTRIBUTES = ("task_description", "task")  # read from the env, in this order, for a stateful policy
 
 
@@ -75,6 +81,8 @@ class _Task:
     steps: int = 0
     start_seconds: float = 0.0  # spent starting sandboxes (image builds included)
     first_ready: float | None = None  # when its first sandbox was up
+    last_record: float | None = None  # when its last episode was recorded
+    starting: int = 0  # workers starting a sandbox for it (about to take episodes)
 
     def has_work(self) -> bool:
         return bool(self.pending or self.isolated)
@@ -96,11 +104,14 @@ class Runner:
         progress: Progress display.
         success: ``"any"`` (an episode succeeds if any step reports success) or ``"last"``
             (its last step's report).
+        fresh: None (a sandbox runs episode after episode) or ``"episode"`` (a fresh sandbox for
+            each episode, or each set of lanes, for envs whose reset depends on their history).
     """
 
     def __init__(self, acting: Acting, tasks: Sequence[str], seeds: Sequence[int], done: set[tuple[str, int]],
                  *, concurrency: int, episode_timeout: float | None, retries: int, options: dict[str, Any],
-                 store: ResultsFile | None, progress: EvaluationProgress, success: str = "any") -> None:
+                 store: ResultsFile | None, progress: EvaluationProgress, success: str = "any",
+                 fresh: str | None = None) -> None:
         self.acting = acting
         self.tasks = list(tasks)
         self.seeds = list(seeds)
@@ -112,29 +123,51 @@ class Runner:
         self.store = store
         self.progress = progress
         self.success = success
+        self.fresh = fresh
         self.records: list[dict[str, Any]] = []
         self.timing: dict[str, tuple[int, float]] = {}  # task -> (steps, seconds stepping)
         self.start_seconds: dict[str, float] = {}  # task -> seconds spent starting sandboxes
+        self.stepping_seconds = 0.0  # from the first sandbox up to the end
         self.container_starts = 0
+        self.policy_calls = 0
+        self._tasks: list[_Task] = []
+        self._fuser: Fuser | None = None
 
     async def run(self) -> None:
-        """Run every task's pending episodes, one task's pool at a time."""
+        """Run every task's pending episodes over one pool of at most ``concurrency`` sandboxes."""
         loop = asyncio.get_running_loop()
+        lanes = lanes_for(self.acting, len(self.seeds), self.concurrency)
         for name in self.tasks:
             pending = deque(_Episode(name, i, seed) for i, seed in enumerate(self.seeds) if (name, i) not in self.done)
-            if not pending:
-                continue
-            task = _Task(name, pending)
-            lanes = lanes_for(self.acting, len(self.seeds), self.concurrency)
-            workers = min(self.concurrency, math.ceil(len(pending) / lanes))
-            started = loop.time()
-            try:
-                await _all([self._worker(task, lanes) for _ in range(workers)])
-            finally:
-                # Stepping time: from the first sandbox up to the end, so that builds and the first
-                # start do not count; every start's seconds are reported apart.
-                self.timing[name] = (task.steps, loop.time() - (task.first_ready or started))
-                self.start_seconds[name] = task.start_seconds
+            if pending:
+                self._tasks.append(_Task(name, pending))
+        workers = min(self.concurrency, sum(math.ceil(len(t.pending) / lanes) for t in self._tasks))
+        if self.acting.fuse:
+            self._fuser = Fuser(self.acting, self.acting.max_batch, self._count_call)
+        started = loop.time()
+        try:
+            await _all([self._worker(lanes) for _ in range(workers)])
+        finally:
+            if self._fuser is not None:
+                await self._fuser.close()
+            end = loop.time()
+            # Stepping time: from a task's first sandbox up to its last record, so that builds and
+            # the first start do not count; every start's seconds are reported apart.
+            for task in self._tasks:
+                self.timing[task.name] = (task.steps, (task.last_record or end) - (task.first_ready or end))
+                self.start_seconds[task.name] = task.start_seconds
+            ready = [t.first_ready for t in self._tasks if t.first_ready is not None]
+            self.stepping_seconds = end - min(ready, default=started)
+
+    def _count_call(self, lanes: int) -> None:
+        self.policy_calls += 1
+
+    def _next_task(self, lanes: int) -> _Task | None:
+        """The first task with episodes that the workers starting for it will not take."""
+        for task in self._tasks:
+            if len(task.pending) + len(task.isolated) > task.starting * lanes:
+                return task
+        return None
 
     def _record(self, lane: _Lane | _Episode, *, seconds: float, error: dict[str, Any] | None = None,
                 terminated: bool = False, truncated: bool = False, success: bool | None = None) -> None:
@@ -146,21 +179,43 @@ class Runner:
         if self.store is not None:
             self.store.append(record)
         self.records.append(record)
+        task = next((t for t in self._tasks if t.name == ep.task), None)
+        if task is not None:
+            task.last_record = asyncio.get_running_loop().time()
         self.progress.update(record)
 
     # -- a worker: one sandbox at a time, replaced when it fails ---------------------
-    async def _worker(self, task: _Task, lanes: int) -> None:
+    async def _worker(self, lanes: int) -> None:
+        while (task := self._next_task(lanes)) is not None:
+            await self._serve(task, lanes)
+
+    async def _serve(self, task: _Task, lanes: int) -> None:
+        """Run ``task``'s episodes in a sandbox of ``lanes`` lanes until it has none to take."""
         env: Any = None
         try:
             while task.has_work():
                 if env is None:
-                    env = await self._start(task, lanes)
+                    task.starting += 1
+                    try:
+                        env = await self._start(task, lanes)
+                    finally:
+                        task.starting -= 1
                     if env is None:
                         continue
-                fault = await self._drive(env, task, lanes)
+                if self._fuser is not None:
+                    self._fuser.enter()
+                try:
+                    fault = await self._drive(env, task, lanes)
+                finally:
+                    if self._fuser is not None:
+                        self._fuser.leave()
                 if fault is None:
-                    return
-                keep = isinstance(fault.exc, RemoteEnvError) and lanes == 1  # the server stays usable
+                    if self.fresh is None:
+                        return
+                    old, env = env, None  # a fresh sandbox for the next episodes
+                    await old.close()
+                    continue
+                keep = isinstance(fault.exc, RemoteEnvError) and lanes == 1 and self.fresh is None  # still usable
                 if not keep:
                     old, env = env, None
                     await old.close()
@@ -281,7 +336,7 @@ class Runner:
 
         while True:
             for i in np.flatnonzero(reset).tolist():
-                if active[i] is None:
+                if active[i] is None and (first or self.fresh is None):  # fresh: one set of episodes
                     ep = self._take(task, active)
                     if ep is not None:
                         ep.attempts += 1
@@ -375,10 +430,12 @@ class Runner:
         acting = self.acting
         if acting.batched:
             assert acting.fn is not None
-            if acting.with_episode:
-                actions = await maybe_await(acting.fn(obs, [lane.info if lane else None for lane in active]))
+            episodes = [lane.info if lane else None for lane in active]
+            if self._fuser is not None:
+                actions = await self._fuser.act(env.single_observation_space, obs, len(active), episodes)
             else:
-                actions = await maybe_await(acting.fn(obs))
+                self.policy_calls += 1
+                actions = await maybe_await(acting.fn(obs, episodes) if acting.with_episode else acting.fn(obs))
             check_action(acting, env.action_space, actions, _where(active))
             return actions
         lane = active[0]
@@ -387,6 +444,7 @@ class Runner:
             action = lane.sampler.sample()
         else:
             mine = next(iter(iterate(env.observation_space, obs)))  # lane 0's, as the env returned it
+            self.policy_calls += 1
             action = await maybe_await(acting.fn(mine, lane.info) if acting.with_episode else acting.fn(mine))
             check_action(acting, act_space, action, _where(active))
         return concatenate(act_space, [action], buf)
