@@ -331,3 +331,41 @@ def test_fresh_episode_gives_every_episode_a_new_env() -> None:
     two = rlmesh.evaluate(push, HISTORY, episodes=4, concurrency=2, fresh="episode", **options)
     assert [r["return"] for r in one.episodes] == [r["return"] for r in two.episodes] == want
     assert one.container_starts == two.container_starts == 4
+
+
+def test_videos_hold_every_frame_the_env_rendered(tmp_path: Path) -> None:
+    import av
+
+    host_gym = gym.__version__
+    report = rlmesh.evaluate(lean, "CartPole-v1", episodes=3, concurrency=1, videos=tmp_path, video_episodes=2,
+                             packages=[f"gymnasium[classic-control]=={host_gym}"], progress=False)  # pygame renders
+    files = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.mp4"))
+    assert [str(p) for p in files] == ["CartPole-v1/episode_0_seed_0.mp4", "CartPole-v1/episode_1_seed_1.mp4"]
+    assert [r["video"] for r in report.episodes] == [str(tmp_path / f) for f in files] + [None]  # records name them
+    for record in report.episodes[:2]:
+        env = gym.make("CartPole-v1", render_mode="rgb_array")
+        obs, _ = env.reset(seed=record["seed"])
+        want = [env.render()]
+        done = False
+        while not done:
+            obs, _, terminated, truncated, _ = env.step(lean(obs))
+            want.append(env.render())
+            done = terminated or truncated
+        env.close()
+        with av.open(record["video"]) as container:
+            stream = container.streams.video[0]
+            assert float(stream.average_rate) == env.metadata["render_fps"]
+            got = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        assert len(got) == record["length"] + 1 == len(want)  # the reset's frame, then one per step
+        for a, b in zip(got, want, strict=True):
+            error = np.abs(a.astype(np.int16) - b.astype(np.int16))
+            assert error.mean() < 2.0 and np.percentile(error, 99) < 40  # H.264's tolerance (yuv420p, crf 18)
+
+
+def test_video_arguments_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    with pytest.raises(rlmesh.errors.InvalidArgumentError, match="video_episodes= needs videos=DIR"):
+        rlmesh.evaluate(lean, "CartPole-v1", episodes=1, video_episodes=2)
+    with pytest.raises(rlmesh.errors.InvalidArgumentError, match="renders in rgb_array mode; render_mode='human'"):
+        rlmesh.evaluate(lean, "CartPole-v1", episodes=1, videos=tmp_path, render_mode="human")
+    with pytest.raises(rlmesh.errors.InvalidArgumentError, match="video_episodes must be a positive int"):
+        rlmesh.evaluate(lean, "CartPole-v1", episodes=1, videos=tmp_path, video_episodes=0)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .._checks import is_int, is_number
@@ -17,6 +19,7 @@ from .report import EvaluationReport
 from .results import ResultsFile
 from .runner import FRESH_MODES, SUCCESS_MODES, Runner, check_options, lanes_for
 from .signals import StopSignals
+from .videos import load_encoder
 
 __all__ = ["evaluate", "evaluate_async", "run_identity"]
 
@@ -48,6 +51,29 @@ def _check_number(name: str, value: Any, *, minimum: float, integer: bool = Fals
     if not (is_int(value) if integer else is_number(value)) or not value >= minimum:
         what = "an int" if integer else "a number"
         raise InvalidArgumentError(f"{name} must be {what} >= {minimum:g}{' or None' if optional else ''}, got {value!r}")
+
+
+def _check_videos(videos: Any, episodes: Any, options: dict[str, Any]) -> int:
+    """The number of episodes per task to film (0 without ``videos``).
+
+    Raises:
+        InvalidArgumentError: ``video_episodes`` without ``videos``, not a positive int, another
+            ``render_mode`` given, or PyAV missing.
+    """
+    if videos is None:
+        if episodes is not None:
+            raise InvalidArgumentError("video_episodes= needs videos=DIR, the directory the videos are written to")
+        return 0
+    if not isinstance(videos, (str, os.PathLike)) or not os.fspath(videos):
+        raise InvalidArgumentError(f"videos must be a directory path, got {videos!r}")
+    count = 1 if episodes is None else episodes
+    if not is_int(count) or count < 1:
+        raise InvalidArgumentError(f"video_episodes must be a positive int (the first K episodes of each task), got {episodes!r}")
+    mode = options.get("render_mode", (options.get("env_kwargs") or {}).get("render_mode"))
+    if mode not in (None, "rgb_array"):
+        raise InvalidArgumentError(f"videos= renders in rgb_array mode; render_mode={mode!r} was given: leave it out")
+    load_encoder()
+    return int(count)
 
 
 def _is_hub_repo(source: str) -> bool:
@@ -103,7 +129,8 @@ async def _expand(sources: list[str], options: dict[str, Any]) -> list[str]:
 async def evaluate_async(policy: Any, source: str | Sequence[str], *, episodes: int, seeds: Sequence[int] | None = None,
                          concurrency: int = 4, episode_timeout: float | None = None, results: str | None = None,
                          progress: ProgressOption = None, retries: int = 2, success: str = "any",
-                         fresh: str | None = None, **sandbox_options: Any) -> EvaluationReport:
+                         fresh: str | None = None, videos: str | os.PathLike[str] | None = None,
+                         video_episodes: int | None = None, **sandbox_options: Any) -> EvaluationReport:
     """The async core of :func:`evaluate`, with the same arguments; see there."""
     acting = resolve_policy(policy)
     if success not in SUCCESS_MODES:
@@ -125,7 +152,10 @@ async def evaluate_async(policy: Any, source: str | Sequence[str], *, episodes: 
     if not sources or not all(isinstance(s, str) and s for s in sources):
         raise InvalidArgumentError(f"source must be a sandbox source or a non-empty list of them, got {source!r}")
     check_options(sandbox_options)
+    filmed = _check_videos(videos, video_episodes, sandbox_options)
     options = {"progress": False if progress is False else None, **sandbox_options}
+    if filmed:
+        options["render_mode"] = "rgb_array"
     lanes = lanes_for(acting, episodes, concurrency)
     shards = sandbox_options.get("shards", 1)
     if not acting.batched and shards not in (1, "auto"):
@@ -145,7 +175,8 @@ async def evaluate_async(policy: Any, source: str | Sequence[str], *, episodes: 
     tracker = EvaluationProgress(progress, total=len(tasks) * len(seed_list),
                                  done=sum(1 for t, i in done if t in tasks and 0 <= i < len(seed_list)))
     runner = Runner(acting, tasks, seed_list, done, concurrency=concurrency, episode_timeout=episode_timeout,
-                    retries=retries, options=options, store=store, progress=tracker, success=success, fresh=fresh)
+                    retries=retries, options=options, store=store, progress=tracker, success=success, fresh=fresh,
+                    videos=Path(videos) if videos is not None else None, video_episodes=filmed)
     current = asyncio.current_task()
     assert current is not None
     stop = StopSignals(current)
@@ -169,6 +200,7 @@ async def evaluate_async(policy: Any, source: str | Sequence[str], *, episodes: 
 def evaluate(policy: Any, source: str | Sequence[str], *, episodes: int, seeds: Sequence[int] | None = None,
              concurrency: int = 4, episode_timeout: float | None = None, results: str | None = None,
              progress: ProgressOption = None, retries: int = 2, success: str = "any", fresh: str | None = None,
+             videos: str | os.PathLike[str] | None = None, video_episodes: int | None = None,
              **sandbox_options: Any) -> EvaluationReport:
     """Score a policy over seeded episodes of one or more tasks, each run in a sandbox.
 
@@ -210,6 +242,11 @@ def evaluate(policy: Any, source: str | Sequence[str], *, episodes: int, seeds: 
             ``"episode"``: a fresh sandbox for each episode (for a batched policy, each set of
             lanes), for envs that ``reset(seed)`` does not fully determine (Meta-World MT1 picks
             its task from the RNG before reseeding). Costs a container start per episode.
+        videos: A directory: the first ``video_episodes`` episodes of each task are written as
+            ``videos/<task label>/episode_<i>_seed_<s>.mp4`` at the env's ``render_fps`` (the env
+            renders in ``rgb_array`` mode in its sandbox; needs PyAV, ``rlmesh[video]``). Each
+            record names its video.
+        video_episodes: Episodes filmed per task (default 1 with ``videos``).
         **sandbox_options: The sandbox options (``packages``, ``imports``, ``trust_remote_code``,
             ``shards``, ``placement``, ``runtime``, ``docker_host``, ...), as for
             :class:`~rlmesh.SandboxVectorEnv`.
@@ -232,7 +269,8 @@ def evaluate(policy: Any, source: str | Sequence[str], *, episodes: int, seeds: 
         raise InvalidArgumentError("evaluate() cannot run inside a running event loop: await rlmesh.evaluate_async(...)")
     return asyncio.run(evaluate_async(policy, source, episodes=episodes, seeds=seeds, concurrency=concurrency,
                                       episode_timeout=episode_timeout, results=results, progress=progress,
-                                      retries=retries, success=success, fresh=fresh, **sandbox_options))
+                                      retries=retries, success=success, fresh=fresh, videos=videos,
+                                      video_episodes=video_episodes, **sandbox_options))
 
 
 evaluate_async.__doc__ = (evaluate.__doc__ or "").replace(

@@ -4,7 +4,7 @@
 
     rlmesh eval SOURCE [SOURCE ...] --policy MODULE:NAME|random --episodes N [--seeds A:B]
                 [--concurrency C] [--episode-timeout S] [--results PATH] [--package P ...]
-                [--import M ...] [--trust-remote-code] [--cfg JSON] [--success any|last] [--plot PATH]
+                [--import M ...] [--trust-remote-code] [--cfg JSON] [--success any|last] [--videos DIR] [--plot PATH]
                 [--json PATH] [-v] ...
 
 It prints the summary table. It logs warnings only; ``-v`` adds the sandboxes' INFO records. Exit status: 0 when every episode has a record (episodes recorded
@@ -53,6 +53,9 @@ def add_eval_parser(sub: Any) -> None:
     p.add_argument("--cfg", default=None, metavar="JSON", help="an EnvHub make_env's cfg, a JSON object")
     p.add_argument("--success", default="any", choices=("any", "last"),
                    help="an episode succeeds if any step reports success (default), or its last step")
+    p.add_argument("--videos", default=None, metavar="DIR", help="write mp4s of the first episodes of each task here "
+                   "(needs rlmesh[video])")
+    p.add_argument("--video-episodes", type=int, default=None, metavar="K", help="episodes filmed per task (default 1)")
     p.add_argument("--plot", default=None, metavar="PATH", help="save a return histogram per task (needs matplotlib)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the report (summary and episodes) as JSON")
     p.add_argument("--no-progress", action="store_true", help="no bar and no progress lines")
@@ -118,7 +121,8 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         report = evaluate(policy, args.sources if len(args.sources) > 1 else args.sources[0], episodes=episodes,
                           seeds=seeds, concurrency=args.concurrency, episode_timeout=args.episode_timeout,
-                          results=args.results, retries=args.retries, success=args.success,
+                          results=args.results, retries=args.retries, success=args.success, videos=args.videos,
+                          video_episodes=args.video_episodes,
                           progress=False if args.no_progress else None, **options)
     except InvalidArgumentError as exc:
         print(f"rlmesh eval: {exc}", file=sys.stderr)

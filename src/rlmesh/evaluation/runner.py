@@ -24,6 +24,7 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ from .policies import Acting, Episode, check_action, maybe_await
 from .progress import EvaluationProgress
 from .records import EpisodeTimeout, error_of, is_infrastructure, make_record
 from .results import ResultsFile
+from .videos import DEFAULT_FPS, EpisodeVideo, load_encoder, video_path
 
 __all__ = ["FRESH_MODES", "SUCCESS_MODES", "Runner", "check_options", "lanes_for"]
 
@@ -106,12 +108,14 @@ class Runner:
             (its last step's report).
         fresh: None (a sandbox runs episode after episode) or ``"episode"`` (a fresh sandbox for
             each episode, or each set of lanes, for envs whose reset depends on their history).
+        videos: A directory for the videos of the first ``video_episodes`` episodes of each task
+            (the sandboxes render in ``rgb_array`` mode), or None.
     """
 
     def __init__(self, acting: Acting, tasks: Sequence[str], seeds: Sequence[int], done: set[tuple[str, int]],
                  *, concurrency: int, episode_timeout: float | None, retries: int, options: dict[str, Any],
                  store: ResultsFile | None, progress: EvaluationProgress, success: str = "any",
-                 fresh: str | None = None) -> None:
+                 fresh: str | None = None, videos: Path | None = None, video_episodes: int = 0) -> None:
         self.acting = acting
         self.tasks = list(tasks)
         self.seeds = list(seeds)
@@ -124,6 +128,9 @@ class Runner:
         self.progress = progress
         self.success = success
         self.fresh = fresh
+        self.videos = videos
+        self.video_episodes = video_episodes if videos is not None else 0
+        self._av = load_encoder() if self.video_episodes else None
         self.records: list[dict[str, Any]] = []
         self.timing: dict[str, tuple[int, float]] = {}  # task -> (steps, seconds stepping)
         self.start_seconds: dict[str, float] = {}  # task -> seconds spent starting sandboxes
@@ -170,12 +177,14 @@ class Runner:
         return None
 
     def _record(self, lane: _Lane | _Episode, *, seconds: float, error: dict[str, Any] | None = None,
-                terminated: bool = False, truncated: bool = False, success: bool | None = None) -> None:
+                terminated: bool = False, truncated: bool = False, success: bool | None = None,
+                video: str | None = None) -> None:
         ep = lane.episode if isinstance(lane, _Lane) else lane
         total = lane.total if isinstance(lane, _Lane) and error is None else None
         length = lane.length if isinstance(lane, _Lane) else 0
         record = make_record(ep.task, ep.index, ep.seed, total=total, length=length, terminated=terminated,
-                             truncated=truncated, success=success, seconds=seconds, attempts=ep.attempts, error=error)
+                             truncated=truncated, success=success, seconds=seconds, attempts=ep.attempts, error=error,
+                             video=video)
         if self.store is not None:
             self.store.append(record)
         self.records.append(record)
@@ -323,10 +332,15 @@ class Runner:
         succeeded = np.zeros(n, dtype=np.bool_)  # success="any": reported at some step
         reported = np.zeros(n, dtype=np.bool_)
         described: list[str] = list(DESCRIPTION_ATTRIBUTES) if acting.stateful else []
+        recording: dict[int, EpisodeVideo] = {}  # lane -> its episode's video
+        fps = float(getattr(env, "metadata", {}).get("render_fps") or DEFAULT_FPS)
         first = True
         obs: Any = None
 
         def fault(exc: BaseException) -> _Fault:
+            for video in recording.values():  # a rerun writes it again
+                video.discard()
+            recording.clear()
             if isinstance(exc, EpisodeTimeout):  # what the hung env said last
                 exc.logs = getattr(env, "container_logs", "")
             for i, lane in enumerate(active):
@@ -364,6 +378,13 @@ class Runner:
                     reset[:] = False
                     if acting.stateful:
                         await self._describe(env, active, fresh, reset_infos, described)
+                    for i in fresh:
+                        lane = active[i]
+                        if lane is not None and lane.episode.index < self.video_episodes and self.videos is not None:
+                            ep = lane.episode
+                            recording[i] = EpisodeVideo(self._av, video_path(self.videos, ep.task, ep.index, ep.seed), fps)
+                    if recording:
+                        await self._film(env, active, recording)
             except Exception as exc:
                 return fault(exc)
             if acting.reset is not None:
@@ -374,6 +395,8 @@ class Runner:
             actions = await self._act(obs, env, act_space, active, actions_buf)  # its errors end the run
             try:
                 obs, rewards, terminations, truncations, infos = await self._call(env.step(actions), active)
+                if recording:
+                    await self._film(env, active, recording)
             except Exception as exc:
                 return fault(exc)
             np.add(totals, rewards, out=totals, where=is_real)
@@ -391,10 +414,22 @@ class Runner:
                 if lane is not None:
                     lane.total, lane.length = float(totals[i]), int(lengths[i])
                     success = (bool(succeeded[i]) if reported[i] else None) if self.success == "any" else _success(infos, i)
+                    video = recording.pop(i, None)
+                    if video is not None:
+                        video.close()
                     self._record(lane, seconds=now - lane.started, terminated=bool(terminations[i]),
-                                 truncated=bool(truncations[i]), success=success)
+                                 truncated=bool(truncations[i]), success=success,
+                                 video=None if video is None else str(video.path))
                     active[i] = None
                     is_real[i] = False
+
+    async def _film(self, env: Any, active: list[_Lane | None], recording: dict[int, EpisodeVideo]) -> None:
+        """Add the frame each recorded lane's env renders now to its video."""
+        frames = await self._call(env.render(), active)
+        if frames is None:
+            raise InvalidArgumentError("videos= needs frames, and the env rendered None: does it take render_mode?")
+        for i, video in recording.items():
+            video.add(frames[i])
 
     async def _describe(self, env: Any, active: list[_Lane | None], fresh: list[int], infos: dict[str, Any],
                         attributes: list[str]) -> None:
