@@ -15,9 +15,19 @@ Each round scores the same seeded CartPole episodes with a hand-written policy t
   episodes (``--baseline-episodes``; every episode lasts 500 steps under this policy, so
   env-steps/s compare).
 
+Then two more comparisons, each in one run:
+
+* **overhead**: a plain policy (one episode per sandbox) through ``rlmesh.evaluate`` at
+  ``--plain-concurrency`` against a hand-written loop of that many ``AsyncSandboxEnv``s, each
+  reused for its share of the same episodes by ``reset(seed=...)``; the starts are in both times.
+* **fused**: a batched policy that sleeps 20 ms per call whatever its batch (a stand-in for a GPU
+  forward pass) over 4 sandboxes x 8 lanes, 128 episodes, with and without ``fuse=True``;
+  episodes/s over the time stepping (starts excluded, as the summary measures it), and policy calls.
+
 Only ratios measured in the same run are judged (each round's ratio, then the median):
 evaluate >= 0.6x the in-process env-steps/s, >= 5x the container-per-episode harness, and
-container starts <= concurrency (counted from the engine's events). Exits 0 whatever the results.
+container starts <= concurrency (counted from the engine's events); the plain policy's time
+<= 1.1x the hand-written loop's; fused >= 3x unfused episodes/s. Exits 0 whatever the results.
 """
 
 from __future__ import annotations
@@ -44,6 +54,9 @@ ENV_ID = "CartPole-v1"
 LANES = 256
 IN_PROCESS_TARGET = 0.6
 PER_EPISODE_TARGET = 5.0
+OVERHEAD_TARGET = 1.1
+FUSED_TARGET = 3.0
+FORWARD_SECONDS = 0.02  # the stand-in GPU forward pass
 
 
 def policy(obs: Any) -> Any:
@@ -100,6 +113,60 @@ async def per_episode(seeds: list[int], concurrency: int) -> tuple[int, float]:
     return sum(steps), time.perf_counter() - started
 
 
+async def hand_loop(seeds: list[int], concurrency: int) -> float:
+    """What a user would write without evaluate: ``concurrency`` sandboxes, each reused for its
+    share of the episodes; returns the seconds (starts included)."""
+    queue = list(reversed(seeds))
+
+    async def worker() -> None:
+        async with AsyncSandboxEnv(ENV_ID) as env:
+            while queue:
+                obs, _ = await env.reset(seed=queue.pop())
+                while True:
+                    obs, _, terminated, truncated, _ = await env.step(one_policy(obs))
+                    if terminated or truncated:
+                        break
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started
+
+
+def overhead(episodes: int, concurrency: int, rounds: int) -> tuple[float, float, float]:
+    """(median ratio, median evaluate seconds, median hand-written seconds), alternated per round."""
+    seeds = list(range(episodes))
+    rlmesh.evaluate(one_policy, ENV_ID, episodes=1, concurrency=1, progress=False)  # imports, outside the timing
+    ratios, ev, hand = [], [], []
+    for r in range(rounds):
+        t = time.perf_counter()
+        rlmesh.evaluate(one_policy, ENV_ID, episodes=episodes, concurrency=concurrency, progress=False)
+        ev.append(time.perf_counter() - t)
+        hand.append(asyncio.run(hand_loop(seeds, concurrency)))
+        ratios.append(ev[-1] / hand[-1])
+        print(f"overhead round {r + 1}/{rounds}: evaluate {ev[-1]:.2f}s, hand-written loop {hand[-1]:.2f}s "
+              f"({ratios[-1]:.2f}x)", flush=True)
+    return statistics.median(ratios), statistics.median(ev), statistics.median(hand)
+
+
+def forward(obs: Any) -> Any:
+    """A batched policy whose call costs 20 ms whatever the batch, as a GPU forward pass does."""
+    time.sleep(FORWARD_SECONDS)
+    return (obs[:, 2] > 0.02).astype(np.int64)
+
+
+def fused_vs_unfused(episodes: int) -> list[tuple[str, float, int]]:
+    """(label, episodes/s stepping, policy calls) with and without fuse=True: 4 sandboxes x 8 lanes."""
+    out = []
+    for fuse in (False, True):
+        report = rlmesh.evaluate(rlmesh.batched(forward, lanes=8, fuse=fuse), ENV_ID, episodes=episodes,
+                                 concurrency=4, progress=False)
+        overall = report.summary["overall"]
+        stepping = overall["env_steps"] / overall["env_steps_per_s"]
+        out.append(("fused" if fuse else "unfused", episodes / stepping, overall["policy_calls"]))
+        print(f"{out[-1][0]}: {out[-1][1]:.1f} episodes/s stepping, {out[-1][2]} policy calls", flush=True)
+    return out
+
+
 def container_starts(since: float, until: float) -> int:
     out = subprocess.run(
         ["docker", "events", "--since", f"{since:.3f}", "--until", f"{until:.3f}", "--filter", "type=container",
@@ -117,6 +184,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1,
                         help="sandboxes at once (default 1: on the CI's 2 cores, the host's loop takes one, the sandbox the other)")
     parser.add_argument("--baseline-episodes", type=int, default=None, help="container-per-episode subset (default 12)")
+    parser.add_argument("--plain-concurrency", type=int, default=2, help="sandboxes of the overhead comparison (default 2)")
     args = parser.parse_args()
     episodes = args.episodes or (64 if args.quick else 256)
     rounds = args.rounds or (1 if args.quick else 3)
@@ -157,6 +225,20 @@ def main() -> None:
          f">= {PER_EPISODE_TARGET}x", verdict(vs_single >= PER_EPISODE_TARGET)],
         ["container starts per evaluate", str(max(starts)), "", f"<= {args.concurrency}",
          verdict(max(starts) <= args.concurrency)],
+    ])
+
+    plain_episodes = 8 if args.quick else 16
+    ratio, ev_s, hand_s = overhead(plain_episodes, args.plain_concurrency, rounds)
+    (_, unfused_rate, unfused_calls), (_, fused_rate, fused_calls) = fused_vs_unfused(32 if args.quick else 128)
+    print(f"\nA plain policy, {plain_episodes} episodes over {args.plain_concurrency} sandboxes (starts included); "
+          f"a {FORWARD_SECONDS * 1000:.0f} ms forward pass over 4 sandboxes x 8 lanes")
+    print_table(["figure", "value", "ratio", "target", "verdict"], [
+        ["hand-written AsyncSandboxEnv loop", f"{hand_s:.2f} s", "1.00x", "", ""],
+        ["rlmesh.evaluate, plain policy", f"{ev_s:.2f} s", f"{ratio:.2f}x", f"<= {OVERHEAD_TARGET}x",
+         verdict(ratio <= OVERHEAD_TARGET)],
+        ["batched, unfused", f"{unfused_rate:.1f} episodes/s", f"{unfused_calls} calls", "", ""],
+        ["batched, fuse=True", f"{fused_rate:.1f} episodes/s", f"{fused_rate / unfused_rate:.2f}x ({fused_calls} calls)",
+         f">= {FUSED_TARGET}x", verdict(fused_rate / unfused_rate >= FUSED_TARGET)],
     ])
 
 

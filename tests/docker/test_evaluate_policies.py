@@ -286,8 +286,8 @@ def test_a_fused_policy_makes_one_call_for_every_waiting_sandbox() -> None:
             return lean_batch(obs)
         return act
 
-    # Steps of 50 ms, so that the four sandboxes step side by side for most of the run.
-    kwargs: dict[str, Any] = {"episodes": 64, "concurrency": 4, "packages": [FAULTY_PKG], "step_delay": 0.05,
+    # Steps of 40 ms (10 ms a lane), so that the four sandboxes step side by side for most of the run.
+    kwargs: dict[str, Any] = {"episodes": 64, "concurrency": 4, "packages": [FAULTY_PKG], "step_delay": 0.01,
                               "progress": False}
     unfused = rlmesh.evaluate(rlmesh.batched(counting("unfused"), lanes=4), FAULTY, **kwargs)
     fused = rlmesh.evaluate(rlmesh.batched(counting("fused"), lanes=4, fuse=True), FAULTY, **kwargs)
@@ -307,7 +307,9 @@ def test_a_hanging_sandbox_holds_up_a_fused_call_only_until_its_timeout() -> Non
     by_seed = {r["seed"]: r for r in report.episodes}
     assert by_seed.pop(1)["error"]["type"] == "timeout"
     assert [r["return"] for r in by_seed.values()] == _cartpole(by_seed)
-    assert all(r["seconds"] < 6 for r in by_seed.values())  # none waited for the hung sandbox past its timeout
+    # The other sandbox's call waited for the hung one until its timeout ended it, then went on
+    # (a bound on a hang, not a timing claim): none of its episodes ran into a timeout of its own.
+    assert all(r["error"] is None and r["seconds"] < 2 * 6 for r in by_seed.values())
 
 
 def test_fresh_episode_gives_every_episode_a_new_env() -> None:

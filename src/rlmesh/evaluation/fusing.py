@@ -6,11 +6,12 @@ the :class:`Fuser` and waits; the fuser calls ``fn`` once on the batches of ever
 actions. This is how a policy served on one GPU is evaluated: one forward pass for all waiting
 lanes, not one per sandbox.
 
-A call is made when every sandbox that is stepping is waiting (the usual case: their steps end
-within a millisecond of each other), when ``max_batch`` lanes are waiting, or :data:`LINGER`
-seconds after the first of them began to wait, so that a slow or hung sandbox holds the others
-up by that much per step at most, until its own ``episode_timeout`` ends it. Only batches of equal
-observation spaces are joined (the tasks of a run may differ); the others wait for the next call.
+A call is made when every sandbox that is stepping is waiting, as a synchronous vector env
+steps all its lanes together (a sandbox still starting is not waited for), or when ``max_batch``
+lanes are waiting; batches a call had no room for go in the next call at once. A hung sandbox
+holds the others up until its own timeout (``episode_timeout``, else ``request_timeout``) ends
+it, and then they go on without it. Only batches of equal observation spaces are joined (the
+tasks of a run may differ); the others go in the next call.
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ from gymnasium import spaces
 
 from .policies import Acting, Episode, maybe_await
 
-__all__ = ["LINGER", "Fuser", "join_batches", "slice_batch"]
-
-LINGER = 0.05  # seconds a waiting batch waits for the other sandboxes at most
+__all__ = ["Fuser", "join_batches", "slice_batch"]
 
 
 @dataclass
@@ -37,7 +36,7 @@ class _Waiting:
     lanes: int
     episodes: list[Episode | None]
     future: asyncio.Future[Any]
-    since: float
+    passed_over: bool = False  # a call had no room for it: it goes in the next one at once
 
 
 def join_batches(space: spaces.Space[Any], batches: list[Any]) -> Any:
@@ -99,7 +98,7 @@ class Fuser:
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._serve())
         future: asyncio.Future[Any] = loop.create_future()
-        self._waiting.append(_Waiting(space, obs, lanes, episodes, future, loop.time()))
+        self._waiting.append(_Waiting(space, obs, lanes, episodes, future))
         self._changed.set()
         return await future
 
@@ -114,23 +113,18 @@ class Fuser:
             w.future.cancel()
         self._waiting.clear()
 
-    def _ready(self, now: float) -> bool:
+    def _ready(self) -> bool:
         if not self._waiting:
             return False
-        lanes = sum(w.lanes for w in self._waiting)
-        return (len(self._waiting) >= self.stepping or (self.max_batch is not None and lanes >= self.max_batch)
-                or now - self._waiting[0].since >= LINGER)
+        if len(self._waiting) >= self.stepping or self._waiting[0].passed_over:
+            return True
+        return self.max_batch is not None and sum(w.lanes for w in self._waiting) >= self.max_batch
 
     async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            while not self._ready(loop.time()):
+            while not self._ready():
                 self._changed.clear()
-                timeout = None if not self._waiting else max(0.0, self._waiting[0].since + LINGER - loop.time())
-                try:
-                    await asyncio.wait_for(self._changed.wait(), timeout)
-                except TimeoutError:
-                    pass
+                await self._changed.wait()
             group = self._in_flight = self._take()
             try:
                 actions = await self._call(group)
@@ -159,6 +153,7 @@ class Fuser:
                 group.append(w)
                 lanes += w.lanes
             else:
+                w.passed_over = True
                 rest.append(w)
         self._waiting = rest
         return group

@@ -250,6 +250,8 @@ def action_fits(space: gym.Space[Any], action: Any) -> bool:
     """Whether ``action`` has the form of an element of ``space``: ``Space.contains``, except that
     a Box action is judged by its shape and dtype kind only (its bounds are the env's to judge)."""
     try:
+        if type(action) is int and type(space) is spaces.Discrete:  # the common case, without NumPy
+            return bool(space.start <= action < space.start + space.n)
         if isinstance(space, spaces.Box):
             arr = np.asarray(action)
             return (arr.shape == space.shape and arr.dtype.kind in "biuf"
@@ -265,18 +267,18 @@ def action_fits(space: gym.Space[Any], action: Any) -> bool:
         return False
 
 
-def check_action(acting: Acting, space: gym.Space[Any], action: Any, where: str) -> None:
+def check_action(acting: Acting, space: gym.Space[Any], action: Any, where: Callable[[], str]) -> None:
     """Raise unless ``action`` fits ``space`` (see :func:`action_fits`).
 
     Raises:
-        InvalidActionError: It does not, naming the policy, ``where`` (the episodes) and the space.
+        InvalidActionError: It does not, naming the policy, ``where()`` (the episodes) and the space.
     """
     if action_fits(space, action):
         return
     from ..client.actions import describe_action
 
     raise InvalidActionError(
-        f"policy {acting.name} returned {describe_action(action)} in {where}, which is not an action of the space "
+        f"policy {acting.name} returned {describe_action(action)} in {where()}, which is not an action of the space "
         f"{space}: return {'one action per lane, as a batch of ' if acting.batched else 'an element of '}"
         f"the action space",
         space=str(space),

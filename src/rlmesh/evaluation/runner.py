@@ -33,6 +33,7 @@ from gymnasium.vector.utils import concatenate, create_empty_array, iterate
 from ..errors import InvalidArgumentError, RemoteEnvError, RLMeshTimeoutError, SandboxStartError
 from ..sandbox.vector import AsyncSandboxVectorEnv
 from .fusing import Fuser
+from .one_lane import OneLane
 from .policies import Acting, Episode, check_action, maybe_await
 from .progress import EvaluationProgress
 from .records import EpisodeTimeout, error_of, is_infrastructure, make_record
@@ -238,7 +239,7 @@ class Runner:
         attempt = 0
         loop = asyncio.get_running_loop()
         while True:
-            env = AsyncSandboxVectorEnv(task.name, lanes, **self.options)
+            env = self._sandbox(task.name, lanes)
             began = loop.time()
             try:
                 try:
@@ -264,6 +265,12 @@ class Runner:
             if task.first_ready is None:
                 task.first_ready = loop.time()
             return env
+
+    def _sandbox(self, source: str, lanes: int) -> Any:
+        """A sandbox of ``lanes`` lanes (not started): one env for one lane, unless it is placed."""
+        if lanes == 1 and not self.acting.batched and self.options.get("placement") is None:
+            return OneLane(source, **{k: v for k, v in self.options.items() if k != "shards"})
+        return AsyncSandboxVectorEnv(source, lanes, **self.options)
 
     def _start_failed(self, task: _Task, exc: SandboxStartError) -> None:
         error = error_of(exc)
@@ -348,19 +355,23 @@ class Runner:
                     lane.length = int(lengths[i])
             return _Fault(exc, [lane for lane in active if lane is not None])
 
+        pending = True  # lanes to reset (a Python flag: the step loop below stays free of NumPy reductions)
+        stepping = 0  # lanes with an episode
+        fresh: list[int] = []
         while True:
-            for i in np.flatnonzero(reset).tolist():
-                if active[i] is None and (first or self.fresh is None):  # fresh: one set of episodes
-                    ep = self._take(task, active)
-                    if ep is not None:
-                        ep.attempts += 1
-                        active[i] = _Lane(ep, loop.time())
-            real = [lane for lane in active if lane is not None]
-            if not real:
-                return None
-            fresh: list[int] = []
-            try:
-                if reset.any():
+            if pending:
+                for i in np.flatnonzero(reset).tolist():
+                    if active[i] is None and (first or self.fresh is None):  # fresh: one set of episodes
+                        ep = self._take(task, active)
+                        if ep is not None:
+                            ep.attempts += 1
+                            active[i] = _Lane(ep, loop.time())
+                real = [lane for lane in active if lane is not None]
+                if not real:
+                    return None
+                stepping = len(real)
+                fresh = []
+                try:
                     seeds: list[int | None] = [None] * n
                     for i in np.flatnonzero(reset).tolist():
                         lane = active[i]
@@ -374,7 +385,7 @@ class Runner:
                                 lane.sampler = acting.fresh_sampler(act_space, lane.episode.seed)
                     options = None if first else {"reset_mask": reset.copy()}
                     obs, reset_infos = await self._call(env.reset(seed=seeds, options=options), active)
-                    first = False
+                    first = pending = False
                     reset[:] = False
                     if acting.stateful:
                         await self._describe(env, active, fresh, reset_infos, described)
@@ -385,8 +396,10 @@ class Runner:
                             recording[i] = EpisodeVideo(self._av, video_path(self.videos, ep.task, ep.index, ep.seed), fps)
                     if recording:
                         await self._film(env, active, recording)
-            except Exception as exc:
-                return fault(exc)
+                except Exception as exc:
+                    return fault(exc)
+            elif fresh:
+                fresh = []
             if acting.reset is not None:
                 for i in fresh:  # its errors end the run
                     lane = active[i]
@@ -394,19 +407,23 @@ class Runner:
                     await maybe_await(acting.reset(lane.info))
             actions = await self._act(obs, env, act_space, active, actions_buf)  # its errors end the run
             try:
-                obs, rewards, terminations, truncations, infos = await self._call(env.step(actions), active)
+                if self.episode_timeout is None:
+                    obs, rewards, terminations, truncations, infos = await env.step(actions)
+                else:
+                    obs, rewards, terminations, truncations, infos = await self._call(env.step(actions), active)
                 if recording:
                     await self._film(env, active, recording)
             except Exception as exc:
                 return fault(exc)
             np.add(totals, rewards, out=totals, where=is_real)
             lengths += is_real
-            task.steps += len(real)
-            if self.success == "any":
+            task.steps += stepping
+            if self.success == "any" and infos:
                 _note_success(infos, succeeded, reported)
-            done = np.logical_or(terminations, truncations)
+            done = terminations | truncations
             if not done.any():
                 continue
+            pending = True
             now = loop.time()
             for i in np.flatnonzero(done).tolist():
                 reset[i] = True
@@ -471,17 +488,21 @@ class Runner:
             else:
                 self.policy_calls += 1
                 actions = await maybe_await(acting.fn(obs, episodes) if acting.with_episode else acting.fn(obs))
-            check_action(acting, env.action_space, actions, _where(active))
+            check_action(acting, env.action_space, actions, lambda: _where(active))
             return actions
         lane = active[0]
         assert lane is not None
         if acting.fn is None:
             action = lane.sampler.sample()
         else:
-            mine = next(iter(iterate(env.observation_space, obs)))  # lane 0's, as the env returned it
+            # Lane 0's observation, as the env returned it (a Box's: the row itself).
+            mine = obs[0] if isinstance(obs, np.ndarray) else next(iter(iterate(env.observation_space, obs)))
             self.policy_calls += 1
             action = await maybe_await(acting.fn(mine, lane.info) if acting.with_episode else acting.fn(mine))
-            check_action(acting, act_space, action, _where(active))
+            check_action(acting, act_space, action, lambda: _where(active))
+        if isinstance(buf, np.ndarray):  # a Discrete or Box action: one row
+            buf[0] = action
+            return buf
         return concatenate(act_space, [action], buf)
 
 

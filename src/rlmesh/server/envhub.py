@@ -26,7 +26,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -380,6 +380,12 @@ class SingleLaneEnv(gym.Env[Any, Any]):
     def render(self) -> Any:
         frames = self.vec.render()
         return frames[0] if isinstance(frames, (tuple, list)) and frames else frames
+
+    def get_wrapper_attr(self, name: str) -> Any:
+        """This env's attribute ``name``, else the lane's (a LeRobot env's ``task_description``)."""
+        if hasattr(self, name):
+            return getattr(self, name)
+        return cast(Any, self.vec).get_attr(name)[0]  # SyncVectorEnv's and AsyncVectorEnv's, not VectorEnv's
 
     def close(self) -> None:
         self.vec.close()
