@@ -204,6 +204,20 @@ def test_resume_is_refused_for_another_env_and_extends_for_more_episodes(tmp_pat
         rlmesh.evaluate(lean, "CartPole-v1", episodes=4, results=str(results), success="last", progress=False)
     _, before = read_results(results)
 
+    image = before[0]["image"]
+    inspected = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image], capture_output=True,
+                               text=True, timeout=60)
+    assert inspected.returncode == 0 and inspected.stdout.strip() == image  # each record names its image's id
+    assert {r["image"] for r in before} == {image}
+
+    # The same requirements built again can resolve other versions: a record of another image is another run.
+    other = tmp_path / "other.jsonl"
+    lines = results.read_text().splitlines()
+    other.write_text("\n".join([lines[0], *(line.replace(image, "sha256:" + "0" * 64) for line in lines[1:])]) + "\n")
+    with pytest.raises(ResultsMismatchError, match="image of CartPole-v1: sha256:0000.* in the file, sha256:") as err:
+        rlmesh.evaluate(lean, "CartPole-v1", episodes=6, results=str(other), progress=False)
+    assert set(err.value.differences) == {"image"}
+
     ran: list[dict[str, Any]] = []
     report = rlmesh.evaluate(lean, "CartPole-v1", episodes=6, concurrency=2, results=str(results), progress=ran.append)
     assert sorted(r["episode"] for r in ran) == [4, 5]  # only the missing episodes

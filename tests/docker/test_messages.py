@@ -89,7 +89,7 @@ async def test_a_rebuild_keeps_the_replaced_image_until_the_sandbox_has_started(
     first = _image_id(tag)
     spec = ImageSpec(imports=("colorsys",), source="CartPole-v1")
     async with docker_client() as docker:
-        moved, replaced = await ensure_image(docker, spec, rebuild=True)
+        moved, _, replaced = await ensure_image(docker, spec, rebuild=True)
     # ensure_image moves the tag but leaves the replaced image: the start removes it once it runs.
     assert moved == tag and replaced == first and _image_id(first or "") == first
     subprocess.run(["docker", "rmi", str(first)], capture_output=True)

@@ -172,11 +172,15 @@ async def evaluate_async(policy: Any, source: str | Sequence[str], *, episodes: 
     if store is not None and store.extended is not None:
         log.warning("%s: extending the run from %d to %d episode(s) per task", results, store.extended, len(seed_list))
     done = {(r["task"], r["episode"]) for r in earlier}
+    images: dict[str, set[str]] = {}
+    for r in earlier:
+        if r.get("image"):
+            images.setdefault(r["task"], set()).add(r["image"])
     tracker = EvaluationProgress(progress, total=len(tasks) * len(seed_list),
                                  done=sum(1 for t, i in done if t in tasks and 0 <= i < len(seed_list)))
     runner = Runner(acting, tasks, seed_list, done, concurrency=concurrency, episode_timeout=episode_timeout,
                     retries=retries, options=options, store=store, progress=tracker, success=success, fresh=fresh,
-                    videos=Path(videos) if videos is not None else None, video_episodes=filmed)
+                    videos=Path(videos) if videos is not None else None, video_episodes=filmed, images=images)
     current = asyncio.current_task()
     assert current is not None
     stop = StopSignals(current)

@@ -51,6 +51,11 @@ class OneLane:
         await self.env.close()
 
     @property
+    def image_id(self) -> str | None:
+        """The id (digest) of the image the sandbox runs."""
+        return self.env.image_id
+
+    @property
     def container_logs(self) -> str:
         """What the container printed."""
         return self.env.container_logs

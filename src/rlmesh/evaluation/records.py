@@ -24,7 +24,7 @@ from ..errors import (
 __all__ = ["LOG_TAIL_LINES", "RECORD_KEYS", "EpisodeTimeout", "error_of", "is_infrastructure", "make_record"]
 
 RECORD_KEYS = ("task", "episode", "seed", "return", "length", "terminated", "truncated", "success", "seconds",
-               "attempts", "error", "video")
+               "attempts", "error", "video", "image")
 LOG_TAIL_LINES = 20
 
 
@@ -40,13 +40,15 @@ class EpisodeTimeout(Exception):
 
 def make_record(task: str, episode: int, seed: int, *, total: float | None, length: int, terminated: bool = False,
                 truncated: bool = False, success: bool | None = None, seconds: float, attempts: int,
-                error: dict[str, Any] | None = None, video: str | None = None) -> dict[str, Any]:
+                error: dict[str, Any] | None = None, video: str | None = None,
+                image: str | None = None) -> dict[str, Any]:
     """One episode's record, with the keys in :data:`RECORD_KEYS` order."""
     return {
         "task": task, "episode": episode, "seed": seed,
         "return": total if total is None or math.isfinite(total) else repr(total),
         "length": length, "terminated": terminated, "truncated": truncated, "success": success,
         "seconds": round(seconds, 6), "attempts": attempts, "error": error, "video": video,
+        "image": image,
     }
 
 

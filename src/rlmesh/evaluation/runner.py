@@ -37,7 +37,7 @@ from .one_lane import OneLane
 from .policies import Acting, Episode, check_action, maybe_await
 from .progress import EvaluationProgress
 from .records import EpisodeTimeout, error_of, is_infrastructure, make_record
-from .results import ResultsFile
+from .results import ResultsFile, ResultsMismatchError
 from .videos import DEFAULT_FPS, EpisodeVideo, load_encoder, video_path
 
 __all__ = ["FRESH_MODES", "SUCCESS_MODES", "Runner", "check_options", "lanes_for"]
@@ -86,6 +86,7 @@ class _Task:
     first_ready: float | None = None  # when its first sandbox was up
     last_record: float | None = None  # when its last episode was recorded
     starting: int = 0  # workers starting a sandbox for it (about to take episodes)
+    image: str | None = None  # the id of the image its sandboxes run
 
     def has_work(self) -> bool:
         return bool(self.pending or self.isolated)
@@ -111,12 +112,15 @@ class Runner:
             each episode, or each set of lanes, for envs whose reset depends on their history).
         videos: A directory for the videos of the first ``video_episodes`` episodes of each task
             (the sandboxes render in ``rgb_array`` mode), or None.
+        images: The image ids a resumed run's records name, per task: a sandbox on another image
+            (rebuilt, so the versions pip resolved may differ) stops the run.
     """
 
     def __init__(self, acting: Acting, tasks: Sequence[str], seeds: Sequence[int], done: set[tuple[str, int]],
                  *, concurrency: int, episode_timeout: float | None, retries: int, options: dict[str, Any],
                  store: ResultsFile | None, progress: EvaluationProgress, success: str = "any",
-                 fresh: str | None = None, videos: Path | None = None, video_episodes: int = 0) -> None:
+                 fresh: str | None = None, videos: Path | None = None, video_episodes: int = 0,
+                 images: dict[str, set[str]] | None = None) -> None:
         self.acting = acting
         self.tasks = list(tasks)
         self.seeds = list(seeds)
@@ -129,6 +133,7 @@ class Runner:
         self.progress = progress
         self.success = success
         self.fresh = fresh
+        self.images = images or {}
         self.videos = videos
         self.video_episodes = video_episodes if videos is not None else 0
         self._av = load_encoder() if self.video_episodes else None
@@ -185,7 +190,7 @@ class Runner:
         length = lane.length if isinstance(lane, _Lane) else 0
         record = make_record(ep.task, ep.index, ep.seed, total=total, length=length, terminated=terminated,
                              truncated=truncated, success=success, seconds=seconds, attempts=ep.attempts, error=error,
-                             video=video)
+                             video=video, image=self._image_of(ep.task))
         if self.store is not None:
             self.store.append(record)
         self.records.append(record)
@@ -262,9 +267,36 @@ class Runner:
                 raise
             self.container_starts += 1
             task.start_failures = 0
+            try:
+                self._check_image(task, getattr(env, "image_id", None))
+            except BaseException:
+                await env.close()
+                raise
             if task.first_ready is None:
                 task.first_ready = loop.time()
             return env
+
+    def _image_of(self, name: str) -> str | None:
+        task = next((t for t in self._tasks if t.name == name), None)
+        return task.image if task is not None else None
+
+    def _check_image(self, task: _Task, image: str | None) -> None:
+        """Note the image a task's sandbox runs; refuse one that differs from a resumed run's.
+
+        Raises:
+            ResultsMismatchError: The task's earlier records ran on another image.
+        """
+        task.image = image
+        earlier = self.images.get(task.name)
+        if image is None or not earlier or image in earlier:
+            return
+        path = str(self.store.path) if self.store is not None else ""
+        raise ResultsMismatchError(
+            f"{path} holds results of another run (image of {task.name}: {', '.join(sorted(earlier))} in the file, "
+            f"{image} now: the image was rebuilt, and pip may have resolved other versions). To resume it, run on the "
+            "same image; to start a new run, give another results path or remove this file",
+            path=path, differences={"image": (sorted(earlier), image)},
+        )
 
     def _sandbox(self, source: str, lanes: int) -> Any:
         """A sandbox of ``lanes`` lanes (not started): one env for one lane, unless it is placed."""

@@ -195,6 +195,7 @@ class _AsyncSandboxBase(_AsyncRemoteBase):
         self.env_kwargs = arguments.env_kwargs
         self._kwargs_json = arguments.kwargs_json
         self.image: str | None = None
+        self.image_id: str | None = None  # the image's id (its digest), once started
         self._sandbox: Sandbox | None = None
         self._start_task: asyncio.Task[Any] | None = None
         self._replaced_image: str | None = None
@@ -265,10 +266,12 @@ class _AsyncSandboxBase(_AsyncRemoteBase):
         serve = ["python", "-m", "rlmesh.serve"]
         if isinstance(source, ImageSource):
             check_build_options(self.options, source)  # a source resolved to a prebuilt image
-            if await docker.image_id(source.ref) is None:
+            self.image_id = await docker.image_id(source.ref)
+            if self.image_id is None:
                 error = await try_pull(docker, source.ref)
                 if error is not None:
                     raise SandboxError(f"image {source.ref} is not available locally and cannot be pulled ({error})")
+                self.image_id = await docker.image_id(source.ref)
             return source.ref, self._serve_args()  # appended to the image's ENTRYPOINT
         spec = self.image_spec
         if isinstance(source, HubSource):
@@ -284,8 +287,8 @@ class _AsyncSandboxBase(_AsyncRemoteBase):
                 command += ["--selector", source.selector]
         else:
             command = [*serve, source.target, *self._serve_args()]
-        image, self._replaced_image = await ensure_image(docker, spec, base_image=self.base_image,
-                                                         rebuild=self.rebuild, progress=self.progress)
+        image, self.image_id, self._replaced_image = await ensure_image(
+            docker, spec, base_image=self.base_image, rebuild=self.rebuild, progress=self.progress)
         return image, command
 
     async def start(self) -> Any:

@@ -181,13 +181,14 @@ _inflight: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asynci
 async def ensure_image(
     docker: DockerClient, spec: ImageSpec, *, base_image: str | None = None, rebuild: bool = False,
     progress: ProgressOption = None,
-) -> tuple[str, str | None]:
+) -> tuple[str, str | None, str | None]:
     """Return the tag of an image for ``spec``, building it when it does not exist.
 
     Identical builds started at the same time on one loop build once.
 
     Returns:
-        ``(tag, replaced)``: ``replaced`` is the id of the image a rebuild moved the tag from, or
+        ``(tag, image_id, replaced)``: ``image_id`` is the image's id (its digest: a rebuild of
+        the same requirements can resolve other versions under the same tag); ``replaced`` is the id of the image a rebuild moved the tag from, or
         None. It is not removed here: the caller removes it once the sandbox has started
         (:func:`remove_replaced_image`), so that a rebuild's start is not held up by it.
 
@@ -202,7 +203,7 @@ async def ensure_image(
     if image_id is not None:
         log.debug("reusing sandbox image %s", tag)
         record_use(image_id)
-        return tag, None
+        return tag, image_id, None
     builds = _inflight.setdefault(asyncio.get_running_loop(), {})
     task = builds.get(tag)
     if task is None:
@@ -213,7 +214,7 @@ async def ensure_image(
     built = await docker.image_id(tag)
     if built is not None:
         record_use(built)
-    return tag, (replaced if replaced is not None and replaced != built else None)
+    return tag, built, (replaced if replaced is not None and replaced != built else None)
 
 
 async def remove_replaced_image(host: str | None, image_id: str) -> None:

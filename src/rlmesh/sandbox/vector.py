@@ -108,6 +108,12 @@ class AsyncSandboxVectorEnv(AsyncShardedVectorEnv):
         return first.image if isinstance(first, SandboxShard) else None
 
     @property
+    def image_id(self) -> str | None:
+        """The id (digest) of the image the shards run (None before the start, and with Ray)."""
+        first = self.shards[0] if self.shards else None
+        return first.image_id if isinstance(first, SandboxShard) else None
+
+    @property
     def options(self) -> Any:
         """The sandbox options (:class:`~rlmesh.sandbox.options.SandboxOptions`) of the first shard."""
         first = self.shards[0] if self.shards else None
