@@ -6,7 +6,7 @@ A user of the sandbox layer, not a layer inside it (see docs/evaluate.md)::
     runner     one pool of sandboxes for the run's tasks, reused by reset(seed=...); faults become records
     one_lane   a plain policy's sandbox: one AsyncSandboxEnv with the vector API the runner drives
     fusing     one policy call for the lanes of every waiting sandbox (batched(fn, fuse=True))
-    videos     mp4s of the first episodes of each task (PyAV)
+    videos     mp4s of the first episodes of each task (an FFmpeg process, imageio-ffmpeg)
     records    an episode's record, and how a failure is recorded or retried
     results    the append-only JSON Lines file, its header, resume
     report     the records, the summary, the table and the plot

@@ -58,7 +58,7 @@ def _check_videos(videos: Any, episodes: Any, options: dict[str, Any]) -> int:
 
     Raises:
         InvalidArgumentError: ``video_episodes`` without ``videos``, not a positive int, another
-            ``render_mode`` given, or PyAV missing.
+            ``render_mode`` given, or imageio-ffmpeg missing.
     """
     if videos is None:
         if episodes is not None:
@@ -248,7 +248,7 @@ def evaluate(policy: Any, source: str | Sequence[str], *, episodes: int, seeds: 
             its task from the RNG before reseeding). Costs a container start per episode.
         videos: A directory: the first ``video_episodes`` episodes of each task are written as
             ``videos/<task label>/episode_<i>_seed_<s>.mp4`` at the env's ``render_fps`` (the env
-            renders in ``rgb_array`` mode in its sandbox; needs PyAV, ``rlmesh[video]``). Each
+            renders in ``rgb_array`` mode in its sandbox; needs imageio-ffmpeg, ``rlmesh[video]``). Each
             record names its video.
         video_episodes: Episodes filmed per task (default 1 with ``videos``).
         **sandbox_options: The sandbox options (``packages``, ``imports``, ``trust_remote_code``,

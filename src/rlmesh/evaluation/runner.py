@@ -136,7 +136,7 @@ class Runner:
         self.images = images or {}
         self.videos = videos
         self.video_episodes = video_episodes if videos is not None else 0
-        self._av = load_encoder() if self.video_episodes else None
+        self._encoder = load_encoder() if self.video_episodes else None
         self.records: list[dict[str, Any]] = []
         self.timing: dict[str, tuple[int, float]] = {}  # task -> (steps, seconds stepping)
         self.start_seconds: dict[str, float] = {}  # task -> seconds spent starting sandboxes
@@ -425,7 +425,7 @@ class Runner:
                         lane = active[i]
                         if lane is not None and lane.episode.index < self.video_episodes and self.videos is not None:
                             ep = lane.episode
-                            recording[i] = EpisodeVideo(self._av, video_path(self.videos, ep.task, ep.index, ep.seed), fps)
+                            recording[i] = EpisodeVideo(self._encoder, video_path(self.videos, ep.task, ep.index, ep.seed), fps)
                     if recording:
                         await self._film(env, active, recording)
                 except Exception as exc:

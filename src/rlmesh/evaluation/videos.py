@@ -4,9 +4,12 @@ The first K episodes of each task are written as H.264 mp4 files,
 ``DIR/<task label>/episode_<i>_seed_<s>.mp4``, at the env's ``render_fps`` (30 when it names
 none): the frame its reset rendered, then one per step, so a file holds the episode's length + 1
 frames. The env runs with ``render_mode="rgb_array"`` in its sandbox, and frames cross only for
-the lanes being recorded. The encoder is PyAV (FFmpeg and libx264 inside its wheel), the
-``rlmesh[video]`` extra; H.264 in yuv420p is lossy, so a decoded frame equals the rendered one
-within the codec's tolerance, and an odd width or height is padded by one edge pixel.
+the lanes being recorded. The encoder is the FFmpeg binary (with libx264) inside the
+imageio-ffmpeg wheel, the ``rlmesh[video]`` extra, run as a process of its own that reads raw
+frames on a pipe: no codec library is loaded into the host's process (FFmpeg's libraries loaded
+there, as PyAV does, made every later fork from the event loop's thread hang). H.264 in yuv420p
+is lossy, so a decoded frame equals the rendered one within the codec's tolerance, and an odd
+width or height is padded by one edge pixel.
 """
 
 from __future__ import annotations
@@ -28,17 +31,17 @@ CRF = "18"  # x264's quality: visually lossless for rendered frames
 
 
 def load_encoder() -> Any:
-    """PyAV, or a clear error saying how to install it.
+    """imageio-ffmpeg, or a clear error saying how to install it.
 
     Raises:
-        InvalidArgumentError: PyAV is not installed.
+        InvalidArgumentError: imageio-ffmpeg is not installed.
     """
     try:
-        return importlib.import_module("av")
+        return importlib.import_module("imageio_ffmpeg")
     except ImportError as exc:
         raise InvalidArgumentError(
-            f"videos= needs PyAV, which rlmesh does not install by default ({exc}): pip install 'rlmesh[video]' "
-            "(or pip install av)"
+            f"videos= needs imageio-ffmpeg (an FFmpeg binary with libx264 inside its wheel), which rlmesh does not "
+            f"install by default ({exc}): pip install 'rlmesh[video]' (or pip install imageio-ffmpeg)"
         ) from None
 
 
@@ -50,28 +53,27 @@ def video_path(root: Path, task: str, index: int, seed: int) -> Path:
 
 
 class EpisodeVideo:
-    """One episode's mp4, opened at its first frame.
+    """One episode's mp4, its encoder started at its first frame.
 
     Args:
-        av: PyAV (:func:`load_encoder`).
+        encoder: imageio-ffmpeg (:func:`load_encoder`).
         path: The file.
         fps: Frames per second.
     """
 
-    def __init__(self, av: Any, path: Path, fps: float) -> None:
-        self.av = av
+    def __init__(self, encoder: Any, path: Path, fps: float) -> None:
+        self.encoder = encoder
         self.path = path
         self.fps = fps
         self.frames = 0
-        self._container: Any = None
-        self._stream: Any = None
+        self._writer: Any = None
         self._shape: tuple[int, ...] | None = None
 
     def add(self, frame: Any) -> None:
         """Encode one rendered frame (``uint8[H, W, 3]``).
 
         Raises:
-            InvalidArgumentError: Not an RGB frame (the env renders something else).
+            InvalidArgumentError: Not an RGB frame (the env renders something else), or its size changed.
         """
         arr = np.asarray(frame)
         if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
@@ -80,33 +82,26 @@ class EpisodeVideo:
             )
         if self._shape is not None and arr.shape != self._shape:
             raise InvalidArgumentError(f"the env's frames changed size mid-episode ({self._shape} to {arr.shape})")
+        self._shape = arr.shape
         pad = ((0, arr.shape[0] % 2), (0, arr.shape[1] % 2), (0, 0))
-        if any(p[1] for p in pad):
+        if pad[0][1] or pad[1][1]:
             arr = np.pad(arr, pad, mode="edge")  # yuv420p needs even sides
-        if self._container is None:
-            self._shape = np.asarray(frame).shape
+        if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._container = self.av.open(str(self.path), mode="w")
-            self._stream = self._container.add_stream("libx264", rate=round(self.fps))
-            self._stream.width, self._stream.height = arr.shape[1], arr.shape[0]
-            self._stream.pix_fmt = "yuv420p"
-            self._stream.options = {"crf": CRF}
-        video_frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
-        for packet in self._stream.encode(video_frame):
-            self._container.mux(packet)
+            self._writer = self.encoder.write_frames(
+                str(self.path), (arr.shape[1], arr.shape[0]), fps=self.fps, codec="libx264", pix_fmt_in="rgb24",
+                pix_fmt_out="yuv420p", macro_block_size=1, output_params=["-crf", CRF], ffmpeg_log_level="error")
+            self._writer.send(None)  # starts the encoder's process
+        self._writer.send(np.ascontiguousarray(arr))
         self.frames += 1
 
     def close(self) -> None:
-        """Flush and close the file. Idempotent."""
-        container, self._container = self._container, None
-        if container is not None:
-            for packet in self._stream.encode():
-                container.mux(packet)
-            container.close()
+        """Finish the file. Idempotent."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
 
     def discard(self) -> None:
-        """Close and remove the file (the episode failed; a rerun writes it again)."""
-        container, self._container = self._container, None
-        if container is not None:
-            container.close()
+        """Stop the encoder and remove the file (the episode failed; a rerun writes it again)."""
+        self.close()
         self.path.unlink(missing_ok=True)
