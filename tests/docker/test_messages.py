@@ -16,13 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from rlmesh.errors import ImageBuildError, SandboxStartError
+from rlmesh.errors import ImageBuildError, RemoteEnvError, SandboxStartError
 from rlmesh.numpy import SandboxEnv
 from rlmesh.sandbox._docker import docker_client
 from rlmesh.sandbox.env import AsyncSandboxEnv
 from rlmesh.sandbox.image import ImageSpec, ensure_image
 
 from .conftest import PROBE_PKG, sandbox_containers
+from .test_hf import REPO as HUB_REPO
+from .test_hf import SHA as HUB_SHA
+from .test_hf import hub_cache  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -140,3 +143,29 @@ def test_sandbox_ls_shows_the_owner_pid_and_cleanup_dry_run_removes_nothing(sand
         assert cleanup.returncode == 0 and cid not in sandbox_containers()
     finally:
         subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
+
+
+def test_a_dependency_missing_in_the_sandbox_says_so_and_names_the_package() -> None:
+    # The host has pygame and Box2D (the dev extra); the default sandbox has neither.
+    from gymnasium.utils.env_checker import check_env
+
+    with SandboxEnv("CartPole-v1", render_mode="rgb_array", progress=False) as env:
+        with pytest.raises(RemoteEnvError) as caught:
+            check_env(env, skip_close_check=True, skip_render_check=False)
+    notes = "\n".join(getattr(caught.value, "__notes__", ()))
+    assert "missing in the sandbox, not on this host" in notes
+    assert 'add packages=["gymnasium[classic-control]"]' in notes
+    with pytest.raises(SandboxStartError) as lunar:
+        SandboxEnv("LunarLander-v3", progress=False)
+    notes = "\n".join(getattr(lunar.value, "__notes__", ()))
+    assert "DependencyNotInstalled" in str(lunar.value) and 'add packages=["gymnasium[box2d]"]' in notes
+
+
+def test_a_repository_of_several_envs_lists_them_as_sources(hub_cache: Path) -> None:  # noqa: F811
+    with pytest.raises(SandboxStartError) as caught:
+        SandboxEnv(f"hf://{HUB_REPO}@{HUB_SHA}", trust_remote_code=True, progress=False)
+    text = str(caught.value)
+    assert f"hf://{HUB_REPO}@{HUB_SHA} has 3 envs: choose one by naming it after the repository" in text
+    for task in ("cartpole_suite/0", "cartpole_suite/1", "other_suite/a"):
+        assert f"  hf://{HUB_REPO}@{HUB_SHA}:{task}" in text
+    assert "<sha>" not in text and "SUITE/TASK, one of" in text

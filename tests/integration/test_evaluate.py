@@ -322,3 +322,13 @@ def test_a_stateful_policy_object_is_resolved() -> None:
         resolve_policy(NotAPolicy())
     with pytest.raises(InvalidArgumentError, match="success must be 'any'"):
         rlmesh.evaluate("random", "CartPole-v1", episodes=1, success="first")
+
+
+def test_a_resumed_run_with_nothing_left_starts_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    store = ResultsFile(path, RUN)
+    for i in range(3):
+        store.append(record("CartPole-v1", i, 10.0 + i))
+    store.close()
+    report = rlmesh.evaluate("random", "CartPole-v1", episodes=3, results=str(path), progress=False)
+    assert report.container_starts == 0 and [r["return"] for r in report.episodes] == [10.0, 11.0, 12.0]

@@ -130,7 +130,7 @@ def _ended(sock: socket.socket) -> bool:
 
 def _adopted_clients(st: ServerThread) -> int:
     server = st.server
-    return len(server.slots.pending) + len(server.slots.waiting) + (server.slots.active is not None)
+    return len(server.slots.pending) + len(server.slots.waiting) + len(server.slots.active)
 
 
 def test_hostile_handoff_peers_cannot_hurt_the_server(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rlmesh.errors import InvalidArgumentError, SourceError
+from rlmesh.errors import EnvClosedError, InvalidArgumentError, SourceError
 from rlmesh.sandbox.env import AsyncSandboxEnv
 from rlmesh.sandbox.sources import GymSource, parse_source
 from rlmesh.sandbox.sync_sandbox import SandboxEnv
@@ -161,3 +161,28 @@ async def test_a_failed_removal_of_a_replaced_image_is_a_warning_not_lost(caplog
     warned = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert warned and "could not remove the image sha256:000000000000 replaced by the rebuild" in warned[0].getMessage()
     assert "rlmesh image prune" in warned[0].getMessage()
+
+
+async def test_a_vector_sandbox_used_before_its_start_says_how_to_start_it() -> None:
+    envs = AsyncSandboxVectorEnv("CartPole-v1", num_envs=2)
+    try:
+        for call in (lambda: envs.reset(seed=0), lambda: envs.step([0, 1]), lambda: envs.render()):
+            with pytest.raises(EnvClosedError, match=r"not started: use `async with \.\.\.`, or `await envs.start\(\)`"):
+                await call()
+    finally:
+        await envs.close()
+
+
+def test_a_missing_dependency_note_names_the_sandbox_and_the_package() -> None:
+    from rlmesh.sandbox.library_hints import missing_dependency_note
+
+    pygame = missing_dependency_note("gymnasium.error.DependencyNotInstalled",
+                                     'pygame is not installed, run `pip install "gymnasium[classic-control]"`')
+    assert pygame is not None and "missing in the sandbox, not on this host" in pygame
+    assert 'add packages=["gymnasium[classic-control]"]' in pygame
+    box2d = missing_dependency_note("gymnasium.error.DependencyNotInstalled",
+                                    'Box2D is not installed, you can install it by run `pip install swig` followed by '
+                                    '`pip install "gymnasium[box2d]"`')
+    assert box2d is not None and 'add packages=["gymnasium[box2d]"]' in box2d
+    assert "add the package it names" in (missing_dependency_note("x.DependencyNotInstalled", "foo is missing") or "")
+    assert missing_dependency_note("builtins.ValueError", "pygame is not installed") is None

@@ -19,6 +19,7 @@ from gymnasium.utils.passive_env_checker import env_render_passive_checker
 from gymnasium.vector import AutoresetMode
 
 from rlmesh import RemoteEnv
+from rlmesh.errors import ServerBusyError
 
 from ..envs import BIG_OBS_ID, KITCHEN_SINK_ID
 from ..helpers import assert_same
@@ -80,14 +81,14 @@ CHECK_ENV = {
 
 
 def _checked(env: gym.Env[Any, Any], skip_render_check: bool) -> list[str]:
-    # check_env's close check, and its render check of the other render modes, make more envs
-    # from env.spec. For a RemoteEnv those are more clients of the same server, which serves
-    # one client at a time (ServerBusyError while the first is open), so they are skipped
-    # here and the env's own render mode is checked directly; sandboxes pass check_env whole
-    # (tests/docker).
+    # check_env's close check makes a second env from env.spec: for a RemoteEnv, a second client
+    # of the same server, which serves it an env of its own. Its render check of the other
+    # render modes makes envs with another render_mode, which a server's env does not change: it
+    # is skipped, and the env's own render mode is checked directly; sandboxes pass check_env
+    # whole (tests/docker).
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        check_env(env, skip_render_check=True, skip_close_check=True)
+        check_env(env, skip_render_check=True)
         if not skip_render_check:
             env_render_passive_checker(env)
     return sorted(f"{w.category.__name__}: {w.message}" for w in caught)
@@ -96,7 +97,7 @@ def _checked(env: gym.Env[Any, Any], skip_render_check: bool) -> list[str]:
 @pytest.mark.parametrize(("env_id", "kwargs", "skip_render"), CHECK_ENV.values(), ids=CHECK_ENV.keys())
 def test_check_env_passes_on_remote_env(serve: Serve, env_id: str, kwargs: dict[str, Any], skip_render: bool) -> None:
     expected = _checked(gym.make(env_id, **kwargs).unwrapped, skip_render)
-    with RemoteEnv(serve(gym.make(env_id, **kwargs))) as remote:
+    with RemoteEnv(serve(lambda: gym.make(env_id, **kwargs))) as remote:
         assert remote.unwrapped is remote
         assert _checked(remote.unwrapped, skip_render) == expected
 
@@ -175,3 +176,27 @@ async def test_vector_step_without_reset_in_disabled_mode_raises_like_gymnasium(
     with pytest.raises(RemoteEnvError) as info:
         await venv.step(push)
     assert info.value.remote_type == "builtins.AssertionError"
+
+
+def test_two_clients_step_their_own_envs_in_parallel(serve: Serve) -> None:
+    # A server made from a factory serves several clients at once, each an env of its own: two
+    # clients with their own seeds step exactly as two in-process envs.
+    address = serve(lambda: gym.make("CartPole-v1"), max_clients=2)
+    refs = [gym.make("CartPole-v1"), gym.make("CartPole-v1")]
+    with RemoteEnv(address) as a, RemoteEnv(address) as b:
+        for env, ref, seed in ((a, refs[0], 3), (b, refs[1], 4)):
+            got, want = env.reset(seed=seed), ref.reset(seed=seed)
+            assert np.array_equal(got[0], want[0])
+        for t in range(60):
+            for env, ref in ((a, refs[0]), (b, refs[1])):
+                got, want = env.step(t % 2), ref.step(t % 2)
+                assert np.array_equal(got[0], want[0]) and got[1:4] == want[1:4]
+                if got[2] or got[3]:
+                    assert np.array_equal(env.reset()[0], ref.reset()[0])
+        with pytest.raises(ServerBusyError, match="already serves 2 clients, its max_clients"):
+            RemoteEnv(address)
+        b.close()
+        again = gym.make(a.spec)  # what check_env's close check does: b's env serves it
+        again.reset(seed=0)
+        again.close()
+        a.step(0)  # the first client is unaffected

@@ -58,6 +58,10 @@ SHA = "0123456789abcdef0123456789abcdef01234567"
         # Short hashes, branches and tags (LeRobot's examples) are refused, with how to pin.
         ("hf://owner/repo@v1.0:envs/a.py", {"trust_remote_code": True},
          r"revision 'v1.0'.*hf://owner/repo@<40-hex sha>:envs/a.py.*model_info\('owner/repo', revision='v1.0'\)"),
+        # A repository's web address, pasted: the source it means, pinned.
+        ("https://huggingface.co/owner/repo", {"trust_remote_code": True},
+         r"a web page of the Hugging Face Hub, not a source: an EnvHub repository is hf://owner/repo@<40-hex sha>"),
+        ("https://huggingface.co/owner/repo/tree/" + "a" * 40, {}, "hf://owner/repo@" + "a" * 40 + r" \(pinned"),
         ("CartPole-v1", {"trust_remote_code": True}, "hf:// sources only"),
         ("CartPole-v1", {"allow_unpinned_hf": True}, "hf:// sources only"),
         ("ftp://x/y", {}, "unknown source scheme"),
@@ -157,3 +161,12 @@ def test_task_keys_compare_as_strings_and_single_entries_are_automatic() -> None
     assert _select({"s": {0: env}}, "s", "0") is env
     with pytest.raises(SourceError, match="available"):
         _select({"s": {0: env, 1: env}}, "s", None)
+
+
+def test_several_envs_without_a_selector_are_listed_as_sources() -> None:
+    env = gym.make("CartPole-v1")
+    with pytest.raises(SourceError) as err:
+        _select({"s": {0: env, 1: env}, "t": {"a": env}}, None, None, "hf://o/r@" + SHA)
+    assert str(err.value).splitlines() == [
+        f"hf://o/r@{SHA} has 3 envs: choose one by naming it after the repository, hf://o/r@{SHA}:SUITE/TASK, one of:",
+        f"  hf://o/r@{SHA}:s/0", f"  hf://o/r@{SHA}:s/1", f"  hf://o/r@{SHA}:t/a"]

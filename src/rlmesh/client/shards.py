@@ -377,6 +377,8 @@ class AsyncShardedVectorEnv:
     def _check_open(self) -> None:
         if self._closed:
             raise EnvClosedError("this env is closed")
+        if not self.bounds:
+            raise EnvClosedError("this env is not started: use `async with ...`, or `await envs.start()` first")
 
     def _check_can_send(self) -> None:
         # As Gymnasium's AsyncVectorEnv: one step at a time (step() too, while one is split).

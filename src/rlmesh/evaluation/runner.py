@@ -576,6 +576,8 @@ async def _all(coros: list[Any]) -> None:
 
     Each task is cancelled at most once, so that its clean-up (closing its sandbox) runs to the end.
     """
+    if not coros:  # nothing left to run (a resumed run the file already holds)
+        return
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

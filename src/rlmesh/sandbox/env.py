@@ -29,7 +29,7 @@ from ._docker import DockerClient, docker_client
 from .container import Sandbox
 from .engine import Engine
 from .image import ImageSpec, ensure_image, remove_replaced_image, try_pull
-from .library_hints import add_missing_library_note
+from .library_hints import add_sandbox_notes
 from .options import (
     BUILD_OPTIONS,
     CLIENT_OPTIONS,
@@ -282,7 +282,8 @@ class _AsyncSandboxBase(_AsyncRemoteBase):
                 spec, files={target: str(directory)},
                 requirement_files=(str(requirements),) if requirements.is_file() else (),
             )
-            command = [*serve, f"envhub:{target}", *self._serve_args()]
+            command = [*serve, f"envhub:{target}", *self._serve_args(),
+                       "--hub-source", f"hf://{source.repo_id}@{commit}"]
             if source.selector:
                 command += ["--selector", source.selector]
         else:
@@ -317,7 +318,7 @@ class _AsyncSandboxBase(_AsyncRemoteBase):
                                         self.engine, self.lease, self.data_plane, self.max_region_size)
                 conn = await self._sandbox.start(self.connect_timeout)
             self.address = conn.address
-            conn.on_env_error = add_missing_library_note
+            conn.on_env_error = add_sandbox_notes
             self._adopt(conn)
         except BaseException:
             await asyncio.shield(self._teardown())

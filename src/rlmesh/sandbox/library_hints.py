@@ -1,8 +1,10 @@
-"""Which Debian package a sandbox lacks, from an env error about a missing shared library.
+"""What a sandbox lacks, from an env error: a shared library, or a Python package.
 
 A pip package cannot provide ``libGL.so.1``: the sandbox needs ``system_packages=["libgl1"]``.
-A sandbox adds the note this module writes to the env errors it raises
-(:func:`add_missing_library_note`): to those its env raises while it runs, and to the
+A ``gymnasium.error.DependencyNotInstalled`` ("pygame is not installed") raised in a sandbox
+means the package is missing *in the sandbox*, whatever the host has: the sandbox installs only
+what ``packages=`` names. A sandbox adds the notes this module writes to the env errors it
+raises (:func:`add_sandbox_notes`): to those its env raises while it runs, and to the
 :class:`~rlmesh.errors.SandboxStartError` of an env that could not be made.
 """
 
@@ -12,7 +14,7 @@ import re
 
 from ..errors import RemoteEnvError
 
-__all__ = ["add_missing_library_note", "missing_library_note"]
+__all__ = ["add_sandbox_notes", "missing_dependency_note", "missing_library_note"]
 
 
 # The env's message and traceback are hostile input (up to 64 KiB and 256 KiB): they are searched
@@ -69,8 +71,31 @@ def _missing_soname(text: str) -> str | None:
     return None
 
 
-def add_missing_library_note(error: RemoteEnvError) -> None:
-    """Add :func:`missing_library_note`'s note to an env error, when there is one."""
-    note = missing_library_note(error.remote_message, error.remote_traceback[-4000:])
-    if note and note not in getattr(error, "__notes__", ()):
-        error.add_note(note)
+# The packages= entry that provides what Gymnasium's DependencyNotInstalled messages name.
+_GYMNASIUM_EXTRA = (
+    ("pygame", "gymnasium[classic-control]"), ("box2d", "gymnasium[box2d]"), ("swig", "gymnasium[box2d]"),
+    ("mujoco", "gymnasium[mujoco]"), ("ale_py", "ale-py"), ("ale-py", "ale-py"), ("opencv", "opencv-python"),
+    ("cv2", "opencv-python"), ("moviepy", "moviepy"), ("matplotlib", "matplotlib"),
+)
+
+
+def missing_dependency_note(remote_type: str, message: str) -> str | None:
+    """A note for a ``DependencyNotInstalled`` raised in a sandbox: the package is missing there,
+    not on the host, and which ``packages=`` entry provides it when it is a known one."""
+    if remote_type.rpartition(".")[2] != "DependencyNotInstalled":
+        return None
+    lowered = message[:2000].lower()
+    package = next((extra for word, extra in _GYMNASIUM_EXTRA if word in lowered), None)
+    fix = (f'add packages=["{package}"] (or add it to your packages= list)' if package else
+           "add the package it names to packages=[...]")
+    return (f"The package is missing in the sandbox, not on this host: a sandbox has only what packages= installs "
+            f"(and Gymnasium). To install it there, {fix}.")
+
+
+def add_sandbox_notes(error: RemoteEnvError) -> None:
+    """Add :func:`missing_library_note`'s and :func:`missing_dependency_note`'s notes to an env
+    error raised in a sandbox, when there are any."""
+    for note in (missing_library_note(error.remote_message, error.remote_traceback[-4000:]),
+                 missing_dependency_note(error.remote_type, error.remote_message)):
+        if note and note not in getattr(error, "__notes__", ()):
+            error.add_note(note)

@@ -120,6 +120,16 @@ def parse_source(source: str, *, trust_remote_code: bool = False, allow_unpinned
     """
     if not isinstance(source, str) or not source.strip():
         raise SourceError(f"source must be a non-empty string, got {source!r}")
+    web = _HF_WEB.match(source)
+    if web is not None:
+        repo, rev = web.group("repo"), web.group("rev")
+        pinned = f"hf://{repo}@{rev}" if rev and _SHA.match(rev) else f"hf://{repo}@<40-hex sha>"
+        raise SourceError(
+            f"{source!r} is a web page of the Hugging Face Hub, not a source: an EnvHub repository is "
+            f"{pinned} (pinned to a commit: the SHA is on the repository's \"Files\" tab, or from "
+            f"`python -c \"from huggingface_hub import HfApi; print(HfApi().model_info('{repo}').sha)\"`), "
+            "with trust_remote_code=True once you have reviewed its code"
+        )
     fixed = _hf_near_miss(source)
     if fixed is not None:
         raise SourceError(f"{source!r} is not a source rlmesh reads: did you mean {fixed!r}? "
@@ -168,6 +178,12 @@ def parse_source(source: str, *, trust_remote_code: bool = False, allow_unpinned
             "docker:// or image://"
         )
     return GymSource(source)
+
+
+_HF_WEB = re.compile(
+    r"https?://(?:www\.)?(?:huggingface\.co|hf\.co)/(?:spaces/|datasets/)?(?P<repo>[\w.-]{1,96}/[\w.-]{1,96})"
+    r"(?:/(?:tree|blob|commit)/(?P<rev>[\w.-]{1,64}))?"
+)
 
 
 def _hf_near_miss(source: str) -> str | None:

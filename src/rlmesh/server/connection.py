@@ -1,12 +1,13 @@
-"""The server's side of each connection, and the one client slot they compete for.
+"""The server's side of each connection, and the client slots they compete for.
 
 A connection goes through three states. Until it is *active* it holds no slot and may send
 only small frames: it must say HELLO (and, when the server has a token, prove it knows the
 token) within ``hello_timeout``; the sequence is :class:`~rlmesh.protocol.session.ServerHandshake`'s.
-Only then does it claim the one client slot (:class:`ClientSlots`); if another client holds it,
-the newcomer waits a moment (the other may be hanging up) and is then told the server is busy.
-An active client that sends nothing for ``idle_timeout`` is dropped. Its requests go to
-:func:`~rlmesh.server.dispatch.handle`.
+Only then does it claim one of the ``max_clients`` slots (:class:`ClientSlots`), and with it an
+env of its own (the server's first env, one a client before it left, or a new one from the
+factory); if every slot is held, the newcomer waits a moment (a client may be hanging up) and is
+then told the server is busy. An active client that sends nothing for ``idle_timeout`` is
+dropped. Its requests go to :func:`~rlmesh.server.dispatch.handle`, with its env.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import AuthenticationError, ProtocolError
 from ..protocol import DEFAULT_MAX_FRAME_SIZE, MIN_FRAME_SIZE, Connection, ErrorBody, Frame, MessageType, encode_message
@@ -41,14 +42,17 @@ BUSY_GRACE = 0.25
 
 
 class ClientSlots:
-    """Who a server serves: the one active client, those waiting for it, those in their handshake.
+    """Who a server serves: the active clients (at most ``capacity``), those waiting for a slot,
+    those in their handshake.
 
     Args:
-        on_vacant: Called each time the active client leaves (a dialled server then stops).
+        on_vacant: Called each time the last active client leaves (a dialled server then stops).
+        capacity: Clients served at once.
     """
 
-    def __init__(self, on_vacant: Callable[[], None]) -> None:
-        self.active: ServerConnection | None = None
+    def __init__(self, on_vacant: Callable[[], None], capacity: int = 1) -> None:
+        self.capacity = capacity
+        self.active: list[ServerConnection] = []
         self.waiting: list[ServerConnection] = []
         self.pending: dict[ServerConnection, None] = {}  # in their handshake, oldest first
         self.evicted: set[ServerConnection] = set()  # evicted from pending, told why, closing
@@ -56,28 +60,31 @@ class ClientSlots:
         self._on_vacant = on_vacant
 
     def claim(self, conn: ServerConnection) -> bool:
-        """Give ``conn`` the slot if it is free (or held by a peer that hung up)."""
-        active = self.active
-        if active is not None and active is not conn and _peer_hung_up(active):
-            log.info("client %s hung up; freeing the slot", active.peer)
-            active.release()
-        if self.active is None:
-            self.active = conn
+        """Give ``conn`` a slot if one is free (or held by a peer that hung up)."""
+        if len(self.active) >= self.capacity:
+            for held in list(self.active):
+                if held is not conn and _peer_hung_up(held):
+                    log.info("client %s hung up; freeing its slot", held.peer)
+                    held.release()
+        if len(self.active) < self.capacity:
+            self.active.append(conn)
             return True
         return False
 
     def release(self, conn: ServerConnection) -> None:
-        """``conn`` leaves the slot, if it held it; the next waiting client gets it."""
-        if self.active is conn:
-            self.active = None
-            self.vacant_since = asyncio.get_running_loop().time()
-            self._on_vacant()
-            while self.waiting and self.active is None:
+        """``conn`` leaves its slot, if it held one; the next waiting client gets it."""
+        if conn in self.active:
+            self.active.remove(conn)
+            conn.give_back_env()
+            if not self.active:
+                self.vacant_since = asyncio.get_running_loop().time()
+                self._on_vacant()
+            while self.waiting and len(self.active) < self.capacity:
                 self.waiting.pop(0).promote()
 
     def every(self) -> list[ServerConnection]:
         """Every connection the server has, in whatever state."""
-        return [c for c in (self.active, *self.waiting, *self.pending, *self.evicted) if c is not None]
+        return [*self.active, *self.waiting, *self.pending, *self.evicted]
 
 
 class ServerConnection(asyncio.Protocol):
@@ -94,6 +101,7 @@ class ServerConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._last_seen = 0.0
         self.handover: RegionHandover | None = None  # the data plane's MAP exchange, once offered
+        self.env: Any = None  # its own env, while it holds a slot
 
     # -- transport callbacks ----------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -139,7 +147,7 @@ class ServerConnection(asyncio.Protocol):
                         continue
                     handover = self.handover
                     region = None if handover is None else handover.region
-                    transport.write(handle(self.server.env, frame, self.reply_limit, region))
+                    transport.write(handle(self.env, frame, self.reply_limit, region))
                     if frame.type is MessageType.CLOSE:
                         self.release()
                         transport.close()
@@ -261,15 +269,30 @@ class ServerConnection(asyncio.Protocol):
             self._answer_hello()
 
     def promote(self) -> None:
-        """Called by the server when the slot frees while this connection waits for it."""
+        """Called by the server when a slot frees while this connection waits for one."""
         self._cancel_timer()
         if self.transport is None or self.transport.is_closing():
             return
-        self.server.slots.active = self
+        self.server.slots.active.append(self)
         self._activate()
+
+    def give_back_env(self) -> None:
+        """Return this client's env to the server (the next client gets it)."""
+        env, self.env = self.env, None
+        if env is not None:
+            self.server.give_back_env(env)
 
     def _activate(self) -> None:
         server = self.server
+        try:
+            self.env = server.lend_env()
+        except Exception as exc:  # another env could not be made: this client hears why
+            log.warning("could not make an env for %s: %s: %s", self.peer, type(exc).__name__, exc)
+            server.slots.release(self)
+            assert self.transport is not None
+            self.transport.write(env_error(exc).encode(self.handshake.reply_id))
+            self._close_after_write()
+            return
         self.state = "active"
         self._uncount()
         self.conn.max_frame_size = server.options.max_frame_size
@@ -283,10 +306,14 @@ class ServerConnection(asyncio.Protocol):
     def _busy(self) -> None:
         if self in self.server.slots.waiting:
             self.server.slots.waiting.remove(self)
-        log.warning("rejecting %s: already serving a client", self.peer)
+        capacity = self.server.slots.capacity
+        log.warning("rejecting %s: already serving %d client(s)", self.peer, capacity)
         assert self.transport is not None
-        self.transport.write(ErrorBody.busy(
-            f"the server at {self.server.address} already serves a client; it serves one client at a time").encode(0))
+        if capacity == 1:
+            what = "already serves a client; it serves one client at a time"
+        else:
+            what = f"already serves {capacity} clients, its max_clients (rlmesh serve --max-clients N serves more)"
+        self.transport.write(ErrorBody.busy(f"the server at {self.server.address} {what}").encode(0))
         self._close_after_write()
 
     # -- timers and teardown -------------------------------------------------

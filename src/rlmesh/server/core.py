@@ -1,9 +1,11 @@
-"""EnvServer: serve one Gymnasium env to one client at a time over a stream.
+"""EnvServer: serve a Gymnasium env over a stream, an env of its own to each client.
 
 The server runs on asyncio with plain protocol callbacks: a request is decoded,
-applied to the env and answered inside ``data_received``, with no task or
-thread hop on the hot path. Env calls are synchronous, so one client at a time
-is the natural model.
+applied to the client's env and answered inside ``data_received``, with no task or
+thread hop on the hot path. Env calls are synchronous: clients served at once
+(``max_clients``, each with its own env made by the factory) take turns on one thread.
+Several clients let ``gym.make(env.spec)`` and ``check_env``'s close check open a second
+env beside the first; a dialled server (a sandbox) serves its owner only.
 
 This module is the server's lifecycle: making the env, listening (or dialling), signals, the
 lease and the stop. Each connection, and the one client slot they compete for, are
@@ -45,8 +47,9 @@ class EnvServer:
     """Serve a Gymnasium env (or vector env) to remote clients.
 
     Args:
-        env_or_factory: The env, or a zero-argument callable that creates it
-            (called once, when serving starts).
+        env_or_factory: The env, or a zero-argument callable that creates it (called when
+            serving starts, and again for each client beyond the first served at once; an env
+            given as it is serves one client at a time).
         address: ``unix:///abs/path.sock``, ``tcp://host:port`` or ``host:port``.
         max_frame_size: The largest frame accepted from an active client (a client
             still in its handshake may send at most 64 KiB).
@@ -68,6 +71,8 @@ class EnvServer:
         handoff: Also adopt connections handed over as file descriptors on the Unix socket at
             this path (:mod:`rlmesh.server.handoff`): a relay passes its accepted TCP clients
             on, and is then out of the data path. Needs a token, as TCP does.
+        max_clients: Clients served at once, each with its own env (default 4; 1 dialling).
+            Past it, a client is told the server is busy.
 
     Raises:
         InvalidArgumentError: TCP without a token (and not ``insecure`` on loopback), or a
@@ -83,7 +88,10 @@ class EnvServer:
         self.startup_error: Exception | None = None
         self._env_or_factory = env_or_factory
         self._env: EnvLike | None = None
-        self.slots = ClientSlots(self._vacated)
+        self._idle: list[EnvLike] = []  # envs no client holds (the first one included, once made)
+        self._made: list[EnvLike] = []  # every env made, closed when serving ends
+        factory = callable(env_or_factory) and not isinstance(env_or_factory, (gym.Env, gym.vector.VectorEnv))
+        self.slots = ClientSlots(self._vacated, self.options.max_clients if factory else 1)
         #: The server's HELLO, encoded once the env is made (None until then).
         self.hello_parts: tuple[dict[str, Any], list[Any]] | None = None
         self.layout: Layout | None = None  # the data plane's, from the env's spaces
@@ -103,16 +111,45 @@ class EnvServer:
 
     @property
     def env(self) -> EnvLike:
-        """The served env (created on first use when a factory was given)."""
+        """The first env served (created on first use when a factory was given)."""
         if self._env is None:
-            made = self._env_or_factory
-            if not isinstance(made, (gym.Env, gym.vector.VectorEnv)) and callable(made):
-                made = made()
-            if not isinstance(made, (gym.Env, gym.vector.VectorEnv)):
-                raise TypeError(f"env factory returned {type(made).__name__}, not a gymnasium env")
-            self._env = made
-            self.is_vector = isinstance(made, gym.vector.VectorEnv)
+            self._env = self._make()
+            self._idle.append(self._env)
+            self.is_vector = isinstance(self._env, gym.vector.VectorEnv)
         return self._env
+
+    def _make(self) -> EnvLike:
+        made = self._env_or_factory
+        if not isinstance(made, (gym.Env, gym.vector.VectorEnv)) and callable(made):
+            made = made()
+        if not isinstance(made, (gym.Env, gym.vector.VectorEnv)):
+            raise TypeError(f"env factory returned {type(made).__name__}, not a gymnasium env")
+        self._made.append(made)
+        return made
+
+    def lend_env(self) -> EnvLike:
+        """An env for a client taking a slot: an idle one, else a new one from the factory.
+
+        Raises:
+            Exception: The factory's, when a new env cannot be made.
+        """
+        if self._idle:
+            return self._idle.pop(0)
+        made = self._make()
+        first = self.env
+        if made.observation_space != first.observation_space or made.action_space != first.action_space:
+            self._made.remove(made)
+            made.close()
+            raise TypeError("the env factory made an env with other spaces than the first; every client is "
+                            "described the first env's")
+        return made
+
+    def give_back_env(self, env: EnvLike) -> None:
+        """A client left: its env serves the next one (the first env first)."""
+        if env is self._env:
+            self._idle.insert(0, env)
+        else:
+            self._idle.append(env)
 
     def serve(self) -> None:
         """Serve until SIGTERM or SIGINT, then close the env and remove the socket."""
@@ -248,7 +285,13 @@ class EnvServer:
             if server is not None:
                 await server.wait_closed()
             try:
-                env.close()
+                for made in reversed(self._made):  # the first env last, as before: every one closed
+                    try:
+                        made.close()
+                    except Exception as exc:
+                        if made is env:
+                            raise
+                        log.warning("closing an env of a client failed: %s: %s", type(exc).__name__, exc)
             finally:
                 if addr.path is not None and server is not None:
                     with contextlib.suppress(FileNotFoundError):
@@ -293,7 +336,7 @@ class EnvServer:
         lease = self.options.lease
         assert lease is not None and self._stop is not None
         loop = asyncio.get_running_loop()
-        if self.slots.active is not None:
+        if self.slots.active:
             self.slots.vacant_since = loop.time()
         idle = loop.time() - self.slots.vacant_since
         if idle >= lease:

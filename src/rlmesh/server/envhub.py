@@ -92,6 +92,7 @@ def load_envhub(
     num_envs: int | None,
     vectorization_mode: str,
     kwargs: Mapping[str, Any],
+    name: str | None = None,
 ) -> EnvLike:
     """Call the repository's ``make_env``, pick the requested env and close the others.
 
@@ -101,6 +102,7 @@ def load_envhub(
         num_envs: None for single-env semantics, else the number of lanes.
         vectorization_mode: ``async`` asks ``make_env`` for async envs.
         kwargs: ``cfg`` and the other keyword arguments for ``make_env``.
+        name: The repository as the user named it (``hf://owner/repo@sha``), for messages.
 
     Returns:
         A single env (``num_envs`` None) or a vector env.
@@ -111,7 +113,7 @@ def load_envhub(
     sel = _selector(selector)
     catalog = make_catalog(directory, sel, num_envs=num_envs, vectorization_mode=vectorization_mode, kwargs=kwargs)
     try:
-        made = _select(catalog, sel.suite, sel.task)
+        made = _select(catalog, sel.suite, sel.task, name)
     except BaseException:
         close_catalog(catalog)
         raise
@@ -308,13 +310,16 @@ def _selector(selector: HubSelector | str | None) -> HubSelector:
     return parse_selector(selector) if selector else HubSelector()
 
 
-def _select(catalog: Catalog, suite: str | None, task: str | None) -> EnvLike:
+def _select(catalog: Catalog, suite: str | None, task: str | None, name: str | None = None) -> EnvLike:
     every = list_catalog(catalog)
     if suite is None:
         if len(every) != 1:
+            repo = name or "hf://owner/repo@<sha>"
+            shown = every[:20] + ([f"... {len(every) - 20} more (rlmesh.list_tasks lists them all)"] if len(every) > 20 else [])
             raise SourceError(
-                f"the repository has {len(every)} envs: choose one with hf://owner/repo@<sha>:SUITE/TASK; "
-                f"available: {every}"
+                f"{name or 'the repository'} has {len(every)} envs: choose one by naming it after the "
+                f"repository, {repo}:SUITE/TASK, one of:\n" + "\n".join(
+                    f"  {repo}:{e}" if not e.startswith("...") else f"  {e}" for e in shown)
             )
         suite = next(iter(catalog))
     if suite not in catalog:

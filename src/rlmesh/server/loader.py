@@ -54,6 +54,7 @@ def load_env(
     kwargs: Mapping[str, Any] | None = None,
     selector: str | None = None,
     wrappers: Sequence[tuple[str, Mapping[str, Any]]] = (),
+    hub_source: str | None = None,
 ) -> EnvLike:
     """Create the env that a server will serve.
 
@@ -67,6 +68,8 @@ def load_env(
         selector: ``[ENTRY.py][:SUITE[/TASK]]`` for ``envhub:`` sources (the entry file and the env).
         wrappers: ``(module:Class, kwargs)`` pairs, applied in order to each env (each lane of a
             vector env) before anything is described to clients.
+        hub_source: The ``hf://owner/repo@sha`` an ``envhub:`` source came from, named in its
+            messages (a repository of several envs lists them as sources to copy).
 
     Returns:
         A ``gymnasium.Env`` or ``gymnasium.vector.VectorEnv``.
@@ -88,7 +91,7 @@ def load_env(
 
         hub_env = _check_mode(load_envhub(
             source.removeprefix("envhub:"), selector=selector,
-            num_envs=num_envs, vectorization_mode=vectorization_mode, kwargs=kwargs,
+            num_envs=num_envs, vectorization_mode=vectorization_mode, kwargs=kwargs, name=hub_source,
         ), mode, source)
         if wrappers and num_envs is not None:
             raise InvalidArgumentError("wrappers apply to single envs from an EnvHub repository")

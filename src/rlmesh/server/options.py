@@ -19,6 +19,8 @@ HELLO_TIMEOUT = 10.0
 """Seconds a new connection has to finish its HELLO (and authentication)."""
 IDLE_TIMEOUT = 300.0
 """Default seconds of silence after which a TCP client is dropped (Unix sockets: none)."""
+MAX_CLIENTS = 4
+"""Default clients a listening server serves at once, each with its own env (a dialled one: its owner)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +32,7 @@ class ServerOptions:
         address: Where to serve (or, dialling, whom to dial).
         token: The token clients must prove they know, loaded (None: no authentication).
         idle_timeout: Seconds of silence that drop an active client (resolved: None for none).
+        max_clients: Clients served at once, each with its own env (resolved: 1 dialling).
     """
 
     address: Address
@@ -42,6 +45,7 @@ class ServerOptions:
     lease: float | None = None
     dial: bool = False
     handoff: str | None = None
+    max_clients: int = MAX_CLIENTS
 
     @property
     def tcp(self) -> bool:
@@ -63,6 +67,7 @@ class ServerOptions:
         lease: float | None = None,
         dial: bool = False,
         handoff: str | None = None,
+        max_clients: int | None = None,
     ) -> ServerOptions:
         """Check an env server's arguments (``token`` defaults to ``RLMESH_TOKEN`` over TCP and for handoff).
 
@@ -104,7 +109,14 @@ class ServerOptions:
             raise InvalidArgumentError(f"lease must be a positive number of seconds or None, got {lease!r}")
         if dial and tcp:
             raise InvalidArgumentError("dial applies to Unix socket addresses")
-        return cls(addr, max_frame_size, ready_message, hello_timeout, loaded, tls, idle_timeout, lease, dial, handoff)
+        if max_clients is None:
+            max_clients = 1 if dial else MAX_CLIENTS
+        if not is_int(max_clients) or max_clients < 1 or (dial and max_clients != 1):
+            raise InvalidArgumentError(
+                f"max_clients must be a positive int (1 when dialling: a dialled server serves its owner), "
+                f"got {max_clients!r}")
+        return cls(addr, max_frame_size, ready_message, hello_timeout, loaded, tls, idle_timeout, lease, dial, handoff,
+                   max_clients)
 
 
 def _is_loopback(host: str) -> bool:

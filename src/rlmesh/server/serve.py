@@ -8,10 +8,11 @@ Usage::
                  [--kwargs-json JSON] [--wrappers-json JSON] [--import MODULE ...]
                  [--token-file PATH | --insecure] [--tls-cert PEM --tls-key PEM]
                  [--idle-timeout S] [--max-frame-size BYTES] [--lease S] [--dial]
-                 [--handoff PATH]
+                 [--handoff PATH] [--max-clients N]
 
 Over TCP a token is required: ``RLMESH_TOKEN`` or ``--token-file``. ``--insecure``
-serves without one, on loopback addresses only.
+serves without one, on loopback addresses only. Up to ``--max-clients`` clients (default 4)
+are served at once, each with its own env made from SOURCE; a dialled server serves its owner.
 
 An env that cannot be made is reported in one line (its exception and rlmesh's hint), exit
 status 1; ``--log-level debug`` adds the traceback. With ``--dial`` (a sandbox's server) the
@@ -24,7 +25,7 @@ import argparse
 import logging
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -33,6 +34,12 @@ from ..protocol.options import AUTORESET_MODES, VECTORIZATION_MODES
 from .options import ServerOptions
 
 __all__ = ["build_parser", "cannot_make_message", "main"]
+
+
+def _first_made(make: Callable[[], Any]) -> Callable[[], Any]:
+    """``make``, called now: the factory returns that env first, then new ones."""
+    made = [make()]
+    return lambda: made.pop() if made else make()
 
 
 def _seconds_or_none(text: str) -> float | None:
@@ -54,6 +61,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--autoreset-mode", default="next_step", choices=AUTORESET_MODES)
     p.add_argument("--kwargs-json", default="{}", help="JSON object of env constructor kwargs")
     p.add_argument("--selector", default=None, help="[ENTRY.py][:SUITE[/TASK]], for envhub: sources")
+    p.add_argument("--hub-source", default=None, metavar="SOURCE",
+                   help="the hf://owner/repo@sha an envhub: source came from, named in its messages")
     p.add_argument("--wrappers-json", default="[]", metavar="JSON",
                    help='wrappers applied in order to each env: [["module:Class", {kwargs}], ...]')
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
@@ -78,6 +87,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--handoff", default=None, metavar="PATH",
                    help="also serve connections handed over as file descriptors on the Unix socket PATH "
                         "(a relay passes its TCP clients on this way)")
+    p.add_argument("--max-clients", type=int, default=None, metavar="N",
+                   help="clients served at once, each with its own env (default 4; 1 with --dial)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -118,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         server_options: dict[str, Any] = {
             "max_frame_size": args.max_frame_size or DEFAULT_MAX_FRAME_SIZE, "token": token,
             "insecure": args.insecure, "tls": tls, "idle_timeout": getattr(args, "idle_timeout", "default"),
-            "lease": args.lease, "dial": args.dial, "handoff": args.handoff,
+            "lease": args.lease, "dial": args.dial, "handoff": args.handoff, "max_clients": args.max_clients,
         }
         ServerOptions.check(args.address, **server_options)
 
@@ -131,11 +142,14 @@ def run(args: argparse.Namespace) -> int:
                 autoreset_mode=args.autoreset_mode,
                 kwargs=kwargs,
                 selector=args.selector,
+                hub_source=args.hub_source,
                 wrappers=wrappers,
             )
 
         # Dialling, the server connects before it makes the env, so the client hears a failure.
-        EnvServer(make if args.dial else make(), args.address, **server_options).serve()
+        # Listening, the first env is made before serving (a failure is one line and exit 1);
+        # each client beyond the first served at once gets another.
+        EnvServer(make if args.dial else _first_made(make), args.address, **server_options).serve()
     except (OSError, ssl.SSLError) as exc:
         print(f"rlmesh serve: {exc}", file=sys.stderr, flush=True)
         return 3
