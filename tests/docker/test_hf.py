@@ -139,8 +139,9 @@ def test_lerobot_multi_task_example(hub_cache: Path) -> None:
         assert envs.reset(seed=0)[0].shape == (2, 2)
     with pytest.raises(SandboxStartError) as err:
         SandboxEnv(base, trust_remote_code=True)
-    first = str(err.value).splitlines()[0]
-    assert "3 envs" in first and "['suite_1/0', 'suite_1/1', 'suite_2/0']" in first
+    lines = str(err.value).splitlines()
+    assert f"{base} has 3 envs: choose one by naming it after the repository, {base}:SUITE/TASK" in lines[0]
+    assert [f"  {base}:{task}" for task in ("suite_1/0", "suite_1/1", "suite_2/0")] == lines[1:4]
 
 
 def test_cfg_reaches_make_env_read_by_attribute_required_and_optional(hub_cache: Path) -> None:

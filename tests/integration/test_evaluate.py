@@ -332,3 +332,9 @@ def test_a_resumed_run_with_nothing_left_starts_nothing(tmp_path: Path) -> None:
     store.close()
     report = rlmesh.evaluate("random", "CartPole-v1", episodes=3, results=str(path), progress=False)
     assert report.container_starts == 0 and [r["return"] for r in report.episodes] == [10.0, 11.0, 12.0]
+
+
+def test_videos_without_their_encoder_say_how_to_install_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "imageio_ffmpeg", None)  # as if not installed
+    with pytest.raises(InvalidArgumentError, match=r"pip install 'rlmesh\[video\]'"):
+        rlmesh.evaluate("random", "CartPole-v1", episodes=1, videos=tmp_path)

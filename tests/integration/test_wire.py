@@ -286,12 +286,12 @@ def test_remote_error_classes_are_only_builtin_or_gymnasium() -> None:
 ])
 def test_a_missing_shared_library_note_names_the_debian_package(message: str, traceback: str, fix: str) -> None:
     from rlmesh.protocol.faults import ErrorBody, exception_for_error
-    from rlmesh.sandbox.library_hints import add_missing_library_note
+    from rlmesh.sandbox.library_hints import add_sandbox_notes
 
     err = exception_for_error(ErrorBody("env", "builtins.ImportError", message, traceback))
     assert not getattr(err, "__notes__", None)  # the protocol knows nothing of Debian: a sandbox adds the note
     assert isinstance(err, RemoteEnvError)
-    add_missing_library_note(err)
+    add_sandbox_notes(err)
     assert fix in "".join(err.__notes__)
 
 

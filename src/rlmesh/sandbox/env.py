@@ -283,7 +283,7 @@ class _AsyncSandboxBase(_AsyncRemoteBase):
                 requirement_files=(str(requirements),) if requirements.is_file() else (),
             )
             command = [*serve, f"envhub:{target}", *self._serve_args(),
-                       "--hub-source", f"hf://{source.repo_id}@{commit}"]
+                       "--hub-source", f"hf://{source.repo_id}@{commit}" + (f":{source.entry}" if source.entry else "")]
             if source.selector:
                 command += ["--selector", source.selector]
         else:
