@@ -110,7 +110,7 @@ class ResultsFile:
         if lines:
             self._check_header(lines[0])
             if self.extended is not None:
-                lines[0] = self._header()
+                lines[0] = orjson.dumps(self._header(), option=orjson.OPT_SERIALIZE_NUMPY)
                 self._rewrite(lines)
             seen: set[tuple[str, int]] = set()
             for number, line in enumerate(lines[1:], start=2):
@@ -127,12 +127,10 @@ class ResultsFile:
                     self.records.append(record)
         self._file = self.path.open("ab")
         if not lines:
-            self._file.write(self._header() + b"\n")
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            self._write(self._header())
 
-    def _header(self) -> bytes:
-        return orjson.dumps({HEADER_KEY: FORMAT_VERSION, "run": self.run}, option=orjson.OPT_SERIALIZE_NUMPY)
+    def _header(self) -> dict[str, Any]:
+        return {HEADER_KEY: FORMAT_VERSION, "run": self.run}
 
     def _rewrite(self, lines: list[bytes]) -> None:
         """Replace the file by ``lines``, atomically (a new file renamed over it)."""

@@ -188,15 +188,14 @@ class Runner:
         ep = lane.episode if isinstance(lane, _Lane) else lane
         total = lane.total if isinstance(lane, _Lane) and error is None else None
         length = lane.length if isinstance(lane, _Lane) else 0
+        task = next(t for t in self._tasks if t.name == ep.task)
         record = make_record(ep.task, ep.index, ep.seed, total=total, length=length, terminated=terminated,
                              truncated=truncated, success=success, seconds=seconds, attempts=ep.attempts, error=error,
-                             video=video, image=self._image_of(ep.task))
+                             video=video, image=task.image)
         if self.store is not None:
             self.store.append(record)
         self.records.append(record)
-        task = next((t for t in self._tasks if t.name == ep.task), None)
-        if task is not None:
-            task.last_record = asyncio.get_running_loop().time()
+        task.last_record = asyncio.get_running_loop().time()
         self.progress.update(record)
 
     # -- a worker: one sandbox at a time, replaced when it fails ---------------------
@@ -275,10 +274,6 @@ class Runner:
             if task.first_ready is None:
                 task.first_ready = loop.time()
             return env
-
-    def _image_of(self, name: str) -> str | None:
-        task = next((t for t in self._tasks if t.name == name), None)
-        return task.image if task is not None else None
 
     def _check_image(self, task: _Task, image: str | None) -> None:
         """Note the image a task's sandbox runs; refuse one that differs from a resumed run's.
@@ -389,8 +384,8 @@ class Runner:
 
         pending = True  # lanes to reset (a Python flag: the step loop below stays free of NumPy reductions)
         stepping = 0  # lanes with an episode
-        fresh: list[int] = []
         while True:
+            fresh: list[int] = []  # lanes whose episode began at this reset
             if pending:
                 for i in np.flatnonzero(reset).tolist():
                     if active[i] is None and (first or self.fresh is None):  # fresh: one set of episodes
@@ -402,7 +397,6 @@ class Runner:
                 if not real:
                     return None
                 stepping = len(real)
-                fresh = []
                 try:
                     seeds: list[int | None] = [None] * n
                     for i in np.flatnonzero(reset).tolist():
@@ -430,8 +424,6 @@ class Runner:
                         await self._film(env, active, recording)
                 except Exception as exc:
                     return fault(exc)
-            elif fresh:
-                fresh = []
             if acting.reset is not None:
                 for i in fresh:  # its errors end the run
                     lane = active[i]
