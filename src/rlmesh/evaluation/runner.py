@@ -91,6 +91,10 @@ class _Task:
     def has_work(self) -> bool:
         return bool(self.pending or self.isolated)
 
+    def unclaimed(self, lanes: int) -> bool:
+        """Whether it has episodes that the workers starting sandboxes of ``lanes`` for it will not take."""
+        return len(self.pending) + len(self.isolated) > self.starting * lanes
+
 
 class Runner:
     """Runs every pending (task, episode) and records each as it ends.
@@ -178,7 +182,7 @@ class Runner:
     def _next_task(self, lanes: int) -> _Task | None:
         """The first task with episodes that the workers starting for it will not take."""
         for task in self._tasks:
-            if len(task.pending) + len(task.isolated) > task.starting * lanes:
+            if task.unclaimed(lanes):
                 return task
         return None
 
@@ -207,7 +211,7 @@ class Runner:
         """Run ``task``'s episodes in a sandbox of ``lanes`` lanes until it has none to take."""
         env: Any = None
         try:
-            while task.has_work():
+            while task.has_work() if env is not None else task.unclaimed(lanes):
                 if env is None:
                     task.starting += 1
                     try:
