@@ -81,7 +81,7 @@ def _is_hub_repo(source: str) -> bool:
     return source.startswith("hf://") and ":" not in source[len("hf://"):]
 
 
-IDENTITY_OPTIONS = ("packages", "imports", "system_packages", "base_image", "env", "wrappers", "vectorization_mode")
+IDENTITY_OPTIONS = ("packages", "imports", "system_packages", "ignore_libraries", "gl", "base_image", "env", "wrappers", "vectorization_mode")
 """The sandbox options that can change an episode, and so identify a run (with the env kwargs)."""
 
 

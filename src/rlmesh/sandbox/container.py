@@ -47,7 +47,7 @@ from ..protocol.faults import remote_error_class
 from . import ownership
 from ._docker import DockerClient, acquire_docker, not_found, release_docker
 from .engine import Engine
-from .library_hints import add_sandbox_notes
+from .library_hints import add_sandbox_notes, sandbox_note_context
 from .options import RUNTIME_DIR_IN_CONTAINER, ContainerOptions, default_memory, memory_bytes
 from .output_tail import OutputTail
 
@@ -375,7 +375,7 @@ class Sandbox:
                     f"{failure.remote_type.rpartition('.')[2]}: {failure.remote_message}",
                     container_id=self.container_id, exit_code=code, logs=self.logs,
                 )
-                add_sandbox_notes(failure)
+                add_sandbox_notes(failure, **sandbox_note_context(self.options))
                 for note in getattr(failure, "__notes__", ()):
                     error.add_note(note)
                 raise error from failure

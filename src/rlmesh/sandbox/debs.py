@@ -25,9 +25,68 @@ from .cache import cache_dir
 from .options import check_system_packages
 from .output_tail import last_lines
 
-__all__ = ["check_system_packages", "fetch_debs"]
+__all__ = ["check_system_packages", "deb_files", "fetch_debs", "library_package", "library_packages"]
 
 log = logging.getLogger("rlmesh.sandbox.image")
+
+# Debian (bookworm) packages whose names do not follow from their libraries' names, by soname stem
+# (the rest follow Debian's policy: libfoo.so.1 is in libfoo1, libfoo2.so.0 in libfoo2-0).
+_NAMED = {
+    "libglib-2.0": "libglib2.0-0", "libgthread-2.0": "libglib2.0-0", "libgobject-2.0": "libglib2.0-0",
+    "libgio-2.0": "libglib2.0-0", "libgmodule-2.0": "libglib2.0-0", "libOSMesa": "libosmesa6",
+    "libGLU": "libglu1-mesa", "libGLX": "libglx0", "libGLdispatch": "libglvnd0", "libSDL2-2.0": "libsdl2-2.0-0",
+    "libgfortran": "libgfortran5", "libquadmath": "libquadmath0", "libstdc++": "libstdc++6", "libgcc_s": "libgcc-s1",
+    "libz": "zlib1g", "libbz2": "libbz2-1.0", "liblzma": "liblzma5", "libssl": "libssl3", "libcrypto": "libssl3",
+    "libasound": "libasound2", "libdbus-1": "libdbus-1-3", "libgbm": "libgbm1", "libvulkan": "libvulkan1",
+}
+_POLICY = re.compile(r"^(lib[A-Za-z0-9_+.-]{1,100}?)\.so\.([0-9]{1,6})(?:\.[0-9]{1,9}){0,3}$")
+
+
+def library_package(soname: str, *, guess: bool = True) -> str | None:
+    """The Debian package that ships the shared library ``soname`` (``libxcb.so.1``: ``libxcb1``):
+    a well-known one, else (``guess``) the name Debian's library packaging policy gives it."""
+    m = _POLICY.match(soname)
+    stem = m.group(1) if m else soname.split(".so", 1)[0]
+    if stem in _NAMED:
+        return _NAMED[stem]
+    if m is None or not guess:
+        return None
+    name = stem.lower().replace("_", "-")
+    return f"{name}-{m.group(2)}" if name[-1].isdigit() else f"{name}{m.group(2)}"
+
+
+async def library_packages(sonames: Sequence[str]) -> dict[str, str]:
+    """For each of ``sonames`` whose package (see :func:`library_package`) the host's apt knows, that
+    package. Whether the package really ships the library is for the caller to check (:func:`deb_files`)."""
+    wanted = {name: pkg for name in sonames if (pkg := library_package(name)) is not None}
+    if not wanted or shutil.which("apt-cache") is None:
+        return {}
+    proc = await asyncio.create_subprocess_exec(
+        "apt-cache", "policy", *sorted(set(wanted.values())), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL, env={**os.environ, "LC_ALL": "C"},
+    )
+    out, _ = await proc.communicate()
+    known = {m.group(1) for m in re.finditer(r"^(\S+):\n\s+Installed: .*\n\s+Candidate: (?!\(none\))\S+",
+                                            out.decode(errors="replace"), re.MULTILINE)}
+    return {name: pkg for name, pkg in wanted.items() if pkg in known}
+
+
+async def deb_files(path: Path) -> set[str]:
+    """The base names of the files a ``.deb`` installs (``dpkg-deb --contents``)."""
+    proc = await asyncio.create_subprocess_exec(
+        "dpkg-deb", "--contents", str(path), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "LC_ALL": "C"},
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise ImageBuildError(f"dpkg-deb could not read {path.name}", exit_code=proc.returncode,
+                              logs=last_lines(err.decode(errors="replace")))
+    names = set()
+    for line in out.decode(errors="replace").splitlines():
+        path_text = line.split(maxsplit=5)[-1].split(" -> ")[0] if line.strip() else ""
+        names.add(path_text.rstrip("/").rsplit("/", 1)[-1])
+    return names
+
 
 def _cache() -> Path:
     return cache_dir() / "debs"

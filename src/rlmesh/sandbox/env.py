@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import difflib
+import functools
 import inspect
 import logging
 from collections.abc import Mapping
@@ -29,12 +30,13 @@ from ._docker import DockerClient, docker_client
 from .container import Sandbox
 from .engine import Engine
 from .image import ImageSpec, ensure_image, remove_replaced_image, try_pull
-from .library_hints import add_sandbox_notes
+from .library_hints import add_sandbox_notes, sandbox_note_context
 from .options import (
     BUILD_OPTIONS,
     CLIENT_OPTIONS,
     OPTION_NAMES,
     SandboxOptions,
+    check_system_packages,
     option_default,
     option_fields,
     options_doc,
@@ -89,7 +91,7 @@ def check_build_options(options: SandboxOptions, source: Source) -> None:
     """
     if not isinstance(source, ImageSource):
         return
-    given = [name for name in BUILD_OPTIONS if getattr(options, name)]
+    given = [name for name in BUILD_OPTIONS if getattr(options, name) != option_default(name)]
     if given:
         raise InvalidArgumentError(
             f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to images rlmesh builds; "
@@ -184,7 +186,8 @@ class _AsyncSandboxBase(_AsyncRemoteBase):
         self.parsed_source: Source = arguments.parsed_source
         self.source = source
         self.image_spec = ImageSpec(packages=tuple(options.packages), imports=tuple(options.imports), source=source,
-                                    system_packages=tuple(options.system_packages))
+                                    system_packages=check_system_packages(options.system_packages), gl=options.gl,
+                                    ignore_libraries=tuple(options.ignore_libraries))
         self.base_image = options.base_image
         self.rebuild = options.rebuild
         self.lease = float(options.lease)
@@ -261,7 +264,7 @@ class _AsyncSandboxBase(_AsyncRemoteBase):
 
     async def _prepare(self, docker: DockerClient) -> tuple[str, list[str]]:
         """Resolve the source and the image; returns ``(image, container command)``."""
-        build_options = any(getattr(self.options, name) for name in BUILD_OPTIONS)
+        build_options = any(getattr(self.options, name) != option_default(name) for name in BUILD_OPTIONS)
         source = await resolve_source(docker, self.parsed_source, build_options=build_options)
         serve = ["python", "-m", "rlmesh.serve"]
         if isinstance(source, ImageSource):
@@ -318,7 +321,7 @@ class _AsyncSandboxBase(_AsyncRemoteBase):
                                         self.engine, self.lease, self.data_plane, self.max_region_size)
                 conn = await self._sandbox.start(self.connect_timeout)
             self.address = conn.address
-            conn.on_env_error = add_sandbox_notes
+            conn.on_env_error = functools.partial(add_sandbox_notes, **sandbox_note_context(self.options))
             self._adopt(conn)
         except BaseException:
             await asyncio.shield(self._teardown())

@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,17 @@ __all__ = ["LABEL_IMAGE", "image_labels", "inspect_image", "list_images", "parse
 
 LABEL_IMAGE = "rlmesh.image"
 _MAX_LABEL = 4000
+LABEL_INSTALLED = "rlmesh.installed"
 
 
 def image_labels(*, packages: Sequence[str], imports: Sequence[str], source: str,
-                 system_packages: Sequence[str] = ()) -> dict[str, str]:
-    """The labels a sandbox image is built with."""
+                 system_packages: Sequence[str] = (), found_libraries: Mapping[str, str] | None = None,
+                 installed: Sequence[str] = ()) -> dict[str, str]:
+    """The labels a sandbox image is built with. ``installed`` (the lock: ``name==version`` of
+    every distribution pip installed) is kept whole, never cut."""
     return {
+        LABEL_INSTALLED: json.dumps(list(installed)),
+        "rlmesh.found-libraries": json.dumps(dict(found_libraries or {}))[:_MAX_LABEL],
         LABEL_IMAGE: "1",
         "rlmesh.version": __version__,
         "rlmesh.packages": json.dumps(list(packages))[:_MAX_LABEL],
@@ -97,6 +102,8 @@ def _row(info: dict[str, Any], uses: dict[str, float], in_use: set[str]) -> dict
         "source": labels.get("rlmesh.source", ""),
         "packages": _json_list(labels.get("rlmesh.packages")),
         "system_packages": _json_list(labels.get("rlmesh.system-packages")),
+        "found_libraries": _json_dict(labels.get("rlmesh.found-libraries")),
+        "installed": _json_list(labels.get(LABEL_INSTALLED)),
         "imports": _json_list(labels.get("rlmesh.imports")),
         "created": created,
         "last_used": uses.get(image_id, created),
@@ -110,6 +117,14 @@ def _json_list(text: str | None) -> list[Any]:
         if isinstance(value, list):
             return value
     return []
+
+
+def _json_dict(text: str | None) -> dict[str, Any]:
+    with contextlib.suppress(ValueError, TypeError):
+        value = json.loads(text or "{}")
+        if isinstance(value, dict):
+            return value
+    return {}
 
 
 async def list_images() -> list[dict[str, Any]]:

@@ -33,18 +33,19 @@ from pathlib import Path
 
 import anyio
 from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
 from .. import __version__
 from ..errors import ImageBuildError, InvalidArgumentError, SandboxError
 from ._docker import DockerClient, docker_client
 from .base_image import PY_VERSION, bootstrap_tag, default_base_image, resolve_base_image, try_pull
 from .cache import cache_dir
-from .debs import fetch_debs
 from .housekeeping import image_labels, record_use
+from .library_hints import missing_library_note
 from .options import UNPRIVILEGED_UID
 from .output_tail import OutputTail
 from .progress import ProgressOption, Reporter
+from .system_packages import GL_PRESETS, resolve_system_packages
 
 __all__ = [  # the base image's names too, where callers have always found them
     "PY_VERSION",
@@ -119,15 +120,18 @@ class ImageSpec:
     files: Mapping[str, str] = field(default_factory=dict)
     requirement_files: tuple[str, ...] = ()
     system_packages: tuple[str, ...] = ()
+    gl: str | None = None
+    ignore_libraries: tuple[str, ...] = ()
     source: str = field(default="", compare=False)  # a label only: not part of the hash
 
     def __post_init__(self) -> None:
         for name, seq in (("packages", self.packages), ("imports", self.imports)):
             if isinstance(seq, str) or not all(isinstance(p, str) and p.strip() for p in seq):
                 raise InvalidArgumentError(f"{name} must be a list of non-empty strings, got {seq!r}")
-        for module in self.imports:
-            if not all(part.isidentifier() for part in module.split(".")):
-                raise InvalidArgumentError(f"imports: {module!r} is not a module name")
+        for entry in self.imports:
+            module, colon, hook = entry.partition(":")
+            if not all(part.isidentifier() for part in module.split(".")) or (colon and not hook.isidentifier()):
+                raise InvalidArgumentError(f"imports: {entry!r} is not a module name or 'module:function'")
 
     def content_hash(self, base_id: str) -> str:
         """The hash that names the image built from this spec on ``base_id``."""
@@ -142,6 +146,9 @@ class ImageSpec:
             h.update(b"imp\0" + module.encode() + b"\0")
         for deb in sorted(self.system_packages):
             h.update(b"deb\0" + deb.encode() + b"\0")
+        h.update(b"gl\0" + (self.gl or "").encode() + b"\0")
+        for pattern in sorted(self.ignore_libraries):
+            h.update(b"ignore-lib\0" + pattern.encode() + b"\0")
         for req in self.requirement_files:
             h.update(b"req\0" + _tree_hash(Path(req)).encode())
         for dest, src in sorted(self.files.items()):
@@ -264,51 +271,91 @@ async def _build_with(docker: DockerClient, spec: ImageSpec, base_ref: str, tag:
         )
         debs = ctx / "debs"
         debs.mkdir()
-        if spec.system_packages:
-            report("resolve", f"system packages: {' '.join(spec.system_packages)}")
-            base_id = await docker.image_id(base_ref) or base_ref
-            await fetch_debs(docker, base_ref, base_id, spec.system_packages, debs)
-        dockerfile = _dockerfile(base_ref, spec, tag, has_debs=any(debs.iterdir()))
+        listed = [*spec.system_packages, *(GL_PRESETS[spec.gl][0] if spec.gl else ())]
+        if listed:
+            report("resolve", f"system packages: {' '.join(listed)}")
+        base_id = await docker.image_id(base_ref) or base_ref
+        system = await resolve_system_packages(docker, base_ref=base_ref, base_id=base_id, listed=listed,
+                                               wheels=wheels, dest=debs, ignore=spec.ignore_libraries, report=report)
+        installed = installed_distributions(wheels)
+        dockerfile = _dockerfile(base_ref, spec, tag, has_debs=bool(system.files))
         tar_path = ctx / "context.tar"
         await anyio.to_thread.run_sync(_write_context, tar_path, dockerfile, wheels, spec)
         with open(tar_path, "rb") as fileobj:
             try:
                 await docker.build(
                     fileobj, tag, labels=image_labels(packages=spec.packages, imports=spec.imports,
-                                                      source=spec.source, system_packages=spec.system_packages),
+                                                      source=spec.source, system_packages=listed,
+                                                      found_libraries=system.found, installed=installed),
                     on_output=lambda line: report("build", line, level=logging.INFO if line.startswith("Step ")
                                                   else logging.DEBUG),
                 )
             except ImageBuildError as exc:
-                raise explain_build_failure(exc) from exc
+                raise explain_build_failure(exc, spec) from exc
     log.info("built sandbox image %s", tag)
 
 
 _IMPORT_FAILED = re.compile(r"rlmesh: required import '(?P<module>[^']+)' failed: (?P<why>.*?)\. Add the package")
+_NO_MODULE = re.compile(r"No module named '(?P<name>[\w.]{1,200})'")
+# Modules whose distribution's name does not say so (when the host does not have it to ask).
+_MODULE_DISTRIBUTIONS = {
+    "cv2": "opencv-python", "PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn", "skimage": "scikit-image",
+    "OpenGL": "pyopengl", "Box2D": "box2d", "google.protobuf": "protobuf", "attr": "attrs", "dateutil": "python-dateutil",
+    "pkg_resources": "setuptools", "jwt": "pyjwt", "serial": "pyserial", "usb": "pyusb", "gi": "pygobject",
+}
 
 
-def explain_build_failure(exc: ImageBuildError) -> ImageBuildError:
+def explain_build_failure(exc: ImageBuildError, spec: ImageSpec | None = None) -> ImageBuildError:
     """Lead with what rlmesh's own check in the build said, instead of Docker's "The command ...
     returned a non-zero code".
 
-    A failed ``imports=`` check names the module and the distribution to add to ``packages=``
-    (the one that provides it on this host, when one does); another ``rlmesh: ...`` line of the
-    failing step (the base image's Python, say) is put first. Other failures are returned as they are.
+    A failed ``imports=`` check names the module that is missing, which may be a dependency of
+    the one imported, and the distribution to add to ``packages=`` (the one that provides it on
+    this host, or a well-known one); a missing shared library gets the ``system_packages`` note
+    instead. Advice ``spec`` has already taken is not given again. Another ``rlmesh: ...`` line of
+    the failing step (the base image's Python, say) is put first. Other failures are returned as
+    they are.
     """
     logs = exc.logs
     m = _IMPORT_FAILED.search(logs)
     if m is not None:
-        module = m["module"]
-        found = importlib.metadata.packages_distributions().get(module.split(".")[0])
-        add = f"packages=[{found[0]!r}]" if found else f"the package that provides {module!r} to packages="
-        message = (f"imports: {module!r} cannot be imported in the sandbox image ({m['why']}): add {add}, "
-                   "or drop it from imports=")
+        message = f"imports: {m['module']!r} cannot be imported in the sandbox image ({m['why']}): " + _import_fix(
+            m["module"], m["why"], spec)
     else:
         ours = [line.strip() for line in logs.splitlines() if line.strip().startswith("rlmesh: ")]
         if not ours:
             return exc
         message = ours[-1].removeprefix("rlmesh: ")
     return ImageBuildError(f"{message} ({exc.message.partition(': ')[2] or exc.message})", logs=logs)
+
+
+def _import_fix(entry: str, why: str, spec: ImageSpec | None) -> str:
+    """What to do about a failed import check (see :func:`explain_build_failure`)."""
+    listed = (*spec.system_packages, *(GL_PRESETS[spec.gl][0] if spec.gl else ())) if spec is not None else ()
+    note = missing_library_note(why, "", listed=listed, gl=spec.gl if spec is not None else None)
+    if note is not None:
+        return note
+    module = entry.partition(":")[0]
+    missing = _NO_MODULE.search(why)
+    if missing is not None:
+        module = missing["name"]
+    dist = _distribution(module)
+    given = {canonicalize_name(r.name) for r in (_requirement(p) for p in (spec.packages if spec else ())) if r}
+    if dist is not None and canonicalize_name(dist) in given:
+        return (f"packages= has {dist!r} already, yet the module {module!r} is missing in the image: check that "
+                f"this version of {dist} provides it (pip's output in the log says what was installed)")
+    inner = "" if module == entry.partition(":")[0] else f"the module {module!r} (which it imports) is missing: "
+    add = f"add {dist!r} to packages=" if dist else f"add the package that provides {module!r} to packages="
+    return f"{inner}{add}, or drop {entry!r} from imports="
+
+
+def _distribution(module: str) -> str | None:
+    """The distribution that provides ``module``: the host's, else a well-known one."""
+    top = module.split(".")[0]
+    found = importlib.metadata.packages_distributions().get(top)
+    if found:
+        return found[0]
+    return _MODULE_DISTRIBUTIONS.get(module) or _MODULE_DISTRIBUTIONS.get(top)
 
 
 async def _resolve_wheels(
@@ -355,11 +402,24 @@ async def _resolve_wheels(
             shutil.copy2(whl, target)
 
 
+def installed_distributions(wheels: Path) -> list[str]:
+    """``name==version`` of each wheel in ``wheels``: what pip installs in the image, exactly."""
+    pins = []
+    for whl in wheels.glob("*.whl"):
+        try:
+            name, version, _build, _tags = parse_wheel_filename(whl.name)
+        except InvalidWheelFilename:
+            continue
+        pins.append(f"{name}=={version}")
+    return sorted(pins, key=str.lower)
+
+
 def _dockerfile(base_ref: str, spec: ImageSpec, tag: str, *, has_debs: bool = False) -> str:
     major, minor = sys.version_info[:2]
     lines = [
         f"FROM {base_ref}",
         "ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/tmp",
+        *([f"ENV {' '.join(f'{k}={v}' for k, v in GL_PRESETS[spec.gl][1].items())}"] if spec.gl else []),
         # Where a sandbox's socket lives (a volume shared with its relay, on other engines).
         "RUN mkdir -p /rlmesh && chmod 1777 /rlmesh",
         f"RUN python -c \"import sys; v = sys.version_info[:2]; sys.exit(0 if v == ({major}, {minor}) else "

@@ -11,10 +11,14 @@ raises (:func:`add_sandbox_notes`): to those its env raises while it runs, and t
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import Any
 
 from ..errors import RemoteEnvError
+from .debs import library_package
+from .system_packages import GL_PRESETS
 
-__all__ = ["add_sandbox_notes", "missing_dependency_note", "missing_library_note"]
+__all__ = ["add_sandbox_notes", "missing_dependency_note", "missing_library_note", "sandbox_note_context"]
 
 
 # The env's message and traceback are hostile input (up to 64 KiB and 256 KiB): they are searched
@@ -23,38 +27,79 @@ _CANNOT_OPEN = ": cannot open shared object file"
 _SONAME = re.compile(r"[^\s'\"]{1,200}?\.so(?:\.\d{1,9}){0,4}")
 _OTHER_MISSING = re.compile(
     r"OpenGL platform library has not been loaded|[Cc]ould not (?:find|load) (?:the )?(?:library|OSMesa|EGL)"
+    r"|Cannot initialize an? EGL device display|Unable to load (?:EGL|OpenGL|OSMesa)"
 )
-# Debian (bookworm) packages for the shared libraries env packages most often miss, by soname
-# stem, and for PyOpenGL's platforms (MuJoCo picks one from MUJOCO_GL).
-_DEBIAN_PACKAGE = {
-    "libGL": "libgl1", "libEGL": "libegl1", "libOSMesa": "libosmesa6", "libGLU": "libglu1-mesa",
-    "libglib-2.0": "libglib2.0-0", "libgthread-2.0": "libglib2.0-0", "libSM": "libsm6", "libICE": "libice6",
-    "libXext": "libxext6", "libXrender": "libxrender1", "libX11": "libx11-6", "libgomp": "libgomp1",
-    "libsndfile": "libsndfile1", "libSDL2-2.0": "libsdl2-2.0-0",
-}
-_PYOPENGL_PLATFORM = re.compile(r"[/\\](osmesa|egl|glx)[/\\]__init__\.py|OpenGL[/\\]platform[/\\](osmesa|egl|glx)\.py")
+# PyOpenGL's platform files and MuJoCo's context packages: which GL platform failed.
+_PLATFORM = re.compile(r"[/\\](osmesa|egl|glx)(?:\.py|[/\\]__init__\.py)")
+_NONE_FUNCTION = re.compile(r"'NoneType' object has no attribute '(egl|OSMesa|glX|gl)[A-Z]\w{0,80}'")
 _PLATFORM_PACKAGE = {"osmesa": "libosmesa6", "egl": "libegl1", "glx": "libgl1"}
+_GL_LIBRARIES = {"libEGL": "egl", "libOpenGL": "egl", "libEGL_mesa": "egl", "libOSMesa": "osmesa"}
 
 
-def missing_library_note(message: str, traceback_tail: str) -> str | None:
+def missing_library_note(message: str, traceback_tail: str, *, listed: Sequence[str] = (),
+                         gl: str | None = None) -> str | None:
     """A note for an env error caused by a shared library missing where the env runs: which
-    Debian package to add to ``system_packages`` when it is a well-known one."""
+    Debian package to add to ``system_packages``, or the ``gl=`` preset for a headless GL
+    platform. ``listed`` and ``gl`` are the sandbox's own: advice it has already taken is never
+    given again."""
     soname = _missing_soname(message) or _missing_soname(traceback_tail)
     missing = soname is not None or any(_OTHER_MISSING.search(text) for text in (message, traceback_tail))
-    pyopengl = "OpenGL" in traceback_tail and "'NoneType' object has no attribute 'gl" in message
-    if not (missing or pyopengl):
+    none_function = _NONE_FUNCTION.search(message[:2000])
+    if not (missing or (none_function and ("OpenGL" in traceback_tail or "mujoco" in traceback_tail))):
         return None
-    package = _DEBIAN_PACKAGE.get(soname.split(".so")[0].rsplit("/", 1)[-1]) if soname else None
-    platform = _PYOPENGL_PLATFORM.search(traceback_tail) if package is None else None
-    if platform:
-        package = _PLATFORM_PACKAGE[platform.group(1) or platform.group(2)]
-        soname = f"PyOpenGL's {platform.group(1) or platform.group(2)} platform"
+    platform = _gl_platform(message[:2000], traceback_tail, soname, none_function)
+    if soname is None and platform in GL_PRESETS:
+        return _gl_note(platform, listed, gl)
+    package = library_package(soname.rsplit("/", 1)[-1]) if soname else None
+    if package is None and platform is not None:
+        package = _PLATFORM_PACKAGE[platform]
     what = f" ({soname})" if soname else ""
-    fix = (f'add system_packages=["{package}"]' if package else
-           "add the Debian package that does to system_packages=[...] "
-           "(find it with `apt-file search` or on packages.debian.org)")
-    return (f"A shared library{what} is missing where the env runs. A pip package cannot provide it: "
-            f"in a sandbox, {fix}.")
+    if package is not None and package in listed:
+        fix = (f"system_packages lists {package} already, so something else is missing: find what ships "
+               f"{soname or 'it'} with `apt-file search`")
+    elif package is not None:
+        fix = (f'add "{package}" to your system_packages list' if listed else f'pass system_packages=["{package}"]')
+    else:
+        fix = ("add the Debian package that ships it to system_packages=[...] "
+               "(find it with `apt-file search` or on packages.debian.org)")
+    note = f"A shared library{what} is missing where the env runs. A pip package cannot provide it: in a sandbox, {fix}."
+    if platform in GL_PRESETS:
+        note += " " + _gl_note(platform, listed, gl, short=True)
+    return note
+
+
+def _gl_note(platform: str, listed: Sequence[str], gl: str | None, *, short: bool = False) -> str:
+    """What headless ``platform`` rendering (egl, osmesa) needs, and what the sandbox lacks of it."""
+    preset, env = GL_PRESETS[platform]
+    if gl == platform:
+        return (f"gl={platform!r} installed {', '.join(preset)} (Mesa's software {platform.upper()}); a GPU's own "
+                f"{platform.upper()} needs gpus= and the NVIDIA container runtime.")
+    lacking = [p for p in preset if p not in listed]
+    head = "" if short else f"Headless {platform.upper()} rendering failed where the env runs. "
+    needs = (f"Headless {platform.upper()} rendering needs {', '.join(preset)}" if short else
+             f"It needs the Debian packages {', '.join(preset)} and {' and '.join(f'{k}={v}' for k, v in env.items())}")
+    if not lacking:
+        return (f"{head}{needs}: the packages are in; pass gl={platform!r}, which also sets "
+                f"{' and '.join(env)}.")
+    add = ", ".join(f'"{p}"' for p in lacking)
+    return (f"{head}{needs}: pass gl={platform!r} (it installs them and sets {' and '.join(env)}), or add {add} "
+            f"to system_packages.")
+
+
+def _gl_platform(message: str, traceback_tail: str, soname: str | None, none_function: re.Match[str] | None) -> str | None:
+    """The GL platform (egl, osmesa, glx) an error comes from, if it is one."""
+    if soname is not None:
+        stem = soname.rsplit("/", 1)[-1].split(".so", 1)[0]
+        if stem in _GL_LIBRARIES:
+            return _GL_LIBRARIES[stem]
+    if none_function is not None and none_function.group(1) in ("egl", "OSMesa", "glX"):
+        return {"egl": "egl", "OSMesa": "osmesa", "glX": "glx"}[none_function.group(1)]
+    if "EGL" in message:
+        return "egl"
+    if "OSMesa" in message:
+        return "osmesa"
+    found = _PLATFORM.search(traceback_tail)
+    return found.group(1) if found else None
 
 
 def _missing_soname(text: str) -> str | None:
@@ -92,10 +137,20 @@ def missing_dependency_note(remote_type: str, message: str) -> str | None:
             f"(and Gymnasium). To install it there, {fix}.")
 
 
-def add_sandbox_notes(error: RemoteEnvError) -> None:
+def sandbox_note_context(options: Any) -> dict[str, Any]:
+    """What :func:`add_sandbox_notes` needs of a sandbox's options (its listed system packages and
+    its GL preset), from a :class:`~rlmesh.sandbox.options.SandboxOptions` (or a container's options)."""
+    listed = getattr(options, "system_packages", ())
+    gl = getattr(options, "gl", None)
+    gl = gl if gl in GL_PRESETS else None
+    return {"listed": (*(listed if not isinstance(listed, str) else ()), *(GL_PRESETS[gl][0] if gl else ())),
+            "gl": gl}
+
+
+def add_sandbox_notes(error: RemoteEnvError, *, listed: Sequence[str] = (), gl: str | None = None) -> None:
     """Add :func:`missing_library_note`'s and :func:`missing_dependency_note`'s notes to an env
-    error raised in a sandbox, when there are any."""
-    for note in (missing_library_note(error.remote_message, error.remote_traceback[-4000:]),
+    error raised in a sandbox, when there are any (``listed`` and ``gl``: the sandbox's options)."""
+    for note in (missing_library_note(error.remote_message, error.remote_traceback[-4000:], listed=listed, gl=gl),
                  missing_dependency_note(error.remote_type, error.remote_message)):
         if note and note not in getattr(error, "__notes__", ()):
             error.add_note(note)

@@ -46,6 +46,7 @@ __all__ = [
     "UNPRIVILEGED_UID",
     "ContainerOptions",
     "SandboxOptions",
+    "check_library_patterns",
     "check_system_packages",
     "default_memory",
     "memory_bytes",
@@ -265,17 +266,34 @@ def _container_user() -> tuple[int, int]:
 
 
 def check_system_packages(packages: object) -> tuple[str, ...]:
-    """``system_packages=``: Debian package names (``name`` or ``name=version``).
+    """``system_packages=``: ``"auto"``, or Debian package names (``name`` or ``name=version``);
+    returns the names listed (none for ``"auto"``, which every list includes).
 
     Raises:
-        InvalidArgumentError: Not a list of such names.
+        InvalidArgumentError: Neither.
     """
+    if packages == "auto":
+        return ()
     if isinstance(packages, (str, bytes)) or not isinstance(packages, Sequence):
-        raise InvalidArgumentError(f"system_packages must be a list, e.g. system_packages=[{packages!r}]")
+        raise InvalidArgumentError(f"system_packages must be 'auto' or a list, e.g. system_packages=[{packages!r}]")
     for name in packages:
         if not isinstance(name, str) or not _DEBIAN_NAME.match(name):
             raise InvalidArgumentError(f"system_packages: {name!r} is not a Debian package name")
-    return tuple(packages)
+    return tuple(name for name in packages if name != "auto")
+
+
+def check_library_patterns(patterns: object) -> tuple[str, ...]:
+    """``ignore_libraries=``: library names or shell patterns.
+
+    Raises:
+        InvalidArgumentError: Not a list of such.
+    """
+    if isinstance(patterns, (str, bytes)) or not isinstance(patterns, Sequence) or not all(
+        isinstance(p, str) and re.fullmatch(r"[\w.+*?\[\]-]{1,200}", p) for p in patterns
+    ):
+        raise InvalidArgumentError(
+            f"ignore_libraries must be a list of library names or patterns, e.g. ['libcuda.so.1'], got {patterns!r}")
+    return tuple(patterns)
 
 
 def wrappers_wire_form(wrappers: Any) -> list[list[Any]]:
@@ -315,9 +333,16 @@ class SandboxOptions(ContainerOptions):
     packages: Sequence[str] = _option((), "pip requirements, local wheels or project dirs installed in the image.",
                                       group="build")
     imports: Sequence[str] = _option((), "Modules checked at build time and again at start.", group="image")
-    system_packages: Sequence[str] = _option(
-        (), "Debian packages installed in the image (resolved and downloaded on the host with its apt, installed "
-        "offline), e.g. ``[\"libosmesa6\"]`` for MuJoCo's osmesa.", group="build")
+    system_packages: str | Sequence[str] = _option(
+        "auto", "Debian packages installed in the image (resolved and downloaded on the host with its apt, installed "
+        "offline). ``\"auto\"`` (the default) installs those that ship the shared libraries the installed wheels "
+        "need and the base image lacks; a list adds its packages to those.", group="build")
+    ignore_libraries: Sequence[str] = _option(
+        (), "Shared libraries (names or patterns, ``[\"libcuda.so.*\"]``) that ``system_packages`` leaves out: "
+        "ones nothing loads at run time. ``[\"*\"]`` finds none.", group="build")
+    gl: str | None = _option(
+        None, "Headless OpenGL: ``\"egl\"`` or ``\"osmesa\"`` installs Mesa's software renderer for it and sets "
+        "``MUJOCO_GL`` and ``PYOPENGL_PLATFORM``; None (default) installs nothing for it.", group="build")
     base_image: str | None = _option(
         None, "The base image (default ``python:X.Y-slim``, or ``RLMESH_BASE_IMAGE``).", group="build")
     rebuild: bool = _option(False, "Build the image even if it exists.", group="build")
@@ -369,6 +394,9 @@ class SandboxOptions(ContainerOptions):
             if isinstance(getattr(self, name), (str, bytes)):
                 raise InvalidArgumentError(f"{name} must be a list of strings, e.g. {name}=[{getattr(self, name)!r}]")
         check_system_packages(self.system_packages)
+        check_library_patterns(self.ignore_libraries)
+        if self.gl is not None and self.gl not in ("egl", "osmesa"):
+            raise InvalidArgumentError(f"gl must be None, 'egl' or 'osmesa' (headless rendering presets), got {self.gl!r}")
         super().__post_init__()
         if not is_number(self.lease) or not self.lease > 0:
             raise InvalidArgumentError(f"lease must be a positive number of seconds, got {self.lease!r}")

@@ -48,6 +48,11 @@ class SandboxEnv(SyncEnvShell[AsyncSandboxEnv]):
         """The last lines the container printed (up to 100), while it runs and after."""
         return self._core.container_logs
 
+    @property
+    def image_id(self) -> str | None:
+        """The id (digest) of the image the sandbox runs, once started."""
+        return self._core.image_id
+
 
 class SandboxVectorEnv(SyncVectorEnvShell[AsyncSandboxVectorEnv]):
     """A ``gymnasium.vector.VectorEnv`` running in a Docker container that rlmesh owns.
@@ -74,3 +79,8 @@ class SandboxVectorEnv(SyncVectorEnvShell[AsyncSandboxVectorEnv]):
     def container_ids(self) -> list[str | None]:
         """Every shard's container id (one, without ``shards``)."""
         return self._core.container_ids
+
+    @property
+    def image_id(self) -> str | None:
+        """The id (digest) of the image the shards run, once started."""
+        return self._core.image_id

@@ -30,19 +30,36 @@ __all__ = ["check_imports", "load_env"]
 
 
 def check_imports(modules: Sequence[str]) -> None:
-    """Import each module, so that a missing dependency fails early and by name.
+    """Import each module, so that a missing dependency fails early and by name; an entry
+    ``module:function`` (a registration hook) imports the module and calls the function.
 
     Raises:
-        SourceError: A module cannot be imported.
+        SourceError: A module cannot be imported (the message names the module that is missing,
+            which may be a dependency of the one imported), or its hook failed.
     """
-    for name in modules:
+    for entry in modules:
+        name, _, hook = entry.partition(":")
         try:
-            importlib.import_module(name)
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or name
+            raise SourceError(
+                f"required import {entry!r} failed: {type(exc).__name__}: {exc}. "
+                f"Add the package that provides {missing!r} to `packages`."
+            ) from exc
         except Exception as exc:
             raise SourceError(
-                f"required import {name!r} failed: {type(exc).__name__}: {exc}. "
-                f"Add the package that provides it to `packages`."
+                f"required import {entry!r} failed: {type(exc).__name__}: {exc}. Add the package that provides it "
+                "to `packages`."
             ) from exc
+        if hook:
+            function = getattr(module, hook, None)
+            if not callable(function):
+                raise SourceError(f"imports: {entry!r}: the module {name!r} has no function {hook!r}")
+            try:
+                function()
+            except Exception as exc:
+                raise SourceError(f"imports: {entry!r}: the hook {hook}() raised {type(exc).__name__}: {exc}") from exc
 
 
 def load_env(
@@ -140,24 +157,33 @@ _KNOWN_NAMESPACES = {"ALE": ("ale-py", "ale_py")}
 
 
 def _check_namespace(env_id: str) -> None:
-    """Fail a ``Namespace/Name-vN`` id whose namespace nothing registered, saying what to import.
+    """Make sure a ``Namespace/Name-vN`` id's namespace is registered, or fail saying what to import.
 
-    Gymnasium only says "Namespace X not found"; packages register their namespace when they are
-    imported (``import ale_py`` registers ``ALE``). An id with a ``module:`` prefix imports its
+    Gymnasium only says "Namespace X not found". Packages register their namespace when they are
+    imported (``import ale_py`` registers ``ALE``) or through a ``gymnasium.envs`` entry point,
+    which Gymnasium 1.x no longer loads by itself: one named after the namespace is loaded here
+    (else every one, as Gymnasium 0.26 to 0.29 did). An id with a ``module:`` prefix imports its
     module first, so it is left to ``gym.make``.
 
     Raises:
         gymnasium.error.NamespaceNotFound: With rlmesh's hint.
+        SourceError: The namespace's own entry point failed.
     """
     if ":" in env_id:
         return
     namespace = gym.envs.registration.parse_env_id(env_id)[0]
-    if namespace is None or any(spec.namespace == namespace for spec in gym.registry.values()):
+    if namespace is None or _registered(namespace):
+        return
+    loaded = load_entry_points(namespace)
+    if _registered(namespace):
         return
     module = namespace_module(namespace)
-    if module is not None:
+    if loaded:
+        hint = (f"the gymnasium.envs entry point{'s' if len(loaded) > 1 else ''} {', '.join(loaded)} "
+                f"{'were' if len(loaded) > 1 else 'was'} loaded but did not register it")
+    elif module is not None:
         hint = (f"the module {module!r} registers it when imported: pass imports=[{module!r}] "
-                f"(`--import {module}` to rlmesh serve), or write the id as '{module}:{env_id}'")
+                f"(`--import {module}` to rlmesh serve), or write the id as '{module.partition(':')[0]}:{env_id}'")
     else:
         hint = (f"no installed package registers it: add the package that registers namespace {namespace} "
                 "to packages= and its module to imports=")
@@ -165,6 +191,35 @@ def _check_namespace(env_id: str) -> None:
             dist, mod = _KNOWN_NAMESPACES[namespace]
             hint += f" (packages=[{dist!r}], imports=[{mod!r}])"
     raise gym.error.NamespaceNotFound(f"Namespace {namespace} not found; {hint}")
+
+
+def _registered(namespace: str) -> bool:
+    return any(spec.namespace == namespace for spec in gym.registry.values())
+
+
+def load_entry_points(namespace: str) -> list[str]:
+    """Load the ``gymnasium.envs`` entry points for ``namespace`` (those named after it, else all of
+    them); returns them as ``name = module:function``. An entry point named after the namespace that
+    fails raises; others that fail are skipped, as Gymnasium did.
+
+    Raises:
+        SourceError: The namespace's own entry point failed.
+    """
+    points = list(importlib.metadata.entry_points(group="gymnasium.envs"))
+    named = [ep for ep in points if ep.name.lower() == namespace.lower()]
+    loaded = []
+    for ep in named or points:
+        try:
+            target = ep.load()
+            if ep.attr:
+                target()
+        except Exception as exc:
+            if named:
+                raise SourceError(f"the gymnasium.envs entry point {ep.name} = {ep.value} that registers namespace "
+                                  f"{namespace} failed: {type(exc).__name__}: {exc}") from exc
+            continue
+        loaded.append(f"{ep.name} = {ep.value}")
+    return loaded
 
 
 def namespace_module(namespace: str) -> str | None:
@@ -175,7 +230,7 @@ def namespace_module(namespace: str) -> str | None:
     """
     for ep in importlib.metadata.entry_points(group="gymnasium.envs"):
         if ep.name.lower() == namespace.lower():
-            return ep.value.split(":")[0]
+            return ep.value.replace(" ", "")  # module:function, as imports= takes it
     low = namespace.lower().replace("-", "_")
     candidates = [_KNOWN_NAMESPACES[namespace][1]] if namespace in _KNOWN_NAMESPACES else []
     candidates += [low, f"{low}_py", f"{low}_gym", f"gym_{low}", f"{low}_envs"]

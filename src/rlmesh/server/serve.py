@@ -65,8 +65,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="the hf://owner/repo@sha an envhub: source came from, named in its messages")
     p.add_argument("--wrappers-json", default="[]", metavar="JSON",
                    help='wrappers applied in order to each env: [["module:Class", {kwargs}], ...]')
-    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                   help="import MODULE before loading (repeatable); a failure names it")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE[:FUNCTION]",
+                   help="import MODULE before loading, and call its FUNCTION if given (a registration hook; repeatable); a failure names it")
     p.add_argument("--token-file", default=None, metavar="PATH",
                    help="file holding the shared token clients must prove (default: RLMESH_TOKEN); TCP needs one")
     p.add_argument("--insecure", action="store_true",
