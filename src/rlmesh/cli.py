@@ -7,6 +7,7 @@
     rlmesh image bootstrap [--tag T] [--suite S]  build the base image from Debian packages
     rlmesh image ls [--json]                      list sandbox images (size, packages, last use)
     rlmesh image inspect REF                      one sandbox image's labels and use
+    rlmesh image lock IMAGE > requirements.lock    the exact distributions an image installed (packages= takes the file)
     rlmesh image prune [--unused-for AGE] [--other-versions] [--dry-run]
                                                   remove images no container uses
     rlmesh sandbox ls [--json]                    list sandbox containers (and their owners' PIDs)
@@ -54,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     img_ls.add_argument("--json", action="store_true", help="print JSON")
     img_inspect = image.add_parser("inspect", help="show one sandbox image")
     img_inspect.add_argument("ref", help="tag or id prefix")
+    lock = image.add_parser("lock", help="print the exact distributions a sandbox image installed, as a requirements "
+                                         "file that packages= accepts")
+    lock.add_argument("ref", metavar="IMAGE", help="a sandbox image's tag or id (see `rlmesh image ls`)")
     prune = image.add_parser("prune", help="remove sandbox images no container uses")
     prune.add_argument("--unused-for", default=None, metavar="AGE", help="unused this long (90s, 30m, 12h, 7d)")
     prune.add_argument("--other-versions", action="store_true", help="built by another rlmesh version")
@@ -173,6 +177,16 @@ def _image(args: argparse.Namespace) -> int:
         row = anyio.run(housekeeping.inspect_image, args.ref)
         row.update({key: _date(row[key]) for key in ("created", "last_used")})
         print(orjson.dumps(row, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if args.image_command == "lock":
+        row = anyio.run(housekeeping.inspect_image, args.ref)
+        if not row["installed"]:
+            print(f"rlmesh: the image {args.ref} has no record of what it installed (built by rlmesh "
+                  f"{row['version']}): rebuild it with this version", file=sys.stderr)
+            return 1
+        print(f"# {(row['tags'] or [row['id']])[0]}: what pip installed (rlmesh image lock); "
+              "pass this file's path in packages= to build the same")
+        print("\n".join(row["installed"]))
         return 0
     unused = housekeeping.parse_age(args.unused_for) if args.unused_for is not None else None
     rows = anyio.run(lambda: housekeeping.prune_images(

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import warnings
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import IO, Any, TypeVar
@@ -223,7 +224,9 @@ class DockerClient:
         """Images carrying all ``labels`` (a None value matches any), dangling ones included; not
         the intermediate layers of a build (they go with their image)."""
         filters = [k if v is None else f"{k}={v}" for k, v in labels.items()]
-        with _map_errors("list images"):
+        with _map_errors("list images"), warnings.catch_warnings():
+            # A JSON string is the form every aiodocker from 0.23 takes; 0.27 deprecates it for a mapping.
+            warnings.filterwarnings("ignore", "Passing `filters` as a pre-encoded JSON string", DeprecationWarning)
             found = await _complete(self._docker.images.list(all=False, filters=json.dumps({"label": filters})))
         return [dict(i) for i in found]
 

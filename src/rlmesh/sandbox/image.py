@@ -370,7 +370,8 @@ async def _resolve_wheels(
     cache.mkdir(parents=True, exist_ok=True)
     args = [
         sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-input",
-        "--wheel-dir", str(dest), "--find-links", str(cache), *extra, *server_requirements(packages), *packages,
+        "--wheel-dir", str(dest), "--find-links", str(cache), *extra, *server_requirements(packages),
+        *(arg for p in packages for arg in (("-r", p) if is_requirements_file(p) else (p,))),
     ]
     log.info("resolving packages on the host: %s", " ".join([*server_requirements(packages), *packages]))
     proc = await asyncio.create_subprocess_exec(
@@ -400,6 +401,12 @@ async def _resolve_wheels(
         target = cache / whl.name
         if not target.exists():
             shutil.copy2(whl, target)
+
+
+def is_requirements_file(package: str) -> bool:
+    """Whether a ``packages=`` entry is a requirements file (a lock from ``rlmesh image lock``), not a
+    requirement, a wheel or a project directory."""
+    return os.path.isfile(package) and not package.endswith((".whl", ".tar.gz", ".zip"))
 
 
 def installed_distributions(wheels: Path) -> list[str]:

@@ -1,0 +1,3 @@
+"""Imports a module that no installed distribution provides."""
+
+import rlmesh_absent_dependency  # noqa: F401
