@@ -274,9 +274,13 @@ def test_remote_error_classes_are_only_builtin_or_gymnasium() -> None:
     ("libGL.so.1: cannot open shared object file: No such file or directory", "", 'system_packages=["libgl1"]'),
     ("libglib-2.0.so.0: cannot open shared object file", "", 'system_packages=["libglib2.0-0"]'),
     ("'NoneType' object has no attribute 'glGetError'",
-     'File "/usr/lib/python3/mujoco/osmesa/__init__.py", line 34\n    from OpenGL import GL', 'system_packages=["libosmesa6"]'),
+     'File "/usr/lib/python3/mujoco/osmesa/__init__.py", line 34\n    from OpenGL import GL', "pass gl='osmesa'"),
     ("'NoneType' object has no attribute 'glGetError'",
-     'File "/x/OpenGL/platform/egl.py", line 2\n', 'system_packages=["libegl1"]'),
+     'File "/x/OpenGL/platform/egl.py", line 2\n', "pass gl='egl'"),
+    ("'NoneType' object has no attribute 'eglQueryString'", "", "pass gl='egl'"),  # once no note: 'egl', not 'gl'
+    ("Cannot initialize a EGL device display. This likely means that your EGL driver does not support the "
+     "PLATFORM_DEVICE extension", "", '"libgl1-mesa-dri"'),
+    ("libweird.so.3: cannot open shared object file", "", 'probably "libweird3"'),
     ("('Unable to load OpenGL library', 'libGL.so.1: cannot open shared object file: No such file or directory', "
      "'libGL.so.1', None)", "", 'system_packages=["libgl1"]'),                       # PyOpenGL's own words
     ('OSError: "libEGL.so.1: cannot open shared object file"', "", 'system_packages=["libegl1"]'),

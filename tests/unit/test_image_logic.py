@@ -93,14 +93,14 @@ def test_a_failed_import_check_leads_with_what_to_add() -> None:
     exc = explain_build_failure(ImageBuildError("image build failed: The command returned a non-zero code: 1",
                                                 logs=logs))
     assert str(exc).startswith("imports: 'gymnasium' cannot be imported in the sandbox image (ModuleNotFoundError: x)")
-    assert "packages=['gymnasium']" in str(exc) and "(The command returned a non-zero code: 1)" in str(exc)
+    assert "add 'gymnasium' to packages=" in str(exc) and "(The command returned a non-zero code: 1)" in str(exc)
     plain = ImageBuildError("image build failed: other", logs="pip: no matching distribution")
     assert explain_build_failure(plain) is plain
 
 
 def test_system_packages_are_debian_names() -> None:
     assert check_system_packages(["libosmesa6", "libgl1=1.6.0-1"]) == ("libosmesa6", "libgl1=1.6.0-1")
-    with pytest.raises(InvalidArgumentError, match="must be a list"):
+    with pytest.raises(InvalidArgumentError, match="must be 'auto' or a list"):
         check_system_packages("libosmesa6")
     for bad in ("Lib", "x", "a b", "-rf", 3):
         with pytest.raises(InvalidArgumentError, match="is not a Debian package name"):
@@ -122,3 +122,53 @@ def test_progress_option_and_status_lines() -> None:
     assert status_text("resolve", "Saved /w/numpy-2.1.0-cp311-cp311-linux_x86_64.whl") == "saved numpy-2.1.0"
     assert status_text("build", " ---> 1a2b3c") is None
     assert status_text("start", "starting container") == "starting container"
+
+
+def _import_failure(why: str) -> ImageBuildError:
+    logs = f"Step 9/12 : RUN check\nrlmesh: required import 'needs_packaging' failed: {why}. Add the package\n"
+    return ImageBuildError("image build failed: The command returned a non-zero code: 1", logs=logs)
+
+
+def test_the_import_check_names_the_innermost_missing_module() -> None:
+    # Meta-World's case: the imported package was there; a dependency of it was not.
+    exc = explain_build_failure(_import_failure("ModuleNotFoundError: No module named 'packaging'"),
+                                ImageSpec(packages=("needs-packaging",), imports=("needs_packaging",)))
+    first = str(exc).splitlines()[0]
+    assert "the module 'packaging' (which it imports) is missing: add 'packaging' to packages=" in first
+    assert "provides 'needs_packaging'" not in first  # the old advice
+
+
+def test_advice_already_taken_is_not_given_again() -> None:
+    exc = explain_build_failure(_import_failure("ModuleNotFoundError: No module named 'packaging'"),
+                                ImageSpec(packages=("packaging>=23",), imports=("needs_packaging",)))
+    first = str(exc).splitlines()[0]
+    assert "packages= has 'packaging' already" in first and "add 'packaging'" not in first
+
+
+def test_a_missing_library_in_the_import_check_gets_the_system_packages_note() -> None:
+    why = "ImportError: libX11.so.6: cannot open shared object file: No such file or directory"
+    exc = explain_build_failure(_import_failure(why), ImageSpec(imports=("needs_packaging",)))
+    assert 'pass system_packages=["libx11-6"]' in str(exc) and "to packages=" not in str(exc).splitlines()[0]
+    listed = explain_build_failure(_import_failure(why), ImageSpec(imports=("needs_packaging",),
+                                                                   system_packages=("libgl1",)))
+    assert 'add "libx11-6" to your system_packages list' in str(listed)  # add to the list, not replace it
+    taken = explain_build_failure(_import_failure(why), ImageSpec(imports=("needs_packaging",),
+                                                                  system_packages=("libx11-6",)))
+    assert "system_packages lists libx11-6 already" in str(taken) and 'add "libx11-6"' not in str(taken)
+
+
+@pytest.mark.parametrize("entry", ["minatar.gym:register_envs", "a.b", "a:b_2"])
+def test_imports_take_a_module_or_a_registration_hook(entry: str) -> None:
+    assert ImageSpec(imports=(entry,)).imports == (entry,)
+
+
+@pytest.mark.parametrize("entry", ["a:", "a:b:c", ":f", "a-b", "a:b.c", "a:1b"])
+def test_a_malformed_import_entry_is_refused(entry: str) -> None:
+    with pytest.raises(InvalidArgumentError, match="module name or 'module:function'"):
+        ImageSpec(imports=(entry,))
+
+
+def test_the_gl_preset_and_ignored_libraries_change_the_image_key() -> None:
+    base = ImageSpec().content_hash("sha256:x")
+    assert len({base, ImageSpec(gl="egl").content_hash("sha256:x"), ImageSpec(gl="osmesa").content_hash("sha256:x"),
+                ImageSpec(ignore_libraries=("libcuda.so.1",)).content_hash("sha256:x")}) == 4

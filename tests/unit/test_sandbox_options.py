@@ -43,7 +43,7 @@ def test_the_docs_come_from_the_fields() -> None:
 def test_groups() -> None:
     assert CLIENT_OPTIONS == ("connect_timeout", "request_timeout", "max_frame_size", "strict_actions", "data_plane",
                               "max_region_size", "max_info_size", "max_variable_size")
-    assert BUILD_OPTIONS == ("packages", "system_packages", "base_image", "rebuild")
+    assert BUILD_OPTIONS == ("packages", "system_packages", "ignore_libraries", "gl", "base_image", "rebuild")
     assert option_default("request_timeout") == 300.0 and option_default("env") == {}
 
 

@@ -39,17 +39,22 @@ _NAMED = {
     "libz": "zlib1g", "libbz2": "libbz2-1.0", "liblzma": "liblzma5", "libssl": "libssl3", "libcrypto": "libssl3",
     "libasound": "libasound2", "libdbus-1": "libdbus-1-3", "libgbm": "libgbm1", "libvulkan": "libvulkan1",
 }
+# Libraries whose package is the policy's name, checked (a guess for others is only that).
+_CHECKED = frozenset({"libGL", "libEGL", "libOpenGL", "libSM", "libICE", "libXext", "libXrender", "libX11", "libxcb",
+                      "libgomp", "libsndfile", "libXrandr", "libXi", "libXcursor", "libXinerama", "libXfixes",
+                      "libxkbcommon", "libfontconfig", "libfreetype"})
 _POLICY = re.compile(r"^(lib[A-Za-z0-9_+.-]{1,100}?)\.so\.([0-9]{1,6})(?:\.[0-9]{1,9}){0,3}$")
 
 
 def library_package(soname: str, *, guess: bool = True) -> str | None:
     """The Debian package that ships the shared library ``soname`` (``libxcb.so.1``: ``libxcb1``):
-    a well-known one, else (``guess``) the name Debian's library packaging policy gives it."""
+    a well-known one, else (``guess``, or for libraries where it is checked) the name Debian's library
+    packaging policy gives it."""
     m = _POLICY.match(soname)
     stem = m.group(1) if m else soname.split(".so", 1)[0]
     if stem in _NAMED:
         return _NAMED[stem]
-    if m is None or not guess:
+    if m is None or not (guess or stem in _CHECKED):
         return None
     name = stem.lower().replace("_", "-")
     return f"{name}-{m.group(2)}" if name[-1].isdigit() else f"{name}{m.group(2)}"

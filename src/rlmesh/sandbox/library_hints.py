@@ -45,12 +45,14 @@ def missing_library_note(message: str, traceback_tail: str, *, listed: Sequence[
     soname = _missing_soname(message) or _missing_soname(traceback_tail)
     missing = soname is not None or any(_OTHER_MISSING.search(text) for text in (message, traceback_tail))
     none_function = _NONE_FUNCTION.search(message[:2000])
-    if not (missing or (none_function and ("OpenGL" in traceback_tail or "mujoco" in traceback_tail))):
+    gl_context = "OpenGL" in traceback_tail or "mujoco" in traceback_tail
+    if not (missing or (none_function and (none_function.group(1) != "gl" or gl_context))):
         return None
     platform = _gl_platform(message[:2000], traceback_tail, soname, none_function)
     if soname is None and platform in GL_PRESETS:
         return _gl_note(platform, listed, gl)
-    package = library_package(soname.rsplit("/", 1)[-1]) if soname else None
+    package = library_package(soname.rsplit("/", 1)[-1], guess=False) if soname else None
+    guess = library_package(soname.rsplit("/", 1)[-1]) if soname and package is None else None
     if package is None and platform is not None:
         package = _PLATFORM_PACKAGE[platform]
     what = f" ({soname})" if soname else ""
@@ -60,8 +62,9 @@ def missing_library_note(message: str, traceback_tail: str, *, listed: Sequence[
     elif package is not None:
         fix = (f'add "{package}" to your system_packages list' if listed else f'pass system_packages=["{package}"]')
     else:
-        fix = ("add the Debian package that ships it to system_packages=[...] "
-               "(find it with `apt-file search` or on packages.debian.org)")
+        named = f' (by Debian\'s naming, probably "{guess}")' if guess else ""
+        fix = (f"add the Debian package that ships it{named} to system_packages=[...] "
+               f"(`apt-file search {soname or 'NAME'}` or packages.debian.org tells which)")
     note = f"A shared library{what} is missing where the env runs. A pip package cannot provide it: in a sandbox, {fix}."
     if platform in GL_PRESETS:
         note += " " + _gl_note(platform, listed, gl, short=True)

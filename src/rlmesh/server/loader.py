@@ -174,7 +174,7 @@ def _check_namespace(env_id: str) -> None:
     namespace = gym.envs.registration.parse_env_id(env_id)[0]
     if namespace is None or _registered(namespace):
         return
-    loaded = load_entry_points(namespace)
+    loaded = load_entry_points(namespace)  # those named after it (else all, which are not named below)
     if _registered(namespace):
         return
     module = namespace_module(namespace)
@@ -199,7 +199,7 @@ def _registered(namespace: str) -> bool:
 
 def load_entry_points(namespace: str) -> list[str]:
     """Load the ``gymnasium.envs`` entry points for ``namespace`` (those named after it, else all of
-    them); returns them as ``name = module:function``. An entry point named after the namespace that
+    them); returns those named after it as ``name = module:function``. An entry point named after the namespace that
     fails raises; others that fail are skipped, as Gymnasium did.
 
     Raises:
@@ -208,7 +208,7 @@ def load_entry_points(namespace: str) -> list[str]:
     points = list(importlib.metadata.entry_points(group="gymnasium.envs"))
     named = [ep for ep in points if ep.name.lower() == namespace.lower()]
     loaded = []
-    for ep in named or points:
+    for ep in named or points:  # all of them when none is named after it, as Gymnasium did
         try:
             target = ep.load()
             if ep.attr:
@@ -219,7 +219,7 @@ def load_entry_points(namespace: str) -> list[str]:
                                   f"{namespace} failed: {type(exc).__name__}: {exc}") from exc
             continue
         loaded.append(f"{ep.name} = {ep.value}")
-    return loaded
+    return loaded if named else []
 
 
 def namespace_module(namespace: str) -> str | None:
