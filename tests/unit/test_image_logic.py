@@ -93,7 +93,7 @@ def test_a_failed_import_check_leads_with_what_to_add() -> None:
     exc = explain_build_failure(ImageBuildError("image build failed: The command returned a non-zero code: 1",
                                                 logs=logs))
     assert str(exc).startswith("imports: 'gymnasium' cannot be imported in the sandbox image (ModuleNotFoundError: x)")
-    assert "add 'gymnasium' to packages=" in str(exc) and "(The command returned a non-zero code: 1)" in str(exc)
+    assert "add packages=['gymnasium']" in str(exc) and "(The command returned a non-zero code: 1)" in str(exc)
     plain = ImageBuildError("image build failed: other", logs="pip: no matching distribution")
     assert explain_build_failure(plain) is plain
 
@@ -134,7 +134,7 @@ def test_the_import_check_names_the_innermost_missing_module() -> None:
     exc = explain_build_failure(_import_failure("ModuleNotFoundError: No module named 'packaging'"),
                                 ImageSpec(packages=("needs-packaging",), imports=("needs_packaging",)))
     first = str(exc).splitlines()[0]
-    assert "the module 'packaging' (which it imports) is missing: add 'packaging' to packages=" in first
+    assert "the module 'packaging' (which it imports) is missing: add 'packaging' to your packages list" in first
     assert "provides 'needs_packaging'" not in first  # the old advice
 
 

@@ -265,8 +265,9 @@ async def _build_with(docker: DockerClient, spec: ImageSpec, base_ref: str, tag:
         reqs = [arg for req in spec.requirement_files for arg in ("-r", req)]
         # Requirements from a downloaded repository are not ours: binary wheels only (no build
         # code runs on the host), and what they bring stays out of the shared wheel cache.
+        packages = [arg for p in spec.packages for arg in (("-r", p) if is_requirements_file(p) else (p,))]
         await _resolve_wheels(
-            [*spec.packages, *reqs], wheels,
+            [*packages, *reqs], wheels,
             extra=["--only-binary=:all:"] if reqs else [], share=not reqs, report=report,
         )
         debs = ctx / "debs"
@@ -345,7 +346,10 @@ def _import_fix(entry: str, why: str, spec: ImageSpec | None) -> str:
         return (f"packages= has {dist!r} already, yet the module {module!r} is missing in the image: check that "
                 f"this version of {dist} provides it (pip's output in the log says what was installed)")
     inner = "" if module == entry.partition(":")[0] else f"the module {module!r} (which it imports) is missing: "
-    add = f"add {dist!r} to packages=" if dist else f"add the package that provides {module!r} to packages="
+    if dist is None:
+        add = f"add the package that provides {module!r} to packages="
+    else:
+        add = f"add {dist!r} to your packages list" if spec is not None and spec.packages else f"add packages=[{dist!r}]"
     return f"{inner}{add}, or drop {entry!r} from imports="
 
 
@@ -370,8 +374,7 @@ async def _resolve_wheels(
     cache.mkdir(parents=True, exist_ok=True)
     args = [
         sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-input",
-        "--wheel-dir", str(dest), "--find-links", str(cache), *extra, *server_requirements(packages),
-        *(arg for p in packages for arg in (("-r", p) if is_requirements_file(p) else (p,))),
+        "--wheel-dir", str(dest), "--find-links", str(cache), *extra, *server_requirements(packages), *packages,
     ]
     log.info("resolving packages on the host: %s", " ".join([*server_requirements(packages), *packages]))
     proc = await asyncio.create_subprocess_exec(

@@ -71,22 +71,25 @@ def missing_library_note(message: str, traceback_tail: str, *, listed: Sequence[
     return note
 
 
+_GL_NAME = {"egl": "EGL", "osmesa": "OSMesa"}
+
+
 def _gl_note(platform: str, listed: Sequence[str], gl: str | None, *, short: bool = False) -> str:
     """What headless ``platform`` rendering (egl, osmesa) needs, and what the sandbox lacks of it."""
     preset, env = GL_PRESETS[platform]
+    name = _GL_NAME[platform]
     if gl == platform:
-        return (f"gl={platform!r} installed {', '.join(preset)} (Mesa's software {platform.upper()}); a GPU's own "
-                f"{platform.upper()} needs gpus= and the NVIDIA container runtime.")
+        return (f"gl={platform!r} installed {', '.join(preset)} (Mesa's software {name}); a GPU's own {name} needs "
+                "gpus= and the NVIDIA container runtime.")
     lacking = [p for p in preset if p not in listed]
-    head = "" if short else f"Headless {platform.upper()} rendering failed where the env runs. "
-    needs = (f"Headless {platform.upper()} rendering needs {', '.join(preset)}" if short else
-             f"It needs the Debian packages {', '.join(preset)} and {' and '.join(f'{k}={v}' for k, v in env.items())}")
+    variables = " and ".join(f"{k}={v}" for k, v in env.items())
+    head = f"Headless {name} rendering{'' if short else ' failed where the env runs: it'} needs"
+    needs = f"{head} the Debian packages {', '.join(preset)}, and {variables}"
     if not lacking:
-        return (f"{head}{needs}: the packages are in; pass gl={platform!r}, which also sets "
-                f"{' and '.join(env)}.")
+        return f"{needs}: the packages are in; pass gl={platform!r}, which also sets the variables."
     add = ", ".join(f'"{p}"' for p in lacking)
-    return (f"{head}{needs}: pass gl={platform!r} (it installs them and sets {' and '.join(env)}), or add {add} "
-            f"to system_packages.")
+    return (f"{needs}: pass gl={platform!r} (which installs them and sets the variables), or add {add} to "
+            "system_packages and set the variables in env=.")
 
 
 def _gl_platform(message: str, traceback_tail: str, soname: str | None, none_function: re.Match[str] | None) -> str | None:
