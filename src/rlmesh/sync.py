@@ -183,7 +183,12 @@ class SyncVectorEnvShell(VectorEnv[Any, Any, Any], Generic[VectorCoreT]):
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any], dict[str, Any]]:
         """Step every lane, as ``VectorEnv.step`` (every shard's request is written at once)."""
-        return send_plan(self._core.plan_step(actions))
+        result = send_plan(self._core.plan_step(actions))
+        if self._core.recovering:  # a shard failed and is replaced (restarts=)
+            recovered: tuple[Any, Any, Any, Any, dict[str, Any]] = _portal.call(
+                functools.partial(self._core.recover, result))
+            return recovered
+        return result
 
     def render(self) -> Any:
         """Render every lane."""

@@ -8,13 +8,14 @@ request with the ``split_*`` functions and builds each result with :func:`batch_
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from gymnasium import spaces
-from gymnasium.vector.utils import concatenate, create_empty_array, iterate
+from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from .._checks import is_int
 from ..errors import InvalidArgumentError, ProtocolError
@@ -207,6 +208,16 @@ def merge_infos(num_envs: int, parts: Sequence[tuple[int, int, dict[str, Any]]])
     for a, b, info in parts:
         _merge_into(out, num_envs, a, b, info)
     return out
+
+
+def merge_infos_into(out: dict[str, Any], num_envs: int, a: int, b: int, info: dict[str, Any]) -> None:
+    """Merge one shard's batched info (its lanes ``a..b-1``) into ``out``, in place."""
+    _merge_into(out, num_envs, a, b, info)
+
+
+def iterate_lanes(space: spaces.Space[Any], batch: Any, n: int) -> list[Any]:
+    """The ``n`` single values of a batch of the single space ``space``, each its own copy."""
+    return [copy.deepcopy(v) for v in iterate(batch_space(space, n), batch)]
 
 
 def _merge_into(out: dict[str, Any], n: int, a: int, b: int, info: dict[str, Any]) -> None:

@@ -39,15 +39,21 @@ class Plan(Generic[T]):
             shared region the frames hold, and names the shard of a failure.
         name: Names the connection of a failure to send or receive request ``i`` (a shard and its
             lanes); None: the error as it is.
+        partial: Where set, failures to receive do not raise at once: every reply is awaited,
+            and the result is ``partial(frames, failures)`` (None frames where request ``i``
+            failed with ``failures[i]``, explained and named), which frees the frames and may
+            raise (a vector env that restarts shards: :mod:`rlmesh.client.restarts`).
     """
 
-    __slots__ = ("finish", "name", "requests")
+    __slots__ = ("finish", "name", "partial", "requests")
 
     def __init__(self, requests: Sequence[Request], finish: Callable[[list[Frame]], T],
-                 name: Callable[[RLMeshError, int], RLMeshError] | None = None) -> None:
+                 name: Callable[[RLMeshError, int], RLMeshError] | None = None,
+                 partial: Callable[[list[Frame | None], dict[int, RLMeshError]], T] | None = None) -> None:
         self.requests = requests
         self.finish = finish
         self.name = name
+        self.partial = partial
 
     def named(self, exc: RLMeshError, i: int) -> RLMeshError:
         """``exc``, naming the connection of request ``i`` where the plan says how."""
@@ -93,6 +99,8 @@ async def wait(written: Written[T]) -> T:
         RLMeshError: The first failure in request order (named); the rest are dropped.
     """
     plan, pending = written
+    if plan.partial is not None:
+        return await _wait_all(written, plan.partial)
     frames: list[Frame] = []
     try:
         for i, (conn, one) in enumerate(pending):
@@ -106,6 +114,29 @@ async def wait(written: Written[T]) -> T:
             conn.release_region(frame.request_id)
         raise
     return plan.finish(frames)
+
+
+async def _wait_all(written: Written[T], partial: Callable[[list[Frame | None], dict[int, RLMeshError]], T]) -> T:
+    # Every reply, failures included (see Plan.partial).
+    plan, pending = written
+    frames: list[Frame | None] = []
+    failures: dict[int, RLMeshError] = {}
+    try:
+        for i, (conn, one) in enumerate(pending):
+            try:
+                frames.append(await conn.reply(one))
+            except RLMeshError as exc:
+                frames.append(None)
+                failures[i] = plan.named(await _explained(plan.requests[i][0], exc), i)
+    except BaseException:
+        _drop(pending[len(frames) + 1:])
+        for (conn, _), frame in zip(pending, frames, strict=False):
+            if frame is not None:
+                conn.release_region(frame.request_id)
+        raise
+    if not failures:
+        return plan.finish([f for f in frames if f is not None])
+    return partial(frames, failures)
 
 
 def drop(written: Written[Any]) -> None:

@@ -28,6 +28,7 @@ finish (at least ``batch_size`` lanes), with ``info["env_id"]``. See ``docs/scal
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,9 +39,21 @@ from gymnasium.vector.utils import batch_space
 
 from ..errors import EnvClosedError, InvalidArgumentError, ProtocolError, RLMeshError
 from ..protocol import Frame, MessageType, SpecData
-from .lanes import batch_from_parts, bounds_of, join_lanes, lanes_of, merge_infos, split_actions, split_reset
+from .lanes import (
+    batch_from_parts,
+    bounds_of,
+    iterate_lanes,
+    join_lanes,
+    lanes_of,
+    merge_infos,
+    merge_infos_into,
+    split_actions,
+    split_reset,
+)
 from .pipeline import Plan, Written, drop, send, wait, write
 from .remote_shard import RemoteShard
+from .restarts import Restarts, set_lanes
+from .restarts import mark as restart_mark
 
 __all__ = ["AsyncShardedVectorEnv"]
 
@@ -65,6 +78,11 @@ class AsyncShardedVectorEnv:
         # Each shard's last observation, for a masked reset that spares it: (the batch returned to
         # the caller, first lane, end) — the caller's copy, never a view of a shared region.
         self._kept: list[tuple[Any, int, int] | None] = [None] * len(self.shards)
+        # Restarts (rlmesh.client.restarts): the budget and history, the shards of a step that
+        # failed (replaced by recover()), and NEXT_STEP's pending reset results of replaced shards.
+        self._restarts = Restarts()
+        self._recovering: dict[int, RLMeshError] = {}
+        self._fresh: dict[int, tuple[Any, dict[str, Any]]] = {}
         self.spec: EnvSpec | None = None  # the first shard's, once started
         self.remote_spec: SpecData | None = None
         self.render_mode: str | None = None
@@ -172,12 +190,142 @@ class AsyncShardedVectorEnv:
         """A step: each shard's part of ``actions``, and the merge of their replies."""
         self._check_can_send()
         parts = split_actions(self.action_space, self.single_action_space, self.bounds, actions)
+        if self._fresh:
+            return self._plan_step_after_restart(parts)
         requests = [(shard, MessageType.STEP, shard.step_body(part)) for shard, part in zip(self.shards, parts, strict=True)]
-        return Plan(requests, self._finish_step, self.named)
+        return Plan(requests, self._finish_step, self.named, self._partial_step if self._restarts.budget else None)
+
+    def _plan_step_after_restart(self, parts: list[Any]) -> Plan[tuple[Any, Any, Any, Any, dict[str, Any]]]:
+        # NEXT_STEP after a restart: a replaced shard's lanes return its reset (as an autoreset
+        # step does: reward 0, not done), and only the other shards are stepped.
+        stepped = [j for j in range(len(self.shards)) if j not in self._fresh]
+        requests = [(self.shards[j], MessageType.STEP, self.shards[j].step_body(parts[j])) for j in stepped]
+
+        def partial(frames: list[Frame | None], failures: dict[int, RLMeshError]) -> Any:
+            fresh, self._fresh = self._fresh, {}
+            by_shard: dict[int, Frame | None] = dict(zip(stepped, frames, strict=True))
+            return self._merge_partial(by_shard, {stepped[i]: exc for i, exc in failures.items()}, fresh)
+
+        def finish(frames: list[Frame]) -> Any:
+            return partial(list(frames), {})
+
+        return Plan(requests, finish, lambda exc, i: self.named(exc, stepped[i]),
+                    partial if self._restarts.budget else None)
+
+    def _partial_step(self, frames: list[Frame | None],
+                      failures: dict[int, RLMeshError]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """A step some shards of which failed (Plan.partial): their lanes cut short, if every
+        failure is one this env restarts for and its budget allows; else the first failure."""
+        return self._merge_partial(dict(enumerate(frames)), failures, {})
+
+    def _merge_partial(self, frames: dict[int, Frame | None], failures: dict[int, RLMeshError],
+                       fresh: dict[int, tuple[Any, dict[str, Any]]]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        # Every shard's part: its reply decoded, its pending reset (fresh), or cut short (failed;
+        # an env's own exception arrives as a reply, and fails here when it is decoded).
+        failures = dict(failures)
+        try:
+            decoded: dict[int, tuple[Any, ...]] = {}
+            owned = not failures and not fresh
+            for j, frame in frames.items():
+                if frame is None or j in fresh:
+                    continue
+                try:
+                    decoded[j] = self.shards[j].decode_step(frame, views=True)
+                except RLMeshError as decode_error:
+                    failures[j] = self.named(decode_error, j)
+                owned = owned and frame.type is MessageType.STEP
+            for j, failure in sorted(failures.items()):
+                if not self._restarts.qualifies(failure) or self._kept[j] is None:
+                    raise failure
+                if len(failures) > self._restarts.left():
+                    raise self._restarts.exhausted(failure)
+            results: list[tuple[Any, ...]] = []
+            for j in range(len(self.shards)):
+                if j in fresh:
+                    obs, info = fresh[j]
+                    n = self._size(j)
+                    results.append((obs, np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), info))
+                elif j in failures:
+                    results.append(self._cut_short(j))
+                else:
+                    results.append(decoded[j])
+            merged = self._merge_step(results, self.bounds, owned=owned and not failures)
+        finally:
+            for j, frame in frames.items():
+                if frame is not None:
+                    self.shards[j].release_region(frame.request_id)
+        self._recovering = failures
+        return merged
+
+    def _cut_short(self, j: int) -> tuple[Any, ...]:
+        # A failed shard's lanes in the step that failed: the last observation, reward 0, truncated.
+        kept = self._kept[j]
+        assert kept is not None
+        batch, a, b = kept
+        n = b - a
+        return (lanes_of(self.single_observation_space, batch, a, b), np.zeros(n), np.zeros(n, bool),
+                np.ones(n, bool), {})
+
+    async def recover(self, result: tuple[Any, Any, Any, Any, dict[str, Any]]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """Replace the shards that failed in the step ``result`` comes from (see
+        :mod:`rlmesh.client.restarts`), mark their lanes in its info, and return it.
+
+        Raises:
+            RLMeshError: A replacement could not start (with the restart history attached).
+        """
+        failed, self._recovering = self._recovering, {}
+        obs, _, _, _, info = result
+        mode = self.autoreset_mode
+        for j, exc in sorted(failed.items()):
+            a, b = self.bounds[j]
+            entry = self._restarts.record(j, (a, b), exc)
+            restart_mark(info, self.num_envs, a, b, entry)
+            try:
+                await self._replace_shard(j)
+                if mode is AutoresetMode.DISABLED:
+                    continue  # the caller resets the lanes, as after any truncation
+                seeds = self._restarts.restart_seeds(a, b, self._restarts.counts[j])
+                shard = self.shards[j]
+                reset_obs, reset_info = await send(Plan([(shard, MessageType.RESET, shard.reset_body(seeds, None))],
+                                                        functools.partial(_decode_first_reset, shard)))
+            except RLMeshError as start_failure:
+                raise self._restarts.exhausted(self.named(start_failure, j)) from exc
+            if mode is AutoresetMode.NEXT_STEP:
+                self._fresh[j] = (reset_obs, reset_info)
+                continue
+            last = lanes_of(self.single_observation_space, obs, a, b)  # SAME_STEP: the reset, final_obs the last
+            set_lanes(info, "final_obs", self.num_envs, a, b, list(iterate_lanes(self.single_observation_space, last, b - a)))
+            merged = batch_from_parts(self.single_observation_space, self.num_envs,
+                                      [(0, a, lanes_of(self.single_observation_space, obs, 0, a)), (a, b, reset_obs),
+                                       (b, self.num_envs, lanes_of(self.single_observation_space, obs, b, self.num_envs))],
+                                      owned=False)
+            obs = merged
+            merge_infos_into(info, self.num_envs, a, b, reset_info)
+        for j, (ka, kb) in enumerate(self.bounds):
+            self._kept[j] = (obs, ka, kb)
+        return (obs, *result[1:4], info)
+
+    @property
+    def recovering(self) -> bool:
+        """Whether the last step's failed shards wait for :meth:`recover` (``restarts=``)."""
+        return bool(self._recovering)
+
+    async def _replace_shard(self, j: int) -> None:
+        """Replace shard ``j`` with a started one like it (a sandbox env does; others cannot)."""
+        raise InvalidArgumentError(f"{type(self).__name__} cannot replace a shard")
+
+    @property
+    def restart_history(self) -> list[dict[str, Any]]:
+        """Each shard restart: ``time``, ``shard``, ``lanes``, ``restart`` (its number),
+        ``shard_restart`` (the shard's own count) and ``error`` (``type``, ``message``,
+        ``exit_code``, ``killed_by``, ``log_tail``)."""
+        return list(self._restarts.history)
 
     def _finish_step(self, frames: list[Frame]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         # Arrays in a shard's region are read as views, copied once into the batch, and the
         # region freed; arrays that came in a frame are the batch itself when one shard has all.
+        if self._restarts.budget:  # an env's exception may be one to restart its shard for
+            return self._merge_partial(dict(enumerate(frames)), {}, {})
         shards = self.shards
         results = []
         owned = True
@@ -211,6 +359,10 @@ class AsyncShardedVectorEnv:
         self._check_can_send()
         parts = split_reset(self.bounds, seed, options)
         shard_ids = [j for j, _, _ in parts]
+        if self._restarts.budget:
+            self._restarts.note_reset(self.num_envs, seed, options)
+        for j in shard_ids:
+            self._fresh.pop(j, None)  # a reset replaces a replaced shard's pending reset
         requests = [(self.shards[j], MessageType.RESET, self.shards[j].reset_body(s, o)) for j, s, o in parts]
 
         def finish(frames: list[Frame]) -> tuple[Any, dict[str, Any]]:
@@ -265,7 +417,8 @@ class AsyncShardedVectorEnv:
 
     async def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """Step every lane, as ``VectorEnv.step``: every shard at once."""
-        return await send(self.plan_step(actions))
+        result = await send(self.plan_step(actions))
+        return await self.recover(result) if self._recovering else result
 
     async def render(self) -> tuple[Any, ...]:
         """Every lane's frame."""
@@ -282,7 +435,8 @@ class AsyncShardedVectorEnv:
         written, self._pending = self._pending, None
         if written is None:
             raise InvalidArgumentError("step_wait without step_async")
-        return await wait(written)
+        result = await wait(written)
+        return await self.recover(result) if self._recovering else result
 
     async def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Call ``name`` on every lane, as ``VectorEnv.call``."""
@@ -416,3 +570,7 @@ class AsyncShardedVectorEnv:
         if note not in getattr(exc, "__notes__", ()):
             exc.add_note(note)
         return exc
+
+
+def _decode_first_reset(shard: RemoteShard, frames: list[Frame]) -> tuple[Any, dict[str, Any]]:
+    return shard.decode_reset(frames[0])

@@ -84,3 +84,8 @@ class SandboxVectorEnv(SyncVectorEnvShell[AsyncSandboxVectorEnv]):
     def image_id(self) -> str | None:
         """The id (digest) of the image the shards run, once started."""
         return self._core.image_id
+
+    @property
+    def restart_history(self) -> list[dict[str, Any]]:
+        """Each shard restart (``restarts=``): see :attr:`AsyncSandboxVectorEnv.restart_history`."""
+        return self._core.restart_history

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from .._checks import check_num_envs
 from ..client.lanes import resolve_shards, split_lanes
 from ..client.remote_shard import RemoteShard
+from ..client.restarts import check_restarts
 from ..client.shards import AsyncShardedVectorEnv
+from ..errors import InvalidArgumentError, ProtocolError
 from ..protocol import parse_autoreset_mode, parse_vectorization_mode
 from .env import OPTION_DOCS, SandboxArguments, SandboxShard, options_signature
 from .placement import RayPlacement, RayShards
@@ -38,9 +42,10 @@ class AsyncSandboxVectorEnv(AsyncShardedVectorEnv):
 
     def __init__(self, source: str, num_envs: int = 1, *, vectorization_mode: str = "sync",
                  autoreset_mode: str = "next_step", shards: int | str = 1, placement: Any = None,
-                 **kwargs: Any) -> None:
+                 restarts: int = 0, restart_on: Sequence[str] = ("exit", "timeout"), **kwargs: Any) -> None:
         lanes = self.check_arguments(source, num_envs, vectorization_mode=vectorization_mode,
-                                     autoreset_mode=autoreset_mode, shards=shards, placement=placement, **kwargs)
+                                     autoreset_mode=autoreset_mode, shards=shards, placement=placement,
+                                     restarts=restarts, restart_on=restart_on, **kwargs)
         vector = {"vectorization_mode": vectorization_mode, "autoreset_mode": autoreset_mode}
         self.placement = RayPlacement.of(placement)
         self._ray: RayShards | None = None
@@ -49,11 +54,15 @@ class AsyncSandboxVectorEnv(AsyncShardedVectorEnv):
         else:  # the shards start on Ray's nodes: their arguments were checked above
             self._ray = RayShards(self.placement, source, lanes, {**vector, **kwargs})
             super().__init__([])
+        self._restarts.budget, self._restarts.on = check_restarts(restarts, restart_on)
+        # A replacement shard is made as the first were (with the image they built: no rebuild).
+        self._shard_arguments = (source, {**vector, **kwargs, "rebuild": False})
         self.source = source
 
     @classmethod
     def check_arguments(cls, source: str, num_envs: int = 1, *, vectorization_mode: str = "sync",
                         autoreset_mode: str = "next_step", shards: int | str = 1, placement: Any = None,
+                        restarts: int = 0, restart_on: Sequence[str] = ("exit", "timeout"),
                         **kwargs: Any) -> list[int]:
         """Check this class's arguments, as its constructor does, without making anything (no
         shard, no sandbox, no engine connection); returns the lanes of each shard.
@@ -65,6 +74,10 @@ class AsyncSandboxVectorEnv(AsyncShardedVectorEnv):
         parse_vectorization_mode(vectorization_mode)
         parse_autoreset_mode(autoreset_mode)
         lanes = split_lanes(num_envs, resolve_shards(shards, num_envs))
+        check_restarts(restarts, restart_on)
+        if restarts and RayPlacement.of(placement) is not None:
+            raise InvalidArgumentError("restarts= works with local shards only for now: drop placement=, or "
+                                       "restarts= (a lost Ray actor raises, as without restarts)")
         RayPlacement.of(placement)
         SandboxArguments.check(cls.__name__, source, kwargs, vector=True)
         return lanes
@@ -73,6 +86,24 @@ class AsyncSandboxVectorEnv(AsyncShardedVectorEnv):
         if self._ray is None:
             return self.shards
         return await self._ray.start()
+
+    async def _replace_shard(self, j: int) -> None:
+        """Remove shard ``j``'s container and start a new one like it, from the same image."""
+        old = self.shards[j]
+        await old.close()
+        source, arguments = self._shard_arguments
+        a, b = self.bounds[j]
+        new = SandboxShard(source, b - a, **arguments)
+        try:
+            await new.start()
+        except BaseException:
+            await asyncio.shield(new.close())
+            raise
+        self.shards[j] = new
+        if new.single_observation_space != self.single_observation_space or (
+            new.single_action_space != self.single_action_space
+        ):
+            raise ProtocolError(f"the replacement of shard {j} serves other spaces than the shard it replaced")
 
     async def close(self) -> None:
         """Close the connections and remove every shard's container. Idempotent."""
@@ -122,7 +153,8 @@ class AsyncSandboxVectorEnv(AsyncShardedVectorEnv):
 
 def _vector_parameters() -> list[inspect.Parameter]:
     init = inspect.signature(AsyncSandboxVectorEnv.__init__).parameters
-    return [init[name] for name in ("num_envs", "vectorization_mode", "autoreset_mode", "shards", "placement")]
+    return [init[name] for name in ("num_envs", "vectorization_mode", "autoreset_mode", "shards", "placement",
+                                    "restarts", "restart_on")]
 
 
 AsyncSandboxVectorEnv.__doc__ = (AsyncSandboxVectorEnv.__doc__ or "") + OPTION_DOCS
