@@ -32,12 +32,12 @@ def _labelled(host: str) -> set[str]:
 
 
 def test_a_sandbox_on_another_engine_builds_and_runs_there(second_engine: str) -> None:
-    here_before = sandbox_containers()
+    here_before = sandbox_containers(ours=True)
     volumes_before = set(_on(second_engine, "volume", "ls", "-q").split())
     env = SandboxEnv("CartPole-v1", docker_host=second_engine)
     try:
         cid = env.container_id
-        assert cid is not None and cid in _labelled(second_engine) and cid not in sandbox_containers()
+        assert cid is not None and cid in _labelled(second_engine) and cid not in sandbox_containers(ours=True)
         assert len(_labelled(second_engine)) == 2  # the env and its relay
         inside = json.loads(_on(second_engine, "inspect", cid))[0]
         assert inside["HostConfig"]["NetworkMode"] == "none" and inside["Config"]["User"] != "0"
@@ -59,11 +59,11 @@ def test_a_sandbox_on_another_engine_builds_and_runs_there(second_engine: str) -
         env.close()
     assert not _labelled(second_engine)
     assert set(_on(second_engine, "volume", "ls", "-q").split()) <= volumes_before
-    assert sandbox_containers() == here_before
+    assert sandbox_containers(ours=True) == here_before
 
 
 def test_a_relayed_vector_sandbox_on_this_engine(second_engine: str) -> None:
-    before = sandbox_containers()
+    before = sandbox_containers(ours=True)
     with SandboxVectorEnv("CartPole-v1", num_envs=3, transport="tcp") as envs:
         sandbox = envs._core.shards[0]._sandbox
         relay = json.loads(subprocess.run(["docker", "inspect", sandbox.relay_id], capture_output=True, text=True,
@@ -78,12 +78,12 @@ def test_a_relayed_vector_sandbox_on_this_engine(second_engine: str) -> None:
         # (not after its lease), and the step says the sandbox is gone.
         subprocess.run(["docker", "kill", envs.container_id], capture_output=True, check=True)
         deadline = time.monotonic() + 20
-        while sandbox.relay_id in sandbox_containers() and time.monotonic() < deadline:
+        while sandbox.relay_id in sandbox_containers(ours=True) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert sandbox.relay_id not in sandbox_containers()
+        assert sandbox.relay_id not in sandbox_containers(ours=True)
         with pytest.raises(SandboxExitedError):
             envs.step(a)
-    assert sandbox_containers() == before
+    assert sandbox_containers(ours=True) == before
 
 
 def test_a_killed_owner_s_remote_sandbox_ends_by_its_lease(second_engine: str) -> None:
