@@ -142,6 +142,29 @@ async def test_a_hung_shard_is_restarted_after_its_request_timeout() -> None:
         np.testing.assert_array_equal(obs[2], _cartpole(2 + RESTART_SEED_STRIDE)[1])
 
 
+async def test_send_recv_returns_a_restarted_shard_in_a_later_recv() -> None:
+    # EnvPool-style: whole shards stepped with send(), gathered with recv(); shard 1 dies on its
+    # 5th step and comes back cut short, then with its reset, while shard 0 steps as it would.
+    ref = _reference("next_step")
+    async with AsyncSandboxVectorEnv(FAULTY, num_envs=4, shards=2, restarts=1, packages=[FAULTY_PKG],
+                                     die_seeds=[2]) as envs:
+        await envs.reset(seed=0)
+        seen: list[tuple[int, Any, Any]] = []
+        for t in range(DIES_AT + 1):
+            await envs.send(_actions(t))
+            got: dict[int, Any] = {}
+            while len(got) < 4:
+                obs, rewards, terms, truncs, info = await envs.recv()
+                for k, lane in enumerate(info["env_id"]):
+                    got[int(lane)] = (obs[k], truncs[k], info.get("_rlmesh_restart", np.zeros(len(obs), bool))[k])
+            want = ref.step(_actions(t))
+            np.testing.assert_array_equal(np.stack([got[0][0], got[1][0]]), want[0][:2])
+            seen.append((t, got[2][1], got[2][2]))
+        assert seen[DIES_AT - 1][1:] == (True, True)  # the step that failed: cut short, marked
+        np.testing.assert_array_equal(got[2][0], _cartpole(2 + RESTART_SEED_STRIDE)[1])  # then the reset
+        assert len(envs.restart_history) == 1
+
+
 def test_restart_arguments_are_checked() -> None:
     for bad in (-1, 1.5, "2"):
         with pytest.raises(InvalidArgumentError, match="restarts must be"):

@@ -71,7 +71,7 @@ class AsyncShardedVectorEnv:
         self.shards: list[RemoteShard] = list(shards)
         self._closed = False
         self._pending: Written[Any] | None = None  # a step written by step_async, until step_wait
-        self._inflight: dict[asyncio.Task[Any], int] = {}  # send()'s shards, until recv
+        self._inflight: dict[asyncio.Future[Any], int] = {}  # send()'s shards, until recv
         self.batch_size: int | None = None
         self.num_envs = 0
         self.bounds: list[tuple[int, int]] = []
@@ -275,35 +275,66 @@ class AsyncShardedVectorEnv:
         """
         failed, self._recovering = self._recovering, {}
         obs, _, _, _, info = result
-        mode = self.autoreset_mode
         for j, exc in sorted(failed.items()):
             a, b = self.bounds[j]
-            entry = self._restarts.record(j, (a, b), exc)
+            entry, reset = await self._restart(j, exc)
             restart_mark(info, self.num_envs, a, b, entry)
-            try:
-                await self._replace_shard(j)
-                if mode is AutoresetMode.DISABLED:
-                    continue  # the caller resets the lanes, as after any truncation
-                seeds = self._restarts.restart_seeds(a, b, self._restarts.counts[j])
-                shard = self.shards[j]
-                reset_obs, reset_info = await send(Plan([(shard, MessageType.RESET, shard.reset_body(seeds, None))],
-                                                        functools.partial(_decode_first_reset, shard)))
-            except RLMeshError as start_failure:
-                raise self._restarts.exhausted(self.named(start_failure, j)) from exc
-            if mode is AutoresetMode.NEXT_STEP:
-                self._fresh[j] = (reset_obs, reset_info)
+            if reset is None:
+                continue
+            reset_obs, reset_info = reset
+            if self.autoreset_mode is AutoresetMode.NEXT_STEP:
+                self._fresh[j] = reset
                 continue
             last = lanes_of(self.single_observation_space, obs, a, b)  # SAME_STEP: the reset, final_obs the last
             set_lanes(info, "final_obs", self.num_envs, a, b, list(iterate_lanes(self.single_observation_space, last, b - a)))
-            merged = batch_from_parts(self.single_observation_space, self.num_envs,
-                                      [(0, a, lanes_of(self.single_observation_space, obs, 0, a)), (a, b, reset_obs),
-                                       (b, self.num_envs, lanes_of(self.single_observation_space, obs, b, self.num_envs))],
-                                      owned=False)
-            obs = merged
+            obs = batch_from_parts(self.single_observation_space, self.num_envs,
+                                   [(0, a, lanes_of(self.single_observation_space, obs, 0, a)), (a, b, reset_obs),
+                                    (b, self.num_envs, lanes_of(self.single_observation_space, obs, b, self.num_envs))],
+                                   owned=False)
             merge_infos_into(info, self.num_envs, a, b, reset_info)
         for j, (ka, kb) in enumerate(self.bounds):
             self._kept[j] = (obs, ka, kb)
         return (obs, *result[1:4], info)
+
+    async def _restart(self, j: int, exc: RLMeshError) -> tuple[dict[str, Any], tuple[Any, dict[str, Any]] | None]:
+        """Record shard ``j``'s failure, replace it, and reset it with its lanes' restart seeds
+        (not under DISABLED autoreset); returns the record and the reset (or None).
+
+        Raises:
+            RLMeshError: The replacement could not start or reset (with the history attached).
+        """
+        a, b = self.bounds[j]
+        entry = self._restarts.record(j, (a, b), exc)
+        try:
+            await self._replace_shard(j)
+            if self.autoreset_mode is AutoresetMode.DISABLED:
+                return entry, None  # the caller resets the lanes, as after any truncation
+            seeds = self._restarts.restart_seeds(a, b, self._restarts.counts[j])
+            shard = self.shards[j]
+            reset: tuple[Any, dict[str, Any]] = await send(Plan(
+                [(shard, MessageType.RESET, shard.reset_body(seeds, None))], functools.partial(_decode_first_reset, shard)))
+        except RLMeshError as start_failure:
+            raise self._restarts.exhausted(self.named(start_failure, j)) from exc
+        return entry, reset
+
+    async def _restart_in_recv(self, j: int, exc: RLMeshError) -> tuple[Any, ...]:
+        """send/recv: shard ``j``'s part of a recv whose step failed, its lanes cut short (see
+        :meth:`recover`), the shard replaced."""
+        if not self._restarts.qualifies(exc) or self._kept[j] is None:
+            raise exc
+        if self._restarts.left() < 1:
+            raise self._restarts.exhausted(exc)
+        obs, rewards, terms, truncs, info = self._cut_short(j)
+        n = self._size(j)
+        entry, reset = await self._restart(j, exc)
+        restart_mark(info, n, 0, n, entry)
+        if reset is not None and self.autoreset_mode is AutoresetMode.NEXT_STEP:
+            self._fresh[j] = reset
+        elif reset is not None:  # SAME_STEP
+            set_lanes(info, "final_obs", n, 0, n, list(iterate_lanes(self.single_observation_space, obs, n)))
+            merge_infos_into(info, n, 0, n, reset[1])
+            obs = reset[0]
+        return obs, rewards, terms, truncs, info
 
     @property
     def recovering(self) -> bool:
@@ -475,15 +506,23 @@ class AsyncShardedVectorEnv:
         space = self.action_space if len(shard_ids) == len(self.shards) else batch_space(self.single_action_space, sum(sizes))
         parts = split_actions(space, self.single_action_space, bounds_of(sizes), actions)
         written = []
+        fresh = [j for j in shard_ids if j in self._fresh]
         try:
             for j, part in zip(shard_ids, parts, strict=True):
-                written.append((j, await write(self._plan_shard_step(j, part))))
+                if j not in self._fresh:
+                    written.append((j, await write(self._plan_shard_step(j, part))))
         except BaseException:
             for _, one in written:
                 drop(one)
             raise
         for j, one in written:  # sent now; recv collects the results
             self._inflight[asyncio.ensure_future(wait(one))] = j
+        for j in fresh:  # NEXT_STEP after a restart: the shard's reset, as an autoreset step
+            obs, info = self._fresh.pop(j)
+            n = self._size(j)
+            done = asyncio.get_running_loop().create_future()
+            done.set_result((obs, np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), info))
+            self._inflight[done] = j
         await asyncio.sleep(0)  # the tasks start (and wait for their replies): close() can cancel them
 
     def _plan_shard_step(self, j: int, actions: Any) -> Plan[tuple[Any, Any, Any, Any, dict[str, Any]]]:
@@ -504,7 +543,12 @@ class AsyncShardedVectorEnv:
             finished, _ = await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
             for task in sorted(finished, key=lambda t: self._inflight[t]):
                 j = self._inflight.pop(task)
-                done.append((j, task.result()))
+                try:
+                    done.append((j, task.result()))
+                except RLMeshError as exc:
+                    if not self._restarts.budget:
+                        raise
+                    done.append((j, await self._restart_in_recv(j, exc)))
         shard_ids = [j for j, _ in done]
         result = self._merge_step([r for _, r in done], bounds_of([self._size(j) for j in shard_ids]), True, shard_ids)
         result[4]["env_id"] = np.concatenate([np.arange(*self.bounds[j]) for j in shard_ids])

@@ -44,6 +44,9 @@ def add_eval_parser(sub: Any) -> None:
                    help="pip requirement, wheel or project dir installed in the image (repeatable)")
     p.add_argument("--import", action="append", default=[], metavar="M", dest="imports",
                    help="module checked at build and start (repeatable)")
+    p.add_argument("--system-package", action="append", default=[], metavar="DEB", dest="system_packages",
+                   help="a Debian package for the image, besides those found for missing libraries (repeatable)")
+    p.add_argument("--gl", default=None, choices=("egl", "osmesa"), help="a headless OpenGL preset (MuJoCo rendering)")
     p.add_argument("--trust-remote-code", action="store_true", help="required for hf:// sources")
     p.add_argument("--allow-unpinned-hf", action="store_true", help="allow an hf:// revision that is not a commit SHA")
     p.add_argument("--shards", default=None, help="shards per sandbox (a count or auto; batched policies)")
@@ -81,7 +84,9 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         options["allow_unpinned_hf"] = True
     if args.shards is not None:
         options["shards"] = args.shards if args.shards == "auto" else int(args.shards)
-    for name in ("runtime", "docker_host"):
+    if args.system_packages:
+        options["system_packages"] = args.system_packages
+    for name in ("runtime", "docker_host", "gl"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     kwargs: dict[str, Any] = {}
