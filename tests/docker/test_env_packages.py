@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from rlmesh.errors import ImageBuildError, SandboxStartError
+from rlmesh.evaluation.runner import installed_difference
 from rlmesh.numpy import SandboxEnv
 from rlmesh.sandbox import housekeeping
 
@@ -119,4 +120,11 @@ def test_a_lock_file_rebuilds_the_same_distributions(tmp_path: Path) -> None:
         again = subprocess.run(["docker", "exec", env.container_id, "python", "-m", "pip", "freeze", "--all"],
                                capture_output=True, text=True, check=True).stdout
         assert env.image_id != image  # another image (another key), the same distributions
+        rebuilt = env.image_id
     assert again == first
+    # A resumed evaluation on another image names the versions that differ (none here).
+    assert asyncio.run(installed_difference(str(image), str(rebuilt))) is None
+    with SandboxEnv("CartPole-v1", packages=["pygame==2.6.1"], imports=["pygame.scrap"]) as env:
+        other = env.image_id
+    assert "pygame (none) -> 2.6.1" in str(asyncio.run(installed_difference(str(image), str(other))))
+    assert asyncio.run(installed_difference("sha256:" + "0" * 64, str(other))) is None  # gone: nothing to compare

@@ -271,7 +271,7 @@ class Runner:
             self.container_starts += 1
             task.start_failures = 0
             try:
-                self._check_image(task, getattr(env, "image_id", None))
+                await self._check_image(task, getattr(env, "image_id", None))
             except BaseException:
                 await env.close()
                 raise
@@ -279,21 +279,26 @@ class Runner:
                 task.first_ready = loop.time()
             return env
 
-    def _check_image(self, task: _Task, image: str | None) -> None:
+    async def _check_image(self, task: _Task, image: str | None) -> None:
         """Note the image a task's sandbox runs; refuse one that differs from a resumed run's.
 
         Raises:
-            ResultsMismatchError: The task's earlier records ran on another image.
+            ResultsMismatchError: The task's earlier records ran on another image (the message
+                names the distributions whose versions differ, when both images are still here).
         """
         task.image = image
         earlier = self.images.get(task.name)
         if image is None or not earlier or image in earlier:
             return
         path = str(self.store.path) if self.store is not None else ""
+        changed = await installed_difference(sorted(earlier)[-1], image)
+        why = (f"what pip installed differs: {changed}" if changed else
+               "the image was rebuilt, and pip may have resolved other versions")
         raise ResultsMismatchError(
             f"{path} holds results of another run (image of {task.name}: {', '.join(sorted(earlier))} in the file, "
-            f"{image} now: the image was rebuilt, and pip may have resolved other versions). To resume it, run on the "
-            "same image; to start a new run, give another results path or remove this file",
+            f"{image} now: {why}). To resume it, run on the same image (`rlmesh image lock` of the file's image "
+            "gives packages= a lock file to rebuild it); to start a new run, give another results path or remove "
+            "this file",
             path=path, differences={"image": (sorted(earlier), image)},
         )
 
@@ -611,3 +616,22 @@ def check_options(options: dict[str, Any]) -> None:
                 f"{name}= is chosen by evaluate: each sandbox runs one episode at a time, or N at once as lanes "
                 "with a batched policy (rlmesh.batched(fn, lanes=N))"
             )
+
+
+async def installed_difference(old_image: str, new_image: str) -> str | None:
+    """``gymnasium 1.3.0 -> 1.4.0, numpy (added) 2.4.6`` between two sandbox images' records of what
+    pip installed, or None when either image (or its record) is gone."""
+    from ..sandbox import housekeeping
+
+    try:
+        old = (await housekeeping.inspect_image(old_image))["installed"]
+        new = (await housekeeping.inspect_image(new_image))["installed"]
+    except Exception:  # the image was removed, or the engine is elsewhere: no versions to compare
+        return None
+    if not old or not new:
+        return None
+    before = dict(pin.partition("==")[::2] for pin in old)
+    after = dict(pin.partition("==")[::2] for pin in new)
+    changes = [f"{name} {before.get(name, '(none)')} -> {after.get(name, '(none)')}"
+               for name in sorted(set(before) | set(after)) if before.get(name) != after.get(name)]
+    return ", ".join(changes[:8]) + (f" and {len(changes) - 8} more" if len(changes) > 8 else "") if changes else None
