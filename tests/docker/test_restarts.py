@@ -9,6 +9,10 @@ the 5th step of an episode seeded with one of ``die_seeds``, and hangs on ``hang
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +167,55 @@ async def test_send_recv_returns_a_restarted_shard_in_a_later_recv() -> None:
         assert seen[DIES_AT - 1][1:] == (True, True)  # the step that failed: cut short, marked
         np.testing.assert_array_equal(got[2][0], _cartpole(2 + RESTART_SEED_STRIDE)[1])  # then the reset
         assert len(envs.restart_history) == 1
+
+
+def test_an_oom_kill_is_restarted_and_its_record_says_memory() -> None:
+    with SandboxVectorEnv(FAULTY, num_envs=4, shards=2, restarts=1, packages=[FAULTY_PKG], oom_seeds=[2],
+                          memory="96m") as envs:
+        envs.reset(seed=0)
+        for t in range(DIES_AT):
+            *_, info = envs.step(_actions(t))
+        record = info["rlmesh_restart"][2]["error"]
+        assert record["type"] == "SandboxExitedError" and record["killed_by"] == "memory", record
+
+
+RESTART_THEN_WAIT = """
+import sys
+import numpy as np
+from rlmesh.numpy import SandboxVectorEnv
+envs = SandboxVectorEnv("rlmesh_faulty:make", num_envs=4, shards=2, restarts=1, packages=[sys.argv[1]],
+                        die_seeds=[2])
+envs.reset(seed=0)
+for _ in range(4):
+    envs.step(np.zeros(4, dtype=np.int64))
+print("R", flush=True)
+envs.step(np.zeros(4, dtype=np.int64))  # shard 1 dies: the restart, during which SIGTERM comes
+print("restarted", flush=True)
+import time
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.2, 0.4])
+def test_sigterm_during_a_restart_leaves_nothing_behind(delay: float) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", RESTART_THEN_WAIT, FAULTY_PKG], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "R"
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 20
+    while _containers_of(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _containers_of(proc.pid)
+
+
+def _containers_of(pid: int) -> set[str]:
+    out = subprocess.run(["docker", "ps", "-a", "--no-trunc", "--filter", "label=rlmesh.sandbox", "--format",
+                          '{{.ID}} {{.Label "rlmesh.owner"}}'], check=True, capture_output=True, text=True).stdout
+    rows = [line.split(" ", 1) for line in out.splitlines()]
+    return {cid for cid, label in (r + [""] for r in rows) if label.split(":")[2:3] == [str(pid)]}
 
 
 def test_restart_arguments_are_checked() -> None:
