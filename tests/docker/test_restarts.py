@@ -215,7 +215,7 @@ def _containers_of(pid: int) -> set[str]:
     out = subprocess.run(["docker", "ps", "-a", "--no-trunc", "--filter", "label=rlmesh.sandbox", "--format",
                           '{{.ID}} {{.Label "rlmesh.owner"}}'], check=True, capture_output=True, text=True).stdout
     rows = [line.split(" ", 1) for line in out.splitlines()]
-    return {cid for cid, label in (r + [""] for r in rows) if label.split(":")[2:3] == [str(pid)]}
+    return {r[0] for r in rows if len(r) == 2 and r[1].split(":")[2:3] == [str(pid)]}
 
 
 def test_restart_arguments_are_checked() -> None:
