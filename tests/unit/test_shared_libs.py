@@ -148,3 +148,24 @@ def test_system_packages_is_auto_or_a_list_with_auto_alongside() -> None:
         check_library_patterns(["lib foo; rm -rf /"])
     with pytest.raises(InvalidArgumentError, match="gl must be"):
         SandboxOptions(gl="vulkan")
+
+
+def test_a_scan_is_remembered_on_disk_for_the_next_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from rlmesh.sandbox import shared_libs
+
+    monkeypatch.setenv("RLMESH_CACHE_DIR", str(tmp_path / "cache"))
+    wheel = tmp_path / "demo-1.0-cp311-cp311-linux_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("demo/_ext.so", _elf([b"libfoo.so.1"]))
+    assert [m.name for m in missing_libraries([wheel], known=set())] == ["libfoo.so.1"]
+    [remembered] = (tmp_path / "cache" / "wheel-libraries").glob("*.json")
+    data = json.loads(remembered.read_text())
+    data["needs"]["libbar.so.2"] = ["demo/_ext.so"]  # what a later process reads, not the wheel
+    remembered.write_text(json.dumps(data))
+    monkeypatch.setattr(shared_libs, "_scanned", {})
+    assert [m.name for m in missing_libraries([wheel], known=set())] == ["libbar.so.2", "libfoo.so.1"]
+    remembered.write_text("not json")  # a damaged record: the wheel is read again
+    monkeypatch.setattr(shared_libs, "_scanned", {})
+    assert [m.name for m in missing_libraries([wheel], known=set())] == ["libfoo.so.1"]

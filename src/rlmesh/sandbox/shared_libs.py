@@ -6,19 +6,26 @@ knows it (its ``/etc/ld.so.cache``, read from the base image) or a wheel ships a
 name (auditwheel's ``<pkg>.libs``, or ``$ORIGIN`` runpaths). The rest are missing: the build
 maps them to Debian packages (:mod:`.debs`).
 
-Wheels are untrusted input: the parser reads bounded amounts (a member's first 64 MiB, at most
+A wheel's scan is remembered (in memory, and on disk under the cache by file name and size), so
+builds that reuse a cached wheel do not read it again. Wheels are untrusted input: the parser reads bounded amounts (a member's first 64 MiB, at most
 4096 dynamic entries, names of at most 256 bytes) and gives up on a malformed file (it is then
 not a library the linker could load either).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
 import re
 import struct
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .cache import cache_dir
 
 __all__ = ["MissingLibrary", "elf_needed", "ld_cache_names", "missing_libraries", "provided_by_system"]
 
@@ -134,6 +141,10 @@ def _scan(wheel: Path) -> tuple[set[str], dict[str, list[str]]]:
     key = (wheel.name, stat.st_size, stat.st_mtime_ns)
     if key in _scanned:
         return _scanned[key]
+    found = _read_scan(wheel, stat.st_size)
+    if found is not None:
+        _scanned[key] = found
+        return found
     provided: set[str] = set()
     needs: dict[str, list[str]] = {}
     try:
@@ -155,7 +166,35 @@ def _scan(wheel: Path) -> tuple[set[str], dict[str, list[str]]]:
     except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError):
         pass  # pip installs only what it can read: the build says what is wrong with it
     _scanned[key] = (provided, needs)
+    _write_scan(wheel, stat.st_size, provided, needs)
     return provided, needs
+
+
+def _scan_file(wheel: Path, size: int) -> Path:
+    # A wheel's file name and size name its contents (the wheel cache never rewrites a file in place).
+    digest = hashlib.sha256(f"{wheel.name}\0{size}".encode()).hexdigest()[:32]
+    return cache_dir() / "wheel-libraries" / f"{digest}.json"
+
+
+def _read_scan(wheel: Path, size: int) -> tuple[set[str], dict[str, list[str]]] | None:
+    """A scan remembered on disk (from an earlier build, by another process), or None."""
+    try:
+        data = json.loads(_scan_file(wheel, size).read_text())
+        provided, needs = data["provided"], data["needs"]
+        if data.get("wheel") != wheel.name or not isinstance(provided, list) or not isinstance(needs, dict):
+            return None
+        return set(map(str, provided)), {str(k): [str(m) for m in v] for k, v in needs.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _write_scan(wheel: Path, size: int, provided: set[str], needs: dict[str, list[str]]) -> None:
+    path = _scan_file(wheel, size)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"wheel": wheel.name, "provided": sorted(provided), "needs": needs}))
+        tmp.replace(path)
 
 
 def _is_library_name(base: str) -> bool:
