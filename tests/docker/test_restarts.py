@@ -92,6 +92,34 @@ def test_a_dead_shard_is_replaced_and_its_lanes_cut_short(mode: str) -> None:
                 np.testing.assert_array_equal(obs[lane], env.step(int(_actions(t)[lane]))[0])
 
 
+def test_a_long_run_with_a_flaky_shard_completes_and_its_healthy_shard_is_untouched() -> None:
+    # Lanes 2 and 3 (shard 1) exit at random steps (1 in 60 lane steps), again after each restart
+    # (a restart seed stays flaky); shard 0's lanes must be exactly an in-process run's throughout.
+    steps = 600
+    ref = _reference("next_step")
+    with SandboxVectorEnv(FAULTY, num_envs=4, shards=2, restarts=40, packages=[FAULTY_PKG], flaky_seeds=[2, 3],
+                          flaky_probability=1 / 60) as envs:
+        envs.reset(seed=0)
+        restarted_at = []
+        pending: list[int] = []
+        for t in range(steps):
+            obs, rewards, terms, truncs, info = envs.step(_actions(t))
+            want = ref.step(_actions(t))
+            for got, expected in zip((obs, rewards, terms, truncs), want[:4], strict=True):
+                np.testing.assert_array_equal(got[:2], expected[:2])
+            if pending:  # the autoreset step after a restart: the reset with the documented seeds
+                r = envs.restart_history[-1]["shard_restart"]
+                expected = np.stack([_cartpole(lane + RESTART_SEED_STRIDE * r)[1] for lane in (2, 3)])
+                np.testing.assert_array_equal(obs[2:], expected)
+                pending = []
+            if "rlmesh_restart" in info:
+                assert list(truncs[2:]) == [True, True] and not terms[2:].any()
+                restarted_at.append(t)
+                pending = [2, 3]
+        assert 3 <= len(restarted_at) == len(envs.restart_history) <= 40, restarted_at
+        assert [h["shard"] for h in envs.restart_history] == [1] * len(restarted_at)
+
+
 def test_disabled_autoreset_leaves_the_reset_to_the_caller() -> None:
     with SandboxVectorEnv(FAULTY, num_envs=4, shards=2, restarts=1, packages=[FAULTY_PKG], die_seeds=[2],
                           autoreset_mode="disabled") as envs:
