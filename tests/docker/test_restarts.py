@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from rlmesh.client.restarts import RESTART_SEED_STRIDE
-from rlmesh.errors import InvalidArgumentError, RemoteEnvError, SandboxExitedError
+from rlmesh.errors import InvalidArgumentError, RemoteEnvError, SandboxExitedError, SandboxStartError
 from rlmesh.numpy import AsyncSandboxVectorEnv, SandboxVectorEnv
 
 FAULTY_PKG = str(Path(__file__).parent / "faulty_pkg")
@@ -146,6 +146,25 @@ def test_past_the_budget_the_failure_raises_with_the_history() -> None:
         assert t == 2 * DIES_AT  # the first death at step 5, the second 5 steps after the autoreset step
         assert [h["restart"] for h in info.value.restart_history] == [1]  # type: ignore[attr-defined]
         assert any("made all 1 of its restarts" in note for note in info.value.__notes__)
+
+
+def test_a_restart_that_cannot_start_raises_at_once(tmp_path: Path) -> None:
+    # The env refuses to be made while a file in a mounted directory exists: the replacement of the
+    # dead shard fails to start, and that is raised at once (one try, not a loop), with the history.
+    flag = tmp_path / "flags"
+    flag.mkdir()
+    flag.chmod(0o755)
+    with SandboxVectorEnv(FAULTY, num_envs=4, shards=2, restarts=5, packages=[FAULTY_PKG], die_seeds=[2],
+                          refuse_if="/flags/refuse", volumes={str(flag): "/flags:ro"}) as envs:
+        envs.reset(seed=0)
+        (flag / "refuse").write_text("")
+        began = time.monotonic()
+        with pytest.raises(SandboxStartError) as info:
+            for t in range(DIES_AT):
+                envs.step(_actions(t))
+        assert "refusing to make the env" in str(info.value)
+        assert [h["restart"] for h in info.value.restart_history] == [1]  # type: ignore[attr-defined]
+        assert len(envs.restart_history) == 1 and time.monotonic() - began < 60
 
 
 def test_an_env_exception_raises_unless_restart_on_names_it() -> None:

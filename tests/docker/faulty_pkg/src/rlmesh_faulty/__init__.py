@@ -67,7 +67,11 @@ class FaultyWrapper(gym.Wrapper):
         return self.env.step(action)
 
 
-def make(die_seeds=(), hang_seeds=(), step_delay=0.0, oom_seeds=(), flaky_seeds=(), flaky_probability=0.0):
-    """CartPole-v1 that fails on the given seeds (see the module docstring)."""
+def make(die_seeds=(), hang_seeds=(), step_delay=0.0, oom_seeds=(), flaky_seeds=(), flaky_probability=0.0,
+         refuse_if=None):
+    """CartPole-v1 that fails on the given seeds (see the module docstring); with ``refuse_if``, a
+    path, making the env fails while that file exists (a sandbox that cannot start again)."""
+    if refuse_if is not None and os.path.exists(refuse_if):
+        raise RuntimeError(f"rlmesh_faulty: refusing to make the env ({refuse_if} exists)")
     return FaultyWrapper(gym.make("CartPole-v1"), die_seeds, hang_seeds, step_delay, oom_seeds, flaky_seeds,
                          flaky_probability)
