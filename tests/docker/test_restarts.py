@@ -158,13 +158,13 @@ def test_a_restart_that_cannot_start_raises_at_once(tmp_path: Path) -> None:
                           refuse_if="/flags/refuse", volumes={str(flag): "/flags:ro"}) as envs:
         envs.reset(seed=0)
         (flag / "refuse").write_text("")
-        began = time.monotonic()
         with pytest.raises(SandboxStartError) as info:
             for t in range(DIES_AT):
                 envs.step(_actions(t))
         assert "refusing to make the env" in str(info.value)
         assert [h["restart"] for h in info.value.restart_history] == [1]  # type: ignore[attr-defined]
-        assert len(envs.restart_history) == 1 and time.monotonic() - began < 60
+        assert len(envs.restart_history) == 1
+        assert any("the restart of shard 1 failed" in note for note in info.value.__notes__)
 
 
 def test_an_env_exception_raises_unless_restart_on_names_it() -> None:

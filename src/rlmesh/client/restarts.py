@@ -144,6 +144,15 @@ class Restarts:
                     self.budget, f"; its last log line: {last_line}" if last_line else "")
         return entry
 
+    def failed_restart(self, exc: RLMeshError, shard: int) -> RLMeshError:
+        """``exc`` (a replacement that could not start), with the history attached and a note."""
+        exc.restart_history = list(self.history)  # type: ignore[attr-defined]
+        note = (f"(the restart of shard {shard} failed, so the env cannot go on: restarts are tried once, never "
+                "in a loop; envs.restart_history and this error's restart_history list them)")
+        if note not in getattr(exc, "__notes__", ()):
+            exc.add_note(note)
+        return exc
+
     def exhausted(self, exc: RLMeshError) -> RLMeshError:
         """``exc`` (a failure past the budget), with the history attached and a note saying so."""
         exc.restart_history = list(self.history)  # type: ignore[attr-defined]

@@ -314,7 +314,7 @@ class AsyncShardedVectorEnv:
             reset: tuple[Any, dict[str, Any]] = await send(Plan(
                 [(shard, MessageType.RESET, shard.reset_body(seeds, None))], functools.partial(_decode_first_reset, shard)))
         except RLMeshError as start_failure:
-            raise self._restarts.exhausted(self.named(start_failure, j)) from exc
+            raise self._restarts.failed_restart(self.named(start_failure, j), j) from exc
         return entry, reset
 
     async def _restart_in_recv(self, j: int, exc: RLMeshError) -> tuple[Any, ...]:
