@@ -15,11 +15,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
-from gymnasium.utils.passive_env_checker import env_render_passive_checker
 from gymnasium.vector import AutoresetMode
 
 from rlmesh import RemoteEnv
-from rlmesh.errors import ServerBusyError
+from rlmesh.errors import InvalidArgumentError, RemoteEnvError, ServerBusyError
 
 from ..envs import BIG_OBS_ID, KITCHEN_SINK_ID
 from ..helpers import assert_same
@@ -81,25 +80,44 @@ CHECK_ENV = {
 
 
 def _checked(env: gym.Env[Any, Any], skip_render_check: bool) -> list[str]:
-    # check_env's close check makes a second env from env.spec: for a RemoteEnv, a second client
-    # of the same server, which serves it an env of its own. Its render check of the other
-    # render modes makes envs with another render_mode, which a server's env does not change: it
-    # is skipped, and the env's own render mode is checked directly; sandboxes pass check_env
-    # whole (tests/docker).
+    # check_env whole: its close check makes a second env from env.spec (for a RemoteEnv, a second
+    # client of the same server, which serves it an env of its own), and its render check makes an
+    # env in each other render mode (the client asks for it in its HELLO; the server's factory
+    # makes it).
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        check_env(env, skip_render_check=True)
-        if not skip_render_check:
-            env_render_passive_checker(env)
+        check_env(env, skip_render_check=skip_render_check)
     return sorted(f"{w.category.__name__}: {w.message}" for w in caught)
 
 
 @pytest.mark.parametrize(("env_id", "kwargs", "skip_render"), CHECK_ENV.values(), ids=CHECK_ENV.keys())
 def test_check_env_passes_on_remote_env(serve: Serve, env_id: str, kwargs: dict[str, Any], skip_render: bool) -> None:
+    def make(render_mode: str | None = None) -> gym.Env[Any, Any]:
+        return gym.make(env_id, **{**kwargs, **({"render_mode": render_mode} if render_mode else {})})
+
     expected = _checked(gym.make(env_id, **kwargs).unwrapped, skip_render)
-    with RemoteEnv(serve(lambda: gym.make(env_id, **kwargs))) as remote:
+    with RemoteEnv(serve(make)) as remote:
         assert remote.unwrapped is remote
         assert _checked(remote.unwrapped, skip_render) == expected
+
+
+def test_a_client_asks_for_a_render_mode_and_gets_an_env_in_it(serve: Serve) -> None:
+    address = serve(lambda render_mode=None: gym.make(KITCHEN_SINK_ID, render_mode=render_mode))
+    with RemoteEnv(address) as plain, RemoteEnv(address, render_mode="rgb_array") as drawn:
+        assert plain.render_mode is None and drawn.render_mode == "rgb_array"
+        drawn.reset(seed=0)
+        ref = gym.make(KITCHEN_SINK_ID, render_mode="rgb_array")
+        ref.reset(seed=0)
+        np.testing.assert_array_equal(drawn.render(), ref.render())
+        assert drawn.spec is not None and drawn.spec.kwargs["render_mode"] == "rgb_array"
+
+
+def test_a_render_mode_the_server_cannot_make_is_refused_with_the_reason(serve: Serve) -> None:
+    address = serve(lambda: gym.make("CartPole-v1"))  # a factory that takes no render_mode
+    with pytest.raises(RemoteEnvError, match="takes no render_mode"):
+        RemoteEnv(address, render_mode="rgb_array")
+    with pytest.raises(InvalidArgumentError, match="render_mode must be"):
+        RemoteEnv(address, render_mode="rgb array; rm -rf /")
 
 
 # --------------------------------------------------------------------------- vector envs

@@ -137,3 +137,22 @@ def test_error_constructors_give_the_exception_the_client_raises(body: ErrorBody
     client = ClientHandshake("tcp://h:1", 1 << 20, None, False)
     with pytest.raises(error):
         client.receive(frame)
+
+
+def test_a_client_hello_carries_a_render_mode_only_when_asked() -> None:
+    from rlmesh.protocol.messages import ClientHello
+
+    plain = ClientHandshake("unix:///x.sock", 1 << 20, None, False).hello()
+    assert plain.render_mode is None and b"render_mode" not in plain.encode(1)
+    asked = ClientHandshake("unix:///x.sock", 1 << 20, None, False, render_mode="rgb_array").hello()
+    assert ClientHello.decode(_one(asked.encode(1))).render_mode == "rgb_array"
+
+
+@pytest.mark.parametrize("mode", ["", "x" * 65, "rgb array", "a/b", 7, ["rgb_array"]])
+def test_a_hostile_render_mode_in_a_hello_is_a_protocol_error(mode: Any) -> None:
+    from rlmesh.protocol.messages import ClientHello
+
+    hello = ClientHandshake("unix:///x.sock", 1 << 20, None, False).hello()
+    body = {"version": hello.version, "nonce": hello.nonce, "max_frame_size": hello.max_frame_size, "render_mode": mode}
+    with pytest.raises(ProtocolError, match="render_mode"):
+        ClientHello.decode(_one(encode_message(MessageType.HELLO, 1, body)))

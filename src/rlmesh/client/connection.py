@@ -93,6 +93,7 @@ class ClientConnection:
         tls: ssl.SSLContext | None = None,
         data_plane: str = "auto",
         max_region_size: int = DEFAULT_MAX_REGION_SIZE,
+        render_mode: str | None = None,
     ) -> ClientConnection:
         """Connect to ``address``, authenticate if the server asks, and complete the handshake.
 
@@ -106,6 +107,7 @@ class ClientConnection:
             data_plane: ``auto`` (shared memory where the server offers it over a Unix socket)
                 or ``socket``.
             max_region_size: The largest shared region to create (bytes).
+            render_mode: The render mode asked of a server that makes each client's env.
 
         Raises:
             ConnectError: Nothing accepts connections there.
@@ -149,7 +151,7 @@ class ClientConnection:
             assert proto is not None
             conn = cls(proto, address)
             conn._unix = addr.path is not None
-            conn.hello = await conn._handshake(max_frame_size, token, require_auth)
+            conn.hello = await conn._handshake(max_frame_size, token, require_auth, render_mode)
             await conn.open_data_plane(data_plane, max_region_size)
             return conn
 
@@ -168,9 +170,10 @@ class ClientConnection:
                 ) from exc
             raise
 
-    async def _handshake(self, max_frame_size: int, token: bytes | None, require_auth: bool) -> ServerHello:
+    async def _handshake(self, max_frame_size: int, token: bytes | None, require_auth: bool,
+                         render_mode: str | None = None) -> ServerHello:
         # The sequence is protocol.session's; a failure drops the connection.
-        handshake = ClientHandshake(self.address, max_frame_size, token, require_auth)
+        handshake = ClientHandshake(self.address, max_frame_size, token, require_auth, render_mode)
         try:
             step = handshake.receive(await self._roundtrip(MessageType.HELLO, handshake.hello()))
             if isinstance(step, AuthProof):

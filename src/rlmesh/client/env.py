@@ -33,7 +33,7 @@ from ..protocol import (
 from ..protocol import auth as _auth
 from ..protocol.bounds import DEFAULT_MAX_INFO_SIZE, DEFAULT_MAX_VARIABLE_SIZE, ReplyBound, reply_bound
 from ..protocol.data_plane import DEFAULT_MAX_REGION_SIZE
-from ..protocol.messages import check_attribute_name
+from ..protocol.messages import RENDER_MODE, check_attribute_name
 from ..protocol.spaces import opaque_spaces
 from .actions import check_action
 from .connection import ClientConnection
@@ -76,7 +76,11 @@ class _AsyncRemoteBase:
         max_variable_size: int = DEFAULT_MAX_VARIABLE_SIZE,
         data_plane: str = "auto",
         max_region_size: int = DEFAULT_MAX_REGION_SIZE,
+        render_mode: str | None = None,
     ) -> None:
+        if render_mode is not None and not (isinstance(render_mode, str) and RENDER_MODE.fullmatch(render_mode)):
+            raise InvalidArgumentError(f"render_mode must be a render mode's name, such as 'rgb_array', got {render_mode!r}")
+        self._requested_render_mode = render_mode
         options = ClientOptions(
             connect_timeout=connect_timeout, request_timeout=request_timeout, max_frame_size=max_frame_size,
             token=token, tls=tls, strict_actions=strict_actions, max_info_size=max_info_size,
@@ -122,7 +126,7 @@ class _AsyncRemoteBase:
         conn = await ClientConnection.open(
             self.address, connect_timeout=self.connect_timeout, max_frame_size=self.max_frame_size,
             token=self._token, require_auth=self._require_auth, tls=self._tls, data_plane=self.data_plane,
-            max_region_size=self.max_region_size,
+            max_region_size=self.max_region_size, render_mode=self._requested_render_mode,
         )
         self._adopt(conn)
         return self
@@ -202,7 +206,10 @@ class _AsyncRemoteBase:
 
     def _spec_kwargs(self) -> dict[str, Any]:
         """The constructor arguments that make an equivalent env (for ``gym.make(env.spec)``)."""
-        return {"address": self.address, **self.client_options.spec_kwargs()}
+        kwargs = {"address": self.address, **self.client_options.spec_kwargs()}
+        if self._requested_render_mode is not None:
+            kwargs["render_mode"] = self._requested_render_mode
+        return kwargs
 
     def _host_spec(self, remote: SpecData | None) -> EnvSpec:
         # Built here, from the host's own classes: nothing the server named is ever imported.
@@ -427,6 +434,10 @@ class AsyncRemoteEnv(_AsyncRemoteBase):
             ``"socket"``, everything crosses the socket. The path chosen is logged (INFO).
         max_region_size: The largest shared region the host creates for the connection (64 MiB):
             the host pays for it, so a layout larger than this uses the socket.
+        render_mode: The render mode to ask of the server's env. A server that makes each
+            client's env from its source (``rlmesh serve SOURCE``) makes this one with it; a server
+            of one env object serves only the env's own. None (default): the server's own.
+            ``env.spec.make(render_mode=...)`` (``check_env``'s render check) takes this path.
     """
 
     async def get_wrapper_attr(self, name: str) -> Any:

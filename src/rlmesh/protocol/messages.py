@@ -9,6 +9,7 @@ bodies for other languages.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,10 @@ def _require_dict(frame: Frame) -> dict[str, Any]:
     return frame.tree
 
 
+RENDER_MODE = re.compile(r"[\w.-]{1,64}")
+"""A render mode a client may ask for (``rgb_array``, ``ansi``, ``rgb_array_list``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ClientHello:
     """The client's first message: its protocol version, a fresh nonce, and the largest
@@ -55,10 +60,13 @@ class ClientHello:
     version: int
     nonce: str
     max_frame_size: int
+    render_mode: str | None = None  # asked of a server that makes each client's env (None: its own)
 
     def encode(self, request_id: int) -> bytes:
         """The HELLO frame."""
-        body = {"version": self.version, "nonce": self.nonce, "max_frame_size": self.max_frame_size}
+        body: dict[str, Any] = {"version": self.version, "nonce": self.nonce, "max_frame_size": self.max_frame_size}
+        if self.render_mode is not None:
+            body["render_mode"] = self.render_mode
         return encode_message(MessageType.HELLO, request_id, body)
 
     @classmethod
@@ -76,7 +84,10 @@ class ClientHello:
             raise ProtocolError("malformed HELLO: the nonce must be 64 hex digits")
         if type(limit) is not int or limit < MIN_FRAME_SIZE:
             raise ProtocolError(f"malformed HELLO: max_frame_size must be an int of at least {MIN_FRAME_SIZE}")
-        return cls(version, nonce, limit)  # type: ignore[arg-type]  # each checked above (mypy cannot narrow .get())
+        render_mode = body.get("render_mode")
+        if render_mode is not None and not (isinstance(render_mode, str) and RENDER_MODE.fullmatch(render_mode)):
+            raise ProtocolError("malformed HELLO: render_mode must be a name of at most 64 letters, digits, _ . -")
+        return cls(version, nonce, limit, render_mode)  # type: ignore[arg-type]  # each checked above
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,10 +33,13 @@ class ClientHandshake:
         max_frame_size: The largest frame the client accepts (sent in its HELLO).
         token: The shared token, if any.
         require_auth: Refuse a server that does not prove it knows ``token``.
+        render_mode: The render mode asked of the server's env (None: the server's own).
     """
 
-    def __init__(self, address: str, max_frame_size: int, token: bytes | None, require_auth: bool) -> None:
+    def __init__(self, address: str, max_frame_size: int, token: bytes | None, require_auth: bool,
+                 render_mode: str | None = None) -> None:
         self.address = address
+        self._render_mode = render_mode
         self.nonce = _auth.new_nonce()
         self._max_frame_size = max_frame_size
         self._token = token
@@ -46,7 +49,7 @@ class ClientHandshake:
 
     def hello(self) -> ClientHello:
         """The first message."""
-        return ClientHello(PROTOCOL_VERSION, self.nonce, self._max_frame_size)
+        return ClientHello(PROTOCOL_VERSION, self.nonce, self._max_frame_size, self._render_mode)
 
     def receive(self, frame: Frame) -> AuthProof | ServerHello:
         """The next message to send (an :class:`AuthProof`), or the server's accepted HELLO.

@@ -285,7 +285,7 @@ class ServerConnection(asyncio.Protocol):
     def _activate(self) -> None:
         server = self.server
         try:
-            self.env = server.lend_env()
+            self.env = server.lend_env(self.handshake.hello.render_mode if self.handshake.hello else None)
         except Exception as exc:  # another env could not be made: this client hears why
             log.warning("could not make an env for %s: %s: %s", self.peer, type(exc).__name__, exc)
             server.slots.release(self)
@@ -297,7 +297,7 @@ class ServerConnection(asyncio.Protocol):
         self._uncount()
         self.conn.max_frame_size = server.options.max_frame_size
         assert self.transport is not None and server.hello_parts is not None
-        self.transport.write(self.handshake.accept(server.hello_parts))
+        self.transport.write(self.handshake.accept(server.hello_for(self.env)))
         log.info("serving client %s", self.peer)
         if server.options.idle_timeout is not None:
             self._last_seen = self._loop_time()

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 
 from .._address import Address
-from ..errors import ConnectError
+from ..errors import ConnectError, InvalidArgumentError
 from ..protocol.data_plane import Layout
 from ._types import EnvLike
 from .connection import ClientSlots, ServerConnection
@@ -81,7 +81,7 @@ class EnvServer:
 
     __signature__: ClassVar[inspect.Signature]  # env_or_factory, then ServerOptions.check's (set below)
 
-    def __init__(self, env_or_factory: EnvLike | Callable[[], EnvLike], address: str, **options: Any) -> None:
+    def __init__(self, env_or_factory: EnvLike | Callable[..., EnvLike], address: str, **options: Any) -> None:
         self.options = ServerOptions.check(address, **options)
         self._address: Address = self.options.address  # its port, once bound (port 0: the system's)
         #: The env could not be made (a dialled server tells its client, then stops).
@@ -94,6 +94,7 @@ class EnvServer:
         self.slots = ClientSlots(self._vacated, self.options.max_clients if factory else 1)
         #: The server's HELLO, encoded once the env is made (None until then).
         self.hello_parts: tuple[dict[str, Any], list[Any]] | None = None
+        self._data_plane_offered = False
         self.layout: Layout | None = None  # the data plane's, from the env's spaces
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -118,31 +119,57 @@ class EnvServer:
             self.is_vector = isinstance(self._env, gym.vector.VectorEnv)
         return self._env
 
-    def _make(self) -> EnvLike:
+    def _make(self, render_mode: str | None = None) -> EnvLike:
         made = self._env_or_factory
         if not isinstance(made, (gym.Env, gym.vector.VectorEnv)) and callable(made):
-            made = made()
+            if render_mode is None:
+                made = made()
+            elif _takes_render_mode(made):
+                made = made(render_mode=render_mode)
+            else:
+                raise InvalidArgumentError(
+                    f"this server's env factory takes no render_mode, so it serves its env's own render mode "
+                    f"({self.env.render_mode!r}) only, not {render_mode!r}")
         if not isinstance(made, (gym.Env, gym.vector.VectorEnv)):
             raise TypeError(f"env factory returned {type(made).__name__}, not a gymnasium env")
         self._made.append(made)
+        if render_mode is not None and made.render_mode != render_mode:
+            raise InvalidArgumentError(f"this server's env was asked for render_mode={render_mode!r} and was made "
+                                       f"with {made.render_mode!r}")
         return made
 
-    def lend_env(self) -> EnvLike:
-        """An env for a client taking a slot: an idle one, else a new one from the factory.
+    def lend_env(self, render_mode: str | None = None) -> EnvLike:
+        """An env for a client taking a slot: an idle one (in ``render_mode``, when the client asked
+        for one), else a new one from the factory.
 
         Raises:
+            InvalidArgumentError: A render mode the server cannot make its env with.
             Exception: The factory's, when a new env cannot be made.
         """
-        if self._idle:
-            return self._idle.pop(0)
-        made = self._make()
         first = self.env
+        want = first.render_mode if render_mode is None else render_mode
+        for env in self._idle:
+            if env.render_mode == want:
+                self._idle.remove(env)
+                return env
+        if want != first.render_mode and self._env_or_factory is first:
+            raise InvalidArgumentError(f"this server serves one env object, in render_mode={first.render_mode!r}; "
+                                       f"it cannot serve render_mode={want!r} (serve a source or a factory that "
+                                       "takes render_mode)")
+        made = self._make(None if want == first.render_mode else want)
         if made.observation_space != first.observation_space or made.action_space != first.action_space:
             self._made.remove(made)
             made.close()
             raise TypeError("the env factory made an env with other spaces than the first; every client is "
                             "described the first env's")
         return made
+
+    def hello_for(self, env: EnvLike) -> tuple[dict[str, Any], list[Any]]:
+        """The HELLO that describes ``env`` to its client (the first env's, unless another render mode)."""
+        assert self.hello_parts is not None
+        if env is self._env or env.render_mode == self.env.render_mode:
+            return self.hello_parts
+        return describe(env, data_plane=self._data_plane_offered).encode_parts()
 
     def give_back_env(self, env: EnvLike) -> None:
         """A client left: its env serves the next one (the first env first)."""
@@ -231,6 +258,7 @@ class EnvServer:
             log.info("no shared memory for this env: %s", exc)
             self.layout = None
         data_plane = self.layout is not None and bool(self.layout.size) and supported()
+        self._data_plane_offered = data_plane
         self.hello_parts = describe(env, data_plane=data_plane).encode_parts()
         if self.options.dial:
             for early in list(self.slots.pending):  # connected above; a HELLO may be waiting
@@ -366,3 +394,12 @@ def _signature() -> inspect.Signature:
 
 
 EnvServer.__signature__ = _signature()
+
+
+def _takes_render_mode(factory: Callable[..., Any]) -> bool:
+    """Whether a factory can be called with ``render_mode=``."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "render_mode" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)

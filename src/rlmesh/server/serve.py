@@ -36,10 +36,17 @@ from .options import ServerOptions
 __all__ = ["build_parser", "cannot_make_message", "main"]
 
 
-def _first_made(make: Callable[[], Any]) -> Callable[[], Any]:
-    """``make``, called now: the factory returns that env first, then new ones."""
+def _first_made(make: Callable[..., Any]) -> Callable[..., Any]:
+    """``make``, called now: the factory returns that env first, then new ones (in another render
+    mode when asked: ``render_mode=``)."""
     made = [make()]
-    return lambda: made.pop() if made else make()
+
+    def factory(render_mode: str | None = None) -> Any:
+        if made and render_mode is None:
+            return made.pop()
+        return make(render_mode=render_mode)
+
+    return factory
 
 
 def _seconds_or_none(text: str) -> float | None:
@@ -133,14 +140,14 @@ def run(args: argparse.Namespace) -> int:
         }
         ServerOptions.check(args.address, **server_options)
 
-        def make() -> Any:
+        def make(render_mode: str | None = None) -> Any:
             check_imports(args.imports)
             return load_env(
                 args.source,
                 num_envs=args.num_envs,
                 vectorization_mode=args.vectorization_mode,
                 autoreset_mode=args.autoreset_mode,
-                kwargs=kwargs,
+                kwargs=kwargs if render_mode is None else {**kwargs, "render_mode": render_mode},
                 selector=args.selector,
                 hub_source=args.hub_source,
                 wrappers=wrappers,
