@@ -160,51 +160,50 @@ def send_plan(plan: Plan[T]) -> T:
                 p.stop_reading_here()
     all_in = wake.wait(None if timeout is None else max(timeout - (time.monotonic() - start), 0.0))
     frames: list[Frame] = []
-    failure: tuple[int, BaseException] | None = None
-    failed: dict[int, BaseException] = {}
+    failed: dict[int, BaseException] = {}  # by request index, in order: the first is raised
     for i, (p, slot) in enumerate(zip(protocols, slots, strict=True)):
         if not all_in and not slot.done():
             loop.call_soon_threadsafe(_forget, p, slot)
             failed[i] = RLMeshTimeoutError(
                 f"no reply from the env server within request_timeout={requests[i][0].request_timeout}s")
-            failure = failure or (i, failed[i])
             continue
         try:
             frames.append(slot.result())
         except BaseException as exc:  # the first failure is raised once all are in
             failed[i] = exc
-            failure = failure or (i, exc)
-    if failure is None:
+    if not failed:
         return plan.finish(frames)
     if plan.partial is not None and all(isinstance(exc, RLMeshError) for exc in failed.values()):
         return _finish_partial(plan, frames, failed)
     for p, frame in zip(protocols, frames, strict=False):
         p.release_region(frame.request_id)  # frames nobody will decode
-    index, error = failure
-    if isinstance(error, TransportError):
-        explained = _portal.call(requests[index][0].explain, error)
-        if explained is not error:
-            explained.__cause__ = error
-            error = explained
+    index, error = next(iter(failed.items()))
+    error = _explained(plan, index, error)
     if isinstance(error, RLMeshError):
         raise plan.named(error, index) from error.__cause__
     raise error
 
 
+def _explained(plan: Plan[Any], i: int, error: BaseException) -> BaseException:
+    # A lost connection, explained by its core where it can (a sandbox: how its container ended).
+    if isinstance(error, TransportError):
+        explained = _portal.call(plan.requests[i][0].explain, error)
+        if explained is not error:
+            explained.__cause__ = error
+            return explained
+    return error
+
+
 def _finish_partial(plan: Plan[T], frames: list[Frame], failed: dict[int, BaseException]) -> T:
     # Plan.partial: the frames in request order (None where a request failed), and each failure
-    # explained by its core (a sandbox: how its container ended) and named.
+    # explained and named.
     received = iter(frames)
     slots: list[Frame | None] = [None if i in failed else next(received) for i in range(len(plan.requests))]
     failures: dict[int, RLMeshError] = {}
     for i, error in failed.items():
-        if isinstance(error, TransportError):
-            explained = _portal.call(plan.requests[i][0].explain, error)
-            if explained is not error:
-                explained.__cause__ = error
-                error = explained
-        assert isinstance(error, RLMeshError)
-        failures[i] = plan.named(error, i)
+        explained = _explained(plan, i, error)
+        assert isinstance(explained, RLMeshError)
+        failures[i] = plan.named(explained, i)
     assert plan.partial is not None
     return plan.partial(slots, failures)
 

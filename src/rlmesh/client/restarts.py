@@ -146,38 +146,26 @@ class Restarts:
 
     def failed_restart(self, exc: RLMeshError, shard: int) -> RLMeshError:
         """``exc`` (a replacement that could not start), with the history attached and a note."""
-        exc.restart_history = list(self.history)  # type: ignore[attr-defined]
-        note = (f"(the restart of shard {shard} failed, so the env cannot go on: restarts are tried once, never "
-                "in a loop; envs.restart_history and this error's restart_history list them)")
-        if note not in getattr(exc, "__notes__", ()):
-            exc.add_note(note)
-        return exc
+        return self._with_history(exc, f"(the restart of shard {shard} failed, so the env cannot go on: restarts "
+                                       "are tried once, never in a loop; envs.restart_history and this error's "
+                                       "restart_history list them)")
 
     def exhausted(self, exc: RLMeshError) -> RLMeshError:
         """``exc`` (a failure past the budget), with the history attached and a note saying so."""
+        return self._with_history(exc, f"(the env made all {self.budget} of its restarts: envs.restart_history and "
+                                       "this error's restart_history list them)")
+
+    def _with_history(self, exc: RLMeshError, note: str) -> RLMeshError:
         exc.restart_history = list(self.history)  # type: ignore[attr-defined]
-        note = (f"(the env made all {self.budget} of its restarts: envs.restart_history and this error's "
-                "restart_history list them)")
         if note not in getattr(exc, "__notes__", ()):
             exc.add_note(note)
         return exc
-
-
-def mark(info: dict[str, Any], num_envs: int, a: int, b: int, entry: dict[str, Any]) -> None:
-    """Mark lanes ``a..b-1`` of a batched info as restarted (``rlmesh_restart`` and its mask)."""
-    records: np.ndarray[Any, Any] | None = info.get("rlmesh_restart")
-    if records is None:
-        records = info["rlmesh_restart"] = np.full(num_envs, None, dtype=object)
-        info["_rlmesh_restart"] = np.zeros(num_envs, dtype=bool)
-    for i in range(a, b):
-        records[i] = entry
-    info["_rlmesh_restart"][a:b] = True
 
 
 def set_lanes(info: dict[str, Any], key: str, num_envs: int, a: int, b: int, values: Sequence[Any]) -> None:
     """Set an object-array info key (and its ``_key`` mask) for lanes ``a..b-1``."""
     target: np.ndarray[Any, Any] | None = info.get(key)
-    if target is None or target.dtype is not np.dtype(object):
+    if target is None or target.dtype.kind != "O":
         target = info[key] = np.full(num_envs, None, dtype=object)
         info[f"_{key}"] = np.zeros(num_envs, dtype=bool)
     mask: np.ndarray[Any, Any] = info.setdefault(f"_{key}", np.zeros(num_envs, dtype=bool))

@@ -53,7 +53,6 @@ from .lanes import (
 from .pipeline import Plan, Written, drop, send, wait, write
 from .remote_shard import RemoteShard
 from .restarts import Restarts, set_lanes
-from .restarts import mark as restart_mark
 
 __all__ = ["AsyncShardedVectorEnv"]
 
@@ -234,17 +233,11 @@ class AsyncShardedVectorEnv:
                 except RLMeshError as decode_error:
                     failures[j] = self.named(decode_error, j)
                 owned = owned and frame.type is MessageType.STEP
-            for j, failure in sorted(failures.items()):
-                if not self._restarts.qualifies(failure) or self._kept[j] is None:
-                    raise failure
-                if len(failures) > self._restarts.left():
-                    raise self._restarts.exhausted(failure)
+            self._check_restartable(failures)
             results: list[tuple[Any, ...]] = []
             for j in range(len(self.shards)):
                 if j in fresh:
-                    obs, info = fresh[j]
-                    n = self._size(j)
-                    results.append((obs, np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), info))
+                    results.append(_reset_step(self._size(j), fresh[j]))
                 elif j in failures:
                     results.append(self._cut_short(j))
                 else:
@@ -256,6 +249,15 @@ class AsyncShardedVectorEnv:
                     self.shards[j].release_region(frame.request_id)
         self._recovering = failures
         return merged
+
+    def _check_restartable(self, failures: dict[int, RLMeshError]) -> None:
+        """Raise the first failure unless every one is one to restart for, of a shard whose lanes have
+        an observation to cut short with, and the budget has a restart for each."""
+        for j, failure in sorted(failures.items()):
+            if not self._restarts.qualifies(failure) or self._kept[j] is None:
+                raise failure
+            if len(failures) > self._restarts.left():
+                raise self._restarts.exhausted(failure)
 
     def _cut_short(self, j: int) -> tuple[Any, ...]:
         # A failed shard's lanes in the step that failed: the last observation, reward 0, truncated.
@@ -276,25 +278,29 @@ class AsyncShardedVectorEnv:
         failed, self._recovering = self._recovering, {}
         obs, _, _, _, info = result
         for j, exc in sorted(failed.items()):
-            a, b = self.bounds[j]
-            entry, reset = await self._restart(j, exc)
-            restart_mark(info, self.num_envs, a, b, entry)
-            if reset is None:
-                continue
-            reset_obs, reset_info = reset
-            if self.autoreset_mode is AutoresetMode.NEXT_STEP:
-                self._fresh[j] = reset
-                continue
-            last = lanes_of(self.single_observation_space, obs, a, b)  # SAME_STEP: the reset, final_obs the last
-            set_lanes(info, "final_obs", self.num_envs, a, b, list(iterate_lanes(self.single_observation_space, last, b - a)))
-            obs = batch_from_parts(self.single_observation_space, self.num_envs,
-                                   [(0, a, lanes_of(self.single_observation_space, obs, 0, a)), (a, b, reset_obs),
-                                    (b, self.num_envs, lanes_of(self.single_observation_space, obs, b, self.num_envs))],
-                                   owned=False)
-            merge_infos_into(info, self.num_envs, a, b, reset_info)
+            obs = await self._restart_lanes(j, exc, obs, info, *self.bounds[j], self.num_envs)
         for j, (ka, kb) in enumerate(self.bounds):
             self._kept[j] = (obs, ka, kb)
         return (obs, *result[1:4], info)
+
+    async def _restart_lanes(self, j: int, exc: RLMeshError, obs: Any, info: dict[str, Any], a: int, b: int,
+                             n: int) -> Any:
+        """Replace shard ``j`` (see :meth:`_restart`), whose lanes are lanes ``a..b-1`` of ``obs`` and
+        ``info`` (``n`` lanes in all): mark them in ``info``, and return ``obs`` as the autoreset mode
+        has it (NEXT_STEP: as it is, the reset kept for the next step; SAME_STEP: the reset in those
+        lanes, ``info["final_obs"]`` the last observation; DISABLED: as it is)."""
+        entry, reset = await self._restart(j, exc)
+        set_lanes(info, "rlmesh_restart", n, a, b, [entry] * (b - a))
+        if reset is None:
+            return obs
+        if self.autoreset_mode is AutoresetMode.NEXT_STEP:
+            self._fresh[j] = reset
+            return obs
+        space = self.single_observation_space
+        set_lanes(info, "final_obs", n, a, b, iterate_lanes(space, lanes_of(space, obs, a, b), b - a))
+        merge_infos_into(info, n, a, b, reset[1])
+        parts = [(0, a, lanes_of(space, obs, 0, a)), (a, b, reset[0]), (b, n, lanes_of(space, obs, b, n))]
+        return batch_from_parts(space, n, [p for p in parts if p[1] > p[0]], owned=False)
 
     async def _restart(self, j: int, exc: RLMeshError) -> tuple[dict[str, Any], tuple[Any, dict[str, Any]] | None]:
         """Record shard ``j``'s failure, replace it, and reset it with its lanes' restart seeds
@@ -320,20 +326,10 @@ class AsyncShardedVectorEnv:
     async def _restart_in_recv(self, j: int, exc: RLMeshError) -> tuple[Any, ...]:
         """send/recv: shard ``j``'s part of a recv whose step failed, its lanes cut short (see
         :meth:`recover`), the shard replaced."""
-        if not self._restarts.qualifies(exc) or self._kept[j] is None:
-            raise exc
-        if self._restarts.left() < 1:
-            raise self._restarts.exhausted(exc)
+        self._check_restartable({j: exc})
         obs, rewards, terms, truncs, info = self._cut_short(j)
         n = self._size(j)
-        entry, reset = await self._restart(j, exc)
-        restart_mark(info, n, 0, n, entry)
-        if reset is not None and self.autoreset_mode is AutoresetMode.NEXT_STEP:
-            self._fresh[j] = reset
-        elif reset is not None:  # SAME_STEP
-            set_lanes(info, "final_obs", n, 0, n, list(iterate_lanes(self.single_observation_space, obs, n)))
-            merge_infos_into(info, n, 0, n, reset[1])
-            obs = reset[0]
+        obs = await self._restart_lanes(j, exc, obs, info, 0, n, n)
         return obs, rewards, terms, truncs, info
 
     @property
@@ -518,10 +514,8 @@ class AsyncShardedVectorEnv:
         for j, one in written:  # sent now; recv collects the results
             self._inflight[asyncio.ensure_future(wait(one))] = j
         for j in fresh:  # NEXT_STEP after a restart: the shard's reset, as an autoreset step
-            obs, info = self._fresh.pop(j)
-            n = self._size(j)
             done = asyncio.get_running_loop().create_future()
-            done.set_result((obs, np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), info))
+            done.set_result(_reset_step(self._size(j), self._fresh.pop(j)))
             self._inflight[done] = j
         await asyncio.sleep(0)  # the tasks start (and wait for their replies): close() can cancel them
 
@@ -618,3 +612,10 @@ class AsyncShardedVectorEnv:
 
 def _decode_first_reset(shard: RemoteShard, frames: list[Frame]) -> tuple[Any, dict[str, Any]]:
     return shard.decode_reset(frames[0])
+
+
+def _reset_step(n: int, reset: tuple[Any, dict[str, Any]]) -> tuple[Any, ...]:
+    # A replaced shard's lanes in the step after the restart (NEXT_STEP): its reset, as an autoreset
+    # step returns one (reward 0, not done).
+    obs, info = reset
+    return obs, np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), info

@@ -18,14 +18,14 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import ImageBuildError
+from ..errors import ImageBuildError, SandboxError
 from ._docker import DockerClient, docker_client
 from .base_image import resolve_base_image
 from .cache import cache_dir
 from .options import check_system_packages
 from .output_tail import last_lines
 
-__all__ = ["check_system_packages", "deb_files", "fetch_debs", "library_package", "library_packages"]
+__all__ = ["base_image_file", "check_system_packages", "deb_files", "fetch_debs", "library_package", "library_packages"]
 
 log = logging.getLogger("rlmesh.sandbox.image")
 
@@ -97,6 +97,33 @@ def _cache() -> Path:
     return cache_dir() / "debs"
 
 
+_BASE_FILES = {"/var/lib/dpkg/status": "status", "/etc/ld.so.cache": "ld-cache"}
+
+
+async def base_image_file(docker: DockerClient, base_ref: str, base_id: str, path: str, *,
+                          missing_ok: bool = False) -> Path | None:
+    """A file of the base image (its dpkg status, its linker cache), read through the engine once
+    and kept in the cache by image id; None when the image has no such file and ``missing_ok``.
+
+    Raises:
+        SandboxError: The engine failed, or (without ``missing_ok``) the image has no such file.
+    """
+    local = (_cache() / _BASE_FILES[path] / base_id.replace(":", "_")).resolve()
+    if local.is_file():
+        return local
+    try:
+        data = await docker.read_image_file(base_ref, path)
+    except SandboxError as exc:
+        if missing_ok and ("has no file" in str(exc) or "404" in str(exc)):
+            return None
+        raise
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(local)
+    return local
+
+
 async def fetch_debs(docker: DockerClient, base_ref: str, base_id: str, packages: Sequence[str], dest: Path) -> list[str]:
     """Download into ``dest`` the ``.deb`` files ``packages`` need on top of the base image.
 
@@ -112,10 +139,8 @@ async def fetch_debs(docker: DockerClient, base_ref: str, base_id: str, packages
             "build on a Debian or Ubuntu host, or bake the packages into a base_image"
         )
     cache = _cache().resolve()  # apt reads relative paths against Dir::Cache
-    status = cache / "status" / f"{base_id.replace(':', '_')}"
-    if not status.is_file():
-        status.parent.mkdir(parents=True, exist_ok=True)
-        status.write_bytes(await docker.read_image_file(base_ref, "/var/lib/dpkg/status"))
+    status = await base_image_file(docker, base_ref, base_id, "/var/lib/dpkg/status")
+    assert status is not None
     archives = cache / "archives"
     (archives / "partial").mkdir(parents=True, exist_ok=True)
     apt_cache = cache / "apt-cache"

@@ -83,6 +83,12 @@ def check_single_env_options(called: str, source: Any, kwargs: Mapping[str, Any]
             )
 
 
+def given_build_options(options: SandboxOptions) -> list[str]:
+    """The options that apply only to images rlmesh builds (:data:`BUILD_OPTIONS`) that ``options``
+    sets to other than their defaults."""
+    return [name for name in BUILD_OPTIONS if getattr(options, name) != option_default(name)]
+
+
 def check_build_options(options: SandboxOptions, source: Source) -> None:
     """Refuse build options for a prebuilt image, which is run as it is.
 
@@ -91,7 +97,7 @@ def check_build_options(options: SandboxOptions, source: Source) -> None:
     """
     if not isinstance(source, ImageSource):
         return
-    given = [name for name in BUILD_OPTIONS if getattr(options, name) != option_default(name)]
+    given = given_build_options(options)
     if given:
         raise InvalidArgumentError(
             f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to images rlmesh builds; "
@@ -264,7 +270,7 @@ class _AsyncSandboxBase(_AsyncRemoteBase):
 
     async def _prepare(self, docker: DockerClient) -> tuple[str, list[str]]:
         """Resolve the source and the image; returns ``(image, container command)``."""
-        build_options = any(getattr(self.options, name) != option_default(name) for name in BUILD_OPTIONS)
+        build_options = bool(given_build_options(self.options))
         source = await resolve_source(docker, self.parsed_source, build_options=build_options)
         serve = ["python", "-m", "rlmesh.serve"]
         if isinstance(source, ImageSource):

@@ -42,10 +42,10 @@ from .base_image import PY_VERSION, bootstrap_tag, default_base_image, resolve_b
 from .cache import cache_dir
 from .housekeeping import image_labels, record_use
 from .library_hints import missing_library_note
-from .options import UNPRIVILEGED_UID
+from .options import GL_PRESETS, UNPRIVILEGED_UID, listed_system_packages
 from .output_tail import OutputTail
 from .progress import ProgressOption, Reporter
-from .system_packages import GL_PRESETS, resolve_system_packages
+from .system_packages import resolve_system_packages
 
 __all__ = [  # the base image's names too, where callers have always found them
     "PY_VERSION",
@@ -272,7 +272,7 @@ async def _build_with(docker: DockerClient, spec: ImageSpec, base_ref: str, tag:
         )
         debs = ctx / "debs"
         debs.mkdir()
-        listed = [*spec.system_packages, *(GL_PRESETS[spec.gl][0] if spec.gl else ())]
+        listed = listed_system_packages(spec.system_packages, spec.gl)
         if listed:
             report("resolve", f"system packages: {' '.join(listed)}")
         base_id = await docker.image_id(base_ref) or base_ref
@@ -332,7 +332,7 @@ def explain_build_failure(exc: ImageBuildError, spec: ImageSpec | None = None) -
 
 def _import_fix(entry: str, why: str, spec: ImageSpec | None) -> str:
     """What to do about a failed import check (see :func:`explain_build_failure`)."""
-    listed = (*spec.system_packages, *(GL_PRESETS[spec.gl][0] if spec.gl else ())) if spec is not None else ()
+    listed = listed_system_packages(spec.system_packages, spec.gl) if spec is not None else ()
     note = missing_library_note(why, "", listed=listed, gl=spec.gl if spec is not None else None)
     if note is not None:
         return note

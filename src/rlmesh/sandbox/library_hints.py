@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import RemoteEnvError
 from .debs import library_package
-from .system_packages import GL_PRESETS
+from .options import GL_PRESETS, listed_system_packages
 
 __all__ = ["add_sandbox_notes", "missing_dependency_note", "missing_library_note", "sandbox_note_context"]
 
@@ -33,6 +33,7 @@ _OTHER_MISSING = re.compile(
 _PLATFORM = re.compile(r"[/\\](osmesa|egl|glx)(?:\.py|[/\\]__init__\.py)")
 _NONE_FUNCTION = re.compile(r"'NoneType' object has no attribute '(egl|OSMesa|glX|gl)[A-Z]\w{0,80}'")
 _PLATFORM_PACKAGE = {"osmesa": "libosmesa6", "egl": "libegl1", "glx": "libgl1"}
+_FUNCTION_PLATFORM = {"egl": "egl", "OSMesa": "osmesa", "glX": "glx"}  # a function's prefix: its platform
 _GL_LIBRARIES = {"libEGL": "egl", "libOpenGL": "egl", "libEGL_mesa": "egl", "libOSMesa": "osmesa"}
 
 
@@ -51,8 +52,9 @@ def missing_library_note(message: str, traceback_tail: str, *, listed: Sequence[
     platform = _gl_platform(message[:2000], traceback_tail, soname, none_function)
     if soname is None and platform in GL_PRESETS:
         return _gl_note(platform, listed, gl)
-    package = library_package(soname.rsplit("/", 1)[-1], guess=False) if soname else None
-    guess = library_package(soname.rsplit("/", 1)[-1]) if soname and package is None else None
+    name = soname.rsplit("/", 1)[-1] if soname else None
+    package = library_package(name, guess=False) if name else None
+    guess = library_package(name) if name and package is None else None
     if package is None and platform is not None:
         package = _PLATFORM_PACKAGE[platform]
     what = f" ({soname})" if soname else ""
@@ -98,8 +100,8 @@ def _gl_platform(message: str, traceback_tail: str, soname: str | None, none_fun
         stem = soname.rsplit("/", 1)[-1].split(".so", 1)[0]
         if stem in _GL_LIBRARIES:
             return _GL_LIBRARIES[stem]
-    if none_function is not None and none_function.group(1) in ("egl", "OSMesa", "glX"):
-        return {"egl": "egl", "OSMesa": "osmesa", "glX": "glx"}[none_function.group(1)]
+    if none_function is not None and none_function.group(1) in _FUNCTION_PLATFORM:
+        return _FUNCTION_PLATFORM[none_function.group(1)]
     if "EGL" in message:
         return "egl"
     if "OSMesa" in message:
@@ -146,11 +148,9 @@ def missing_dependency_note(remote_type: str, message: str) -> str | None:
 def sandbox_note_context(options: Any) -> dict[str, Any]:
     """What :func:`add_sandbox_notes` needs of a sandbox's options (its listed system packages and
     its GL preset), from a :class:`~rlmesh.sandbox.options.SandboxOptions` (or a container's options)."""
-    listed = getattr(options, "system_packages", ())
     gl = getattr(options, "gl", None)
-    gl = gl if gl in GL_PRESETS else None
-    return {"listed": (*(listed if not isinstance(listed, str) else ()), *(GL_PRESETS[gl][0] if gl else ())),
-            "gl": gl}
+    return {"listed": listed_system_packages(getattr(options, "system_packages", ()), gl),
+            "gl": gl if gl in GL_PRESETS else None}
 
 
 def add_sandbox_notes(error: RemoteEnvError, *, listed: Sequence[str] = (), gl: str | None = None) -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "CLIENT_OPTIONS",
     "DEFAULT_LEASE",
     "DEFAULT_PIDS_LIMIT",
+    "GL_PRESETS",
     "DEFAULT_REQUEST_TIMEOUT",
     "MIN_MEMORY",
     "OPTION_NAMES",
@@ -49,6 +50,7 @@ __all__ = [
     "check_library_patterns",
     "check_system_packages",
     "default_memory",
+    "listed_system_packages",
     "memory_bytes",
     "option_default",
     "option_fields",
@@ -265,6 +267,20 @@ def _container_user() -> tuple[int, int]:
     return uid, gid
 
 
+GL_PRESETS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    # Headless rendering without a GPU: EGL through Mesa's software driver (llvmpipe), libglvnd's
+    # dispatch libraries, and the variables MuJoCo and PyOpenGL read.
+    "egl": (("libegl1", "libopengl0", "libgl1-mesa-dri"), {"MUJOCO_GL": "egl", "PYOPENGL_PLATFORM": "egl"}),
+    "osmesa": (("libosmesa6", "libgl1"), {"MUJOCO_GL": "osmesa", "PYOPENGL_PLATFORM": "osmesa"}),
+}
+"""``gl=`` presets: the Debian packages they install and the environment variables they set."""
+
+
+def listed_system_packages(packages: object, gl: str | None) -> tuple[str, ...]:
+    """The Debian packages a sandbox lists: its ``system_packages`` and its ``gl`` preset's."""
+    return (*check_system_packages(packages), *(GL_PRESETS[gl][0] if gl in GL_PRESETS else ()))
+
+
 def check_system_packages(packages: object) -> tuple[str, ...]:
     """``system_packages=``: ``"auto"``, or Debian package names (``name`` or ``name=version``);
     returns the names listed (none for ``"auto"``, which every list includes).
@@ -395,7 +411,7 @@ class SandboxOptions(ContainerOptions):
                 raise InvalidArgumentError(f"{name} must be a list of strings, e.g. {name}=[{getattr(self, name)!r}]")
         check_system_packages(self.system_packages)
         check_library_patterns(self.ignore_libraries)
-        if self.gl is not None and self.gl not in ("egl", "osmesa"):
+        if self.gl is not None and self.gl not in GL_PRESETS:
             raise InvalidArgumentError(f"gl must be None, 'egl' or 'osmesa' (headless rendering presets), got {self.gl!r}")
         super().__post_init__()
         if not is_number(self.lease) or not self.lease > 0:

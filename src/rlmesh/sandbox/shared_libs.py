@@ -115,8 +115,8 @@ class MissingLibrary:
 
 
 def missing_libraries(wheels: Iterable[Path], known: set[str]) -> list[MissingLibrary]:
-    """The libraries the ELF files in ``wheels`` need that neither ``known`` (the image's linker
-    cache, and the Debian packages already added) nor a wheel provides, in name order."""
+    """The libraries the ELF files in ``wheels`` need that neither ``known`` (the names in the base
+    image's linker cache) nor a wheel provides, in name order."""
     provided: set[str] = set()
     needs: dict[str, list[str]] = {}
     for wheel in wheels:

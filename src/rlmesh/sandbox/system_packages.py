@@ -16,24 +16,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ImageBuildError, SandboxError
+from ..errors import ImageBuildError
 from ._docker import DockerClient
-from .cache import cache_dir
-from .debs import deb_files, fetch_debs, library_packages
+from .debs import base_image_file, deb_files, fetch_debs, library_packages
 from .shared_libs import MissingLibrary, ld_cache_names, missing_libraries
 
-__all__ = ["GL_PRESETS", "SystemPackages", "resolve_system_packages"]
+__all__ = ["SystemPackages", "resolve_system_packages"]
 
 log = logging.getLogger("rlmesh.sandbox.image")
-
-GL_PRESETS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
-    # Headless rendering without a GPU: EGL through Mesa's software driver (llvmpipe), libglvnd's
-    # dispatch libraries, and the variables MuJoCo and PyOpenGL read.
-    "egl": (("libegl1", "libopengl0", "libgl1-mesa-dri"), {"MUJOCO_GL": "egl", "PYOPENGL_PLATFORM": "egl"}),
-    "osmesa": (("libosmesa6", "libgl1"), {"MUJOCO_GL": "osmesa", "PYOPENGL_PLATFORM": "osmesa"}),
-}
-"""``gl=`` presets: the Debian packages they install and the environment variables they set."""
-
 
 @dataclass
 class SystemPackages:
@@ -54,12 +44,12 @@ async def resolve_system_packages(
         ImageBuildError: A library that no Debian package could be found for (every one listed),
             or apt failing.
     """
-    cache = await _ld_cache(docker, base_ref, base_id)
-    if cache is None:
+    cache_file = await base_image_file(docker, base_ref, base_id, "/etc/ld.so.cache", missing_ok=True)
+    if cache_file is None:
         log.warning("the base image %s has no /etc/ld.so.cache, so rlmesh cannot tell which shared libraries it "
                     "lacks: only the listed system_packages are installed", base_ref)
         return SystemPackages(await fetch_debs(docker, base_ref, base_id, listed, dest) if listed else [])
-    known = ld_cache_names(cache)
+    known = ld_cache_names(cache_file.read_bytes())
     missing = [m for m in missing_libraries(sorted(wheels.glob("*.whl")), known)
                if not any(fnmatch.fnmatchcase(m.name, pattern) for pattern in ignore)]
     mapped = await library_packages([m.name for m in missing])
@@ -70,9 +60,9 @@ async def resolve_system_packages(
     packages = list(dict.fromkeys([*listed, *found.values()]))
     if not packages:
         return SystemPackages()
+    added = ", ".join(f"{pkg} ({lib})" for lib, pkg in found.items())
     if found and report is not None:
-        report("resolve", "system packages for missing libraries: "
-               + ", ".join(f"{pkg} ({lib})" for lib, pkg in found.items()))
+        report("resolve", f"system packages for missing libraries: {added}")
     try:
         files = await fetch_debs(docker, base_ref, base_id, packages, dest)
     except ImageBuildError as exc:
@@ -89,8 +79,7 @@ async def resolve_system_packages(
     if wrong:
         raise ImageBuildError(_unmapped_message(wrong, guessed=found))
     if found:
-        log.info("added system packages for missing shared libraries: %s",
-                 ", ".join(f"{pkg} ({lib})" for lib, pkg in found.items()))
+        log.info("added system packages for missing shared libraries: %s", added)
     return SystemPackages(files, found)
 
 
@@ -105,23 +94,3 @@ def _unmapped_message(libraries: list[MissingLibrary], guessed: dict[str, str] |
                      f"system_packages=[...] (`apt-file search {lib.name}` finds it), or, if nothing loads it at run "
                      f"time, pass ignore_libraries=[{lib.name!r}]")
     return "\n".join(lines)
-
-
-async def _ld_cache(docker: DockerClient, base_ref: str, base_id: str) -> bytes | None:
-    """The base image's ``/etc/ld.so.cache`` (kept on disk, by image id), or None if it has none."""
-    path = cache_dir() / "debs" / "ld-cache" / base_id.replace(":", "_")
-    try:
-        return path.read_bytes()
-    except OSError:
-        pass
-    try:
-        data = await docker.read_image_file(base_ref, "/etc/ld.so.cache")
-    except SandboxError as exc:
-        if "has no file" not in str(exc) and "Could not find" not in str(exc) and "404" not in str(exc):
-            raise
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    return data

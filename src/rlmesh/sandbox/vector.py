@@ -75,10 +75,9 @@ class AsyncSandboxVectorEnv(AsyncShardedVectorEnv):
         parse_autoreset_mode(autoreset_mode)
         lanes = split_lanes(num_envs, resolve_shards(shards, num_envs))
         check_restarts(restarts, restart_on)
-        if restarts and RayPlacement.of(placement) is not None:
+        if RayPlacement.of(placement) is not None and restarts:
             raise InvalidArgumentError("restarts= works with local shards only for now: drop placement=, or "
                                        "restarts= (a lost Ray actor raises, as without restarts)")
-        RayPlacement.of(placement)
         SandboxArguments.check(cls.__name__, source, kwargs, vector=True)
         return lanes
 

@@ -167,7 +167,7 @@ class EnvServer:
     def hello_for(self, env: EnvLike) -> tuple[dict[str, Any], list[Any]]:
         """The HELLO that describes ``env`` to its client (the first env's, unless another render mode)."""
         assert self.hello_parts is not None
-        if env is self._env or env.render_mode == self.env.render_mode:
+        if env.render_mode == self.env.render_mode:
             return self.hello_parts
         return describe(env, data_plane=self._data_plane_offered).encode_parts()
 

@@ -41,16 +41,12 @@ def check_imports(modules: Sequence[str]) -> None:
         name, _, hook = entry.partition(":")
         try:
             module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            missing = exc.name or name
+        except Exception as exc:
+            # A module not found may be a dependency of the one imported: name the one missing.
+            missing = repr(exc.name or name) if isinstance(exc, ModuleNotFoundError) else "it"
             raise SourceError(
                 f"required import {entry!r} failed: {type(exc).__name__}: {exc}. "
-                f"Add the package that provides {missing!r} to `packages`."
-            ) from exc
-        except Exception as exc:
-            raise SourceError(
-                f"required import {entry!r} failed: {type(exc).__name__}: {exc}. Add the package that provides it "
-                "to `packages`."
+                f"Add the package that provides {missing} to `packages`."
             ) from exc
         if hook:
             function = getattr(module, hook, None)
